@@ -1,0 +1,1 @@
+"""Command-line front ends of the core library (the only place that reads argparse)."""

@@ -1,0 +1,1 @@
+"""Sequential recommendation backbones (SASRec, Caser) behind one interface."""

@@ -1,0 +1,1 @@
+"""Wire protocol: `.proto` sources and generated modules (package chord.v1)."""

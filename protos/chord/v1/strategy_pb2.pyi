@@ -1,0 +1,191 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BackboneKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKBONE_KIND_UNSPECIFIED: _ClassVar[BackboneKind]
+    BACKBONE_KIND_SASREC: _ClassVar[BackboneKind]
+    BACKBONE_KIND_CASER: _ClassVar[BackboneKind]
+
+class BackboneMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKBONE_MODE_UNSPECIFIED: _ClassVar[BackboneMode]
+    BACKBONE_MODE_RANDOM: _ClassVar[BackboneMode]
+    BACKBONE_MODE_PRETRAINED: _ClassVar[BackboneMode]
+
+class CodeEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CODE_ENCODING_UNSPECIFIED: _ClassVar[CodeEncoding]
+    CODE_ENCODING_PACKED2: _ClassVar[CodeEncoding]
+    CODE_ENCODING_PACKED2_DEFLATE: _ClassVar[CodeEncoding]
+BACKBONE_KIND_UNSPECIFIED: BackboneKind
+BACKBONE_KIND_SASREC: BackboneKind
+BACKBONE_KIND_CASER: BackboneKind
+BACKBONE_MODE_UNSPECIFIED: BackboneMode
+BACKBONE_MODE_RANDOM: BackboneMode
+BACKBONE_MODE_PRETRAINED: BackboneMode
+CODE_ENCODING_UNSPECIFIED: CodeEncoding
+CODE_ENCODING_PACKED2: CodeEncoding
+CODE_ENCODING_PACKED2_DEFLATE: CodeEncoding
+
+class GetModelSpecRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class LayerSpec(_message.Message):
+    __slots__ = ("name", "n_channels", "channel_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    N_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    n_channels: int
+    channel_size: int
+    def __init__(self, name: _Optional[str] = ..., n_channels: _Optional[int] = ..., channel_size: _Optional[int] = ...) -> None: ...
+
+class TierSpec(_message.Message):
+    __slots__ = ("name", "level_bits", "default_budget_bits", "min_budget_bits", "max_budget_bits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_BITS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BUDGET_BITS_FIELD_NUMBER: _ClassVar[int]
+    MIN_BUDGET_BITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUDGET_BITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    level_bits: _containers.RepeatedScalarFieldContainer[int]
+    default_budget_bits: float
+    min_budget_bits: float
+    max_budget_bits: float
+    def __init__(self, name: _Optional[str] = ..., level_bits: _Optional[_Iterable[int]] = ..., default_budget_bits: _Optional[float] = ..., min_budget_bits: _Optional[float] = ..., max_budget_bits: _Optional[float] = ...) -> None: ...
+
+class ModelSpec(_message.Message):
+    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_URI_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    N_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    N_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    kind: BackboneKind
+    mode: BackboneMode
+    config_json: str
+    seed: int
+    weights_uri: str
+    weights_bytes: int
+    version: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
+    n_channels: int
+    tiers: _containers.RepeatedCompositeFieldContainer[TierSpec]
+    profile_dim: int
+    max_recent_items: int
+    n_items: int
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ...) -> None: ...
+
+class GetStrategyRequest(_message.Message):
+    __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_BITS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    request_id: str
+    backbone_version: str
+    tier: str
+    budget_bits: float
+    profile: _containers.RepeatedScalarFieldContainer[float]
+    recent_items: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., backbone_version: _Optional[str] = ..., tier: _Optional[str] = ..., budget_bits: _Optional[float] = ..., profile: _Optional[_Iterable[float]] = ..., recent_items: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ServerTimings(_message.Message):
+    __slots__ = ("queue_ms", "model_ms", "total_ms", "batch_size")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    model_ms: float
+    total_ms: float
+    batch_size: int
+    def __init__(self, queue_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class GetStrategyReply(_message.Message):
+    __slots__ = ("request_id", "codes", "n_channels", "crc32", "version", "encoding", "level_counts", "avg_bits", "timings")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    N_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AVG_BITS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    codes: bytes
+    n_channels: int
+    crc32: int
+    version: str
+    encoding: CodeEncoding
+    level_counts: _containers.RepeatedScalarFieldContainer[int]
+    avg_bits: float
+    timings: ServerTimings
+    def __init__(self, request_id: _Optional[str] = ..., codes: _Optional[bytes] = ..., n_channels: _Optional[int] = ..., crc32: _Optional[int] = ..., version: _Optional[str] = ..., encoding: _Optional[_Union[CodeEncoding, str]] = ..., level_counts: _Optional[_Iterable[int]] = ..., avg_bits: _Optional[float] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ...) -> None: ...
+
+class DeviceMetrics(_message.Message):
+    __slots__ = ("hr5", "hr10", "ndcg5", "ndcg10", "adapt_ms", "infer_ms", "rpc_ms", "bytes_up", "bytes_down", "avg_bits")
+    HR5_FIELD_NUMBER: _ClassVar[int]
+    HR10_FIELD_NUMBER: _ClassVar[int]
+    NDCG5_FIELD_NUMBER: _ClassVar[int]
+    NDCG10_FIELD_NUMBER: _ClassVar[int]
+    ADAPT_MS_FIELD_NUMBER: _ClassVar[int]
+    INFER_MS_FIELD_NUMBER: _ClassVar[int]
+    RPC_MS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    AVG_BITS_FIELD_NUMBER: _ClassVar[int]
+    hr5: float
+    hr10: float
+    ndcg5: float
+    ndcg10: float
+    adapt_ms: float
+    infer_ms: float
+    rpc_ms: float
+    bytes_up: int
+    bytes_down: int
+    avg_bits: float
+    def __init__(self, hr5: _Optional[float] = ..., hr10: _Optional[float] = ..., ndcg5: _Optional[float] = ..., ndcg10: _Optional[float] = ..., adapt_ms: _Optional[float] = ..., infer_ms: _Optional[float] = ..., rpc_ms: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., avg_bits: _Optional[float] = ...) -> None: ...
+
+class ReportMetricsRequest(_message.Message):
+    __slots__ = ("device_id", "round", "tier", "metrics")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    round: int
+    tier: str
+    metrics: DeviceMetrics
+    def __init__(self, device_id: _Optional[str] = ..., round: _Optional[int] = ..., tier: _Optional[str] = ..., metrics: _Optional[_Union[DeviceMetrics, _Mapping]] = ...) -> None: ...
+
+class ReportMetricsReply(_message.Message):
+    __slots__ = ("accepted", "duplicate")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
