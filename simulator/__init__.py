@@ -1,1 +1,6 @@
-"""simulator package."""
+"""The fleet simulator: config, plan, execution backends, durable store, faults and the report."""
+
+from simulator.config import FleetConfig, FleetConfigError, load_config
+from simulator.runner import SimulationError, run_simulation
+
+__all__ = ["FleetConfig", "FleetConfigError", "SimulationError", "load_config", "run_simulation"]

@@ -1,0 +1,260 @@
+"""The accuracy table of `chord eval`: CHORD in both backbone modes against every baseline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from chord.baselines.duet import DuetConfig, DuetScorer, train_duet
+from chord.baselines.finetune import FinetuneConfig, FinetuneScorer
+from chord.baselines.rows import MethodRow, size_weighted_bits
+from chord.baselines.static import (
+    fisher_importance,
+    levels_bits,
+    random_importance,
+    static_levels,
+    uniform_bits,
+)
+from chord.budget import DEFAULT_TIERS, Tier
+from chord.data import Split
+from chord.evaluation import evaluate
+from chord.hyper.deps import budget_range
+from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
+from chord.hyper.scoring import PersonalScorer
+
+ALL_METHODS = (
+    "fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2", "mixed-static", "mixed-random", "finetune",
+    "duet", "chord-random", "chord-pretrained",
+)
+# Methods also measured over the random backbone (cheap, and they put chord-random in context).
+RANDOM_MODE_METHODS = ("fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2", "mixed-static", "mixed-random")
+STATIC_NOTE = "ships one model once (0 bytes per user)"
+LOG = Callable[[str], None]
+
+
+class EvalError(ValueError):
+    """An evaluation request that cannot be met (budget outside the tier, unknown method)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One `chord eval` invocation."""
+
+    dataset: str = "ml-100k"
+    backbone: str = "sasrec"
+    budget: float = 3.0
+    tier: str | None = None  # None: low for budgets <= 2.5, mid otherwise
+    preset: str = "full"  # run preset: smoke | quick | full
+    seed: int = 0
+    max_users: int | None = None  # keep only the first N users (smoke)
+    methods: tuple[str, ...] = ALL_METHODS
+    finetune_users: int | None = 1000  # cap on users the (slow) per-user fine-tuning evaluates
+    finetune_steps: int = 5
+    duet_steps: int | None = None  # None: from the preset
+    backbone_path: str | None = None  # pretrained mode: reuse this trained backbone file
+    hyper_steps: int | None = None  # None: from the preset
+    hyper_lr: float | None = None  # None: RunConfig's default
+
+
+def pick_tier(budget: float, name: str | None, tiers: dict[str, Tier] = DEFAULT_TIERS) -> Tier:
+    """The tier for a budget: given, or low (<= 2.5 bits) / mid; the budget must be inside."""
+    if name is None:
+        name = "low" if budget <= 2.5 else "mid"
+    if name not in tiers:
+        raise EvalError(f"unknown tier {name!r}; use one of {sorted(tiers)}")
+    tier = tiers[name]
+    lo, hi = budget_range(tier)
+    if not lo < budget < hi:
+        raise EvalError(
+            f"budget {budget} is not strictly inside tier {name!r}'s range ({lo}, {hi}), so "
+            "no channel could be given more bits than another; pick another tier or budget"
+        )
+    return tier
+
+
+def _metrics(
+    score_fn: Any, split: Split, seed: int, users: np.ndarray | None = None
+) -> dict[str, float]:
+    """Test-split metrics of a backbone or score function (100 sampled negatives)."""
+    return evaluate(score_fn, split, "test", seed=seed, users=users)
+
+
+def code_bytes(levels: np.ndarray, version: str) -> int:
+    """Bytes of one encoded strategy: payload + a small header (length, CRC32, version)."""
+    header = 4 + 4 + 8 + 1
+    try:
+        from chord.codes import encode_levels
+
+        return len(encode_levels(levels, version).payload) + header
+    except NotImplementedError:
+        return (len(levels) + 3) // 4 + header
+
+
+def _chord_row(
+    run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, log: LOG | None
+) -> MethodRow:
+    """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
+    from chord.quant import quantize_backbone
+
+    scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget)
+    metrics = _metrics(scorer, split, seed)
+    levels = np.concatenate(scorer.level_rows)
+    n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))
+    # Per-user adaptation: cloud importance + levels + code, device quantization (20 users).
+    times = []
+    sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+    hist = split.test.histories[:20]
+    from chord.data import pad_sequences
+    from chord.hyper.deps import assign_levels
+
+    seqs = pad_sequences(hist, run.backbone.max_len)
+    for i in range(len(hist)):
+        start = time.perf_counter()
+        imp = run.importance_model.importance(run.profile(seqs[i : i + 1]))[0].numpy()
+        lv = assign_levels(imp, sizes, tier, budget)
+        code_bytes(lv, run.version)
+        quantize_backbone(run.backbone, levels_bits(lv, tier), layout=run.layout)
+        times.append((time.perf_counter() - start) * 1e3)
+    counts = np.stack([np.bincount(r, minlength=4) for r in levels]).mean(0)
+    distinct = len({r.tobytes() for r in levels})
+    return MethodRow(
+        f"chord-{run.mode}", run.mode, scorer.mean_avg_bits(), metrics, n_bytes,
+        float(np.mean(times)),
+        notes="bytes = 2-bit code + header; adapt = cloud strategy + device quantization",
+        extra={
+            "tier": tier.name, "budget": budget,
+            "level_counts_mean": [round(float(c), 1) for c in counts],
+            "distinct_strategies": distinct, "users": len(levels),
+            "per_user_bits_std": float(np.std(scorer.avg_bits)),
+        },
+    )
+
+
+def _static_rows(
+    run: ChordRun, split: Split, tier: Tier, budget: float, cfg: EvalConfig, log: LOG | None
+) -> list[MethodRow]:
+    """fp32, uniform PTQ and the two non-personalized mixed-precision baselines."""
+    from chord.quant import quantize_backbone
+
+    rows: list[MethodRow] = []
+    sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+    wanted = set(cfg.methods) if run.mode == "pretrained" else set(cfg.methods) & set(
+        RANDOM_MODE_METHODS
+    )
+    if "fp32" in wanted:
+        rows.append(MethodRow("fp32", run.mode, 32.0, _metrics(run.backbone, split, cfg.seed),
+                              notes=STATIC_NOTE))
+    for bits in (8, 4, 3, 2):
+        if f"ptq-{bits}" in wanted:
+            model = quantize_backbone(run.backbone, uniform_bits(run.layout, bits),
+                                      layout=run.layout)
+            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits),
+                                  _metrics(model, split, cfg.seed), notes=STATIC_NOTE))
+    for name in ("mixed-static", "mixed-random"):
+        if name not in wanted:
+            continue
+        if name == "mixed-static":
+            imp = fisher_importance(run.backbone, run.layout, split, tier, seed=cfg.seed)
+        else:
+            imp = random_importance(run.layout, cfg.seed)
+        mixed = levels_bits(static_levels(imp, run.layout, tier, budget), tier)
+        model = quantize_backbone(run.backbone, mixed, layout=run.layout)
+        rows.append(MethodRow(
+            name, run.mode, size_weighted_bits(mixed, sizes), _metrics(model, split, cfg.seed),
+            notes=STATIC_NOTE, extra={"tier": tier.name, "budget": budget},
+        ))
+    return rows
+
+
+def _finetune_row(
+    run: ChordRun, split: Split, budget: float, cfg: EvalConfig
+) -> MethodRow:
+    """Per-user fine-tuning on the device, then uniform PTQ at round(budget) bits."""
+    bits = round(budget)
+    scorer = FinetuneScorer(run.backbone, run.layout, FinetuneConfig(cfg.finetune_steps, bits=bits))
+    users = None
+    note = f"{cfg.finetune_steps} Adam steps per user, then uniform {bits}-bit PTQ"
+    if cfg.finetune_users is not None and cfg.finetune_users < len(split.test):
+        users = np.sort(np.random.default_rng(cfg.seed).choice(
+            len(split.test), cfg.finetune_users, replace=False))
+        note += f"; evaluated on {cfg.finetune_users} random test users"
+    metrics = _metrics(scorer, split, cfg.seed, users)
+    return MethodRow("finetune", run.mode, float(bits), metrics, 0.0, scorer.mean_adapt_ms(),
+                     notes=note)
+
+
+def _duet_row(
+    run: ChordRun, split: Split, budget: float, cfg: EvalConfig, log: LOG | None
+) -> MethodRow:
+    """DUET-style generated last Linear layer (fp32) over a uniformly quantized backbone."""
+    from chord.quant import quantize_backbone
+
+    bits = round(budget)
+    base = quantize_backbone(run.backbone, uniform_bits(run.layout, bits), layout=run.layout)
+    steps = cfg.duet_steps or {"smoke": 30, "quick": 150, "full": 1000}[cfg.preset]
+    dcfg = DuetConfig(steps=steps, seed=cfg.seed, eval_every=max(10, min(100, steps // 3)),
+                      batch_size=32 if cfg.preset == "smoke" else 64)
+    gen, key, info = train_duet(base, run.backbone, run.layout, split, dcfg, log)
+    scorer = DuetScorer(base, run.backbone, gen, key)
+    metrics = _metrics(scorer, split, cfg.seed)
+    sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+    per_channel = uniform_bits(run.layout, bits)
+    sl = run.layout.slices()[key.removesuffix(".weight")]
+    per_channel[sl] = 32
+    return MethodRow(
+        "duet", run.mode, size_weighted_bits(per_channel, sizes), metrics,
+        float(gen.n_generated * 4), float(np.mean(scorer.adapt_ms)),
+        notes=f"generates {key} ({gen.n_generated} fp32 params) per user; rest {bits}-bit PTQ",
+        extra={"duet_valid_ndcg10": info["best_valid_ndcg10"]},
+    )
+
+
+def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
+    """Measure every requested method on the test split; returns {"rows": [...], "meta": {...}}."""
+    unknown = sorted(set(cfg.methods) - set(ALL_METHODS))
+    if unknown:
+        raise EvalError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
+    tier = pick_tier(cfg.budget, cfg.tier)
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rows: list[MethodRow] = []
+    runs: dict[str, Any] = {}
+    modes = ["pretrained", "random"]
+    for mode in modes:
+        over: dict[str, Any] = {}
+        if cfg.hyper_steps is not None:
+            over["hyper_steps"] = cfg.hyper_steps
+        if cfg.hyper_lr is not None:
+            over["hyper_lr"] = cfg.hyper_lr
+        if mode == "pretrained" and cfg.backbone_path is not None:
+            over["backbone_path"] = cfg.backbone_path
+        rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
+                                mode=mode, seed=cfg.seed, max_users=cfg.max_users, **over)
+        t0 = time.perf_counter()
+        run = load_run(prepare_run(rcfg, log=log))
+        split = load_split(rcfg)
+        runs[mode] = {"path": str(run.path), "prepare_s": round(time.perf_counter() - t0, 1),
+                      "hyper_train": run.meta.get("hyper_train"),
+                      "backbone_train": run.meta.get("backbone_train")}
+        if log:
+            log(f"{mode}: run ready at {run.path}")
+        rows += _static_rows(run, split, tier, cfg.budget, cfg, log)
+        if mode == "pretrained" and "finetune" in cfg.methods:
+            rows.append(_finetune_row(run, split, cfg.budget, cfg))
+        if mode == "pretrained" and "duet" in cfg.methods:
+            rows.append(_duet_row(run, split, cfg.budget, cfg, log))
+        if f"chord-{mode}" in cfg.methods:
+            rows.append(_chord_row(run, split, tier, cfg.budget, cfg.seed, log))
+        if log:
+            log(f"{mode}: {len(rows)} rows after {time.perf_counter() - start:.0f}s")
+    meta = {
+        "config": asdict(cfg), "tier": tier.name, "tier_level_bits": list(tier.level_bits),
+        "seconds": round(time.perf_counter() - start, 1), "runs": runs,
+        "protocol": "test split, target vs 100 sampled unseen negatives (seeded)",
+    }
+    return {"rows": [r.to_dict() for r in rows], "meta": meta}

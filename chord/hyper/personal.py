@@ -1,0 +1,170 @@
+"""Per-user quantized weights: level banks, relaxed level choice and batched forward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from chord.budget import Tier
+from chord.hyper.hypernet import layout_layers, weight_param_name
+
+
+class LevelBank:
+    """Each quantizable weight of a frozen backbone, quantized once at each level of a tier.
+
+    Item-indexed tables (embeddings with n_items + 1 rows, and unquantized per-item parameters
+    such as Caser's output bias) can be mixed for a few rows per user only: see compact_items.
+    """
+
+    def __init__(self, backbone: nn.Module, layout: Any, tier: Tier) -> None:
+        """Precompute Q_{b_k}(W) for the four levels of `tier` (B's level_weights)."""
+        from chord.hyper.deps import level_weights
+
+        self.tier = tier
+        state = dict(backbone.state_dict())
+        self.item_rows = int(getattr(backbone, "n_items", -2)) + 1
+        self.names: list[str] = []
+        self.banks: list[torch.Tensor] = []  # [4, n_out, *rest]
+        for layer in layout_layers(layout):
+            key = weight_param_name(layer.name)
+            w = state[key].detach().float()
+            self.names.append(key)
+            self.banks.append(level_weights(w, tier.level_bits).float())
+        self.splits = [b.shape[1] for b in self.banks]
+        self.item_tables = {
+            k for k, b in zip(self.names, self.banks, strict=True)
+            if b.shape[1] == self.item_rows and b.dim() == 3
+        }
+        self.item_extras = {
+            k: v.detach() for k, v in backbone.named_parameters()
+            if k not in self.names and v.dim() >= 1 and v.shape[0] == self.item_rows
+        }
+
+    def mix(
+        self, masks: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-user weights: masks [B, n_channels, 4] (one-hot or relaxed) -> {key: [B, *w]}.
+
+        With ids [B, K] (global item ids per user), item tables hold only those K rows.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for key, bank, m in zip(
+            self.names, self.banks, torch.split(masks, self.splits, dim=1), strict=True
+        ):
+            flat = bank.reshape(4, bank.shape[1], -1)
+            if ids is not None and key in self.item_tables:
+                m = torch.gather(m, 1, ids[:, :, None].expand(-1, -1, 4))
+                rows = flat[:, ids]  # [4, B, K, D]
+                mixed = m[:, :, 0:1] * rows[0]
+                for k in range(1, 4):
+                    mixed = mixed + m[:, :, k : k + 1] * rows[k]
+                out[key] = mixed
+                continue
+            # Four fused multiply-adds beat one einsum here (it would batch over channels).
+            mixed = m[:, :, 0:1] * flat[0]
+            for k in range(1, 4):
+                mixed = mixed + m[:, :, k : k + 1] * flat[k]
+            out[key] = mixed.reshape(m.shape[0], *bank.shape[1:])
+        if ids is not None:
+            for key, v in self.item_extras.items():
+                out[key] = v[ids]
+        return out
+
+
+def compact_items(
+    seqs: torch.Tensor, candidates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-user item tables of K = 1 + L + C rows: (global ids [B, K], local seqs, local cands).
+
+    Row 0 is padding; then one row per history position and per candidate (duplicates are
+    harmless: equal rows get equal levels). Scores are identical to the full-table ones.
+    """
+    b, length = seqs.shape
+    n_c = candidates.shape[1]
+    ids = torch.cat([torch.zeros(b, 1, dtype=torch.long), seqs, candidates], dim=1)
+    pos = torch.arange(1, length + 1).expand(b, -1)
+    local_seqs = torch.where(seqs == 0, torch.zeros_like(pos), pos)
+    local_cands = torch.arange(length + 1, length + 1 + n_c).expand(b, -1).contiguous()
+    return ids, local_seqs.contiguous(), local_cands
+
+
+def one_hot_levels(levels: torch.Tensor) -> torch.Tensor:
+    """Levels [B, C] (0..3) -> float one-hot [B, C, 4]."""
+    return torch.nn.functional.one_hot(levels.long(), 4).float()
+
+
+def relaxed_masks(
+    importance: torch.Tensor, hard: torch.Tensor, tau: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through level masks and their soft probabilities, both [B, C, 4].
+
+    The hard levels (from assign_levels, which meets the budget) fix three thresholds per user
+    between adjacent levels; p(level >= k) = sigmoid((s - t_k) / (tau * std(s))). The forward
+    pass uses the hard one-hot, the backward pass the soft probabilities.
+    """
+    s = importance
+    scale = s.detach().std(dim=1, keepdim=True).clamp_min(1e-6) * tau
+    big = torch.finfo(s.dtype).max / 4
+    ge = [torch.ones_like(s)]
+    for k in (1, 2, 3):
+        hi = torch.where(hard >= k, s.detach(), torch.full_like(s, big)).amin(1, keepdim=True)
+        lo = torch.where(hard < k, s.detach(), torch.full_like(s, -big)).amax(1, keepdim=True)
+        # Empty sides put the threshold just beyond the other side's extreme.
+        inner = torch.where(lo <= -big, hi - scale * 8, (hi + lo) / 2)
+        t = torch.where(hi >= big, lo + scale * 8, inner)
+        ge.append(torch.sigmoid((s - t) / scale))
+    ge.append(torch.zeros_like(s))
+    probs = torch.stack([ge[k] - ge[k + 1] for k in range(4)], dim=-1).clamp_min(0.0)
+    hard_1h = one_hot_levels(hard)
+    return hard_1h + probs - probs.detach(), probs
+
+
+def expected_bits(probs: torch.Tensor, sizes: torch.Tensor, tier: Tier) -> torch.Tensor:
+    """Size-weighted expected bits per weight of soft level choices [B, C, 4] -> [B]."""
+    bits = torch.tensor(tier.level_bits, dtype=probs.dtype)
+    per_channel = probs @ bits
+    return (per_channel * sizes).sum(1) / sizes.sum()
+
+
+class MethodShim(nn.Module):
+    """Routes forward() to a named method of a backbone so functional_call can swap its weights."""
+
+    def __init__(self, backbone: nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner = backbone
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """Call the wrapped method."""
+        fn: Callable[..., torch.Tensor] = getattr(self.inner, self.method)
+        return fn(*args)
+
+
+def batched_call(
+    backbone: nn.Module, params: dict[str, torch.Tensor], method: str, *args: torch.Tensor
+) -> torch.Tensor:
+    """backbone.METHOD(*args) for each user with that user's weights, batched with vmap.
+
+    params maps state-dict keys to [B, ...] tensors (keys not given keep the shared weight);
+    args are per-user inputs [B, ...]; the result is [B, ...].
+    """
+    shim = MethodShim(backbone, method)
+
+    def one(p: dict[str, torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+        named = {f"inner.{k}": v for k, v in p.items()}
+        res = functional_call(
+            shim, named, tuple(x.unsqueeze(0) for x in xs), strict=False, tie_weights=False
+        )
+        return res.squeeze(0)
+
+    return torch.func.vmap(one, randomness="different")(params, *args)
+
+
+def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:
+    """Per-channel bit-widths of a level assignment under a tier."""
+    return np.asarray(tier.level_bits, dtype=np.int64)[levels]

@@ -1,0 +1,383 @@
+"""Run directories: a frozen backbone plus its trained hypernetwork, written once and reused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chord.budget import DEFAULT_TIERS, Tier
+from chord.checkpoint import load_backbone, save_backbone, weights_version
+from chord.config import BackboneConfig, config_to_dict
+from chord.data import Split, leave_one_out, load_dataset
+from chord.data.interactions import default_cache_dir
+from chord.hyper.deps import channel_layout
+from chord.hyper.hypernet import HyperNetwork
+from chord.hyper.training import HyperTrainConfig, train_hypernet
+from chord.models import Backbone, build_backbone, fit_length
+
+RUN_FORMAT = "chord-run/1"
+HYPERNET_FORMAT = "chord-hypernet/1"
+MODES = ("random", "pretrained")
+PRESETS = ("smoke", "quick", "full")
+
+
+class RunError(ValueError):
+    """A run directory that is missing, incomplete or does not match what was asked."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run directory's contents (its identity for reuse)."""
+
+    dataset: str = "ml-100k"  # packaged name (ml-100k, ml-1m) or an interaction file path
+    backbone: str = "sasrec"  # sasrec | caser
+    mode: str = "pretrained"  # random (seed + config) | pretrained (trained once, frozen)
+    seed: int = 0
+    max_users: int | None = None  # keep only the first N users (smoke runs and tests)
+    backbone_path: str | None = None  # pretrained mode: reuse this chord.checkpoint file
+    backbone_epochs: int = 200  # pretrained mode: upper bound, early stopping ends sooner
+    backbone_patience: int = 5
+    hyper_steps: int = 1500
+    hyper_batch: int = 64
+    hyper_eval_every: int = 100
+    hyper_patience: int = 4
+    hyper_lr: float = 1e-3  # 2e-3 peaked early and then drifted on ML-100K (both backbones)
+    hyper_valid_users: int = 400
+    rank: int = 4
+    hidden: int = 128
+    tau: float = 0.5
+
+    def __post_init__(self) -> None:
+        """Reject unknown modes and backbones with a message that says what to send."""
+        if self.mode not in MODES:
+            raise RunError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.backbone not in ("sasrec", "caser"):
+            raise RunError(f"backbone must be 'sasrec' or 'caser', got {self.backbone!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> RunConfig:
+        """smoke (seconds, tests), quick (minutes, `chord eval --quick`) or full (benchmarks)."""
+        base: dict[str, dict[str, Any]] = {
+            "smoke": {
+                "max_users": 200, "backbone_epochs": 3, "hyper_steps": 40, "hyper_batch": 32,
+                "hyper_eval_every": 20, "hyper_valid_users": 100, "hidden": 32,
+            },
+            "quick": {
+                "backbone_epochs": 15, "hyper_steps": 150, "hyper_eval_every": 50,
+                "hyper_valid_users": 300,
+            },
+            "full": {},
+        }
+        if name not in base:
+            raise RunError(f"unknown preset {name!r}; use one of {PRESETS}")
+        return cls(**{**base[name], **overrides})
+
+    def key(self) -> str:
+        """Short hash of the config, naming its cache directory."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def backbone_key(self) -> dict[str, Any]:
+        """The fields that determine the backbone alone (shared by runs with other hypernets)."""
+        return {
+            "dataset": self.dataset, "backbone": self.backbone, "mode": self.mode,
+            "seed": self.seed, "max_users": self.max_users, "path": self.backbone_path,
+            "epochs": self.backbone_epochs if self.mode == "pretrained" else 0,
+            "patience": self.backbone_patience if self.mode == "pretrained" else 0,
+        }
+
+
+@dataclass
+class ChordRun:
+    """A loaded run: the frozen backbone, its layout, and the importance model for it."""
+
+    path: Path
+    backbone: Backbone
+    backbone_config: BackboneConfig
+    mode: str
+    seed: int
+    version: str
+    layout: Any
+    importance_model: HyperNetwork
+    profile_dim: int
+    tiers: dict[str, Tier]
+    dataset: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def profile(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The on-device profiler: the frozen fp32 encoder over recent items [B, L] -> [B, d]."""
+        if seqs.dim() == 1:
+            seqs = seqs.unsqueeze(0)
+        seqs = fit_length(seqs.long(), self.backbone.max_len)
+        return self.backbone.encode(seqs).float()
+
+    @property
+    def n_channels(self) -> int:
+        """Channels of the backbone (= length of every strategy)."""
+        return int(self.layout.n_channels)
+
+
+def cache_root() -> Path:
+    """Where run directories and trained backbones are cached ($CHORD_CACHE_DIR/runs)."""
+    return default_cache_dir() / "runs"
+
+
+def restrict_split(split: Split, n_users: int | None) -> Split:
+    """The first `n_users` users of a split (as chord.train does for max_train_users)."""
+    if n_users is None or n_users >= split.n_users:
+        return split
+    keep = np.arange(n_users)
+    return dataclasses.replace(
+        split, train=split.train[:n_users], valid=split.valid.subset(keep),
+        test=split.test.subset(keep), seen=split.seen[:n_users],
+    )
+
+
+def load_split(cfg: RunConfig) -> Split:
+    """The leave-one-out split a run is trained and evaluated on."""
+    return restrict_split(leave_one_out(load_dataset(cfg.dataset)), cfg.max_users)
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def obtain_backbone(
+    cfg: RunConfig, split: Split, log: Callable[[str], None] | None = None
+) -> tuple[Backbone, dict[str, Any]]:
+    """The frozen backbone of a run: rebuilt from seed (random) or trained once and cached."""
+    from chord.train import TrainConfig, backbone_config_for, train_backbone
+
+    tcfg = TrainConfig(
+        dataset=cfg.dataset, backbone=cfg.backbone, epochs=cfg.backbone_epochs,
+        patience=cfg.backbone_patience, seed=cfg.seed, max_train_users=cfg.max_users,
+        progress=False,
+    )
+    if cfg.mode == "random":
+        bcfg = backbone_config_for(tcfg, split.n_items, split.name)
+        model = build_backbone(bcfg, cfg.seed)
+        info: dict[str, Any] = {}
+    elif cfg.backbone_path is not None:
+        model, meta = load_backbone(cfg.backbone_path)
+        if model.n_items != split.n_items or model.kind != cfg.backbone:
+            raise RunError(
+                f"backbone {cfg.backbone_path} is a {model.kind} over {model.n_items} items, but "
+                f"the run needs a {cfg.backbone} over {split.n_items} items of {cfg.dataset}"
+            )
+        info = {"path": str(cfg.backbone_path), **{k: meta[k] for k in ("version",) if k in meta}}
+        if log:
+            log(f"using trained backbone {cfg.backbone_path}")
+    else:
+        key = cfg.backbone_key()
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        name = f"{Path(cfg.dataset).name}-{cfg.backbone}-s{cfg.seed}-{digest}"
+        cached = cache_root() / "backbones" / name / "backbone.pt"
+        if cached.is_file():
+            model, meta = load_backbone(cached)
+            info = meta.get("train", {})
+            if log:
+                log(f"reusing trained backbone {cached}")
+        else:
+            if log:
+                log(f"training {cfg.backbone} on {cfg.dataset} (pretrained mode)")
+            result = train_backbone(tcfg, split)
+            model = result.model
+            info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
+            save_backbone(cached, model, {"train": info, "key": key})
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, info
+
+
+def _tiers_json(tiers: dict[str, Tier]) -> dict[str, Any]:
+    """Tiers as JSON."""
+    return {
+        n: {"level_bits": list(t.level_bits), "default_budget_bits": t.default_budget_bits}
+        for n, t in tiers.items()
+    }
+
+
+def _tiers_from_json(data: dict[str, Any]) -> dict[str, Tier]:
+    """Tiers from run.json."""
+    return {
+        n: Tier(n, tuple(int(b) for b in v["level_bits"]), float(v["default_budget_bits"]))  # type: ignore[arg-type]
+        for n, v in data.items()
+    }
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """The cache directory of a run config."""
+    name = f"{Path(cfg.dataset).name}-{cfg.backbone}-{cfg.mode}-s{cfg.seed}-{cfg.key()}"
+    return cache_root() / name
+
+
+def run_matches(out: Path, cfg: RunConfig) -> bool:
+    """Whether OUT already holds a complete run of exactly this config."""
+    try:
+        meta = json.loads((out / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        meta.get("format") == RUN_FORMAT
+        and meta.get("run_config") == asdict(cfg)
+        and (out / "backbone.pt").is_file()
+        and (out / "hypernet.pt").is_file()
+    )
+
+
+def prepare_run(
+    cfg: RunConfig, out_dir: str | Path | None = None, log: Callable[[str], None] | None = None
+) -> Path:
+    """Train (or reuse) the backbone and hypernetwork of `cfg`; write and return the run dir.
+
+    OUT/run.json, OUT/backbone.pt (chord.checkpoint format), OUT/hypernet.pt. A directory that
+    already holds a run of the same config is returned untouched.
+    """
+    out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
+    if run_matches(out, cfg):
+        if log:
+            log(f"reusing run {out}")
+        return out
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    split = load_split(cfg)
+    backbone, backbone_info = obtain_backbone(cfg, split, log)
+    layout = channel_layout(backbone)
+    hyper = HyperNetwork(
+        layout, backbone.state_dim, dict(backbone.state_dict()), rank=cfg.rank,
+        hidden=cfg.hidden, seed=cfg.seed,
+    )
+    tcfg = HyperTrainConfig(
+        steps=cfg.hyper_steps, batch_size=cfg.hyper_batch, lr=cfg.hyper_lr, tau=cfg.tau,
+        eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
+        valid_users=cfg.hyper_valid_users, seed=cfg.seed,
+    )
+    report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log)
+    out.mkdir(parents=True, exist_ok=True)
+    version = save_backbone(
+        out / "backbone.pt", backbone, {"dataset": split.name, "mode": cfg.mode, "seed": cfg.seed}
+    )
+    save_hypernet(out / "hypernet.pt", hyper, version)
+    meta = {
+        "format": RUN_FORMAT,
+        "dataset": split.name,
+        "backbone": cfg.backbone,
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "version": version,
+        "profile_dim": int(backbone.state_dim),
+        "n_channels": int(layout.n_channels),
+        "n_items": int(split.n_items),
+        "n_users": int(split.n_users),
+        "backbone_config": config_to_dict(backbone.config),
+        "hyper_config": hyper.hyper_config(),
+        "tiers": _tiers_json(DEFAULT_TIERS),
+        "run_config": asdict(cfg),
+        "backbone_train": backbone_info,
+        "hyper_train": report.to_dict(),
+        "prepare_seconds": round(time.perf_counter() - start, 2),
+    }
+    _atomic_json(out / "run.json", meta)
+    return out
+
+
+def save_hypernet(path: Path, hyper: HyperNetwork, version: str) -> None:
+    """Write the hypernetwork's weights and shape (loadable with weights_only=True)."""
+    payload = {
+        "format": HYPERNET_FORMAT,
+        "version": version,
+        "n_channels": hyper.n_channels,
+        "config": hyper.hyper_config(),
+        "state_dict": {k: v.detach().cpu() for k, v in hyper.state_dict().items()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_run(path: str | Path) -> ChordRun:
+    """Load a run directory written by prepare_run; raise RunError saying what is wrong."""
+    root = Path(path)
+    if not root.is_dir():
+        raise RunError(f"run directory {root} does not exist; create it with prepare_run")
+    missing = [n for n in ("run.json", "backbone.pt", "hypernet.pt") if not (root / n).is_file()]
+    if missing:
+        raise RunError(
+            f"run directory {root} lacks {', '.join(missing)}; rerun prepare_run to complete it"
+        )
+    try:
+        meta = json.loads((root / "run.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{root / 'run.json'} is not valid JSON: {exc}") from exc
+    if meta.get("format") != RUN_FORMAT:
+        raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
+    backbone, _ = load_backbone(root / "backbone.pt")
+    version = weights_version(backbone)
+    if version != meta.get("version"):
+        raise RunError(
+            f"{root}: backbone.pt has version {version} but run.json says {meta.get('version')}"
+        )
+    if meta["mode"] == "random":
+        rebuilt = build_backbone(backbone.config, int(meta["seed"]))
+        if weights_version(rebuilt) != version:
+            raise RunError(
+                f"{root}: random-mode backbone does not match build_backbone(config, seed="
+                f"{meta['seed']}); the run was written by another model version"
+            )
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    try:
+        payload = torch.load(root / "hypernet.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a corrupt file
+        raise RunError(f"cannot read {root / 'hypernet.pt'}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != HYPERNET_FORMAT:
+        raise RunError(f"{root / 'hypernet.pt'} is not a {HYPERNET_FORMAT} file")
+    if payload["version"] != version:
+        raise RunError(
+            f"{root}: hypernet.pt was trained for backbone {payload['version']}, "
+            f"backbone.pt is {version}"
+        )
+    layout = channel_layout(backbone)
+    hc = payload["config"]
+    hyper = HyperNetwork(
+        layout, int(hc["profile_dim"]), dict(backbone.state_dict()), rank=int(hc["rank"]),
+        hidden=int(hc["hidden"]), seed=int(hc["seed"]),
+    )
+    if hyper.n_channels != payload["n_channels"]:
+        raise RunError(
+            f"{root}: hypernet.pt covers {payload['n_channels']} channels, backbone has "
+            f"{hyper.n_channels}"
+        )
+    hyper.load_state_dict(payload["state_dict"])
+    hyper.eval()
+    return ChordRun(
+        path=root, backbone=backbone, backbone_config=backbone.config, mode=meta["mode"],
+        seed=int(meta["seed"]), version=version, layout=layout, importance_model=hyper,
+        profile_dim=int(meta["profile_dim"]), tiers=_tiers_from_json(meta["tiers"]),
+        dataset=meta["dataset"], meta=meta,
+    )
+
+
+def copy_run(src: str | Path, dst: str | Path) -> Path:
+    """Copy a run directory (e.g. from the cache to a user-chosen place)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return Path(dst)

@@ -1,0 +1,107 @@
+"""`chord serve`: run the gRPC strategy service from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cloud_server.config import MIB, ServerConfig
+
+log = logging.getLogger("cloud_server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of `chord serve`."""
+    parser.add_argument(
+        "--run", type=Path, help="run directory (run.json, backbone.pt, hypernet.pt)"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 = any free port")
+    parser.add_argument(
+        "--max-batch", type=int, default=32, help="requests per forward pass; 1 = unbatched"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="batch wait after the first request"
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=256,
+        help="in-flight GetStrategy calls before RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--max-receive-mib", type=float, default=1.0, help="largest request message, MiB"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus exporter port; 0 = off"
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)"
+    )
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="bearer token required on every call but health (default: $CHORD_TOKEN)",
+    )
+    parser.add_argument(
+        "--echo", action="store_true", help="fixed replies, no model work (load ceiling)"
+    )
+    parser.add_argument(
+        "--grace-s", type=float, default=10.0, help="drain period after SIGTERM, seconds"
+    )
+    parser.add_argument("--reports", type=Path, help="JSONL file to append device reports to")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Turn parsed flags into a ServerConfig."""
+    token = args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None
+    return ServerConfig(
+        run_dir=args.run,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_concurrency=args.max_concurrency,
+        max_receive_bytes=int(args.max_receive_mib * MIB),
+        metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=token,
+        echo=args.echo,
+        grace_s=args.grace_s,
+        reports_path=args.reports,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; print the bound port; return the exit status."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        print(f"chord serve: {exc}", file=sys.stderr)
+        return 2
+    from cloud_server.server import serve
+
+    def bound(port: int) -> None:
+        log.info(
+            "listening on %s:%d (tls=%s, token=%s, echo=%s)",
+            args.host,
+            port,
+            cfg.tls_cert is not None,
+            cfg.token is not None,
+            cfg.echo,
+        )
+        print(f"port={port}", flush=True)
+
+    try:
+        return serve(cfg, f"{args.host}:{args.port}", on_bound=bound)
+    except OSError as exc:
+        print(f"chord serve: {exc}", file=sys.stderr)
+        return 1

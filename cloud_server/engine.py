@@ -1,0 +1,229 @@
+"""Strategy engines: a batch of requests in, one importance forward pass, encoded levels out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from chord.budget import DEFAULT_TIERS, BudgetError, Tier, assign_levels, average_bits, budget_range
+from chord.codes import encode_levels
+from chord.strategy import StrategyRequest, StrategyResult
+from cloud_server.errors import InvalidRequestError, ServiceError
+from cloud_server.spec import LayerSpec, ModelSpec, TierSpec
+
+if TYPE_CHECKING:
+    from chord.hyper.runs import ChordRun
+
+__all__ = ["EchoEngine", "Engine", "StrategyEngine", "tier_specs"]
+
+BatchOutcome = list[StrategyResult | ServiceError]
+
+
+class Engine(Protocol):
+    """What the service calls: a published spec and a batch computation."""
+
+    spec: ModelSpec
+    inline: bool  # True when compute is so cheap it may run on the event loop
+
+    def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
+        """One result (or the error of that one request) per request, in order."""
+        ...
+
+
+def tier_specs(tiers: Mapping[str, Tier]) -> tuple[TierSpec, ...]:
+    """Publishable tiers with the budget range each can reach."""
+    out = []
+    for tier in tiers.values():
+        lo, hi = budget_range(tier)
+        out.append(TierSpec(tier.name, tier.level_bits, tier.default_budget_bits, lo, hi))
+    return tuple(out)
+
+
+def _result(
+    req: StrategyRequest,
+    levels: np.ndarray,
+    sizes: np.ndarray,
+    tier: Tier,
+    version: str,
+    model_ms: float,
+) -> StrategyResult:
+    """Encode one request's levels into its result."""
+    levels = levels.astype(np.uint8, copy=False)
+    counts = np.bincount(levels, minlength=4)
+    return StrategyResult(
+        request_id=req.request_id,
+        code=encode_levels(levels, version),
+        level_counts=(int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3])),
+        avg_bits=float(average_bits(levels, sizes, tier)),
+        timings={"model_ms": model_ms},
+    )
+
+
+class StrategyEngine:
+    """Computes strategies with a run's hypernetwork (one forward pass per batch)."""
+
+    inline = False
+
+    def __init__(self, run: ChordRun) -> None:
+        """Wrap a loaded run (chord.hyper.runs.load_run)."""
+        self.run = run
+        self.run_dir = Path(run.path).resolve()
+        self._tiers = dict(run.tiers)
+        self._sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+        self._max_len = int(run.backbone.max_len)
+        self.spec = self._build_spec()
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str) -> StrategyEngine:
+        """Load RUN (run.json, backbone.pt, hypernet.pt) with chord.hyper.runs.load_run."""
+        from chord.hyper.runs import load_run
+
+        return cls(load_run(Path(run_dir)))
+
+    def _build_spec(self) -> ModelSpec:
+        """The spec devices fetch: backbone recipe, layout, tiers, profile size."""
+        from chord.config import config_to_json
+
+        run = self.run
+        weights = self.run_dir / "backbone.pt"
+        pretrained = run.mode == "pretrained"
+        layers = tuple(
+            LayerSpec(str(x.name), int(x.n_channels), int(x.channel_size))
+            for x in run.layout.layers
+        )
+        return ModelSpec(
+            kind=str(run.backbone.kind),
+            mode=str(run.mode),
+            config_json=config_to_json(run.backbone_config),
+            seed=int(run.seed),
+            weights_uri=str(weights) if pretrained else "",
+            weights_bytes=weights.stat().st_size if pretrained and weights.exists() else 0,
+            version=str(run.version),
+            layers=layers,
+            n_channels=int(run.layout.n_channels),
+            tiers=tier_specs(self._tiers),
+            profile_dim=int(run.profile_dim),
+            max_recent_items=self._max_len,
+            n_items=int(run.backbone.n_items),
+        )
+
+    def _profiles(self, requests: Sequence[StrategyRequest]) -> torch.Tensor:
+        """[B, d] profiles: as sent, or profiled here from recent item ids (left-padded)."""
+        d = self.spec.profile_dim
+        out = torch.zeros(len(requests), d, dtype=torch.float32)
+        seq_rows = [i for i, r in enumerate(requests) if r.profile is None]
+        for i, r in enumerate(requests):
+            if r.profile is not None:
+                out[i] = torch.from_numpy(np.asarray(r.profile, dtype=np.float32))
+        if seq_rows:
+            seqs = torch.zeros(len(seq_rows), self._max_len, dtype=torch.long)
+            for j, i in enumerate(seq_rows):
+                items = requests[i].recent_items
+                assert items is not None
+                tail = torch.as_tensor(items[-self._max_len :], dtype=torch.long)
+                seqs[j, self._max_len - len(tail) :] = tail
+            out[seq_rows] = self.run.profile(seqs).to(torch.float32)
+        return out
+
+    def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
+        """One importance forward pass for the batch, then budget assignment per request."""
+        if not requests:
+            return []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            importance = self.run.importance_model.importance(self._profiles(requests))
+        imp = importance.detach().cpu().numpy()
+        forward_ms = (time.perf_counter() - start) * 1e3
+        out: BatchOutcome = []
+        for i, req in enumerate(requests):
+            tier = self._tiers[req.tier]
+            t0 = time.perf_counter()
+            try:
+                levels = assign_levels(imp[i], self._sizes, tier, req.budget_bits)
+            except BudgetError as exc:
+                out.append(InvalidRequestError(f"{exc}; send a budget this tier can reach"))
+                continue
+            ms = forward_ms + (time.perf_counter() - t0) * 1e3
+            out.append(_result(req, levels, self._sizes, tier, self.spec.version, ms))
+        return out
+
+
+def _synthetic_spec(tiers: Mapping[str, Tier]) -> ModelSpec:
+    """A fixed spec for echo mode without a run: a small SASRec-shaped layout."""
+    n_items, hidden = 1000, 64
+    layers = (
+        LayerSpec("item_emb", n_items + 1, hidden),
+        LayerSpec("pos_emb", 50, hidden),
+        LayerSpec("blocks.0.attn.q", hidden, hidden),
+        LayerSpec("blocks.0.ffn.fc1", hidden, hidden),
+    )
+    return ModelSpec(
+        kind="sasrec",
+        mode="random",
+        config_json='{"kind": "sasrec", "n_items": 1000, "hidden": 64}',
+        seed=0,
+        weights_uri="",
+        weights_bytes=0,
+        version="ec40ec40ec40ec40",
+        layers=layers,
+        n_channels=sum(x.n_channels for x in layers),
+        tiers=tier_specs(tiers),
+        profile_dim=hidden,
+        max_recent_items=50,
+        n_items=n_items,
+    )
+
+
+class EchoEngine:
+    """Answers every request with a fixed valid reply per tier and no model work."""
+
+    inline = True
+
+    def __init__(
+        self, spec: ModelSpec | None = None, tiers: Mapping[str, Tier] | None = None, seed: int = 0
+    ) -> None:
+        """Use a run's spec (and tiers) or a synthetic one; fixed levels come from the seed."""
+        self._tiers = dict(tiers if tiers is not None else DEFAULT_TIERS)
+        self.spec = spec if spec is not None else _synthetic_spec(self._tiers)
+        sizes = np.array(
+            [x.channel_size for x in self.spec.layers for _ in range(x.n_channels)], dtype=np.int64
+        )
+        importance = np.random.default_rng(seed).random(self.spec.n_channels).astype(np.float32)
+        self._fixed: dict[str, StrategyResult] = {}
+        for name, tier in self._tiers.items():
+            levels = assign_levels(importance, sizes, tier, tier.default_budget_bits)
+            self._fixed[name] = _result(
+                StrategyRequest("", "", self.spec.version, name, tier.default_budget_bits),
+                levels,
+                sizes,
+                tier,
+                self.spec.version,
+                0.0,
+            )
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str) -> EchoEngine:
+        """Echo with a run's spec, so devices can still decode the reply against its backbone."""
+        real = StrategyEngine.from_run_dir(run_dir)
+        return cls(real.spec, real.run.tiers)
+
+    def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
+        """The fixed reply of each request's tier, under the request's id."""
+        out: BatchOutcome = []
+        for req in requests:
+            fixed = self._fixed[req.tier]
+            out.append(
+                StrategyResult(
+                    req.request_id,
+                    fixed.code,
+                    fixed.level_counts,
+                    fixed.avg_bits,
+                    {"model_ms": 0.0},
+                )
+            )
+        return out

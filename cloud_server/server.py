@@ -1,0 +1,177 @@
+"""Server wiring: gRPC aio server, health, reflection, limits, TLS, token, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud_server.auth import TokenInterceptor
+from cloud_server.config import ServerConfig
+from cloud_server.serde import METHOD_CODECS, SERVICE_NAME
+from cloud_server.service import StrategyService
+from cloud_server.servicer import StrategyServicer
+
+__all__ = ["HEALTH_SERVICES", "create_server", "serve", "serve_async", "stop_server"]
+
+log = logging.getLogger(__name__)
+
+# Health is reported for the whole server ("") and for the strategy service by name.
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+class _Health(health.aio.HealthServicer):
+    """The standard async health servicer, starting NOT_SERVING for our services."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server_status = dict.fromkeys(
+            HEALTH_SERVICES, health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    async def serving(self) -> None:
+        """Mark every service SERVING."""
+        for name in HEALTH_SERVICES:
+            await self.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _bring_up(service: StrategyService, health_servicer: _Health) -> None:
+    """Load the model, then report SERVING; on failure stay NOT_SERVING and log why."""
+    try:
+        await service.load()
+    except Exception:
+        log.error("model failed to load (%s); health stays NOT_SERVING", service.load_error)
+        raise
+    await health_servicer.serving()
+
+
+def _add_strategy_service(server: grpc.aio.Server, servicer: StrategyServicer) -> None:
+    """Register the servicer with tolerant parsers (corrupt bytes -> INVALID_ARGUMENT)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=parse, response_serializer=serialize
+        )
+        for name, (parse, serialize) in METHOD_CODECS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS server credentials when cfg names a certificate and key."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    return grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
+
+
+def create_server(
+    address: str, cfg: ServerConfig, service: StrategyService | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Build and bind (not start) a server on address ("host:port", port 0 = any free port).
+
+    Must be called with a running event loop. The model loads in the background once the loop
+    runs; health reports NOT_SERVING until then. Pass your own `service` to reach its metrics
+    and to close it (`stop_server`) after the server stops.
+    """
+    loop = asyncio.get_running_loop()
+    service = service or StrategyService(cfg)
+    interceptors = []
+    if cfg.token is not None:
+        interceptors.append(
+            TokenInterceptor(
+                cfg.token,
+                on_reject=lambda m: service.metrics.observe(
+                    m.rsplit("/", 1)[-1], "UNAUTHENTICATED", 0.0
+                ),
+            )
+        )
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_receive_bytes),
+            ("grpc.max_send_message_length", cfg.max_send_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    _add_strategy_service(server, StrategyServicer(service))
+    health_servicer = _Health()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    creds = _credentials(cfg)
+    try:
+        port = (
+            server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {address!r} ({exc}); pass a free port or port 0") from exc
+    if port == 0:
+        raise OSError(f"cannot bind {address!r}; pass a free port or port 0")
+    service.health = health_servicer
+    service.load_task = loop.create_task(_bring_up(service, health_servicer), name="chord-load")
+    return server, port
+
+
+async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s: float) -> None:
+    """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight ones finish, close."""
+    if isinstance(service.health, _Health):
+        await service.health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    if service.load_task is not None and not service.load_task.done():
+        service.load_task.cancel()
+    if service.load_task is not None:
+        with contextlib.suppress(BaseException):
+            await service.load_task
+    await service.close()
+
+
+async def serve_async(
+    cfg: ServerConfig, address: str, on_bound: Callable[[int], None] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain within cfg.grace_s; returns the exit status."""
+    service = StrategyService(cfg)
+    server, port = create_server(address, cfg, service)
+    await server.start()
+    if on_bound is not None:
+        on_bound(port)
+    if cfg.metrics_port:
+        bound = service.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("already draining; in-flight calls get up to %.1f s", cfg.grace_s)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    assert service.load_task is not None
+    stop_wait = loop.create_task(stop.wait())
+    await asyncio.wait({stop_wait, service.load_task}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if service.load_task.done() and service.load_task.exception() is not None:
+        log.error("exiting: the model failed to load (%s)", service.load_error)
+        status = 1
+    else:
+        await stop_wait
+        log.info("signal received; draining in-flight calls for up to %.1f s", cfg.grace_s)
+    stop_wait.cancel()
+    # Handlers stay installed while draining: a repeated signal must not abort the drain.
+    await stop_server(server, service, cfg.grace_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return status
+
+
+def serve(cfg: ServerConfig, address: str, on_bound: Callable[[int], None] | None = None) -> int:
+    """Blocking entry point: serve_async on a fresh event loop."""
+    return asyncio.run(serve_async(cfg, address, on_bound))

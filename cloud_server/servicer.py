@@ -1,0 +1,141 @@
+"""The gRPC servicer: wire -> domain (serde), call the service, named errors -> status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from cloud_server import serde
+from cloud_server.errors import (
+    DuplicateRequestError,
+    EngineError,
+    InvalidRequestError,
+    ModelNotReadyError,
+    OverloadedError,
+    RequestExpiredError,
+    ServiceError,
+    StaleVersionError,
+)
+from cloud_server.service import StrategyService
+from protos.chord.v1.strategy_pb2_grpc import StrategyServiceServicer
+
+__all__ = ["StrategyServicer", "status_for"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    StaleVersionError: grpc.StatusCode.FAILED_PRECONDITION,
+    DuplicateRequestError: grpc.StatusCode.ALREADY_EXISTS,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+    EngineError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_for(exc: ServiceError) -> grpc.StatusCode:
+    """The status code a named service error leaves through."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class _Call:
+    """Times one RPC and records its method, status code and reply size."""
+
+    def __init__(self, servicer: StrategyServicer, method: str) -> None:
+        self.servicer, self.method = servicer, method
+        self.code = grpc.StatusCode.OK
+        self.bytes_out = 0
+        self.start = time.perf_counter()
+
+    def done(self) -> None:
+        """Record the call in the server's metrics."""
+        self.servicer.service.metrics.observe(
+            self.method, self.code.name, time.perf_counter() - self.start, self.bytes_out
+        )
+
+
+def _parsed(request: Any) -> Any:
+    """The request, or InvalidRequestError when its bytes did not parse."""
+    if isinstance(request, serde.MalformedMessage):
+        raise InvalidRequestError(
+            f"the request bytes are not a valid {request.type_name} ({request.reason}); "
+            f"send a serialized {request.type_name}"
+        )
+    return request
+
+
+class StrategyServicer(StrategyServiceServicer):
+    """chord.v1.StrategyService on top of a StrategyService."""
+
+    def __init__(self, service: StrategyService) -> None:
+        """Serve the given service."""
+        self.service = service
+
+    async def _fail(
+        self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException
+    ) -> None:
+        """Abort the call with the status code its error maps to and the error's message."""
+        if isinstance(exc, ServiceError):
+            call.code, message = status_for(exc), str(exc)
+        else:
+            log.exception("unexpected error in %s", call.method)
+            call.code = grpc.StatusCode.INTERNAL
+            message = (
+                f"internal error ({type(exc).__name__}: {exc}); retry, and report it if it persists"
+            )
+        await context.abort(call.code, message)
+
+    async def GetModelSpec(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The served backbone's spec."""
+        call = _Call(self, "GetModelSpec")
+        try:
+            serde.model_spec_request_from_proto(_parsed(request))
+            reply = serde.model_spec_to_proto(self.service.model_spec())
+            call.bytes_out = reply.ByteSize()
+            return reply
+        except Exception as exc:
+            await self._fail(call, context, exc)
+        finally:
+            call.done()
+
+    async def GetStrategy(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One device's strategy, micro-batched with concurrent calls."""
+        call = _Call(self, "GetStrategy")
+        try:
+            req = serde.strategy_request_from_proto(_parsed(request))
+            remaining = context.time_remaining()
+            deadline = None
+            if remaining is not None:
+                deadline = asyncio.get_running_loop().time() + remaining
+            result = await self.service.get_strategy(req, deadline)
+            reply = serde.strategy_result_to_proto(result)
+            call.bytes_out = reply.ByteSize()
+            return reply
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            await self._fail(call, context, exc)
+        finally:
+            call.done()
+
+    async def ReportMetrics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Store one device's round report (idempotent on device_id and round)."""
+        call = _Call(self, "ReportMetrics")
+        try:
+            outcome = self.service.report(serde.device_report_from_proto(_parsed(request)))
+            reply = serde.report_outcome_to_proto(outcome)
+            call.bytes_out = reply.ByteSize()
+            return reply
+        except Exception as exc:
+            await self._fail(call, context, exc)
+        finally:
+            call.done()

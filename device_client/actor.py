@@ -1,0 +1,100 @@
+"""A thin Ray actor hosting many virtual devices: one torch-loaded process runs batches of jobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass, field
+
+from device_client.device import DeviceJob, DeviceReport, VirtualDevice
+from device_client.transport import NetworkFaults, RetryPolicy, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How every device in a host process reaches the cloud."""
+
+    target: str  # HOST:PORT of the strategy service
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    tls_root_ca: str = ""
+    token: str = ""
+    faults: NetworkFaults = field(default_factory=NetworkFaults)
+    fault_seed: int = 0
+
+
+class DeviceHost:
+    """Runs device jobs in this process; the Ray actor below is a shell around it."""
+
+    def __init__(self, cfg: HostConfig) -> None:
+        self.cfg = cfg
+
+    def transport_for(self, job: DeviceJob) -> Transport:
+        """A per-device transport (own jitter and fault streams) over the shared channel."""
+        seed = zlib.crc32(job.device_id.encode()) ^ (self.cfg.fault_seed * 1_000_003)
+        return Transport(
+            self.cfg.target,
+            self.cfg.policy,
+            tls_root_ca=self.cfg.tls_root_ca,
+            token=self.cfg.token,
+            faults=self.cfg.faults,
+            seed=seed,
+        )
+
+    def run_one(self, job: DeviceJob) -> DeviceReport:
+        """Run one job; an unexpected error becomes a failed report naming the error type."""
+        try:
+            return VirtualDevice(job, self.transport_for(job)).run()
+        except Exception as exc:  # one broken device must not lose its batch-mates' reports
+            log.exception("device %s crashed", job.device_id)
+            return DeviceReport(
+                job.device_id,
+                job.tier,
+                job.user_index,
+                status="failed",
+                reason=f"crash:{type(exc).__name__}",
+                detail=repr(exc)[:500],
+                worker_pid=os.getpid(),
+            )
+
+    def run_batch(self, jobs: list[DeviceJob]) -> list[DeviceReport]:
+        """Run each job to completion (or reported failure), in order."""
+        return [self.run_one(job) for job in jobs]
+
+
+def _make_actor_class() -> type:
+    """Define the Ray actor lazily, so importing this module never imports Ray."""
+    import ray
+
+    @ray.remote(num_cpus=1, max_restarts=0)
+    class DeviceActor:
+        """Ray actor: one process, one torch thread, many virtual devices."""
+
+        def __init__(self, cfg: HostConfig) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            self.host = DeviceHost(cfg)
+
+        def pid(self) -> int:
+            """The worker's process id (fault injection and tests)."""
+            return os.getpid()
+
+        def run_batch(self, jobs: list[DeviceJob]) -> list[DeviceReport]:
+            """Run a batch of device jobs and return their reports."""
+            return self.host.run_batch(jobs)
+
+    return DeviceActor
+
+
+_actor_class: type | None = None
+
+
+def device_actor_class() -> type:
+    """The Ray actor class (created on first use)."""
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = _make_actor_class()
+    return _actor_class

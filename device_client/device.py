@@ -1,0 +1,363 @@
+"""One virtual device: profile the user, fetch and decode a strategy, quantize, score, measure."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from chord.budget import Tier
+from chord.codes import CodeError, EncodedStrategy, decode_levels, levels_to_bits
+from chord.metrics import rank_metrics, sample_negatives, target_ranks
+from device_client.backbone_cache import BackboneMismatchError, get_backbone
+from device_client.transport import Transport, TransportError
+from device_client.wire import (
+    DeviceSpec,
+    WireError,
+    metrics_report_to_proto,
+    spec_from_proto,
+    spec_request_to_proto,
+    strategy_reply_from_proto,
+    strategy_request_to_proto,
+)
+
+CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
+
+
+@dataclass(frozen=True)
+class DeviceJob:
+    """Everything one virtual device needs, fixed by the simulator so a re-run repeats exactly."""
+
+    device_id: str
+    user_index: int
+    sequence: np.ndarray  # the user's item ids in time order (1-based)
+    tier: str
+    budget_bits: float
+    rounds: int = 2
+    interactions_per_round: int = 1
+    negatives: int = 100
+    seed: int = 0
+    compute_factor: float = 1.0  # modeled
+    bandwidth_kbps: float = 10_000.0  # modeled
+    rtt_ms: float = 50.0  # modeled
+    offline_rounds: tuple[int, ...] = ()  # churn: rounds the device skips
+    corrupt_rounds: tuple[int, ...] = ()  # fault: rounds whose received code gets corrupted
+    report_to_server: bool = True
+    request_tag: str = ""  # names the simulation in request ids, so reruns never collide
+
+
+@dataclass
+class RoundRecord:
+    """One device's figures for one round; (device_id, round) identifies it."""
+
+    device_id: str
+    round: int
+    tier: str
+    status: str = "ok"  # "ok", "offline" or "failed"
+    reason: str = ""  # why a round failed
+    fault: str = ""  # a recovered fault, e.g. "code_rejected:bit_flip"
+    strategy_source: str = ""  # "cloud", "previous" or "uniform_fallback"
+    n_targets: int = 0
+    hr5: float = 0.0
+    hr10: float = 0.0
+    ndcg5: float = 0.0
+    ndcg10: float = 0.0
+    avg_bits: float = 0.0
+    server_avg_bits: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    reply_bytes: int = 0  # the GetStrategyReply alone: what one adaptation costs on the wire
+    code_bytes: int = 0  # the packed (maybe deflated) code inside it
+    rpc_ms: float = 0.0
+    rpc_attempts: int = 0
+    injected_losses: int = 0
+    profile_ms: float = 0.0
+    decode_ms: float = 0.0
+    quantize_ms: float = 0.0
+    adapt_ms: float = 0.0  # decode + quantize
+    infer_ms: float = 0.0  # mean per scored target (one sequence, 1 + negatives candidates)
+    infer_ms_max: float = 0.0
+    modeled_transfer_ms: float = 0.0  # modeled: (up + down bytes) / bandwidth + RTT
+    modeled_compute_ms: float = 0.0  # modeled: (adapt + profile + inference) x compute factor
+
+
+@dataclass
+class DeviceReport:
+    """Everything a device sends back: its status and one record per round."""
+
+    device_id: str
+    tier: str
+    user_index: int
+    status: str = "completed"  # "completed" or "failed"
+    reason: str = ""
+    rounds: list[RoundRecord] = field(default_factory=list)
+    spec_bytes: int = 0
+    weights_download_bytes: int = 0  # pretrained mode: the one-time backbone download
+    fp32_model_bytes: int = 0
+    int8_model_bytes: int = 0
+    duet_bytes: int = 0
+    backbone_cache_hit: bool = False
+    backbone_obtain_ms: float = 0.0
+    setup_ms: float = 0.0
+    modeled_download_ms: float = 0.0  # modeled: weights download time at the tier's bandwidth
+    worker_pid: int = 0
+    detail: str = ""  # the error text behind a failure reason
+
+
+def _quantizer() -> Callable[[torch.nn.Module, np.ndarray], Any]:
+    """B's real low-bit execution when present, else the fake-quantized copy."""
+    try:
+        from chord.quant import to_lowbit
+
+        return to_lowbit  # type: ignore[no-any-return]
+    except ImportError:
+        from chord.quant import quantize_backbone
+
+        return quantize_backbone  # type: ignore[no-any-return]
+
+
+def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> EncodedStrategy:
+    """A damaged copy of a code: one flipped bit, a cut payload, a wrong checksum or version."""
+    payload = bytearray(code.payload)
+    if kind == "bit_flip" and payload:
+        pos = int(rng.integers(len(payload)))
+        payload[pos] ^= 1 << int(rng.integers(8))
+        return EncodedStrategy(
+            bytes(payload), code.n_channels, code.crc32, code.version, code.encoding
+        )
+    if kind == "truncate":
+        cut = max(0, len(payload) - 1 - int(rng.integers(max(1, len(payload) // 2))))
+        return EncodedStrategy(
+            bytes(payload[:cut]), code.n_channels, code.crc32, code.version, code.encoding
+        )
+    if kind == "bad_crc":
+        return EncodedStrategy(
+            code.payload, code.n_channels, code.crc32 ^ 0x1, code.version, code.encoding
+        )
+    if kind == "bad_version":
+        return EncodedStrategy(code.payload, code.n_channels, code.crc32, "0" * 16, code.encoding)
+    raise ValueError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
+
+
+def uniform_fallback_bits(tier: Tier, budget_bits: float) -> int:
+    """The widest of the tier's bit-widths that fits the budget (its narrowest if none does)."""
+    fitting = [b for b in tier.level_bits if b <= budget_bits]
+    return max(fitting) if fitting else min(tier.level_bits)
+
+
+def pad_history(items: np.ndarray, max_len: int) -> torch.Tensor:
+    """The last max_len items, left-padded with 0, as a LongTensor [1, max_len]."""
+    recent = np.asarray(items[-max_len:], dtype=np.int64)
+    out = np.zeros(max_len, dtype=np.int64)
+    if len(recent):
+        out[-len(recent) :] = recent
+    return torch.from_numpy(out).unsqueeze(0)
+
+
+def round_targets(n_items: int, rounds: int, k: int) -> list[range]:
+    """Timeline positions scored in each round; the last round ends at the user's last item."""
+    start = max(1, n_items - rounds * k)
+    return [
+        range(min(start + r * k, n_items), min(start + (r + 1) * k, n_items)) for r in range(rounds)
+    ]
+
+
+class VirtualDevice:
+    """One phone: runs all its rounds against the cloud through a Transport; no Ray here."""
+
+    def __init__(self, job: DeviceJob, transport: Transport) -> None:
+        self.job = job
+        self.transport = transport
+        self._rng = np.random.default_rng([job.seed, job.user_index, 7])
+        self._levels: np.ndarray | None = None
+        self._model: torch.nn.Module | None = None
+        self._bits_avg = 0.0
+        self._n_catalogue = 0
+
+    def run(self) -> DeviceReport:
+        """Set up, then play every round; a failed RPC ends the device with a reason."""
+        job = self.job
+        report = DeviceReport(job.device_id, job.tier, job.user_index, worker_pid=os.getpid())
+        start = time.perf_counter()
+        try:
+            spec_req = spec_request_to_proto(job.device_id)
+            spec_msg, _ = self.transport.get_model_spec(spec_req)
+            spec = spec_from_proto(spec_msg)
+            report.spec_bytes = spec_req.ByteSize() + spec_msg.ByteSize()
+            if job.tier not in spec.tiers:
+                raise WireError(
+                    f"tier {job.tier!r} is not served; the server has {sorted(spec.tiers)}"
+                )
+            cached, hit = get_backbone(spec)
+        except TransportError as exc:
+            return self._fail(report, f"spec:{exc.reason}", str(exc))
+        except (WireError, BackboneMismatchError) as exc:
+            return self._fail(report, f"setup:{type(exc).__name__}", str(exc))
+        report.backbone_cache_hit = hit
+        report.backbone_obtain_ms = 0.0 if hit else cached.obtain_ms
+        report.fp32_model_bytes = cached.fp32_bytes
+        report.int8_model_bytes, report.duet_bytes = cached.int8_bytes, cached.duet_bytes
+        self._n_catalogue = spec.n_items or int(cached.model.n_items)
+        if spec.mode == "pretrained":
+            report.weights_download_bytes = spec.weights_bytes
+            report.modeled_download_ms = self._transfer_ms(spec.weights_bytes)
+        report.setup_ms = (time.perf_counter() - start) * 1e3
+        seq = np.asarray(job.sequence, dtype=np.int64)
+        exclude = set(seq.tolist())
+        plan = round_targets(len(seq), job.rounds, job.interactions_per_round)
+        for r, positions in enumerate(plan):
+            rec = RoundRecord(job.device_id, r, job.tier)
+            report.rounds.append(rec)
+            if r in job.offline_rounds:
+                rec.status = "offline"
+                continue
+            try:
+                self._round(rec, spec, cached.model, seq, positions, exclude)
+            except TransportError as exc:
+                rec.status, rec.reason = "failed", f"strategy:{exc.reason}"
+                return self._fail(report, rec.reason, str(exc))
+        return report
+
+    def _fail(self, report: DeviceReport, reason: str, detail: str) -> DeviceReport:
+        """Mark the device failed."""
+        report.status, report.reason, report.detail = "failed", reason, detail[:500]
+        return report
+
+    def _transfer_ms(self, n_bytes: int) -> float:
+        """Modeled transfer time of n_bytes at the job's bandwidth plus one round trip."""
+        return n_bytes * 8 / (self.job.bandwidth_kbps * 1e3) * 1e3 + self.job.rtt_ms
+
+    @torch.inference_mode()
+    def _round(
+        self,
+        rec: RoundRecord,
+        spec: DeviceSpec,
+        backbone: torch.nn.Module,
+        seq: np.ndarray,
+        positions: range,
+        exclude: set[int],
+    ) -> None:
+        """Profile, ask, decode, quantize, score this round's targets, and fill the record."""
+        job = self.job
+        tier = spec.tiers[job.tier]
+        history = seq[: positions.start] if len(positions) else seq
+        max_len = int(getattr(backbone, "max_len", spec.max_recent_items or 50))
+        t0 = time.perf_counter()
+        profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
+        rec.profile_ms = (time.perf_counter() - t0) * 1e3
+        req = strategy_request_to_proto(
+            job.device_id,
+            f"{job.request_tag}.{rec.round}",
+            spec.version,
+            job.tier,
+            job.budget_bits,
+            profile,
+        )
+        reply_msg, stats = self.transport.get_strategy(req)
+        rec.rpc_ms, rec.rpc_attempts = stats.elapsed_ms, stats.attempts
+        rec.injected_losses = stats.injected_losses
+        rec.bytes_up, rec.bytes_down = req.ByteSize(), reply_msg.ByteSize()
+        rec.reply_bytes = reply_msg.ByteSize()
+        reply = strategy_reply_from_proto(reply_msg)
+        rec.code_bytes = len(reply.code.payload)
+        rec.server_avg_bits = reply.avg_bits
+        code = reply.code
+        if rec.round in job.corrupt_rounds:
+            kind = CORRUPTIONS[int(self._rng.integers(len(CORRUPTIONS)))]
+            code = corrupt_code(code, kind, self._rng)
+            rec.fault = f"code_corrupted:{kind}"
+        t1 = time.perf_counter()
+        try:
+            levels = decode_levels(code, spec.version, spec.n_channels)
+        except CodeError:
+            levels = None
+            rec.fault = f"{rec.fault}:rejected" if rec.fault else "code_rejected"
+        rec.decode_ms = (time.perf_counter() - t1) * 1e3
+        sizes = spec.channel_sizes()
+        t2 = time.perf_counter()
+        if levels is not None:
+            bits = levels_to_bits(levels, tier).astype(np.int64)
+            self._model = _quantizer()(backbone, bits)
+            self._levels = levels
+            self._bits_avg = float((bits * sizes).sum() / sizes.sum())
+            rec.strategy_source = "cloud"
+        elif self._model is not None:
+            rec.strategy_source = "previous"
+        else:
+            bits = np.full(spec.n_channels, uniform_fallback_bits(tier, job.budget_bits), np.int64)
+            self._model = _quantizer()(backbone, bits)
+            self._bits_avg = float(bits[0])
+            rec.strategy_source = "uniform_fallback"
+        rec.quantize_ms = (time.perf_counter() - t2) * 1e3
+        rec.adapt_ms = rec.decode_ms + rec.quantize_ms
+        rec.avg_bits = self._bits_avg
+        self._score(rec, seq, positions, exclude, max_len)
+        rec.modeled_transfer_ms = self._transfer_ms(rec.bytes_up + rec.bytes_down)
+        rec.modeled_compute_ms = (
+            rec.adapt_ms + rec.profile_ms + rec.infer_ms * rec.n_targets
+        ) * job.compute_factor
+        if job.report_to_server:
+            self._report(rec)
+
+    def _score(
+        self, rec: RoundRecord, seq: np.ndarray, positions: range, exclude: set[int], max_len: int
+    ) -> None:
+        """Rank each target among sampled negatives with the quantized model, one at a time."""
+        assert self._model is not None
+        seen = [np.fromiter(exclude, dtype=np.int64)]
+        ranks, times = [], []
+        for pos in positions:
+            hist = pad_history(seq[:pos], max_len)
+            # Negatives depend on (seed, user, position) only: a re-run scores the same items.
+            neg_seed = int(
+                np.random.SeedSequence([self.job.seed, self.job.user_index, pos]).generate_state(1)[
+                    0
+                ]
+            )
+            negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
+            cands = torch.from_numpy(np.concatenate([[seq[pos]], negs])).unsqueeze(0)
+            t0 = time.perf_counter()
+            scores = self._model.score_candidates(hist, cands)  # type: ignore[operator]
+            times.append((time.perf_counter() - t0) * 1e3)
+            ranks.append(int(target_ranks(scores)[0]))
+        rec.n_targets = len(ranks)
+        if not ranks:
+            return
+        m = rank_metrics(np.asarray(ranks))
+        rec.hr5, rec.hr10, rec.ndcg5, rec.ndcg10 = m["HR@5"], m["HR@10"], m["NDCG@5"], m["NDCG@10"]
+        rec.infer_ms, rec.infer_ms_max = float(np.mean(times)), float(np.max(times))
+
+    def _report(self, rec: RoundRecord) -> None:
+        """Send the round's figures to the server; a failure here is a fault, not a failure."""
+        req = metrics_report_to_proto(
+            rec.device_id,
+            rec.round,
+            rec.tier,
+            {
+                k: float(getattr(rec, k))
+                for k in (
+                    "hr5",
+                    "hr10",
+                    "ndcg5",
+                    "ndcg10",
+                    "adapt_ms",
+                    "infer_ms",
+                    "rpc_ms",
+                    "bytes_up",
+                    "bytes_down",
+                    "avg_bits",
+                )
+            },
+        )
+        try:
+            reply, _ = self.transport.report_metrics(req)
+        except TransportError as exc:
+            rec.fault = (rec.fault + ";" if rec.fault else "") + f"report:{exc.reason}"
+            return
+        rec.bytes_up += req.ByteSize()
+        rec.bytes_down += reply.ByteSize()

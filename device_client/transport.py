@@ -1,0 +1,205 @@
+"""gRPC client of the strategy service: deadlines, jittered retries, shared channels, faults."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from protos.chord.v1 import strategy_pb2 as pb
+from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
+
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+# Reconnect quickly after a server restart; the retry loop above does the real backoff.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+Reply = TypeVar("Reply")
+
+
+class TransportError(RuntimeError):
+    """An RPC that failed for good; `reason` is the lower-case status name or 'overall_deadline'."""
+
+    def __init__(self, reason: str, message: str, attempts: int) -> None:
+        super().__init__(f"{reason} after {attempts} attempt(s): {message}")
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Per-attempt deadline, an overall deadline and full-jitter exponential backoff."""
+
+    call_timeout_s: float = 10.0
+    overall_timeout_s: float = 60.0
+    max_attempts: int = 10
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 2.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Pause before retry `attempt` (1-based): uniform in [0, min(max, base * 2^(n-1))]."""
+        return rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class NetworkFaults:
+    """Client-side injected network trouble: a delay before each attempt and dropped attempts."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True when any fault is configured."""
+        return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
+
+
+@dataclass
+class CallStats:
+    """What one logical call cost: attempts, wall time, and the injected or retried trouble."""
+
+    attempts: int = 0
+    elapsed_ms: float = 0.0
+    injected_losses: int = 0
+    injected_delay_ms: float = 0.0
+    retried: dict[str, int] = field(default_factory=dict)
+
+
+_channels: dict[tuple[str, str], grpc.Channel] = {}
+_channels_lock = threading.Lock()
+
+
+def shared_channel(target: str, tls_root_ca: str = "") -> grpc.Channel:
+    """One channel per (target, CA) per process, reused by every virtual device in it."""
+    key = (target, tls_root_ca)
+    with _channels_lock:
+        channel = _channels.get(key)
+        if channel is None:
+            if tls_root_ca:
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=Path(tls_root_ca).read_bytes()
+                )
+                channel = grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            _channels[key] = channel
+        return channel
+
+
+def close_channels() -> None:
+    """Close every shared channel of this process (tests and actor shutdown)."""
+    with _channels_lock:
+        for channel in _channels.values():
+            channel.close()
+        _channels.clear()
+
+
+class _InjectedLoss(Exception):
+    """An attempt dropped by the fault injector; handled like UNAVAILABLE."""
+
+
+class Transport:
+    """Calls StrategyService with retries; one per virtual device (own seeded jitter and faults)."""
+
+    def __init__(
+        self,
+        target: str,
+        policy: RetryPolicy | None = None,
+        *,
+        tls_root_ca: str = "",
+        token: str = "",
+        faults: NetworkFaults | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.target = target
+        self.policy = policy or RetryPolicy()
+        self.faults = faults or NetworkFaults()
+        self._stub = pb_grpc.StrategyServiceStub(shared_channel(target, tls_root_ca))
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._rng = random.Random(seed)
+        self._fault_rng = random.Random(seed ^ 0x5EED)
+
+    def get_model_spec(self, req: pb.GetModelSpecRequest) -> tuple[pb.ModelSpec, CallStats]:
+        """GetModelSpec with retries."""
+        return self._call(self._stub.GetModelSpec, req)
+
+    def get_strategy(self, req: pb.GetStrategyRequest) -> tuple[pb.GetStrategyReply, CallStats]:
+        """GetStrategy with retries (the request id stays the same across attempts)."""
+        return self._call(self._stub.GetStrategy, req)
+
+    def report_metrics(
+        self, req: pb.ReportMetricsRequest
+    ) -> tuple[pb.ReportMetricsReply, CallStats]:
+        """ReportMetrics with retries (idempotent on the server by device and round)."""
+        return self._call(self._stub.ReportMetrics, req)
+
+    def _inject(self, stats: CallStats, remaining: float) -> None:
+        """Apply the configured delay (bounded by the time left) and maybe drop the attempt."""
+        if not self.faults.active:
+            return
+        delay = (self.faults.delay_ms + self._fault_rng.uniform(0, self.faults.jitter_ms)) / 1e3
+        delay = min(delay, max(remaining, 0.0))
+        if delay > 0:
+            time.sleep(delay)
+            stats.injected_delay_ms += delay * 1e3
+        if self._fault_rng.random() < self.faults.loss:
+            stats.injected_losses += 1
+            raise _InjectedLoss
+
+    def _call(self, method: Callable[..., Any], req: Any) -> tuple[Any, CallStats]:
+        """Run one logical call: attempts with deadlines until success, a fatal code or time out."""
+        stats = CallStats()
+        start = time.perf_counter()
+        deadline = start + self.policy.overall_timeout_s
+        last, last_code = "no attempt made", "overall_deadline"
+        while stats.attempts < self.policy.max_attempts:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            stats.attempts += 1
+            try:
+                self._inject(stats, remaining)
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                reply = method(
+                    req, timeout=min(self.policy.call_timeout_s, remaining), metadata=self._metadata
+                )
+                stats.elapsed_ms = (time.perf_counter() - start) * 1e3
+                return reply, stats
+            except _InjectedLoss:
+                code_name, last = "unavailable", "attempt dropped by the fault injector"
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+                detail = exc.details() if hasattr(exc, "details") else str(exc)
+                code_name, last = code.name.lower(), f"{code.name}: {detail}"
+                if code not in RETRYABLE:
+                    stats.elapsed_ms = (time.perf_counter() - start) * 1e3
+                    raise TransportError(code_name, last, stats.attempts) from exc
+            stats.retried[code_name] = stats.retried.get(code_name, 0) + 1
+            last_code = code_name
+            pause = self.policy.backoff(stats.attempts, self._rng)
+            if time.perf_counter() + pause >= deadline:
+                break
+            time.sleep(pause)
+        stats.elapsed_ms = (time.perf_counter() - start) * 1e3
+        # Out of attempts: the last status says why; out of time: the overall deadline does.
+        reason = last_code if stats.attempts >= self.policy.max_attempts else "overall_deadline"
+        raise TransportError(reason, last, stats.attempts)

@@ -1,0 +1,166 @@
+"""The device's only contact with protobuf: message <-> device-side types, in to/from pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from chord.budget import Tier
+from chord.codes import EncodedStrategy
+from protos.chord.v1 import strategy_pb2 as pb
+
+_KIND_NAMES = {pb.BACKBONE_KIND_SASREC: "sasrec", pb.BACKBONE_KIND_CASER: "caser"}
+_MODE_NAMES = {pb.BACKBONE_MODE_RANDOM: "random", pb.BACKBONE_MODE_PRETRAINED: "pretrained"}
+_ENCODING_NAMES = {
+    pb.CODE_ENCODING_PACKED2: "packed2",
+    pb.CODE_ENCODING_PACKED2_DEFLATE: "packed2+deflate",
+}
+
+
+class WireError(ValueError):
+    """A server message the device cannot use (unknown enum, missing field)."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable weight as the server describes it."""
+
+    name: str
+    n_channels: int
+    channel_size: int
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What a device learns from GetModelSpec: how to get the backbone and how to read codes."""
+
+    kind: str
+    mode: str
+    config_json: str
+    seed: int
+    weights_uri: str
+    weights_bytes: int
+    version: str
+    layers: tuple[LayerInfo, ...]
+    n_channels: int
+    tiers: dict[str, Tier]
+    profile_dim: int
+    max_recent_items: int
+    n_items: int
+
+    def channel_sizes(self) -> np.ndarray:
+        """Weights per channel, in channel order (int64 [n_channels])."""
+        if not self.layers:
+            return np.ones(self.n_channels, dtype=np.int64)
+        return np.concatenate(
+            [np.full(layer.n_channels, layer.channel_size, dtype=np.int64) for layer in self.layers]
+        )
+
+
+@dataclass(frozen=True)
+class StrategyReply:
+    """A decoded-from-wire (not yet verified) strategy reply."""
+
+    request_id: str
+    code: EncodedStrategy
+    level_counts: tuple[int, ...]
+    avg_bits: float
+    server_total_ms: float
+    batch_size: int
+
+
+def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
+    """ModelSpec -> DeviceSpec; unknown kinds or modes raise WireError."""
+    if msg.kind not in _KIND_NAMES:
+        raise WireError(f"ModelSpec.kind {msg.kind} is not a backbone this device can build")
+    if msg.mode not in _MODE_NAMES:
+        raise WireError(f"ModelSpec.mode {msg.mode} is neither RANDOM nor PRETRAINED")
+    tiers = {}
+    for t in msg.tiers:
+        if len(t.level_bits) != 4:
+            raise WireError(f"tier {t.name!r} has {len(t.level_bits)} level bits, expected 4")
+        lb = tuple(int(b) for b in t.level_bits)
+        tiers[t.name] = Tier(t.name, (lb[0], lb[1], lb[2], lb[3]), float(t.default_budget_bits))
+    return DeviceSpec(
+        kind=_KIND_NAMES[msg.kind],
+        mode=_MODE_NAMES[msg.mode],
+        config_json=msg.config_json,
+        seed=int(msg.seed),
+        weights_uri=msg.weights_uri,
+        weights_bytes=int(msg.weights_bytes),
+        version=msg.version,
+        layers=tuple(LayerInfo(x.name, int(x.n_channels), int(x.channel_size)) for x in msg.layers),
+        n_channels=int(msg.n_channels),
+        tiers=tiers,
+        profile_dim=int(msg.profile_dim),
+        max_recent_items=int(msg.max_recent_items),
+        n_items=int(msg.n_items),
+    )
+
+
+def spec_request_to_proto(device_id: str) -> pb.GetModelSpecRequest:
+    """The GetModelSpec request of one device."""
+    return pb.GetModelSpecRequest(device_id=device_id)
+
+
+def strategy_request_to_proto(
+    device_id: str,
+    request_id: str,
+    version: str,
+    tier: str,
+    budget_bits: float,
+    profile: np.ndarray,
+) -> pb.GetStrategyRequest:
+    """A GetStrategy request carrying the user's profile embedding."""
+    return pb.GetStrategyRequest(
+        device_id=device_id,
+        request_id=request_id,
+        backbone_version=version,
+        tier=tier,
+        budget_bits=float(budget_bits),
+        profile=np.asarray(profile, dtype=np.float32).ravel().tolist(),
+    )
+
+
+def strategy_reply_from_proto(msg: pb.GetStrategyReply) -> StrategyReply:
+    """GetStrategyReply -> StrategyReply (the code is verified later by decode_levels)."""
+    encoding = _ENCODING_NAMES.get(msg.encoding, f"unknown({msg.encoding})")
+    code = EncodedStrategy(
+        payload=bytes(msg.codes),
+        n_channels=int(msg.n_channels),
+        crc32=int(msg.crc32),
+        version=msg.version,
+        encoding=encoding,
+    )
+    return StrategyReply(
+        request_id=msg.request_id,
+        code=code,
+        level_counts=tuple(int(c) for c in msg.level_counts),
+        avg_bits=float(msg.avg_bits),
+        server_total_ms=float(msg.timings.total_ms),
+        batch_size=int(msg.timings.batch_size),
+    )
+
+
+def metrics_report_to_proto(
+    device_id: str, round_index: int, tier: str, metrics: dict[str, float]
+) -> pb.ReportMetricsRequest:
+    """A ReportMetrics request from a round's measured figures."""
+    return pb.ReportMetricsRequest(
+        device_id=device_id,
+        round=round_index,
+        tier=tier,
+        metrics=pb.DeviceMetrics(
+            hr5=metrics.get("hr5", 0.0),
+            hr10=metrics.get("hr10", 0.0),
+            ndcg5=metrics.get("ndcg5", 0.0),
+            ndcg10=metrics.get("ndcg10", 0.0),
+            adapt_ms=metrics.get("adapt_ms", 0.0),
+            infer_ms=metrics.get("infer_ms", 0.0),
+            rpc_ms=metrics.get("rpc_ms", 0.0),
+            bytes_up=int(metrics.get("bytes_up", 0)),
+            bytes_down=int(metrics.get("bytes_down", 0)),
+            avg_bits=metrics.get("avg_bits", 0.0),
+        ),
+    )

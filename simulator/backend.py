@@ -1,0 +1,194 @@
+"""Where device jobs run: a backend interface (build, submit, collect, terminate), two backends."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from device_client.actor import DeviceHost, HostConfig, device_actor_class
+from device_client.device import DeviceJob, DeviceReport
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """The execution backend cannot start or lost its cluster."""
+
+
+@dataclass
+class BatchResult:
+    """Reports of one finished batch."""
+
+    batch_id: int
+    reports: list[DeviceReport]
+
+
+@dataclass
+class BackendStats:
+    """What happened to the workers: replacements after actor deaths, re-run batches."""
+
+    actors: int = 0
+    actors_replaced: int = 0
+    batches_rerun: int = 0
+    killed: list[str] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """Runs batches of device jobs somewhere and hands back their reports."""
+
+    stats: BackendStats
+
+    def build(self, host: HostConfig) -> None:
+        """Start the workers."""
+
+    def submit(self, batch_id: int, jobs: list[DeviceJob]) -> None:
+        """Queue a batch."""
+
+    def collect(self, timeout_s: float) -> list[BatchResult]:
+        """Batches finished within timeout_s (possibly none)."""
+
+    def pending(self) -> int:
+        """Batches queued or running."""
+
+    def kill_one(self) -> str:
+        """Fault injection: kill a busy worker; its batch must still finish elsewhere."""
+
+    def terminate(self) -> None:
+        """Stop the workers."""
+
+
+class InProcessBackend:
+    """Runs batches in the calling process, one per collect call (tests, `--ray-address none`)."""
+
+    def __init__(self) -> None:
+        self.stats = BackendStats(actors=1)
+        self._queue: deque[tuple[int, list[DeviceJob]]] = deque()
+        self._host: DeviceHost | None = None
+
+    def build(self, host: HostConfig) -> None:
+        """Create the in-process device host."""
+        self._host = DeviceHost(host)
+
+    def submit(self, batch_id: int, jobs: list[DeviceJob]) -> None:
+        """Queue a batch."""
+        self._queue.append((batch_id, jobs))
+
+    def collect(self, timeout_s: float) -> list[BatchResult]:
+        """Run the next queued batch now."""
+        if not self._queue or self._host is None:
+            return []
+        batch_id, jobs = self._queue.popleft()
+        return [BatchResult(batch_id, self._host.run_batch(jobs))]
+
+    def pending(self) -> int:
+        """Batches queued."""
+        return len(self._queue)
+
+    def kill_one(self) -> str:
+        """Nothing to kill in-process; the fault is reported as skipped."""
+        return ""
+
+    def terminate(self) -> None:
+        """Drop queued work."""
+        self._queue.clear()
+
+
+class RayBackend:
+    """A pool of device actors sized to the cluster; a dead actor is replaced, its batch re-run."""
+
+    def __init__(self, n_actors: int = 0) -> None:
+        self.n_actors = n_actors
+        self.stats = BackendStats()
+        self._host: HostConfig | None = None
+        self._actors: list[Any] = []
+        self._idle: deque[int] = deque()
+        self._queue: deque[tuple[int, list[DeviceJob]]] = deque()
+        self._running: dict[Any, tuple[int, int, list[DeviceJob]]] = {}
+
+    def build(self, host: HostConfig) -> None:
+        """Start n_actors actors (default: the cluster's CPUs) and wait until they answer."""
+        import ray
+
+        if not ray.is_initialized():
+            raise BackendError("Ray is not initialized; call ray.init before building the pool")
+        self._host = host
+        n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+        cls: Any = device_actor_class()
+        self._actors = [cls.remote(host) for _ in range(n)]
+        ray.get([a.pid.remote() for a in self._actors])
+        self._idle = deque(range(n))
+        self.stats.actors = n
+
+    def submit(self, batch_id: int, jobs: list[DeviceJob]) -> None:
+        """Queue a batch; it starts as soon as an actor is idle."""
+        self._queue.append((batch_id, jobs))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand queued batches to idle actors."""
+        while self._queue and self._idle:
+            idx = self._idle.popleft()
+            batch_id, jobs = self._queue.popleft()
+            ref = self._actors[idx].run_batch.remote(jobs)
+            self._running[ref] = (idx, batch_id, jobs)
+
+    def _replace(self, idx: int) -> None:
+        """Start a fresh actor in slot idx."""
+        cls: Any = device_actor_class()
+        self._actors[idx] = cls.remote(self._host)
+        self.stats.actors_replaced += 1
+
+    def collect(self, timeout_s: float) -> list[BatchResult]:
+        """Finished batches; a batch whose actor died goes back to the queue on a new actor."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self._dispatch()
+        if not self._running:
+            return []
+        ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout_s)
+        out = []
+        for ref in ready:
+            idx, batch_id, jobs = self._running.pop(ref)
+            try:
+                out.append(BatchResult(batch_id, ray.get(ref)))
+            except RayActorError as exc:
+                log.warning("actor %d died running batch %d (%s); replacing it", idx, batch_id, exc)
+                self._replace(idx)
+                self._queue.appendleft((batch_id, jobs))
+                self.stats.batches_rerun += 1
+            self._idle.append(idx)
+        self._dispatch()
+        return out
+
+    def pending(self) -> int:
+        """Batches queued or running."""
+        return len(self._queue) + len(self._running)
+
+    def kill_one(self) -> str:
+        """ray.kill a busy actor (or any, if none is busy); returns a description."""
+        import ray
+
+        if not self._actors:
+            return ""
+        idx = next(iter(self._running.values()))[0] if self._running else 0
+        ray.kill(self._actors[idx], no_restart=True)
+        what = f"actor {idx}"
+        self.stats.killed.append(what)
+        return what
+
+    def terminate(self) -> None:
+        """Kill every actor."""
+        import ray
+
+        for actor in self._actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as exc:  # already dead is fine at shutdown
+                log.debug("kill at terminate: %s", exc)
+        self._actors.clear()
+        self._running.clear()
+        self._queue.clear()

@@ -1,0 +1,107 @@
+"""`chord simulate`: flags and an optional fleet TOML turned into a FleetConfig, then one run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
+from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the simulate flags (each overrides the TOML file's value)."""
+    parser.add_argument("--config", type=Path, help="fleet TOML file (tiers, drift, churn, faults)")
+    parser.add_argument("--devices", type=int, help="number of virtual devices (default 200)")
+    parser.add_argument("--dataset", help="dataset name or interaction file (default ml-100k)")
+    parser.add_argument("--backbone", choices=["sasrec", "caser"], help="backbone (default sasrec)")
+    parser.add_argument(
+        "--mode", choices=["pretrained", "random"], help="embedded run's backbone mode"
+    )
+    parser.add_argument("--run-dir", help="embedded server: serve this run directory")
+    parser.add_argument(
+        "--run-preset",
+        choices=["smoke", "quick", "full"],
+        help="embedded default run's training preset (default quick)",
+    )
+    parser.add_argument("--server", help="'embedded' (default) or HOST:PORT of `chord serve`")
+    parser.add_argument("--ray-address", help="'local' (default), 'auto', ADDRESS or 'none'")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--actors", type=int, help="device actors (default: the cluster's CPUs)")
+    parser.add_argument("--batch-size", type=int, help="virtual devices per actor task")
+    parser.add_argument("--seed", type=int, help="fleet seed (users, tiers, churn, negatives)")
+    parser.add_argument("--token", help="bearer token for the server")
+    parser.add_argument("--tls-root-ca", help="PEM CA file to verify the server's TLS certificate")
+    parser.add_argument("--traces", help="FedScale-style device traces (JSON)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="finish the simulation stored in DIR (its saved config is used)",
+    )
+    parser.add_argument("--out", type=Path, help="output directory (required unless --resume)")
+    parser.add_argument(
+        "--prepare-run",
+        type=Path,
+        metavar="DIR",
+        help="only train (or reuse) the run the embedded server would serve, into "
+        "DIR, and exit (for `chord serve --run DIR`)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def build_config(args: argparse.Namespace) -> FleetConfig:
+    """The FleetConfig: TOML file (or defaults), then the flags that were given."""
+    cfg = load_config(args.config) if args.config else FleetConfig()
+    import dataclasses
+
+    transport = cfg.transport
+    if args.token is not None or args.tls_root_ca is not None:
+        transport = dataclasses.replace(
+            transport,
+            token=args.token if args.token is not None else transport.token,
+            tls_root_ca=args.tls_root_ca if args.tls_root_ca is not None else transport.tls_root_ca,
+        )
+    return with_overrides(
+        cfg,
+        devices=args.devices,
+        dataset=args.dataset,
+        backbone=args.backbone,
+        mode=args.mode,
+        run_dir=args.run_dir,
+        run_preset=args.run_preset,
+        server=args.server,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        actors=args.actors,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        traces_file=args.traces,
+        transport=transport,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume a simulation; exit status 0 when every device completed, 1 otherwise."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.prepare_run is not None:
+            path = prepare_embedded_run(build_config(args), args.prepare_run)
+            print(f"run directory ready: {path}")
+            return 0
+        if args.resume is not None:
+            summary = run_simulation(
+                FleetConfig(), args.resume, resume=True, progress=not args.quiet
+            )
+            out = args.resume
+        else:
+            if args.out is None:
+                raise SimulationError("--out DIR is required (or --resume DIR)")
+            summary = run_simulation(build_config(args), args.out, progress=not args.quiet)
+            out = args.out
+    except (FleetConfigError, SimulationError) as exc:
+        print(f"chord simulate: {exc}")
+        return 2
+    print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv")
+    return 0 if summary["completed"] == summary["devices"] else 1

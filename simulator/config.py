@@ -1,0 +1,204 @@
+"""The fleet configuration: frozen dataclasses, loaded from TOML, saved as JSON with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class FleetConfigError(ValueError):
+    """A fleet config value (or TOML/JSON field) that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TierProfile:
+    """One device class of the fleet; its name must be a tier the server knows."""
+
+    name: str
+    share: float  # fraction of devices in this tier (normalized over all tiers)
+    budget_bits: float  # average bits per weight the device asks for
+    compute_factor: float = 1.0  # modeled: device compute time = measured here x this factor
+    bandwidth_kbps: float = 10_000.0  # modeled link speed for transfer times
+    rtt_ms: float = 50.0  # modeled round-trip time added to every transfer
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Interest drift: a device replays its user's timeline and re-asks every K interactions."""
+
+    rounds: int = 2  # strategy requests per device
+    interactions_per_round: int = 1  # K: items scored with one strategy before asking again
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    """Devices going offline: an offline device skips a round (no request, nothing scored)."""
+
+    offline_prob: float = 0.0  # chance a device is offline in a given round (round 0 excluded)
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Injected faults, all drawn from `seed` so a chaos run repeats exactly."""
+
+    seed: int = 0
+    kill_actor_after: int = 0  # kill one device actor after this many devices finished (0 = never)
+    restart_server_after: int = 0  # embedded mode: restart the server after this many devices
+    net_delay_ms: float = 0.0  # client-side delay before each RPC attempt
+    net_jitter_ms: float = 0.0  # uniform extra delay in [0, jitter]
+    net_loss: float = 0.0  # chance an RPC attempt is dropped (seen as UNAVAILABLE, retried)
+    corrupt_code_prob: float = 0.0  # chance a received strategy code gets a bit flipped
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How devices call the cloud: deadlines, retries, TLS and auth."""
+
+    call_timeout_s: float = 10.0  # deadline of one RPC attempt
+    overall_timeout_s: float = 60.0  # all attempts of one call together
+    max_attempts: int = 10
+    backoff_base_s: float = 0.05  # first retry waits up to this (full jitter), doubling
+    backoff_max_s: float = 2.0
+    tls_root_ca: str = ""  # PEM file of the CA that signed the server's certificate; "" = plaintext
+    token: str = ""  # bearer token sent as `authorization` metadata; "" = none
+    report_to_server: bool = True  # also send ReportMetrics after each round
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Everything one simulation needs; CLI flags override fields of a TOML file."""
+
+    devices: int = 200
+    seed: int = 0
+    dataset: str = "ml-100k"
+    backbone: str = "sasrec"
+    mode: str = "pretrained"  # backbone mode of the embedded run: "pretrained" or "random"
+    server: str = "embedded"  # "embedded" or HOST:PORT of a running `chord serve`
+    ray_address: str = "local"  # "local" (start a private Ray), "auto", an address, or "none"
+    num_cpus: int = 0  # local Ray CPUs; 0 = os.cpu_count()
+    actors: int = 0  # device actors; 0 = the cluster's CPUs
+    batch_size: int = 10  # virtual devices per actor task
+    negatives: int = 100  # sampled negatives per scored target
+    run_dir: str = ""  # embedded server: use this run directory instead of preparing one
+    run_preset: str = "quick"  # embedded default run: chord.hyper.runs preset (smoke|quick|full)
+    traces_file: str = (
+        ""  # FedScale-style JSON device traces: {client: {computation, communication}}
+    )
+    trace_reference_ms: float = (
+        0.0  # computation (ms/sample) meaning factor 1.0; 0 = traces' median
+    )
+    tiers: tuple[TierProfile, ...] = field(
+        default_factory=lambda: (
+            TierProfile("low", 0.3, 2.5, compute_factor=4.0, bandwidth_kbps=2_000, rtt_ms=120),
+            TierProfile("mid", 0.5, 3.0, compute_factor=2.0, bandwidth_kbps=10_000, rtt_ms=60),
+            TierProfile("high", 0.2, 6.0, compute_factor=1.0, bandwidth_kbps=50_000, rtt_ms=30),
+        )
+    )
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+
+    def __post_init__(self) -> None:
+        """Reject values the simulator cannot run with, saying what to send instead."""
+        if self.devices < 1:
+            raise FleetConfigError(f"devices must be >= 1, got {self.devices}")
+        if not self.tiers:
+            raise FleetConfigError("at least one [[tiers]] entry is needed")
+        if any(t.share < 0 for t in self.tiers) or sum(t.share for t in self.tiers) <= 0:
+            raise FleetConfigError("tier shares must be >= 0 and sum to more than 0")
+        if self.drift.rounds < 1 or self.drift.interactions_per_round < 1:
+            raise FleetConfigError("drift.rounds and drift.interactions_per_round must be >= 1")
+        if self.mode not in ("pretrained", "random"):
+            raise FleetConfigError(f"mode must be 'pretrained' or 'random', got {self.mode!r}")
+        if self.batch_size < 1:
+            raise FleetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("net_loss", "corrupt_code_prob"):
+            p = getattr(self.faults, name)
+            if not 0.0 <= p < 1.0:
+                raise FleetConfigError(f"faults.{name} must be in [0, 1), got {p}")
+        if not 0.0 <= self.churn.offline_prob < 1.0:
+            raise FleetConfigError(
+                f"churn.offline_prob must be in [0, 1), got {self.churn.offline_prob}"
+            )
+
+    @property
+    def embedded(self) -> bool:
+        """True when the simulator starts its own cloud server."""
+        return self.server == "embedded"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "drift": DriftConfig,
+    "churn": ChurnConfig,
+    "faults": FaultConfig,
+    "transport": TransportConfig,
+}
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    """Instantiate a dataclass from a dict, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise FleetConfigError(f"unknown keys {unknown} in {where}; valid: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise FleetConfigError(f"invalid {where}: {exc}") from exc
+
+
+def config_from_dict(data: dict[str, Any]) -> FleetConfig:
+    """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...)."""
+    top = dict(data.get("fleet", {}))
+    top.update({k: v for k, v in data.items() if k != "fleet"})
+    kwargs: dict[str, Any] = {}
+    for key, value in top.items():
+        if key == "tiers":
+            kwargs["tiers"] = tuple(
+                _build(TierProfile, dict(t), f"tiers[{i}]") for i, t in enumerate(value)
+            )
+        elif key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], dict(value), f"[{key}]")
+        else:
+            kwargs[key] = value
+    return _build(FleetConfig, kwargs, "fleet config")
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    """Read a fleet TOML file."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FleetConfigError(f"cannot read fleet config {path}: {exc}") from exc
+    return config_from_dict(data)
+
+
+def config_to_dict(cfg: FleetConfig) -> dict[str, Any]:
+    """Nested plain dicts (tiers as a list), the inverse of config_from_dict."""
+    data = dataclasses.asdict(cfg)
+    data["tiers"] = [dict(t) for t in data["tiers"]]
+    return data
+
+
+def save_config(cfg: FleetConfig, path: str | Path) -> None:
+    """Write the config as JSON (the copy `--resume` reads back)."""
+    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def read_saved_config(path: str | Path) -> FleetConfig:
+    """Read a config written by save_config."""
+    try:
+        return config_from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FleetConfigError(f"cannot read saved fleet config {path}: {exc}") from exc
+
+
+def with_overrides(cfg: FleetConfig, **overrides: Any) -> FleetConfig:
+    """A copy with the given top-level fields replaced; None values are ignored."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,306 @@
+"""Run a fleet: start or join the cloud and Ray, schedule devices, inject faults, store, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_client.actor import HostConfig
+from device_client.device import DeviceJob
+from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
+from device_client.wire import spec_from_proto, spec_request_to_proto
+from simulator.backend import Backend, InProcessBackend, RayBackend
+from simulator.cloud import Cloud
+from simulator.config import FleetConfig, read_saved_config, save_config
+from simulator.fleet import plan_fleet
+from simulator.report import summary_table, write_outputs
+from simulator.store import ReportStore
+from simulator.summary import fleet_summary
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = "fleet.json"
+STATE_FILE = "state.json"
+DB_FILE = "reports.db"
+
+
+class SimulationError(RuntimeError):
+    """A simulation that cannot start or resume (missing config, mismatched data, no cluster)."""
+
+
+def _say(message: str) -> None:
+    """Progress of a long preparation step, on stderr."""
+    print(f"chord simulate: {message}", file=sys.stderr, flush=True)
+
+
+def prepare_embedded_run(
+    cfg: FleetConfig, out_dir: Path | None = None, verbose: bool = True
+) -> Path:
+    """Train (or reuse) the run of cfg's dataset, backbone, mode, seed and preset; its directory."""
+    from chord.hyper.runs import RunConfig, prepare_run
+
+    run_cfg = RunConfig.preset(
+        cfg.run_preset, dataset=cfg.dataset, backbone=cfg.backbone, mode=cfg.mode, seed=cfg.seed
+    )
+    if verbose:
+        _say(
+            f"preparing the {cfg.run_preset} {cfg.mode} {cfg.backbone} run on {cfg.dataset} "
+            "(trained once, then reused from the cache)"
+        )
+    return prepare_run(run_cfg, out_dir, log=_say if verbose else log.info)
+
+
+def embedded_run_dir(cfg: FleetConfig, verbose: bool = True) -> Path:
+    """The run directory the embedded server serves: cfg.run_dir, or D's cached/trained run."""
+    return Path(cfg.run_dir) if cfg.run_dir else prepare_embedded_run(cfg, verbose=verbose)
+
+
+def load_users(dataset: str) -> tuple[list[np.ndarray], int]:
+    """Every test user's full timeline (test history + test target) and the catalogue size."""
+    from chord.data import leave_one_out, load_dataset
+
+    data = load_dataset(dataset)
+    test = leave_one_out(data).test
+    seqs = [
+        np.append(np.asarray(h, dtype=np.int64), int(t))
+        for h, t in zip(test.histories, test.targets, strict=True)
+    ]
+    return seqs, int(data.n_items)
+
+
+@contextmanager
+def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
+    """Ray for the run: a private local cluster, or join `auto`/an address; yields True if in use.
+
+    A Ray already initialized in this process (a test fixture) is used and left running.
+    """
+    if cfg.ray_address == "none":
+        yield False
+        return
+    import ray
+
+    if ray.is_initialized():
+        yield True
+        return
+    if cfg.ray_address == "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private cluster on this machine only
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        path = os.environ.get("PYTHONPATH", "")
+        if str(REPO_ROOT) not in path.split(os.pathsep):  # workers import device_client from here
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+        )
+    else:
+        try:
+            ray.init(address=cfg.ray_address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise SimulationError(
+                f"cannot join Ray at {cfg.ray_address!r}: {exc}; start `ray start --head` there "
+                "or pass --ray-address local"
+            ) from exc
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def _host_config(cfg: FleetConfig, target: str) -> HostConfig:
+    """How device actors reach the cloud, from the fleet config."""
+    t, f = cfg.transport, cfg.faults
+    return HostConfig(
+        target=target,
+        policy=RetryPolicy(
+            t.call_timeout_s, t.overall_timeout_s, t.max_attempts, t.backoff_base_s, t.backoff_max_s
+        ),
+        tls_root_ca=t.tls_root_ca,
+        token=t.token,
+        faults=NetworkFaults(f.net_delay_ms, f.net_jitter_ms, f.net_loss),
+        fault_seed=f.seed,
+    )
+
+
+def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
+    """Fail fast when the server's catalogue or tiers do not match the fleet's data and config."""
+    t = cfg.transport
+    transport = Transport(
+        target,
+        RetryPolicy(t.call_timeout_s, t.overall_timeout_s, t.max_attempts),
+        tls_root_ca=t.tls_root_ca,
+        token=t.token,
+    )
+    try:
+        spec = spec_from_proto(transport.get_model_spec(spec_request_to_proto("simulator"))[0])
+    except TransportError as exc:
+        raise SimulationError(f"cannot reach the strategy service at {target}: {exc}") from exc
+    if spec.n_items != n_items:
+        raise SimulationError(
+            f"the server's backbone has {spec.n_items} items but dataset {cfg.dataset!r} has "
+            f"{n_items}; pass the --dataset the server's run was trained on"
+        )
+    missing = sorted({tier.name for tier in cfg.tiers} - set(spec.tiers))
+    if missing:
+        raise SimulationError(
+            f"tiers {missing} are not served; the server has {sorted(spec.tiers)}"
+        )
+
+
+def _state(out: Path, resume: bool) -> dict[str, Any]:
+    """The run's persistent state (its request tag); created at start, read back on resume."""
+    path = out / STATE_FILE
+    if resume and path.exists():
+        return dict(json.loads(path.read_text()))
+    state = {"request_tag": uuid.uuid4().hex[:8], "created": time.time()}
+    path.write_text(json.dumps(state) + "\n")
+    return state
+
+
+def _batches(jobs: list[DeviceJob], size: int) -> list[list[DeviceJob]]:
+    """Consecutive batches of at most `size` jobs."""
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+class _FaultSchedule:
+    """Fires the configured actor kill and server restart once each, at device-count thresholds."""
+
+    def __init__(self, cfg: FleetConfig, store: ReportStore, already_done: int) -> None:
+        self.cfg = cfg
+        self.store = store
+        # On resume, faults whose threshold had passed are not re-fired.
+        self.kill_pending = cfg.faults.kill_actor_after > already_done
+        self.restart_pending = cfg.faults.restart_server_after > already_done
+        self.injected: dict[str, int] = {}
+
+    def _note(self, kind: str, detail: str) -> None:
+        """Count and store an injected fault."""
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        self.store.log_event(kind, detail)
+
+    def tick(self, done: int, backend: Backend, cloud: Cloud) -> None:
+        """Fire whatever is due now that `done` devices are stored."""
+        f = self.cfg.faults
+        if self.kill_pending and done >= f.kill_actor_after and backend.pending():
+            self.kill_pending = False
+            what = backend.kill_one()
+            self._note("actor_killed" if what else "actor_kill_skipped", what or "no actors")
+        if self.restart_pending and done >= f.restart_server_after:
+            self.restart_pending = False
+            if cloud.embedded:
+                down = cloud.restart()
+                self._note("server_restarted", f"{down:.3f} s down")
+            else:
+                self._note("server_restart_skipped", "server is not embedded")
+
+
+def run_simulation(
+    cfg: FleetConfig, out: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or finish) a simulation into `out`; returns the summary also written to summary.json."""
+    out = Path(out)
+    if resume:
+        if not (out / CONFIG_FILE).exists():
+            raise SimulationError(
+                f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
+            )
+        cfg = read_saved_config(out / CONFIG_FILE)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / DB_FILE).exists():
+            raise SimulationError(
+                f"{out} already holds a simulation; use --resume {out} or another --out"
+            )
+        save_config(cfg, out / CONFIG_FILE)
+    state = _state(out, resume)
+    start = time.perf_counter()
+    sequences, n_items = load_users(cfg.dataset)
+    jobs = plan_fleet(cfg, sequences, state["request_tag"])
+    store = ReportStore(out / DB_FILE)
+    if resume:
+        store.log_event("resumed", f"{len(store.done_ids())} devices already stored")
+    cloud = (
+        Cloud.start_embedded(embedded_run_dir(cfg, progress), token=cfg.transport.token or None)
+        if cfg.embedded
+        else Cloud.external(cfg.server)
+    )
+    duplicates = 0
+    backend: Backend | None = None
+    try:
+        _check_server(cfg, cloud.target, n_items)
+        with ray_cluster(cfg) as use_ray:
+            backend = RayBackend(cfg.actors) if use_ray else InProcessBackend()
+            backend.build(_host_config(cfg, cloud.target))
+            done = store.done_ids()
+            todo = [j for j in jobs if j.device_id not in done]
+            faults = _FaultSchedule(cfg, store, len(done))
+            for i, batch in enumerate(_batches(todo, cfg.batch_size)):
+                backend.submit(i, batch)
+            bar = _progress(progress, len(jobs), len(done))
+            while backend.pending():
+                for result in backend.collect(timeout_s=1.0):
+                    for report in result.reports:
+                        if store.add(report):
+                            bar.update(1)
+                        else:
+                            duplicates += 1
+                faults.tick(bar.n, backend, cloud)
+            bar.close()
+            stats = backend.stats
+            backend.terminate()
+    finally:
+        cloud.stop()
+    devices, rounds = store.devices(), store.rounds()
+    summary = fleet_summary(cfg.devices, devices, rounds)
+    summary.update(
+        wall_s=time.perf_counter() - start,
+        duplicates=duplicates,
+        resumed=resume,
+        catalogue_items=n_items,
+        server="embedded" if cfg.embedded else cfg.server,
+        backend={
+            "actors": stats.actors,
+            "actors_replaced": stats.actors_replaced,
+            "batches_rerun": stats.batches_rerun,
+        },
+        faults_injected=faults.injected,
+        server_restarts=cloud.restarts,
+        events=[{"kind": e["kind"], "detail": e["detail"]} for e in store.events()],
+    )
+    store.close()
+    write_outputs(out, summary, devices, rounds)
+    if progress:
+        print(summary_table(summary))
+    return summary
+
+
+class _Bar:
+    """The tqdm interface used here, without output (progress=False)."""
+
+    def __init__(self, initial: int) -> None:
+        self.n = initial
+
+    def update(self, k: int) -> None:
+        """Count k more devices."""
+        self.n += k
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    """A tqdm bar over devices, or a silent counter."""
+    if not enabled:
+        return _Bar(initial)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="device", desc="fleet")

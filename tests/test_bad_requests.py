@@ -1,0 +1,312 @@
+"""The malformed-request catalogue: each bad call gets the right status and a way to fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cloud_server import EmbeddedServer, ServerConfig
+from protos.chord.v1 import strategy_pb2 as pb
+from tests.server_fixtures import arun, call, run_dir, spec_of, status_of, strategy_request
+
+__all__ = ["run_dir"]  # the fixture, imported for pytest
+
+S = grpc.StatusCode
+INF = float("inf")
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One malformed call: how to build it, what status and which hint it must get."""
+
+    method: str
+    build: Callable[[Any], Any]  # spec -> request message, or raw bytes
+    code: grpc.StatusCode
+    hint: str  # must appear in the status details (what to send instead)
+    prime: Callable[[Any], Any] | None = None  # a valid call sent first (duplicate ids)
+
+
+def _tier(spec: Any, name: str) -> Any:
+    return next(t for t in spec.tiers if t.name == name)
+
+
+def _req(**kw: Any) -> Callable[[Any], Any]:
+    """A GetStrategy case: a valid request with some fields overridden."""
+    request_id = kw.pop("request_id", "bad-1")
+    return lambda spec: strategy_request(spec, request_id, **kw)
+
+
+def _with(fn: Callable[[Any], dict[str, Any]]) -> Callable[[Any], Any]:
+    """A GetStrategy case whose overrides depend on the spec."""
+    return lambda spec: strategy_request(spec, "bad-spec", **fn(spec))
+
+
+def _report(**kw: Any) -> Callable[[Any], Any]:
+    """A ReportMetrics case: a valid report with some fields overridden."""
+    fields: dict[str, Any] = {
+        "device_id": "dev-r",
+        "round": 1,
+        "tier": "mid",
+        "metrics": pb.DeviceMetrics(hr10=0.3),
+    }
+    fields.update(kw)
+    return lambda spec: pb.ReportMetricsRequest(**fields)
+
+
+CASES: dict[str, Case] = {
+    "no_profile_no_items": Case(
+        "GetStrategy", _req(profile=None), S.INVALID_ARGUMENT, "send a profile of"
+    ),
+    "profile_too_short": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [0.1] * (s.profile_dim - 1)}),
+        S.INVALID_ARGUMENT,
+        "send exactly",
+    ),
+    "profile_too_long": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [0.1] * (s.profile_dim + 1)}),
+        S.INVALID_ARGUMENT,
+        "send exactly",
+    ),
+    "profile_oversized": Case(
+        "GetStrategy",
+        _req(profile=[0.1] * 100_000),
+        S.INVALID_ARGUMENT,
+        "send exactly",
+    ),
+    "profile_nan": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [NAN] + [0.0] * (s.profile_dim - 1)}),
+        S.INVALID_ARGUMENT,
+        "finite",
+    ),
+    "profile_pos_inf": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [0.0] * (s.profile_dim - 1) + [INF]}),
+        S.INVALID_ARGUMENT,
+        "finite",
+    ),
+    "profile_neg_inf": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [-INF] * s.profile_dim}),
+        S.INVALID_ARGUMENT,
+        "finite",
+    ),
+    "unknown_tier": Case("GetStrategy", _req(tier="ultra"), S.INVALID_ARGUMENT, "send one of: "),
+    "empty_tier": Case("GetStrategy", _req(tier=""), S.INVALID_ARGUMENT, "send one of: "),
+    "budget_nan": Case(
+        "GetStrategy", _req(budget_bits=NAN), S.INVALID_ARGUMENT, "send a value in ["
+    ),
+    "budget_inf": Case(
+        "GetStrategy", _req(budget_bits=INF), S.INVALID_ARGUMENT, "send a value in ["
+    ),
+    "budget_negative": Case(
+        "GetStrategy", _req(budget_bits=-3.0), S.INVALID_ARGUMENT, "send a value in ["
+    ),
+    "budget_zero": Case(
+        "GetStrategy", _req(budget_bits=0.0), S.INVALID_ARGUMENT, "send a value in ["
+    ),
+    "budget_below_tier_range": Case(
+        "GetStrategy",
+        _with(lambda s: {"budget_bits": _tier(s, "mid").min_budget_bits - 0.5}),
+        S.INVALID_ARGUMENT,
+        "outside tier 'mid'",
+    ),
+    "budget_above_tier_range": Case(
+        "GetStrategy",
+        _with(lambda s: {"budget_bits": _tier(s, "mid").max_budget_bits + 1}),
+        S.INVALID_ARGUMENT,
+        "outside tier 'mid'",
+    ),
+    "stale_version": Case(
+        "GetStrategy",
+        _req(backbone_version="0123456789abcdef"),
+        S.FAILED_PRECONDITION,
+        "call GetModelSpec",
+    ),
+    "missing_version": Case(
+        "GetStrategy", _req(backbone_version=""), S.FAILED_PRECONDITION, "call GetModelSpec"
+    ),
+    "missing_device_id": Case("GetStrategy", _req(device_id=""), S.INVALID_ARGUMENT, "device_id"),
+    "missing_request_id": Case(
+        "GetStrategy", _req(request_id=""), S.INVALID_ARGUMENT, "request_id"
+    ),
+    "overlong_device_id": Case(
+        "GetStrategy", _req(device_id="d" * 129), S.INVALID_ARGUMENT, "send at most 128"
+    ),
+    "overlong_request_id": Case(
+        "GetStrategy", _req(request_id="r" * 10_000), S.INVALID_ARGUMENT, "send at most 128"
+    ),
+    "control_chars_in_id": Case(
+        "GetStrategy", _req(device_id="dev\n\x00x"), S.INVALID_ARGUMENT, "printable"
+    ),
+    "profile_and_items": Case(
+        "GetStrategy", _req(recent_items=[1, 2, 3]), S.INVALID_ARGUMENT, "exactly one of them"
+    ),
+    "item_zero": Case(
+        "GetStrategy",
+        _req(profile=None, recent_items=[4, 0, 5]),
+        S.INVALID_ARGUMENT,
+        "0 is padding",
+    ),
+    "item_above_catalogue": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": None, "recent_items": [s.n_items + 1]}),
+        S.INVALID_ARGUMENT,
+        "send ids in 1..",
+    ),
+    "item_huge": Case(
+        "GetStrategy",
+        _req(profile=None, recent_items=[2**32 - 1]),
+        S.INVALID_ARGUMENT,
+        "send ids in 1..",
+    ),
+    "too_many_items": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": None, "recent_items": [1] * (s.max_recent_items + 1)}),
+        S.INVALID_ARGUMENT,
+        "send at most",
+    ),
+    "request_id_reused_for_other_request": Case(
+        "GetStrategy",
+        _req(request_id="dup-1", budget_bits=2.5),
+        S.ALREADY_EXISTS,
+        "send a new request_id",
+        prime=lambda spec: strategy_request(spec, "dup-1"),
+    ),
+    "garbage_bytes": Case(
+        "GetStrategy",
+        lambda spec: b"\xff\xff\xff\xff\x0f",
+        S.INVALID_ARGUMENT,
+        "send a serialized chord.v1.GetStrategyRequest",
+    ),
+    "truncated_message": Case(
+        "GetStrategy",
+        lambda spec: strategy_request(spec, "cut").SerializeToString()[:-7],
+        S.INVALID_ARGUMENT,
+        "not a valid",
+    ),
+    "oversized_message": Case(
+        "GetStrategy",
+        lambda spec: b"\x0a\x80\x80\x80\x01" + b"x" * (2 << 20),
+        S.RESOURCE_EXHAUSTED,
+        "larger than max",
+    ),
+    "spec_garbage_bytes": Case(
+        "GetModelSpec",
+        lambda spec: b"\x08\xff",
+        S.INVALID_ARGUMENT,
+        "not a valid",
+    ),
+    "report_missing_device_id": Case(
+        "ReportMetrics", _report(device_id=""), S.INVALID_ARGUMENT, "device_id"
+    ),
+    "report_missing_metrics": Case(
+        "ReportMetrics", _report(metrics=None), S.INVALID_ARGUMENT, "send the DeviceMetrics"
+    ),
+    "report_nan_metric": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(ndcg10=NAN)),
+        S.INVALID_ARGUMENT,
+        "finite",
+    ),
+    "report_inf_latency": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(infer_ms=INF)),
+        S.INVALID_ARGUMENT,
+        "finite",
+    ),
+    "report_negative_latency": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(rpc_ms=-1.0)),
+        S.INVALID_ARGUMENT,
+        ">= 0",
+    ),
+    "report_rate_above_one": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(hr5=1.5)),
+        S.INVALID_ARGUMENT,
+        "[0, 1]",
+    ),
+    "report_unknown_tier": Case(
+        "ReportMetrics", _report(tier="gold"), S.INVALID_ARGUMENT, "send one of"
+    ),
+    "report_garbage_bytes": Case(
+        "ReportMetrics", lambda spec: b"\x12\x05ab", S.INVALID_ARGUMENT, "not a valid"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path) -> Iterator[EmbeddedServer]:
+    """One server for the whole catalogue."""
+    srv = EmbeddedServer(ServerConfig(run_dir=run_dir, max_wait_ms=1)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def spec(server: EmbeddedServer) -> Any:
+    """The served model spec."""
+    return spec_of(server.address)
+
+
+async def _send(address: str, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
+    """Send a message, or raw bytes through a generic (untyped) channel method."""
+    if not isinstance(request, bytes):
+        return await status_of(call(address, method, request))
+    async with grpc.aio.insecure_channel(address) as ch:
+        raw = ch.unary_unary(f"/chord.v1.StrategyService/{method}")
+        return await status_of(raw(request, timeout=10))
+
+
+def test_catalogue_is_large_enough() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_malformed_request(name: str, server: EmbeddedServer, spec: Any) -> None:
+    case = CASES[name]
+    if case.prime is not None:
+        assert arun(_send(server.address, case.method, case.prime(spec)))[0] == S.OK
+    code, details = arun(_send(server.address, case.method, case.build(spec)))
+    assert code == case.code, details
+    assert case.hint in details, details
+    if case.code == S.FAILED_PRECONDITION:
+        assert spec.version in details  # names the version to use
+
+
+def test_unknown_method_is_unimplemented(server: EmbeddedServer) -> None:
+    async def unknown() -> tuple[grpc.StatusCode, str]:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            return await status_of(ch.unary_unary("/chord.v1.StrategyService/Nope")(b"", timeout=5))
+
+    assert arun(unknown())[0] == S.UNIMPLEMENTED
+
+
+def test_server_is_healthy_after_the_catalogue(server: EmbeddedServer, spec: Any) -> None:
+    for name in sorted(CASES):  # run the catalogue again in this test's own order
+        case = CASES[name]
+        arun(_send(server.address, case.method, case.build(spec)))
+
+    async def health() -> int:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="chord.v1.StrategyService"), timeout=5
+            )
+            return int(reply.status)
+
+    assert arun(health()) == health_pb2.HealthCheckResponse.SERVING
+    reply = arun(call(server.address, "GetStrategy", strategy_request(spec, "after-catalogue")))
+    assert reply.request_id == "after-catalogue" and reply.n_channels == spec.n_channels
+    metrics = server.service.metrics
+    assert metrics.count("GetStrategy", "INVALID_ARGUMENT") >= 20
+    assert metrics.count("GetStrategy", "INTERNAL") == 0 and server.service.in_flight == 0

@@ -1,0 +1,38 @@
+"""`chord eval` end to end on a small synthetic dataset, and its input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chord.cli import main
+from tests.hyper_fixtures import synthetic_csv  # noqa: F401
+
+
+def test_eval_command_writes_rows(
+    synthetic_csv: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    out = tmp_path / "eval.json"
+    code = main([
+        "eval", "--dataset", synthetic_csv, "--budget", "2", "--smoke", "--hyper-steps", "6",
+        "--quiet", "--methods", "fp32,ptq-2,mixed-random,chord-pretrained,chord-random",
+        "--json", str(out),
+    ])
+    assert code == 0
+    data = json.loads(out.read_text())
+    methods = [(r["method"], r["backbone_mode"]) for r in data["rows"]]
+    assert ("chord-pretrained", "pretrained") in methods and ("chord-random", "random") in methods
+    assert data["meta"]["tier"] == "low"
+    for r in data["rows"]:
+        assert {"method", "backbone_mode", "avg_bits", "HR@5", "HR@10", "NDCG@5", "NDCG@10",
+                "bytes_down_per_user", "adapt_ms"} <= set(r)
+    printed = capsys.readouterr().out
+    assert "chord-pretrained" in printed and "NDCG@10" in printed
+
+
+def test_eval_command_rejects_unreachable_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--budget", "8", "--quiet"]) == 2
+    assert "strictly inside" in capsys.readouterr().err
+    assert main(["eval", "--budget", "3", "--methods", "fp32,nope", "--quiet"]) == 2

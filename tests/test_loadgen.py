@@ -1,0 +1,224 @@
+"""The endpoint load generator against real strategy servers on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cli
+from benchmarks.loadgen import LoadConfig, LoadConfigError, LoadResult, LoadRunError, run_load
+from benchmarks.server_process import ServerProcess
+from cloud_server import EmbeddedServer
+from cloud_server.config import ServerConfig
+from tests.server_fixtures import tiny_run_dir
+
+TOKEN = "s3cret-load-token"
+
+
+def _check_consistent(res: LoadResult) -> None:
+    """Counts add up and percentiles are ordered."""
+    assert res.total == sum(res.status_codes.values())
+    assert res.ok == res.status_codes.get("OK", 0)
+    assert res.errors == res.total - res.ok
+    assert sum(res.error_distribution.values()) <= res.errors
+    assert 0 < res.min_ms <= res.p50_ms <= res.p90_ms <= res.p99_ms <= res.max_ms
+    assert res.min_ms <= res.mean_ms <= res.max_ms
+    assert res.rps == pytest.approx(res.total / res.elapsed_s)
+
+
+@pytest.fixture(scope="module")
+def strategy_server() -> Iterator[ServerProcess]:
+    """A plaintext, micro-batching server of the tiny test run, in its own process."""
+    cfg = ServerConfig(run_dir=tiny_run_dir(), max_batch=16, max_wait_ms=2.0)
+    with ServerProcess(cfg, start_timeout_s=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost / 127.0.0.1 and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def secure_server(tls_files: tuple[Path, Path]) -> Iterator[EmbeddedServer]:
+    """An echo-mode server in this process (a background thread) requiring TLS and a token."""
+    cert, key = tls_files
+    cfg = ServerConfig(echo=True, tls_cert=cert, tls_key=key, token=TOKEN)
+    with EmbeddedServer(cfg) as server:
+        yield server
+
+
+def test_strategy_load_over_two_processes_adds_up(strategy_server: ServerProcess) -> None:
+    """GetStrategy load from two processes: every request counted, all OK, ordered percentiles."""
+    res = run_load(
+        LoadConfig(
+            target=strategy_server.target,
+            concurrency=8,
+            duration_s=1.5,
+            processes=2,
+            warmup_s=0.3,
+        )
+    )
+    _check_consistent(res)
+    assert res.processes == 2 and len(res.per_process_rps) == 2
+    assert all(r > 0 for r in res.per_process_rps)
+    assert res.status_codes == {"OK": res.total} and res.errors == 0
+    assert res.total >= 10
+    assert 1.4 <= res.elapsed_s <= 3.0
+    # The real model ran (micro-batches of concurrent requests share one forward pass).
+    assert res.server_batch_mean is not None and 1 <= res.server_batch_mean <= 16
+
+
+@pytest.mark.parametrize("method", ["spec", "health"])
+def test_other_methods(strategy_server: ServerProcess, method: str) -> None:
+    """GetModelSpec and the health check can be loaded too."""
+    res = run_load(
+        LoadConfig(target=strategy_server.target, concurrency=4, duration_s=0.5, method=method)
+    )
+    _check_consistent(res)
+    assert res.ok == res.total > 0
+    assert res.server_batch_mean is None
+
+
+def test_max_requests_stops_early(strategy_server: ServerProcess) -> None:
+    """The request cap ends the run long before the duration; a second identical run against the
+    same (deduplicating) server is all OK too, so request ids never repeat across runs."""
+    cfg = LoadConfig(target=strategy_server.target, concurrency=4, duration_s=30, max_requests=40)
+    for _ in range(2):
+        res = run_load(cfg)
+        _check_consistent(res)
+        assert res.total == 40 and res.status_codes == {"OK": 40}
+        assert res.elapsed_s < 10
+
+
+def test_unreachable_target_raises() -> None:
+    """A target that refuses connections fails the run with a named error."""
+    with pytest.raises(LoadRunError, match=r"GetModelSpec on 127\.0\.0\.1:9"):
+        run_load(LoadConfig(target="127.0.0.1:9", concurrency=1, duration_s=0.5, timeout_s=1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("target", "localhost"),
+        ("method", "stream"),
+        ("concurrency", 0),
+        ("duration_s", 0.0),
+        ("tls_ca", "/nonexistent/ca.pem"),
+    ],
+)
+def test_bad_config_is_rejected(field: str, value: object) -> None:
+    """Each invalid field raises LoadConfigError naming it."""
+    kwargs: dict[str, object] = {"target": "127.0.0.1:50051", field: value}
+    with pytest.raises(LoadConfigError, match=field.split("_")[0]):
+        run_load(LoadConfig(**kwargs))  # type: ignore[arg-type]
+
+
+def test_tls_and_token_pass_through(
+    secure_server: EmbeddedServer, tls_files: tuple[Path, Path]
+) -> None:
+    """With the CA and the token every call succeeds; without the token the server refuses."""
+    cert, _ = tls_files
+    good = run_load(
+        LoadConfig(
+            target=secure_server.address,
+            concurrency=4,
+            duration_s=0.7,
+            tls_ca=str(cert),
+            tls_server_name="localhost",
+            token=TOKEN,
+        )
+    )
+    _check_consistent(good)
+    assert good.ok == good.total > 0
+    assert good.to_json()["config"]["token"] == "<redacted>"
+
+    refused = run_load(
+        LoadConfig(
+            target=secure_server.address,
+            concurrency=2,
+            duration_s=0.4,
+            method="spec",
+            tls_ca=str(cert),
+            tls_server_name="localhost",
+        )
+    )
+    _check_consistent(refused)
+    assert refused.ok == 0 and set(refused.status_codes) == {"UNAUTHENTICATED"}
+    assert any("bearer token" in m for m in refused.error_distribution)
+
+    with pytest.raises(LoadRunError, match="UNAUTHENTICATED"):
+        run_load(
+            LoadConfig(
+                target=secure_server.address,
+                concurrency=1,
+                duration_s=0.3,
+                tls_ca=str(cert),
+                tls_server_name="localhost",
+                token="wrong",
+            )
+        )
+
+
+def test_cli_load_writes_json(
+    strategy_server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`chord bench load ... --json OUT` prints a ghz-like summary and writes the keys."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "load.json"
+    args = parser.parse_args(
+        [
+            "load",
+            "--target",
+            strategy_server.target,
+            "--concurrency",
+            "4",
+            "--duration",
+            "0.5",
+            "--json",
+            str(out),
+        ]
+    )
+    assert cli.run(args) == 0
+    text = capsys.readouterr().out
+    assert "Requests/sec:" in text and "[OK]" in text and "99 % in" in text
+    data = json.loads(out.read_text())
+    for key in ("total", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "status_codes", "errors"):
+        assert key in data
+    assert data["status_codes"]["OK"] == data["total"] > 0

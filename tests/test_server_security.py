@@ -1,0 +1,171 @@
+"""TLS and bearer-token authentication of the strategy server."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cloud_server import EmbeddedServer, ServerConfig
+from protos.chord.v1 import strategy_pb2 as pb
+from tests.server_fixtures import arun, call, spec_of, status_of, strategy_request
+
+TOKEN = "s3cret-token"
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost / 127.0.0.1 (cryptography if present, else openssl)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    try:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+    import ipaddress
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedServer, Path]]:
+    """An echo server with TLS and a token."""
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    cfg = ServerConfig(echo=True, tls_cert=cert, tls_key=key, token=TOKEN)
+    srv = EmbeddedServer(cfg, host="localhost").start()
+    yield srv, cert
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[EmbeddedServer]:
+    """A plaintext echo server that requires a token."""
+    srv = EmbeddedServer(ServerConfig(echo=True, token=TOKEN)).start()
+    yield srv
+    srv.stop()
+
+
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+def test_token_required_for_strategy_calls(token_server: EmbeddedServer) -> None:
+    address = token_server.address
+    spec = spec_of(address, metadata=AUTH)
+    req = strategy_request(spec, "tok-1")
+    for metadata in (None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
+        code, details = arun(status_of(call(address, "GetStrategy", req, metadata=metadata)))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert "authorization: Bearer <token>" in details
+    code, _ = arun(
+        status_of(call(address, "GetModelSpec", pb.GetModelSpecRequest(), metadata=None))
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    reply = arun(call(address, "GetStrategy", req, metadata=AUTH))
+    assert reply.request_id == "tok-1"
+    assert token_server.service.metrics.count("GetStrategy", "UNAUTHENTICATED") == 3
+
+
+def test_health_needs_no_token(token_server: EmbeddedServer) -> None:
+    async def check() -> int:
+        async with grpc.aio.insecure_channel(token_server.address) as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            return int(reply.status)
+
+    assert arun(check()) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls_with_token(tls_server: tuple[EmbeddedServer, Path]) -> None:
+    srv, cert = tls_server
+    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with_token = grpc.composite_channel_credentials(
+        creds, grpc.access_token_call_credentials(TOKEN)
+    )
+    spec = spec_of(srv.address, credentials=with_token)
+    reply = arun(
+        call(srv.address, "GetStrategy", strategy_request(spec, "tls-1"), credentials=with_token)
+    )
+    assert reply.request_id == "tls-1" and reply.n_channels == spec.n_channels
+    # TLS alone is not enough: the token is still checked.
+    code, _ = arun(
+        status_of(call(srv.address, "GetModelSpec", pb.GetModelSpecRequest(), credentials=creds))
+    )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_plaintext_client_cannot_talk_to_tls_server(
+    tls_server: tuple[EmbeddedServer, Path],
+) -> None:
+    srv, _ = tls_server
+    code, _ = arun(
+        status_of(
+            call(srv.address, "GetModelSpec", pb.GetModelSpecRequest(), metadata=AUTH, timeout=3)
+        )
+    )
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_config_rejects_half_tls_and_empty_token(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+        ServerConfig(echo=True, tls_cert=tmp_path / "c.pem")
+    with pytest.raises(ValueError, match="non-empty --token"):
+        ServerConfig(echo=True, token="")
