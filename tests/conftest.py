@@ -9,7 +9,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import torch  # noqa: E402
+import torch
 
 # Two cores are shared by the test process, Ray workers and gRPC threads.
 torch.set_num_threads(1)
