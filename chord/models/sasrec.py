@@ -12,6 +12,11 @@ from chord.config import SASRecConfig
 from chord.models.base import PAD_SCORE, Backbone, fit_length, next_item_loss
 
 
+def _is_vmapped(x: torch.Tensor) -> bool:
+    """Whether x is a tensor seen inside torch.vmap (per-user weights in hypernetwork training)."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product attention written with four nn.Linear layers."""
 
@@ -35,11 +40,21 @@ class SelfAttention(nn.Module):
         q = self.q(query).view(shape).transpose(1, 2)
         k = self.k(keys).view(shape).transpose(1, 2)
         v = self.v(keys).view(shape).transpose(1, 2)
-        # Same math as softmax(q k^T / sqrt(d_head) masked) v with dropout on the weights,
-        # through PyTorch's fused kernel (much faster on CPU for long histories).
-        mixed = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed[:, None], dropout_p=self.dropout.p if self.training else 0.0
-        )
+        if _is_vmapped(q):
+            # torch.vmap has no batching rule for the fused kernel; spell the same math out.
+            logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+            mixed = self.dropout(torch.softmax(logits, dim=-1)) @ v
+        else:
+            # softmax(q k^T / sqrt(d_head) masked) v with dropout on the weights, through
+            # PyTorch's fused kernel (much faster on CPU for long histories).
+            mixed = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=allowed[:, None],
+                dropout_p=self.dropout.p if self.training else 0.0,
+            )
         mixed = mixed.transpose(1, 2).reshape(b, length, d)
         return self.out(mixed)
 
@@ -101,7 +116,8 @@ class SASRec(Backbone):
         )
         self.final_norm = nn.LayerNorm(cfg.hidden, eps=1e-8)
         self.register_buffer(
-            "causal", torch.tril(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool)),
+            "causal",
+            torch.tril(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool)),
             persistent=False,
         )
 
