@@ -268,18 +268,7 @@ def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
     )
 
 
-_METRIC_FIELDS = (
-    "hr5",
-    "hr10",
-    "ndcg5",
-    "ndcg10",
-    "adapt_ms",
-    "infer_ms",
-    "rpc_ms",
-    "bytes_up",
-    "bytes_down",
-    "avg_bits",
-)
+_METRIC_FIELDS = tuple(f.name for f in ProtoDeviceMetrics.DESCRIPTOR.fields)
 
 
 def device_report_to_proto(report: DeviceReport) -> ProtoReportMetricsRequest:

@@ -17,6 +17,7 @@ from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
 from device_client.wire import (
+    METRIC_FIELDS,
     DeviceSpec,
     WireError,
     metrics_report_to_proto,
@@ -338,21 +339,7 @@ class VirtualDevice:
             rec.device_id,
             rec.round,
             rec.tier,
-            {
-                k: float(getattr(rec, k))
-                for k in (
-                    "hr5",
-                    "hr10",
-                    "ndcg5",
-                    "ndcg10",
-                    "adapt_ms",
-                    "infer_ms",
-                    "rpc_ms",
-                    "bytes_up",
-                    "bytes_down",
-                    "avg_bits",
-                )
-            },
+            {k: float(getattr(rec, k)) for k in METRIC_FIELDS},
         )
         try:
             reply, _ = self.transport.report_metrics(req)

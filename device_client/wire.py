@@ -10,6 +10,11 @@ from chord.budget import Tier
 from chord.codes import EncodedStrategy
 from protos.chord.v1 import strategy_pb2 as pb
 
+# The figures a device reports, straight from the wire schema so the two never drift apart.
+METRIC_FIELDS = tuple(f.name for f in pb.DeviceMetrics.DESCRIPTOR.fields)
+_COUNT_METRICS = frozenset(
+    f.name for f in pb.DeviceMetrics.DESCRIPTOR.fields if f.type == f.TYPE_UINT64
+)
 _KIND_NAMES = {pb.BACKBONE_KIND_SASREC: "sasrec", pb.BACKBONE_KIND_CASER: "caser"}
 _MODE_NAMES = {pb.BACKBONE_MODE_RANDOM: "random", pb.BACKBONE_MODE_PRETRAINED: "pretrained"}
 _ENCODING_NAMES = {
@@ -147,20 +152,8 @@ def metrics_report_to_proto(
     device_id: str, round_index: int, tier: str, metrics: dict[str, float]
 ) -> pb.ReportMetricsRequest:
     """A ReportMetrics request from a round's measured figures."""
-    return pb.ReportMetricsRequest(
-        device_id=device_id,
-        round=round_index,
-        tier=tier,
-        metrics=pb.DeviceMetrics(
-            hr5=metrics.get("hr5", 0.0),
-            hr10=metrics.get("hr10", 0.0),
-            ndcg5=metrics.get("ndcg5", 0.0),
-            ndcg10=metrics.get("ndcg10", 0.0),
-            adapt_ms=metrics.get("adapt_ms", 0.0),
-            infer_ms=metrics.get("infer_ms", 0.0),
-            rpc_ms=metrics.get("rpc_ms", 0.0),
-            bytes_up=int(metrics.get("bytes_up", 0)),
-            bytes_down=int(metrics.get("bytes_down", 0)),
-            avg_bits=metrics.get("avg_bits", 0.0),
-        ),
-    )
+    msg = pb.ReportMetricsRequest(device_id=device_id, round=round_index, tier=tier)
+    for k in METRIC_FIELDS:
+        value = metrics.get(k, 0.0)
+        setattr(msg.metrics, k, int(value) if k in _COUNT_METRICS else float(value))
+    return msg
