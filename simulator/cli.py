@@ -32,7 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="virtual devices per actor task")
     parser.add_argument("--seed", type=int, help="fleet seed (users, tiers, churn, negatives)")
     parser.add_argument("--token", help="bearer token for the server")
-    parser.add_argument("--tls-root-ca", help="PEM CA file to verify the server's TLS certificate")
+    parser.add_argument(
+        "--tls-ca", "--tls-root-ca", dest="tls_root_ca",
+        help="PEM CA file to verify the server's TLS certificate",
+    )
     parser.add_argument("--traces", help="FedScale-style device traces (JSON)")
     parser.add_argument(
         "--resume",
