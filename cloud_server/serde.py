@@ -72,6 +72,14 @@ _ENCODING_TO_PROTO = {
 _TIMING_KEYS = ("queue_ms", "model_ms", "total_ms")
 
 
+_MAX_UINT32 = 0xFFFFFFFF
+
+
+def _micros(ms: float) -> int:
+    """Milliseconds -> whole microseconds for the wire, clamped to uint32 (71 minutes)."""
+    return min(max(round(ms * 1e3), 0), _MAX_UINT32)
+
+
 class SerdeError(ValueError):
     """A wire message that has no domain equivalent (e.g. an unspecified enum)."""
 
@@ -235,9 +243,9 @@ def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
         t = result.timings
         msg.timings.CopyFrom(
             ProtoServerTimings(
-                queue_ms=t.get("queue_ms", 0.0),
-                model_ms=t.get("model_ms", 0.0),
-                total_ms=t.get("total_ms", 0.0),
+                queue_us=_micros(t.get("queue_ms", 0.0)),
+                model_us=_micros(t.get("model_ms", 0.0)),
+                total_us=_micros(t.get("total_ms", 0.0)),
                 batch_size=int(t.get("batch_size", 0)),
             )
         )
@@ -251,7 +259,7 @@ def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
         raise SerdeError(f"reply has {len(counts)} level_counts; expected exactly 4")
     timings: dict[str, float] = {}
     if msg.HasField("timings"):
-        timings = {k: float(getattr(msg.timings, k)) for k in _TIMING_KEYS}
+        timings = {k: getattr(msg.timings, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
         timings["batch_size"] = float(msg.timings.batch_size)
     return StrategyResult(
         request_id=msg.request_id,
@@ -263,7 +271,7 @@ def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
             encoding=_inverse(_ENCODING_TO_PROTO, msg.encoding, "encoding"),
         ),
         level_counts=(counts[0], counts[1], counts[2], counts[3]),
-        avg_bits=msg.avg_bits,
+        avg_bits=float(msg.avg_bits),
         timings=timings,
     )
 

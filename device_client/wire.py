@@ -143,7 +143,7 @@ def strategy_reply_from_proto(msg: pb.GetStrategyReply) -> StrategyReply:
         code=code,
         level_counts=tuple(int(c) for c in msg.level_counts),
         avg_bits=float(msg.avg_bits),
-        server_total_ms=float(msg.timings.total_ms),
+        server_total_ms=msg.timings.total_us / 1e3,
         batch_size=int(msg.timings.batch_size),
     )
 

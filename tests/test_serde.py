@@ -82,15 +82,16 @@ def strategy_results(draw: st.DrawFn) -> StrategyResult:
     timings = draw(
         st.just({})
         | st.builds(
+            # The wire carries whole microseconds, so draw times that are.
             lambda q, m, t, b: {
-                "queue_ms": q,
-                "model_ms": m,
-                "total_ms": t,
+                "queue_ms": q / 1e3,
+                "model_ms": m / 1e3,
+                "total_ms": t / 1e3,
                 "batch_size": float(b),
             },
-            nonneg,
-            nonneg,
-            nonneg,
+            u32,
+            u32,
+            u32,
             st.integers(0, 1000),
         )
     )
@@ -104,7 +105,7 @@ def strategy_results(draw: st.DrawFn) -> StrategyResult:
             encoding=draw(st.sampled_from(["packed2", "packed2+deflate"])),
         ),
         level_counts=draw(st.tuples(u32, u32, u32, u32)),
-        avg_bits=draw(finite),
+        avg_bits=draw(st.floats(allow_nan=False, allow_infinity=False, width=32)),
         timings=timings,
     )
 

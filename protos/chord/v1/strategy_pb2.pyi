@@ -113,19 +113,19 @@ class GetStrategyRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., backbone_version: _Optional[str] = ..., tier: _Optional[str] = ..., budget_bits: _Optional[float] = ..., profile: _Optional[_Iterable[float]] = ..., recent_items: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ServerTimings(_message.Message):
-    __slots__ = ("queue_ms", "model_ms", "total_ms", "batch_size")
-    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
-    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("batch_size", "queue_us", "model_us", "total_us")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    queue_ms: float
-    model_ms: float
-    total_ms: float
+    QUEUE_US_FIELD_NUMBER: _ClassVar[int]
+    MODEL_US_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_US_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
-    def __init__(self, queue_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    queue_us: int
+    model_us: int
+    total_us: int
+    def __init__(self, batch_size: _Optional[int] = ..., queue_us: _Optional[int] = ..., model_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
 
 class GetStrategyReply(_message.Message):
-    __slots__ = ("request_id", "codes", "n_channels", "crc32", "version", "encoding", "level_counts", "avg_bits", "timings")
+    __slots__ = ("request_id", "codes", "n_channels", "crc32", "version", "encoding", "level_counts", "timings", "avg_bits")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
     N_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -133,8 +133,8 @@ class GetStrategyReply(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     LEVEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
-    AVG_BITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    AVG_BITS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     codes: bytes
     n_channels: int
@@ -142,9 +142,9 @@ class GetStrategyReply(_message.Message):
     version: str
     encoding: CodeEncoding
     level_counts: _containers.RepeatedScalarFieldContainer[int]
-    avg_bits: float
     timings: ServerTimings
-    def __init__(self, request_id: _Optional[str] = ..., codes: _Optional[bytes] = ..., n_channels: _Optional[int] = ..., crc32: _Optional[int] = ..., version: _Optional[str] = ..., encoding: _Optional[_Union[CodeEncoding, str]] = ..., level_counts: _Optional[_Iterable[int]] = ..., avg_bits: _Optional[float] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ...) -> None: ...
+    avg_bits: float
+    def __init__(self, request_id: _Optional[str] = ..., codes: _Optional[bytes] = ..., n_channels: _Optional[int] = ..., crc32: _Optional[int] = ..., version: _Optional[str] = ..., encoding: _Optional[_Union[CodeEncoding, str]] = ..., level_counts: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., avg_bits: _Optional[float] = ...) -> None: ...
 
 class DeviceMetrics(_message.Message):
     __slots__ = ("hr5", "hr10", "ndcg5", "ndcg10", "adapt_ms", "infer_ms", "rpc_ms", "bytes_up", "bytes_down", "avg_bits")
