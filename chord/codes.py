@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chord.budget import Tier
+from chord.budget import Tier, assign_levels
 
 N_LEVELS = 4
 ENCODING_PACKED = "packed2"
 ENCODING_DEFLATE = "packed2+deflate"
-ENCODINGS = (ENCODING_PACKED, ENCODING_DEFLATE)
+# (levels - reference levels) mod 4, PACKED2, raw DEFLATE: small when a user's levels differ from
+# a reference both sides can compute (see chord.hyper.reference) in few channels.
+ENCODING_DELTA = "delta2+deflate"
+ENCODINGS = (ENCODING_PACKED, ENCODING_DEFLATE, ENCODING_DELTA)
 MAX_CHANNELS = 1 << 28  # refuse absurd channel counts before allocating anything
 
 
@@ -24,9 +27,9 @@ class CodeError(ValueError):
 class EncodedStrategy:
     """Levels 0..3 per channel as they travel: packed bytes plus what checks them."""
 
-    payload: bytes  # PACKED2 bytes, or their raw DEFLATE when encoding == "packed2+deflate"
+    payload: bytes  # PACKED2 bytes, their raw DEFLATE, or the DEFLATE of the packed delta
     n_channels: int
-    crc32: int  # CRC32 of the PACKED2 bytes (before any deflate)
+    crc32: int  # CRC32 of the levels' PACKED2 bytes (before any delta or deflate)
     version: str  # backbone version hash the levels were computed for
     encoding: str  # "packed2" or "packed2+deflate"
 
@@ -66,19 +69,49 @@ def unpack_levels(packed: bytes, n_channels: int) -> np.ndarray:
     return quads[:n_channels].astype(np.uint8)
 
 
-def encode_levels(levels: np.ndarray, version: str, allow_deflate: bool = True) -> EncodedStrategy:
-    """Pack levels (uint8 in 0..3, one per channel) four per byte, checksum, maybe deflate."""
+def _deflate(data: bytes) -> bytes:
+    """Raw DEFLATE (no zlib header) at the highest level."""
+    comp = zlib.compressobj(level=9, wbits=-15)
+    return comp.compress(data) + comp.flush()
+
+
+def _delta(levels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(levels - reference) mod 4, with a clear error when the two disagree in length."""
+    ref = np.asarray(reference)
+    if ref.shape != levels.shape:
+        raise CodeError(
+            f"reference levels have shape {ref.shape} but the code has {levels.shape[0]} channels"
+        )
+    return ((levels.astype(np.int16) - ref.astype(np.int16)) % N_LEVELS).astype(np.uint8)
+
+
+def encode_levels(
+    levels: np.ndarray,
+    version: str,
+    allow_deflate: bool = True,
+    reference: np.ndarray | None = None,
+) -> EncodedStrategy:
+    """Pack levels (0..3, one per channel) four per byte and checksum; send the smallest form.
+
+    With `allow_deflate` the packed bytes are also tried under raw DEFLATE, and with `reference`
+    (levels the device computes itself) so is the DEFLATE of the packed delta to it.
+    """
     if not isinstance(version, str) or not version:
         raise CodeError("version must be the backbone's non-empty version hash")
     packed = pack_levels(levels)
     crc = zlib.crc32(packed)
-    n = int(np.asarray(levels).size)
+    lv = np.asarray(levels)
+    n = int(lv.size)
+    best = EncodedStrategy(packed, n, crc, version, ENCODING_PACKED)
     if allow_deflate:
-        comp = zlib.compressobj(level=9, wbits=-15)
-        deflated = comp.compress(packed) + comp.flush()
-        if len(deflated) < len(packed):
-            return EncodedStrategy(deflated, n, crc, version, ENCODING_DEFLATE)
-    return EncodedStrategy(packed, n, crc, version, ENCODING_PACKED)
+        deflated = _deflate(packed)
+        if len(deflated) < len(best.payload):
+            best = EncodedStrategy(deflated, n, crc, version, ENCODING_DEFLATE)
+        if reference is not None:
+            delta = _deflate(pack_levels(_delta(lv, reference)))
+            if len(delta) < len(best.payload):
+                best = EncodedStrategy(delta, n, crc, version, ENCODING_DELTA)
+    return best
 
 
 def _inflate_bounded(payload: bytes, expected: int) -> bytes:
@@ -103,9 +136,12 @@ def _inflate_bounded(payload: bytes, expected: int) -> bytes:
 
 
 def decode_levels(
-    code: EncodedStrategy, expected_version: str, expected_channels: int
+    code: EncodedStrategy,
+    expected_version: str,
+    expected_channels: int,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Unpack and verify a code; raise CodeError saying exactly what is wrong."""
+    """Unpack and verify a code (delta codes against `reference`); raise CodeError saying why."""
     if code.encoding not in ENCODINGS:
         raise CodeError(f"unknown encoding {code.encoding!r}; send one of {ENCODINGS}")
     if code.version != expected_version:
@@ -119,22 +155,50 @@ def decode_levels(
         )
     if not 0 < expected_channels <= MAX_CHANNELS:
         raise CodeError(f"channel count must be in 1..{MAX_CHANNELS}, got {expected_channels}")
+    if code.encoding == ENCODING_DELTA and reference is None:
+        raise CodeError(
+            "delta code needs the reference levels of the model spec, and none were given; "
+            "request a strategy without a reference_id"
+        )
     expected = packed_length(expected_channels)
     payload = bytes(code.payload)
-    packed = _inflate_bounded(payload, expected) if code.encoding == ENCODING_DEFLATE else payload
+    packed = payload if code.encoding == ENCODING_PACKED else _inflate_bounded(payload, expected)
     if len(packed) != expected:
         raise CodeError(
             f"{expected_channels} channels need {expected} packed bytes, got {len(packed)}"
         )
-    crc = zlib.crc32(packed)
-    if crc != code.crc32:
-        raise CodeError(
-            f"checksum mismatch: payload CRC32 is {crc:#010x}, code says {code.crc32:#010x}"
-        )
     spare = expected * 4 - expected_channels
     if spare and packed[-1] >> (2 * (4 - spare)):
         raise CodeError("padding bits after the last channel must be zero")
-    return unpack_levels(packed, expected_channels)
+    levels = unpack_levels(packed, expected_channels)
+    delta = code.encoding == ENCODING_DELTA
+    if delta and reference is not None:
+        ref = np.asarray(reference)
+        if ref.shape != levels.shape or (ref.size and (ref.min() < 0 or ref.max() >= N_LEVELS)):
+            raise CodeError(
+                f"reference levels must be {expected_channels} values in 0..3, got shape "
+                f"{ref.shape}"
+            )
+        levels = ((levels + ref.astype(np.uint8)) % N_LEVELS).astype(np.uint8)
+        packed = pack_levels(levels)
+    crc = zlib.crc32(packed)
+    if crc != code.crc32:
+        hint = " (does the device hold the server's reference?)" if delta else ""
+        raise CodeError(
+            f"checksum mismatch: payload CRC32 is {crc:#010x}, code says {code.crc32:#010x}{hint}"
+        )
+    return levels
+
+
+def reference_levels(
+    reference: np.ndarray, sizes: np.ndarray, tier: Tier, budget_bits: float
+) -> np.ndarray:
+    """The levels a reference importance (float16, from the model spec) gets for tier and budget.
+
+    Server and device both call this, so a delta code decodes to the levels the server chose.
+    """
+    ref = np.asarray(reference, dtype=np.float16).astype(np.float32)
+    return np.asarray(assign_levels(ref, sizes, tier, budget_bits)).astype(np.uint8)
 
 
 def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:
@@ -151,6 +215,7 @@ def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:
 __all__ = [
     "ENCODINGS",
     "ENCODING_DEFLATE",
+    "ENCODING_DELTA",
     "ENCODING_PACKED",
     "N_LEVELS",
     "CodeError",
@@ -160,5 +225,6 @@ __all__ = [
     "levels_to_bits",
     "pack_levels",
     "packed_length",
+    "reference_levels",
     "unpack_levels",
 ]

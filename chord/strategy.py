@@ -33,6 +33,7 @@ class StrategyRequest:
     budget_bits: float
     profile: np.ndarray | None = None  # float32 [profile_dim]
     recent_items: np.ndarray | None = None  # int64 item ids, oldest first
+    reference_id: str = ""  # the spec reference the device holds; "" = no delta codes
 
 
 @dataclass(frozen=True)

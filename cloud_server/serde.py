@@ -68,6 +68,7 @@ _MODE_TO_PROTO = {
 _ENCODING_TO_PROTO = {
     "packed2": ProtoCodeEncoding.CODE_ENCODING_PACKED2,
     "packed2+deflate": ProtoCodeEncoding.CODE_ENCODING_PACKED2_DEFLATE,
+    "delta2+deflate": ProtoCodeEncoding.CODE_ENCODING_DELTA2_DEFLATE,
 }
 _TIMING_KEYS = ("queue_ms", "model_ms", "total_ms")
 
@@ -151,6 +152,8 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         profile_dim=spec.profile_dim,
         max_recent_items=spec.max_recent_items,
         n_items=spec.n_items,
+        reference_importance=spec.reference_importance,
+        reference_id=spec.reference_id,
     )
 
 
@@ -187,6 +190,8 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         profile_dim=int(msg.profile_dim),
         max_recent_items=int(msg.max_recent_items),
         n_items=int(msg.n_items),
+        reference_importance=bytes(msg.reference_importance),
+        reference_id=msg.reference_id,
     )
 
 
@@ -198,6 +203,7 @@ def strategy_request_to_proto(req: StrategyRequest) -> ProtoGetStrategyRequest:
         backbone_version=req.backbone_version,
         tier=req.tier,
         budget_bits=req.budget_bits,
+        reference_id=req.reference_id,
     )
     if req.profile is not None:
         msg.profile.extend(np.asarray(req.profile, dtype=np.float32).tolist())
@@ -218,6 +224,7 @@ def strategy_request_from_proto(msg: ProtoGetStrategyRequest) -> StrategyRequest
         budget_bits=msg.budget_bits,
         profile=profile,
         recent_items=items,
+        reference_id=msg.reference_id,
     )
 
 

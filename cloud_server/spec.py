@@ -45,6 +45,8 @@ class ModelSpec:
     profile_dim: int
     max_recent_items: int
     n_items: int
+    reference_importance: bytes = b""  # float16 LE per channel; b"" = no delta codes offered
+    reference_id: str = ""  # CRC32 of reference_importance, 8 hex digits
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ _MODE_NAMES = {pb.BACKBONE_MODE_RANDOM: "random", pb.BACKBONE_MODE_PRETRAINED: "
 _ENCODING_NAMES = {
     pb.CODE_ENCODING_PACKED2: "packed2",
     pb.CODE_ENCODING_PACKED2_DEFLATE: "packed2+deflate",
+    pb.CODE_ENCODING_DELTA2_DEFLATE: "delta2+deflate",
 }
 
 
@@ -53,6 +55,8 @@ class DeviceSpec:
     profile_dim: int
     max_recent_items: int
     n_items: int
+    reference: np.ndarray | None = None  # float16 [n_channels] reference importance, if offered
+    reference_id: str = ""
 
     def channel_sizes(self) -> np.ndarray:
         """Weights per channel, in channel order (int64 [n_channels])."""
@@ -101,7 +105,26 @@ def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
         profile_dim=int(msg.profile_dim),
         max_recent_items=int(msg.max_recent_items),
         n_items=int(msg.n_items),
+        reference=_reference_from_proto(msg),
+        reference_id=msg.reference_id if msg.reference_importance else "",
     )
+
+
+def _reference_from_proto(msg: pb.ModelSpec) -> np.ndarray | None:
+    """The spec's float16 reference importance, checked against its length and id."""
+    raw = bytes(msg.reference_importance)
+    if not raw:
+        return None
+    if len(raw) != 2 * msg.n_channels:
+        raise WireError(
+            f"ModelSpec.reference_importance has {len(raw)} bytes; {msg.n_channels} channels "
+            f"need {2 * msg.n_channels} (one float16 each)"
+        )
+    if f"{zlib.crc32(raw):08x}" != msg.reference_id:
+        raise WireError(
+            f"ModelSpec.reference_importance does not match its reference_id {msg.reference_id!r}"
+        )
+    return np.frombuffer(raw, dtype="<f2").copy()
 
 
 def spec_request_to_proto(device_id: str) -> pb.GetModelSpecRequest:
@@ -116,8 +139,9 @@ def strategy_request_to_proto(
     tier: str,
     budget_bits: float,
     profile: np.ndarray,
+    reference_id: str = "",
 ) -> pb.GetStrategyRequest:
-    """A GetStrategy request carrying the user's profile embedding."""
+    """A GetStrategy request carrying the user's profile embedding (and the reference held)."""
     return pb.GetStrategyRequest(
         device_id=device_id,
         request_id=request_id,
@@ -125,6 +149,7 @@ def strategy_request_to_proto(
         tier=tier,
         budget_bits=float(budget_bits),
         profile=np.asarray(profile, dtype=np.float32).ravel().tolist(),
+        reference_id=reference_id,
     )
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from chord.budget import DEFAULT_TIERS
 from chord.codes import (
     ENCODING_DEFLATE,
+    ENCODING_DELTA,
     ENCODING_PACKED,
     CodeError,
     decode_levels,
@@ -33,6 +34,52 @@ def test_round_trip_any_channel_count(levels: list[int], deflate: bool) -> None:
     assert code.n_channels == len(levels)
     assert code.crc32 == zlib.crc32(pack_levels(lv))
     np.testing.assert_array_equal(decode_levels(code, VERSION, len(levels)), lv)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=300))
+def test_delta_round_trip_against_any_reference(pairs: list[tuple[int, int]]) -> None:
+    lv = np.array([a for a, _ in pairs], dtype=np.uint8)
+    ref = np.array([b for _, b in pairs], dtype=np.uint8)
+    code = encode_levels(lv, VERSION, reference=ref)
+    assert code.crc32 == zlib.crc32(pack_levels(lv))  # the checksum is over the levels themselves
+    np.testing.assert_array_equal(decode_levels(code, VERSION, len(lv), reference=ref), lv)
+
+
+def _personal(n: int, differ: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A reference and levels that differ from it in `differ` channels."""
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 4, n).astype(np.uint8)
+    lv = ref.copy()
+    idx = rng.choice(n, differ, replace=False)
+    lv[idx] = (lv[idx] + rng.integers(1, 4, differ)) % 4
+    return lv, ref
+
+
+def test_delta_is_sent_when_it_is_smallest() -> None:
+    lv, ref = _personal(2501, 30)
+    code = encode_levels(lv, VERSION, reference=ref)
+    plain = encode_levels(lv, VERSION)
+    assert code.encoding == ENCODING_DELTA and plain.encoding == ENCODING_PACKED
+    assert len(code.payload) < len(plain.payload) / 4
+    # Unrelated levels gain nothing from the reference: the plain form goes out.
+    noisy = np.random.default_rng(5).integers(0, 4, 2501).astype(np.uint8)
+    assert encode_levels(noisy, VERSION, reference=ref).encoding != ENCODING_DELTA
+
+
+def test_delta_needs_the_same_reference() -> None:
+    lv, ref = _personal(1000, 20)
+    code = encode_levels(lv, VERSION, reference=ref)
+    with pytest.raises(CodeError, match="needs the reference levels"):
+        decode_levels(code, VERSION, 1000)
+    other = ref.copy()
+    other[7] = (other[7] + 1) % 4
+    with pytest.raises(CodeError, match=r"checksum mismatch.*reference"):
+        decode_levels(code, VERSION, 1000, reference=other)
+    with pytest.raises(CodeError, match="reference levels must be 1000 values"):
+        decode_levels(code, VERSION, 1000, reference=ref[:-1])
+    with pytest.raises(CodeError, match="reference levels have shape"):
+        encode_levels(lv, VERSION, reference=ref[:-1])
 
 
 def test_four_levels_per_byte_little_endian() -> None:

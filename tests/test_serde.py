@@ -57,6 +57,8 @@ model_specs = st.builds(
     profile_dim=u32,
     max_recent_items=u32,
     n_items=u32,
+    reference_importance=st.binary(max_size=64),
+    reference_id=text,
 )
 
 
@@ -73,6 +75,7 @@ def strategy_requests(draw: st.DrawFn) -> StrategyRequest:
         budget_bits=draw(st.floats(allow_nan=False)),
         profile=None if profile is None else np.array(profile, dtype=np.float32),
         recent_items=None if items is None else np.array(items, dtype=np.int64),
+        reference_id=draw(text),
     )
 
 
@@ -102,7 +105,7 @@ def strategy_results(draw: st.DrawFn) -> StrategyResult:
             n_channels=draw(u32),
             crc32=draw(u32),
             version=draw(text),
-            encoding=draw(st.sampled_from(["packed2", "packed2+deflate"])),
+            encoding=draw(st.sampled_from(["packed2", "packed2+deflate", "delta2+deflate"])),
         ),
         level_counts=draw(st.tuples(u32, u32, u32, u32)),
         avg_bits=draw(st.floats(allow_nan=False, allow_infinity=False, width=32)),
@@ -153,6 +156,7 @@ def test_strategy_request_round_trip(req: StrategyRequest) -> None:
         req.backbone_version,
         req.tier,
     )
+    assert back.reference_id == req.reference_id
     assert back.budget_bits == req.budget_bits
     for got, sent in ((back.profile, req.profile), (back.recent_items, req.recent_items)):
         if sent is None:

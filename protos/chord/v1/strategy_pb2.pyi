@@ -24,6 +24,7 @@ class CodeEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODE_ENCODING_UNSPECIFIED: _ClassVar[CodeEncoding]
     CODE_ENCODING_PACKED2: _ClassVar[CodeEncoding]
     CODE_ENCODING_PACKED2_DEFLATE: _ClassVar[CodeEncoding]
+    CODE_ENCODING_DELTA2_DEFLATE: _ClassVar[CodeEncoding]
 BACKBONE_KIND_UNSPECIFIED: BackboneKind
 BACKBONE_KIND_SASREC: BackboneKind
 BACKBONE_KIND_CASER: BackboneKind
@@ -33,6 +34,7 @@ BACKBONE_MODE_PRETRAINED: BackboneMode
 CODE_ENCODING_UNSPECIFIED: CodeEncoding
 CODE_ENCODING_PACKED2: CodeEncoding
 CODE_ENCODING_PACKED2_DEFLATE: CodeEncoding
+CODE_ENCODING_DELTA2_DEFLATE: CodeEncoding
 
 class GetModelSpecRequest(_message.Message):
     __slots__ = ("device_id",)
@@ -65,7 +67,7 @@ class TierSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., level_bits: _Optional[_Iterable[int]] = ..., default_budget_bits: _Optional[float] = ..., min_budget_bits: _Optional[float] = ..., max_budget_bits: _Optional[float] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items")
+    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +81,8 @@ class ModelSpec(_message.Message):
     PROFILE_DIM_FIELD_NUMBER: _ClassVar[int]
     MAX_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     kind: BackboneKind
     mode: BackboneMode
     config_json: str
@@ -92,10 +96,12 @@ class ModelSpec(_message.Message):
     profile_dim: int
     max_recent_items: int
     n_items: int
-    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ...) -> None: ...
+    reference_importance: bytes
+    reference_id: str
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ...) -> None: ...
 
 class GetStrategyRequest(_message.Message):
-    __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items")
+    __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items", "reference_id")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +109,7 @@ class GetStrategyRequest(_message.Message):
     BUDGET_BITS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     request_id: str
     backbone_version: str
@@ -110,7 +117,8 @@ class GetStrategyRequest(_message.Message):
     budget_bits: float
     profile: _containers.RepeatedScalarFieldContainer[float]
     recent_items: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., backbone_version: _Optional[str] = ..., tier: _Optional[str] = ..., budget_bits: _Optional[float] = ..., profile: _Optional[_Iterable[float]] = ..., recent_items: _Optional[_Iterable[int]] = ...) -> None: ...
+    reference_id: str
+    def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., backbone_version: _Optional[str] = ..., tier: _Optional[str] = ..., budget_bits: _Optional[float] = ..., profile: _Optional[_Iterable[float]] = ..., recent_items: _Optional[_Iterable[int]] = ..., reference_id: _Optional[str] = ...) -> None: ...
 
 class ServerTimings(_message.Message):
     __slots__ = ("batch_size", "queue_us", "model_us", "total_us")

@@ -1,0 +1,36 @@
+"""A reference importance both sides hold, so a strategy can travel as a delta to it."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from chord.hyper.runs import ChordRun
+from chord.hyper.training import pad_left
+
+PSEUDO_USERS = 256  # seeded random histories averaged into the reference
+PSEUDO_HISTORY = 10  # items per pseudo-history
+
+
+@torch.no_grad()
+def reference_importance(
+    run: ChordRun, users: int = PSEUDO_USERS, history: int = PSEUDO_HISTORY, seed: int = 0
+) -> np.ndarray:
+    """Mean importance over seeded random-item histories, as float16 [n_channels].
+
+    No user data is involved: the server derives it from the run alone, ships it once in the
+    model spec, and each device turns it into reference levels for its tier and budget.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_items = int(run.backbone.n_items)
+    items = torch.randint(1, n_items + 1, (users, history), generator=gen).numpy()
+    seqs = pad_left(list(items), int(run.backbone.max_len))
+    imp = run.importance_model.importance(run.profile(seqs))
+    return imp.double().mean(0).numpy().astype(np.float16)
+
+
+def reference_id(reference: np.ndarray) -> str:
+    """Short name of a reference (CRC32 of its little-endian float16 bytes, 8 hex digits)."""
+    return f"{zlib.crc32(np.asarray(reference, dtype='<f2').tobytes()):08x}"
