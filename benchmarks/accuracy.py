@@ -1,16 +1,19 @@
 """Accuracy table: CHORD (random and pretrained backbones) against every baseline, per budget.
 
 Run: `python -m benchmarks.accuracy [--datasets ml-100k ml-1m] [--backbones sasrec caser]
-[--budgets 2 3 4]`. Writes results/accuracy.json, its section of RESULTS.md, a plot of NDCG@10
-against average bits (results/accuracy_ndcg_vs_bits.png) and one of how importance varies
-across layers and channels for a few users (results/importance.png). Results are rewritten
-after every (dataset, backbone, budget), so a long run leaves a usable partial table.
+[--budgets 2 3 4] [--device cuda]`. Writes results/accuracy.json, its section of RESULTS.md, a
+plot of NDCG@10 against average bits (results/accuracy_ndcg_vs_bits.png) and one of how
+importance varies across layers and channels for a few users (results/importance.png). Results
+are rewritten after every (dataset, backbone, budget), so a long run leaves a usable partial
+table. With --results-dir the files go there (NAME.json, NAME.md) and RESULTS.md is left alone;
+--import-json later folds such files into results/NAME.json and RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
+from benchmarks.report import RESULTS_DIR, machine_info, markdown_table, write_result
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
+from chord.hyper.runs import RunConfig
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
@@ -48,11 +52,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=NAME, help="result name (results/NAME.json)")
     p.add_argument("--merge", action="store_true",
                    help="keep rows of other (dataset, backbone) pairs from results/NAME.json")
+    p.add_argument("--results-dir", default=None,
+                   help="write NAME.json, NAME.md and plots here instead of results/ (RESULTS.md "
+                        "untouched)")
+    p.add_argument("--import-json", nargs="+", default=None, metavar="FILE",
+                   help="run nothing: fold these result files into results/NAME.json and "
+                        "RESULTS.md (their (dataset, backbone) pairs replace existing ones; "
+                        "other pairs are kept with --merge)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training, evaluation and timings (cpu, cuda)")
     p.add_argument("--replot", action="store_true",
                    help="only redraw the NDCG plot from results/NAME.json")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1 on cpu; on cuda half the cores, at most 8)")
     return p.parse_args(argv)
+
+
+def thread_count(requested: int | None, device: str) -> int:
+    """Torch CPU threads: as asked, else 1 for CPU runs and half the cores (<= 8) for GPU runs."""
+    if requested is not None:
+        return max(1, requested)
+    if torch.device(device).type == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def pair_key(entry: dict[str, Any]) -> tuple[str, str]:
+    """(dataset, backbone) of a row or of a meta entry."""
+    c = entry.get("config", entry)
+    return str(c["dataset"]), str(c["backbone"])
+
+
+def import_results(args: argparse.Namespace) -> int:
+    """Fold result files (e.g. from a GPU run) into results/NAME.json and RESULTS.md."""
+    rows: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    seconds = 0.0
+    for f in args.import_json:
+        data = json.loads(Path(f).read_text())
+        rows += data["rows"]
+        metas += data["meta"]
+        seconds += sum(float(m.get("seconds", 0.0)) for m in data["meta"])
+    ours = {pair_key(r) for r in rows}
+    previous = RESULTS_DIR / f"{args.name}.json"
+    if args.merge and previous.is_file():
+        old = json.loads(previous.read_text())
+        rows = [r for r in old["rows"] if pair_key(r) not in ours] + rows
+        metas = [m for m in old["meta"] if pair_key(m) not in ours] + metas
+    write(args.name, rows, metas, seconds)
+    plot_ndcg_vs_bits(rows, RESULTS_DIR / f"{args.name}_ndcg_vs_bits.png")
+    print(f"wrote {previous} ({len(rows)} rows)")
+    return 0
 
 
 def plot_ndcg_vs_bits(rows: list[dict[str, Any]], path: Path) -> None:
@@ -124,10 +175,10 @@ def plot_importance(run_path: str, path: Path, n_users: int = 4, seed: int = 0) 
     ax1.legend(fontsize=7)
     inner = next((k for k, n in enumerate(names) if "ffn" in n or n == "fc"), 1)
     for i in range(len(users)):
-        ax2.plot(per_layer[inner][i].numpy(), lw=0.8)
+        ax2.plot(per_layer[inner][i].cpu().numpy(), lw=0.8)
     ax2.set_title(f"channel importance in {names[inner]}")
     ax2.set_xlabel("channel")
-    item_scores = per_layer[0].numpy()
+    item_scores = per_layer[0].cpu().numpy()
     order = np.argsort(-item_scores[0])
     for i in range(len(users)):
         ax3.plot(item_scores[i][order], lw=0.6)
@@ -142,14 +193,22 @@ def plot_importance(run_path: str, path: Path, n_users: int = 4, seed: int = 0) 
 def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
+    out_dir = Path(args.results_dir) if args.results_dir else RESULTS_DIR
     if args.replot:
-        data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
-        plot_ndcg_vs_bits(data["rows"], RESULTS_DIR / f"{args.name}_ndcg_vs_bits.png")
+        data = json.loads((out_dir / f"{args.name}.json").read_text())
+        plot_ndcg_vs_bits(data["rows"], out_dir / f"{args.name}_ndcg_vs_bits.png")
         return 0
-    torch.set_num_threads(args.threads)
+    if args.import_json:
+        return import_results(args)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: torch {torch.__version__} sees no CUDA device",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(thread_count(args.threads, args.device))
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
-    previous = RESULTS_DIR / f"{args.name}.json"
+    previous = out_dir / f"{args.name}.json"
     if args.merge and previous.is_file():
         old = json.loads(previous.read_text())
         ours = {(d, b) for d in args.datasets for b in args.backbones}
@@ -176,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                     duet_steps=args.duet_steps, hyper_steps=args.hyper_steps,
                     hyper_lr=args.hyper_lr,
                     backbone_path=str(trained) if trained.is_file() else None,
+                    device=args.device,
                 )
                 log(f"{dataset} {backbone} budget {budget}")
                 result = run_eval(cfg, log)
@@ -184,11 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                 metas.append(result["meta"])
                 if importance_run is None:
                     importance_run = result["meta"]["runs"]["pretrained"]["path"]
-                write(args.name, rows, metas, time.perf_counter() - start)
-                plot_ndcg_vs_bits(rows, RESULTS_DIR / f"{args.name}_ndcg_vs_bits.png")
+                write(args.name, rows, metas, time.perf_counter() - start, args.results_dir)
+                plot_ndcg_vs_bits(rows, out_dir / f"{args.name}_ndcg_vs_bits.png")
     if importance_run is not None and not (args.merge and previous.is_file()):
         name = "importance" if args.name == NAME else f"{args.name}_importance"
-        plot_importance(importance_run, RESULTS_DIR / f"{name}.png")
+        plot_importance(importance_run, out_dir / f"{name}.png")
     log("done")
     return 0
 
@@ -204,7 +264,8 @@ def training_notes(metas: list[dict[str, Any]]) -> str:
                 continue
             seen.add(key)
             h = info["hyper_train"]
-            lr = c.get("hyper_lr") or 2e-3  # runs before hyper_lr was recorded used 2e-3
+            # Runs before hyper_lr was recorded used 2e-3; None means RunConfig's default.
+            lr = c.get("hyper_lr") or (RunConfig.hyper_lr if "hyper_lr" in c else 2e-3)
             lines.append(
                 f"- {c['backbone']} / {c['dataset']} / {mode}: hypernetwork cap "
                 f"{c.get('hyper_steps')} steps, lr {lr:g}; valid NDCG@10 (mid tier, 3 bits) "
@@ -214,10 +275,26 @@ def training_notes(metas: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def device_note(metas: list[dict[str, Any]]) -> str:
+    """Where the timings were taken: every device named in the meta entries."""
+    devices = sorted({f"{m.get('device', 'cpu')} ({m.get('device_name', m.get('device', 'cpu'))})"
+                      for m in metas})
+    if all(m.get("device", "cpu") == "cpu" for m in metas):
+        return ""
+    return (
+        f" Training, evaluation and timings ran on {', '.join(devices)} (meta `device` per "
+        "entry): adapt_ms of such rows is a GPU figure, not a phone or CPU one."
+    )
+
+
 def write(
-    name: str, rows: list[dict[str, Any]], metas: list[dict[str, Any]], seconds: float
+    name: str,
+    rows: list[dict[str, Any]],
+    metas: list[dict[str, Any]],
+    seconds: float,
+    results_dir: str | None = None,
 ) -> None:
-    """JSON + Markdown of everything measured so far."""
+    """JSON + Markdown of everything measured so far (to RESULTS.md, or to RESULTS_DIR/NAME.md)."""
     columns = ["dataset", "backbone", "budget", *COLUMNS]
     table = markdown_table(rows, columns)
     notes = (
@@ -229,10 +306,20 @@ def write(
         "the pretrained backbone's one-time download is not in this column). adapt_ms: CHORD = "
         "cloud strategy + device quantization for one user; finetune = on-device backprop + "
         "quantization; DUET = generation per user (batched). Hypernetworks and DUET were "
-        "trained with capped step counts because 2 CPU cores were shared by several jobs; "
-        f"this invocation took {seconds / 60:.0f} min.\n\n" + training_notes(metas)
+        "trained with capped step counts"
+        + (" because 2 CPU cores were shared by several jobs; " if not device_note(metas) else "; ")
+        + f"this invocation took {seconds / 60:.0f} min.{device_note(metas)}\n\n"
+        + training_notes(metas)
     )
-    write_result(name, {"rows": rows, "meta": metas}, table, notes)
+    if results_dir is None:
+        write_result(name, {"rows": rows, "meta": metas}, table, notes)
+        return
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    payload = {"benchmark": name, "machine": machine, "rows": rows, "meta": metas}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{name}.md").write_text(f"## {name}\n\n{table}\n\n{notes.strip()}\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ against the target (see chord.metrics).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -22,6 +23,10 @@ from chord.models.base import Backbone
 ScoreFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 _STAGE_SALT = {"valid": 1, "test": 2}
+# Recent negative draws, keyed on the identity of a split's `seen` list (ML-1M: ~2 s a draw,
+# paid by every evaluate call otherwise). The list itself is kept to make the identity safe.
+_NEGATIVES: OrderedDict[tuple[int, int, str, int, int], tuple[object, np.ndarray]] = OrderedDict()
+_NEGATIVES_KEPT = 8
 
 
 def backbone_score_fn(model: Backbone) -> ScoreFn:
@@ -37,10 +42,34 @@ def backbone_score_fn(model: Backbone) -> ScoreFn:
     return score
 
 
+def score_device(model_or_score_fn: object) -> torch.device:
+    """Where a scorer's inputs belong: a module's parameters, a `.device` attribute, else CPU."""
+    if isinstance(model_or_score_fn, torch.nn.Module):
+        for param in model_or_score_fn.parameters():
+            return param.device
+        return torch.device("cpu")
+    device = getattr(model_or_score_fn, "device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _cached_negatives(split: Split, stage: str, n_negatives: int, seed: int) -> np.ndarray:
+    """eval_negatives, drawn once per (split, stage, n_negatives, seed); do not modify."""
+    key = (id(split.seen), split.n_items, stage, n_negatives, seed)
+    hit = _NEGATIVES.get(key)
+    if hit is not None and hit[0] is split.seen:
+        _NEGATIVES.move_to_end(key)
+        return hit[1]
+    salt = _STAGE_SALT[stage]
+    out = sample_negatives(split.n_items, split.seen, n_negatives, seed * 1000 + salt)
+    _NEGATIVES[key] = (split.seen, out)
+    while len(_NEGATIVES) > _NEGATIVES_KEPT:
+        _NEGATIVES.popitem(last=False)
+    return out
+
+
 def eval_negatives(split: Split, stage: str, n_negatives: int = 100, seed: int = 0) -> np.ndarray:
     """The seeded negatives [n_users, n_negatives] of a stage (row = user index)."""
-    salt = _STAGE_SALT[stage]
-    return sample_negatives(split.n_items, split.seen, n_negatives, seed * 1000 + salt)
+    return _cached_negatives(split, stage, n_negatives, seed).copy()
 
 
 def evaluate(
@@ -54,14 +83,15 @@ def evaluate(
     batch_size: int = 256,
     max_len: int | None = None,
     users: np.ndarray | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """HR@5/10 and NDCG@5/10 of `stage` ("valid" or "test").
 
     Accepts a Backbone (put in eval mode for the call, then restored) or any ScoreFn, so
     quantized or personalized models are evaluated the same way. Histories are left-padded to
     `max_len` (default: the backbone's, else 50). `users` restricts evaluation to those user
-    indices. Negatives depend only on (split, stage, seed, n_negatives).
+    indices. Negatives depend only on (split, stage, seed, n_negatives). Inputs are put on
+    `device` (default: the backbone's, or the score function's `.device`, else CPU).
     """
     eval_set: EvalSet = split.stage(stage)
     if users is not None:
@@ -70,7 +100,9 @@ def evaluate(
     score_fn = backbone_score_fn(model) if model is not None else model_or_score_fn
     assert callable(score_fn)
     length = max_len or (model.max_len if model is not None else 50)
-    negatives = None if full else eval_negatives(split, stage, n_negatives, seed)
+    if device is None:
+        device = score_device(model_or_score_fn)
+    negatives = None if full else _cached_negatives(split, stage, n_negatives, seed)
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -97,4 +129,4 @@ def evaluate(
     return rank_metrics(np.concatenate(ranks))
 
 
-__all__ = ["ScoreFn", "backbone_score_fn", "eval_negatives", "evaluate"]
+__all__ = ["ScoreFn", "backbone_score_fn", "eval_negatives", "evaluate", "score_device"]

@@ -122,9 +122,10 @@ def training_examples(
         windows.append(padded[idx])
         targets.append(seq[1:])
     if not windows:
-        empty = torch.zeros((0, length), dtype=torch.long)
-        return empty, torch.zeros(0, dtype=torch.long)
-    return torch.from_numpy(np.concatenate(windows)), torch.from_numpy(np.concatenate(targets))
+        empty = torch.zeros((0, length), dtype=torch.long)  # cpu-ok: examples live on the CPU
+        return empty, torch.zeros(0, dtype=torch.long)  # cpu-ok
+    windows_t = torch.from_numpy(np.concatenate(windows))  # cpu-ok: batches are moved when used
+    return windows_t, torch.from_numpy(np.concatenate(targets))  # cpu-ok
 
 
 def _restrict(split: Split, n_users: int) -> Split:
@@ -136,21 +137,24 @@ def _restrict(split: Split, n_users: int) -> Split:
     )
 
 
-def train_backbone(cfg: TrainConfig, split: Split | None = None) -> TrainResult:
+def train_backbone(
+    cfg: TrainConfig, split: Split | None = None, device: torch.device | str = "cpu"
+) -> TrainResult:
     """Train, early-stop on validation NDCG@10, and evaluate the best weights.
 
     Loads and splits `cfg.dataset` unless a split is given. Deterministic for a fixed seed
-    on a fixed machine and thread count.
+    on a fixed machine and thread count. Trains on `device`; the model is returned there.
     """
     if split is None:
         split = leave_one_out(load_dataset(cfg.dataset, cfg.fmt, cfg.min_interactions))
     if cfg.max_train_users is not None:
         split = _restrict(split, cfg.max_train_users)
     bcfg = backbone_config_for(cfg, split.n_items, split.name)
-    model = build_backbone(bcfg, cfg.seed)
+    model = build_backbone(bcfg, cfg.seed).to(device)
     torch.manual_seed(cfg.seed)  # dropout
-    shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    negatives = torch.Generator().manual_seed(cfg.seed + 2)
+    shuffle = torch.Generator().manual_seed(cfg.seed + 1)  # cpu-ok: CPU indices, CPU examples
+    # BCE draws its negatives on the batch's device, so the generator must live there.
+    negatives = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     inputs, targets = training_examples(split.train, bcfg)
     if len(inputs) == 0:
         raise TrainConfigError(f"{split.name}: no training examples (every history is too short)")
@@ -171,12 +175,12 @@ def train_backbone(cfg: TrainConfig, split: Split | None = None) -> TrainResult:
                disable=not cfg.progress, unit="epoch")
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(inputs), generator=shuffle)
+        order = torch.randperm(len(inputs), generator=shuffle)  # cpu-ok
         total, count = 0.0, 0
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
-            loss = model.training_loss(inputs[idx], targets[idx], loss=cfg.loss,
-                                       generator=negatives)
+            loss = model.training_loss(inputs[idx].to(device), targets[idx].to(device),
+                                       loss=cfg.loss, generator=negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

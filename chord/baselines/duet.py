@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from chord.data import Split
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import layout_layers
-from chord.hyper.personal import batched_call
+from chord.hyper.personal import batched_call, module_device, sync
 from chord.hyper.training import sample_examples
 from chord.models import Backbone
 
@@ -87,6 +87,7 @@ class DuetScorer:
         self.profiler = profiler
         self.gen = gen
         self.key = key
+        self.device = module_device(base_model)
         self.adapt_ms: list[float] = []
 
     @torch.no_grad()
@@ -97,8 +98,13 @@ class DuetScorer:
         users: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-user generated weights, scored in one batched pass."""
+        seqs = seqs.to(self.device)
+        if candidates is not None:
+            candidates = candidates.to(self.device)
+        sync(self.device)
         start = time.perf_counter()
         weights = self.gen(self.profiler.encode(seqs))
+        sync(self.device)
         self.adapt_ms.append((time.perf_counter() - start) * 1e3 / max(1, seqs.shape[0]))
         params = {self.key: weights}
         if candidates is None:
@@ -114,13 +120,17 @@ def train_duet(
     cfg: DuetConfig,
     log: Callable[[str], None] | None = None,
 ) -> tuple[DuetGenerator, str, dict[str, Any]]:
-    """Train a generator for the last Linear layer through the frozen (quantized) backbone."""
+    """Train a generator for the last Linear layer through the frozen (quantized) backbone.
+
+    Runs on the base model's device; random draws are made on the CPU (same batches anywhere).
+    """
     key = generated_layer(layout)
+    device = module_device(base_model)
     weight = dict(profiler.state_dict())[key]
-    gen = DuetGenerator(int(profiler.state_dim), weight, cfg.hidden, cfg.seed)
+    gen = DuetGenerator(int(profiler.state_dim), weight, cfg.hidden, cfg.seed).to(device)
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
-    tgen = torch.Generator().manual_seed(cfg.seed)
+    tgen = torch.Generator().manual_seed(cfg.seed)  # cpu-ok: draws on CPU, same on any device
     n_items, max_len = int(base_model.n_items), int(base_model.max_len)
     vusers = np.arange(len(split.valid))
     if len(vusers) > cfg.valid_users:
@@ -138,12 +148,15 @@ def train_duet(
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         seqs, targets = sample_examples(split.train, cfg.batch_size, max_len, rng)
+        # cpu-ok: drawn on the CPU generator, moved with the candidates below
         negs = torch.randint(1, n_items + 1, (len(targets), cfg.n_negatives), generator=tgen)
-        cands = torch.cat([targets[:, None], negs], dim=1)
+        seqs = seqs.to(device)
+        cands = torch.cat([targets[:, None], negs], dim=1).to(device)
         with torch.no_grad():
             profiles = profiler.encode(seqs)
         scores = batched_call(base_model, {key: gen(profiles)}, "score_candidates", seqs, cands)
-        loss = F.cross_entropy(scores, torch.zeros(len(targets), dtype=torch.long))
+        zeros = torch.zeros(len(targets), dtype=torch.long, device=device)
+        loss = F.cross_entropy(scores, zeros)
         opt.zero_grad()
         loss.backward()
         opt.step()

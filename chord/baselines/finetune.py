@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from chord.hyper.deps import quantize_per_channel
 from chord.hyper.hypernet import layout_layers
-from chord.hyper.personal import MethodShim
+from chord.hyper.personal import MethodShim, module_device, sync
 from chord.models import Backbone
 
 
@@ -30,7 +30,8 @@ class FinetuneScorer:
 
     The history is the evaluated one (what the device holds); the next-item loss trains on it
     with chord.train's examples. Dropout is off so runs are deterministic. Records the
-    wall-clock adaptation time (fine-tuning + quantization) of every user.
+    wall-clock adaptation time (fine-tuning + quantization) of every user, on the backbone's
+    device (`self.device`).
     """
 
     def __init__(self, backbone: Backbone, layout: Any, cfg: FinetuneConfig) -> None:
@@ -38,6 +39,7 @@ class FinetuneScorer:
         self.backbone = backbone
         self.cfg = cfg
         self.keys = [f"{layer.name}.weight" for layer in layout_layers(layout)]
+        self.device = module_device(backbone)
         self.base = {k: v.detach() for k, v in backbone.named_parameters()}
         self.loss_shim = MethodShim(backbone, "training_loss")
         self.cand_shim = MethodShim(backbone, "score_candidates")
@@ -50,6 +52,7 @@ class FinetuneScorer:
 
         params = {k: v.clone().requires_grad_(True) for k, v in self.base.items()}
         inputs, targets = training_examples([history], self.backbone.config)
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
         if len(inputs):
             opt = torch.optim.Adam(params.values(), lr=self.cfg.lr)
             with torch.enable_grad():
@@ -74,11 +77,15 @@ class FinetuneScorer:
     ) -> torch.Tensor:
         """Adapt per user and score: [B, L] (+ [B, C]) -> [B, C] or [B, n_items + 1]."""
         rows = []
+        seqs = seqs.to(self.device)
+        if candidates is not None:
+            candidates = candidates.to(self.device)
         for i in range(seqs.shape[0]):
             row = seqs[i]
-            history = row[row != 0].numpy()
+            history = row[row != 0].cpu().numpy()
             start = time.perf_counter()
             params = self.adapt(history)
+            sync(self.device)
             self.adapt_ms.append((time.perf_counter() - start) * 1e3)
             named = {f"inner.{k}": v for k, v in params.items()}
             if candidates is None:

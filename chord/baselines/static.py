@@ -11,6 +11,7 @@ from chord.budget import Tier
 from chord.data import Split
 from chord.hyper.deps import assign_levels, quantize_per_channel
 from chord.hyper.hypernet import layout_layers
+from chord.hyper.personal import module_device
 from chord.models import Backbone
 
 
@@ -36,9 +37,11 @@ def fisher_importance(
     """
     from chord.train import training_examples
 
+    device = module_device(backbone)
     inputs, targets = training_examples(split.train, backbone.config)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(inputs), generator=gen)[: n_batches * batch_size]
+    # cpu-ok: CPU indices into the CPU example tensors; batches are moved when used
+    gen = torch.Generator().manual_seed(seed)  # cpu-ok
+    order = torch.randperm(len(inputs), generator=gen)[: n_batches * batch_size]  # cpu-ok
     params = {name: p for name, p in backbone.named_parameters()}
     weights = [params[f"{layer.name}.weight"] for layer in layout_layers(layout)]
     fisher = [torch.zeros_like(w) for w in weights]
@@ -49,7 +52,7 @@ def fisher_importance(
         try:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
-                loss = backbone.training_loss(inputs[idx], targets[idx])
+                loss = backbone.training_loss(inputs[idx].to(device), targets[idx].to(device))
                 grads = torch.autograd.grad(loss, weights)
                 for f, g in zip(fisher, grads, strict=True):
                     f += g.detach() ** 2
@@ -61,7 +64,7 @@ def fisher_importance(
     for w, f in zip(weights, fisher, strict=True):
         err = (quantize_per_channel(w.detach(), low) - w.detach()) ** 2
         scores.append((f * err).reshape(w.shape[0], -1).mean(1))
-    return torch.cat(scores).numpy().astype(np.float64)
+    return torch.cat(scores).cpu().numpy().astype(np.float64)
 
 
 def static_levels(

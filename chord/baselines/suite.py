@@ -24,6 +24,7 @@ from chord.budget import DEFAULT_TIERS, Tier
 from chord.data import Split
 from chord.evaluation import evaluate
 from chord.hyper.deps import budget_range
+from chord.hyper.personal import sync
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
 
@@ -59,6 +60,15 @@ class EvalConfig:
     backbone_path: str | None = None  # pretrained mode: reuse this trained backbone file
     hyper_steps: int | None = None  # None: from the preset
     hyper_lr: float | None = None  # None: RunConfig's default
+    device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
+
+
+def device_name(device: str) -> str:
+    """What a device is, for the record: the GPU's name for CUDA, else the device string."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return str(torch.cuda.get_device_name(dev))
+    return str(dev)
 
 
 def pick_tier(budget: float, name: str | None, tiers: dict[str, Tier] = DEFAULT_TIERS) -> Tier:
@@ -113,19 +123,23 @@ def _chord_row(
     from chord.hyper.deps import assign_levels
 
     seqs = pad_sequences(hist, run.backbone.max_len)
+    device = scorer.device
     for i in range(len(hist)):
+        sync(device)
         start = time.perf_counter()
-        imp = run.importance_model.importance(run.profile(seqs[i : i + 1]))[0].numpy()
+        imp = run.importance_model.importance(run.profile(seqs[i : i + 1]))[0].cpu().numpy()
         lv = assign_levels(imp, sizes, tier, budget)
         code_bytes(lv, run.version)
         quantize_backbone(run.backbone, levels_bits(lv, tier), layout=run.layout)
+        sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     counts = np.stack([np.bincount(r, minlength=4) for r in levels]).mean(0)
     distinct = len({r.tobytes() for r in levels})
     return MethodRow(
         f"chord-{run.mode}", run.mode, scorer.mean_avg_bits(), metrics, n_bytes,
         float(np.mean(times)),
-        notes="bytes = 2-bit code + header; adapt = cloud strategy + device quantization",
+        notes="bytes = 2-bit code + header; adapt = cloud strategy + device quantization"
+        + ("" if device.type == "cpu" else f" (timed on {device.type})"),
         extra={
             "tier": tier.name, "budget": budget,
             "level_counts_mean": [round(float(c), 1) for c in counts],
@@ -179,6 +193,8 @@ def _finetune_row(
     scorer = FinetuneScorer(run.backbone, run.layout, FinetuneConfig(cfg.finetune_steps, bits=bits))
     users = None
     note = f"{cfg.finetune_steps} Adam steps per user, then uniform {bits}-bit PTQ"
+    if scorer.device.type != "cpu":
+        note += f" (timed on {scorer.device.type})"
     if cfg.finetune_users is not None and cfg.finetune_users < len(split.test):
         users = np.sort(np.random.default_rng(cfg.seed).choice(
             len(split.test), cfg.finetune_users, replace=False))
@@ -209,7 +225,8 @@ def _duet_row(
     return MethodRow(
         "duet", run.mode, size_weighted_bits(per_channel, sizes), metrics,
         float(gen.n_generated * 4), float(np.mean(scorer.adapt_ms)),
-        notes=f"generates {key} ({gen.n_generated} fp32 params) per user; rest {bits}-bit PTQ",
+        notes=f"generates {key} ({gen.n_generated} fp32 params) per user; rest {bits}-bit PTQ"
+        + ("" if scorer.device.type == "cpu" else f" (timed on {scorer.device.type})"),
         extra={"duet_valid_ndcg10": info["best_valid_ndcg10"]},
     )
 
@@ -236,7 +253,7 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
                                 mode=mode, seed=cfg.seed, max_users=cfg.max_users, **over)
         t0 = time.perf_counter()
-        run = load_run(prepare_run(rcfg, log=log))
+        run = load_run(prepare_run(rcfg, log=log, device=cfg.device), device=cfg.device)
         split = load_split(rcfg)
         runs[mode] = {"path": str(run.path), "prepare_s": round(time.perf_counter() - t0, 1),
                       "hyper_train": run.meta.get("hyper_train"),
@@ -254,6 +271,7 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
             log(f"{mode}: {len(rows)} rows after {time.perf_counter() - start:.0f}s")
     meta = {
         "config": asdict(cfg), "tier": tier.name, "tier_level_bits": list(tier.level_bits),
+        "device": cfg.device, "device_name": device_name(cfg.device),
         "seconds": round(time.perf_counter() - start, 1), "runs": runs,
         "protocol": "test split, target vs 100 sampled unseen negatives (seeded)",
     }

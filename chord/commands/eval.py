@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pretrained mode: reuse this trained backbone (chord train output)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for training and evaluation (cpu, cuda, cuda:1)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the rows here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             preset=preset, seed=args.seed, max_users=args.max_users, methods=methods,
             finetune_users=args.finetune_users or (200 if args.quick else 1000),
             hyper_steps=args.hyper_steps,
-            backbone_path=args.backbone_path,
+            backbone_path=args.backbone_path, device=args.device,
         )
         result = run_eval(cfg, log)
     except (EvalError, RunError, DataError) as exc:

@@ -14,6 +14,21 @@ from chord.budget import Tier
 from chord.hyper.hypernet import layout_layers, weight_param_name
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for a module with neither."""
+    for param in module.parameters():
+        return param.device
+    for buf in module.buffers():
+        return buf.device
+    return torch.device("cpu")
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels on `device` (CUDA), so wall-clock timings cover the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class LevelBank:
     """Each quantizable weight of a frozen backbone, quantized once at each level of a tier.
 
@@ -86,10 +101,11 @@ def compact_items(
     """
     b, length = seqs.shape
     n_c = candidates.shape[1]
-    ids = torch.cat([torch.zeros(b, 1, dtype=torch.long), seqs, candidates], dim=1)
-    pos = torch.arange(1, length + 1).expand(b, -1)
+    dev = seqs.device
+    ids = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), seqs, candidates], dim=1)
+    pos = torch.arange(1, length + 1, device=dev).expand(b, -1)
     local_seqs = torch.where(seqs == 0, torch.zeros_like(pos), pos)
-    local_cands = torch.arange(length + 1, length + 1 + n_c).expand(b, -1).contiguous()
+    local_cands = torch.arange(length + 1, length + 1 + n_c, device=dev).expand(b, -1).contiguous()
     return ids, local_seqs.contiguous(), local_cands
 
 
@@ -126,7 +142,7 @@ def relaxed_masks(
 
 def expected_bits(probs: torch.Tensor, sizes: torch.Tensor, tier: Tier) -> torch.Tensor:
     """Size-weighted expected bits per weight of soft level choices [B, C, 4] -> [B]."""
-    bits = torch.tensor(tier.level_bits, dtype=probs.dtype)
+    bits = torch.tensor(tier.level_bits, dtype=probs.dtype, device=probs.device)
     per_channel = probs @ bits
     return (per_channel * sizes).sum(1) / sizes.sum()
 

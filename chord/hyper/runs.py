@@ -24,6 +24,7 @@ from chord.data import Split, leave_one_out, load_dataset
 from chord.data.interactions import default_cache_dir
 from chord.hyper.deps import channel_layout
 from chord.hyper.hypernet import HyperNetwork
+from chord.hyper.personal import module_device
 from chord.hyper.training import HyperTrainConfig, train_hypernet
 from chord.models import Backbone, build_backbone, fit_length
 
@@ -121,7 +122,7 @@ class ChordRun:
         """The on-device profiler: the frozen fp32 encoder over recent items [B, L] -> [B, d]."""
         if seqs.dim() == 1:
             seqs = seqs.unsqueeze(0)
-        seqs = fit_length(seqs.long(), self.backbone.max_len)
+        seqs = fit_length(seqs.long(), self.backbone.max_len).to(module_device(self.backbone))
         return self.backbone.encode(seqs).float()
 
     @property
@@ -160,9 +161,12 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def obtain_backbone(
-    cfg: RunConfig, split: Split, log: Callable[[str], None] | None = None
+    cfg: RunConfig,
+    split: Split,
+    log: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Backbone, dict[str, Any]]:
-    """The frozen backbone of a run: rebuilt from seed (random) or trained once and cached."""
+    """The frozen backbone of a run on `device`: rebuilt from seed (random) or trained once."""
     from chord.train import TrainConfig, backbone_config_for, train_backbone
 
     tcfg = TrainConfig(
@@ -197,10 +201,11 @@ def obtain_backbone(
         else:
             if log:
                 log(f"training {cfg.backbone} on {cfg.dataset} (pretrained mode)")
-            result = train_backbone(tcfg, split)
+            result = train_backbone(tcfg, split, device=device)
             model = result.model
             info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
             save_backbone(cached, model, {"train": info, "key": key})
+    model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -244,12 +249,16 @@ def run_matches(out: Path, cfg: RunConfig) -> bool:
 
 
 def prepare_run(
-    cfg: RunConfig, out_dir: str | Path | None = None, log: Callable[[str], None] | None = None
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> Path:
     """Train (or reuse) the backbone and hypernetwork of `cfg`; write and return the run dir.
 
     OUT/run.json, OUT/backbone.pt (chord.checkpoint format), OUT/hypernet.pt. A directory that
-    already holds a run of the same config is returned untouched.
+    already holds a run of the same config is returned untouched. `device` is where training
+    runs; it is not part of the config (files are saved from CPU copies and load anywhere).
     """
     out = Path(out_dir) if out_dir is not None else default_run_dir(cfg)
     if run_matches(out, cfg):
@@ -259,12 +268,12 @@ def prepare_run(
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     split = load_split(cfg)
-    backbone, backbone_info = obtain_backbone(cfg, split, log)
+    backbone, backbone_info = obtain_backbone(cfg, split, log, device)
     layout = channel_layout(backbone)
     hyper = HyperNetwork(
         layout, backbone.state_dim, dict(backbone.state_dict()), rank=cfg.rank,
         hidden=cfg.hidden, seed=cfg.seed,
-    )
+    ).to(device)
     tcfg = HyperTrainConfig(
         steps=cfg.hyper_steps, batch_size=cfg.hyper_batch, lr=cfg.hyper_lr, tau=cfg.tau,
         eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
@@ -294,6 +303,7 @@ def prepare_run(
         "backbone_train": backbone_info,
         "hyper_train": report.to_dict(),
         "prepare_seconds": round(time.perf_counter() - start, 2),
+        "prepare_device": str(torch.device(device)),
     }
     _atomic_json(out / "run.json", meta)
     return out
@@ -313,8 +323,8 @@ def save_hypernet(path: Path, hyper: HyperNetwork, version: str) -> None:
     os.replace(tmp, path)
 
 
-def load_run(path: str | Path) -> ChordRun:
-    """Load a run directory written by prepare_run; raise RunError saying what is wrong."""
+def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
+    """Load a run directory written by prepare_run onto `device`; RunError says what is wrong."""
     root = Path(path)
     if not root.is_dir():
         raise RunError(f"run directory {root} does not exist; create it with prepare_run")
@@ -368,6 +378,8 @@ def load_run(path: str | Path) -> ChordRun:
             f"{hyper.n_channels}"
         )
     hyper.load_state_dict(payload["state_dict"])
+    backbone.to(device)
+    hyper.to(device)
     hyper.eval()
     return ChordRun(
         path=root, backbone=backbone, backbone_config=backbone.config, mode=meta["mode"],

@@ -11,7 +11,13 @@ from torch import nn
 
 from chord.budget import Tier
 from chord.hyper.deps import assign_levels, average_bits
-from chord.hyper.personal import LevelBank, batched_call, compact_items, one_hot_levels
+from chord.hyper.personal import (
+    LevelBank,
+    batched_call,
+    compact_items,
+    module_device,
+    one_hot_levels,
+)
 from chord.models import fit_length
 
 
@@ -36,9 +42,10 @@ def fast_assign(
     from chord.budget import max_entropy_distribution
 
     p = max_entropy_distribution(tier.level_bits, budget_bits)
-    bounds = torch.tensor(np.cumsum(p[::-1])[:-1], dtype=torch.float64)
+    dev = importance.device
+    bounds = torch.tensor(np.cumsum(p[::-1])[:-1], dtype=torch.float64, device=dev)
     order = torch.argsort(-importance.detach(), dim=1, stable=True)
-    s = sizes.to(torch.float64)[order]
+    s = sizes.to(device=dev, dtype=torch.float64)[order]
     total = s.sum(1, keepdim=True)
     mid = (torch.cumsum(s, 1) - 0.5 * s) / total
     sorted_levels = 3 - torch.searchsorted(bounds, mid.contiguous(), right=True)
@@ -78,17 +85,19 @@ class PersonalScorer:
         self.chunk = chunk
         self.max_len = int(backbone.max_len)  # type: ignore[arg-type]
         self.exact = exact  # False: fast_assign (training-time validation only)
+        self.device = module_device(backbone)  # where inputs go (chord.evaluation reads it)
         self.avg_bits: list[float] = []
         self.level_rows: list[np.ndarray] = []
 
     @torch.no_grad()
     def levels_for(self, seqs: torch.Tensor) -> np.ndarray:
         """Per-user levels [B, C] for histories [B, L]."""
-        profiles = self.backbone.encode(seqs)  # type: ignore[operator]
+        profiles = self.backbone.encode(seqs.to(self.device))  # type: ignore[operator]
         imp = self.importance_fn(profiles)
         if not self.exact:
-            sizes = torch.from_numpy(self.sizes)
-            return fast_assign(imp, sizes, self.tier, self.budget_bits).numpy().astype(np.uint8)
+            sizes = torch.from_numpy(self.sizes).to(imp.device)
+            levels = fast_assign(imp, sizes, self.tier, self.budget_bits)
+            return levels.cpu().numpy().astype(np.uint8)
         return assign_batch(imp, self.sizes, self.tier, self.budget_bits)
 
     @torch.no_grad()
@@ -100,12 +109,15 @@ class PersonalScorer:
     ) -> torch.Tensor:
         """seqs [B, L], candidates [B, C] (None: whole catalogue) -> each user's own scores."""
         out = []
+        seqs = seqs.to(self.device)
+        if candidates is not None:
+            candidates = candidates.to(self.device)
         for lo in range(0, seqs.shape[0], self.chunk):
             s = seqs[lo : lo + self.chunk]
             levels = self.levels_for(s)
             self.avg_bits.extend(average_bits(row, self.sizes, self.tier) for row in levels)
             self.level_rows.append(levels)
-            masks = one_hot_levels(torch.from_numpy(levels).long())
+            masks = one_hot_levels(torch.from_numpy(levels).long().to(self.device))
             if candidates is None:
                 params = self.bank.mix(masks)
                 out.append(batched_call(self.backbone, params, "score_all", s))

@@ -23,6 +23,7 @@ from chord.hyper.personal import (
     batched_call,
     compact_items,
     expected_bits,
+    module_device,
     relaxed_masks,
 )
 from chord.hyper.scoring import PersonalScorer, fast_assign
@@ -86,7 +87,7 @@ def pad_left(seqs: Sequence[np.ndarray], length: int) -> torch.Tensor:
         tail = np.asarray(s, dtype=np.int64)[-length:]
         if len(tail):
             out[i, length - len(tail) :] = tail
-    return torch.from_numpy(out)
+    return torch.from_numpy(out)  # cpu-ok: callers move batches to their device
 
 
 def sample_examples(
@@ -101,7 +102,7 @@ def sample_examples(
         t = int(rng.integers(1, len(s)))
         hists.append(s[max(0, t - max_len) : t])
         targets.append(int(s[t]))
-    return pad_left(hists, max_len), torch.tensor(targets, dtype=torch.long)
+    return pad_left(hists, max_len), torch.tensor(targets, dtype=torch.long)  # cpu-ok: moved
 
 
 def train_hypernet(
@@ -119,18 +120,22 @@ def train_hypernet(
     rule as inference), relaxes them around the per-user thresholds (straight-through),
     builds per-user weights sum_k m_k Q_k(W) and minimises the next-item cross-entropy over
     the target and sampled negatives plus a penalty on expected bits minus the budget.
+    Runs on the backbone's device (the hypernetwork is moved there); random draws are made on
+    the CPU, so a seed gives the same batches on every device.
     """
     tiers = tiers or DEFAULT_TIERS
     start = time.perf_counter()
+    device = module_device(backbone)
+    hypernet.to(device)
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # cpu-ok: draws on CPU, same on any device
     n_items = int(backbone.n_items)  # type: ignore[arg-type]
     max_len = int(backbone.max_len)  # type: ignore[arg-type]
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     sizes_np = np.asarray(layout.channel_sizes(), dtype=np.int64)
-    sizes_t = torch.from_numpy(sizes_np)
+    sizes_t = torch.from_numpy(sizes_np).to(device)
     sizes = sizes_t.float()
     banks = {name: LevelBank(backbone, layout, tiers[name]) for name, _, _ in cfg.budget_sampling}
     if cfg.valid_tier not in banks:
@@ -146,7 +151,9 @@ def train_hypernet(
             backbone, layout, hypernet.importance, tiers[cfg.valid_tier], cfg.valid_budget,
             bank=banks[cfg.valid_tier], exact=False,
         )
-        value = evaluate(scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len)
+        value = evaluate(
+            scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len, device=device
+        )
         hypernet.train()
         return float(value["NDCG@10"])
 
@@ -165,8 +172,10 @@ def train_hypernet(
         tier = tiers[tier_name]
         budget = float(rng.uniform(lo, hi))
         seqs, targets = sample_examples(train_seqs, cfg.batch_size, max_len, rng)
+        # cpu-ok: drawn on the CPU generator, moved with the candidates below
         negs = torch.randint(1, n_items + 1, (len(targets), cfg.n_negatives), generator=gen)
-        cands = torch.cat([targets[:, None], negs], dim=1)
+        seqs = seqs.to(device)
+        cands = torch.cat([targets[:, None], negs], dim=1).to(device)
         with torch.no_grad():
             profiles = backbone.encode(seqs)  # type: ignore[operator]
         imp = hypernet(profiles)
@@ -175,7 +184,7 @@ def train_hypernet(
         ids, lseqs, lcands = compact_items(seqs, cands)
         params = banks[tier_name].mix(masks, ids)
         scores = batched_call(backbone, params, "score_candidates", lseqs, lcands)
-        rec = F.cross_entropy(scores, torch.zeros(len(targets), dtype=torch.long))
+        rec = F.cross_entropy(scores, torch.zeros(len(targets), dtype=torch.long, device=device))
         bits = expected_bits(probs, sizes, tier)
         pen = ((bits - budget) ** 2).mean()
         loss = rec + cfg.budget_penalty * pen
