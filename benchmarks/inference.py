@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from benchmarks.report import markdown_table, write_result
@@ -35,6 +41,14 @@ from chord.quant import (
     to_lowbit,
 )
 from chord.quant.lowbit import QLinear, QWeight
+from chord.quant.onnx_runtime import (
+    build_onnx,
+    initializer_bytes,
+    linear_model,
+    node_count,
+    session_options,
+    to_ort,
+)
 
 CATALOGUES = {"ml-100k": 1682, "ml-1m": 3706}  # item counts of the two MovieLens sets
 N_CANDIDATES = 101  # the target plus 100 sampled negatives
@@ -54,6 +68,8 @@ class InferenceBenchConfig:
     seed: int = 0
     datasets: tuple[str, ...] = ("ml-100k", "ml-1m")
     backbones: tuple[str, ...] = ("sasrec", "caser")
+    ort: bool = True  # also measure the ONNX Runtime paths
+    profile_calls: int = 200  # calls per graph in the ORT per-op profile
 
 
 def _interleaved_us(
@@ -94,6 +110,89 @@ def _chord_levels(n: int, sizes: np.ndarray, cfg: InferenceBenchConfig) -> np.nd
     """A realistic CHORD assignment: random importance, levels meeting the tier's budget."""
     importance = np.random.default_rng(cfg.seed).standard_normal(n)
     return assign_levels(importance, sizes, DEFAULT_TIERS[cfg.tier], cfg.budget_bits)
+
+
+# Runs in a fresh interpreter: RSS growth from opening a scorer's session and running both
+# modes once, after a throwaway session has paid ORT's one-time start-up.
+_RSS_SCRIPT = """
+import json, os, sys
+import numpy as np
+import onnxruntime
+from chord.quant.onnx_runtime import OrtScorer
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+spec = json.loads(sys.argv[1])
+warm = OrtScorer(spec["warm"], spec["max_len"], spec["n_items"], spec["threads"])
+seqs = np.ones((1, spec["max_len"]), dtype=np.int64)
+cands = np.ones((1, spec["n_cands"]), dtype=np.int64)
+warm.score_all_np(seqs); warm.score_candidates_np(seqs, cands)
+before = rss()
+scorer = OrtScorer(spec["model"], spec["max_len"], spec["n_items"], spec["threads"])
+built = rss()
+scorer.score_all_np(seqs); scorer.score_candidates_np(seqs, cands)
+print(json.dumps({"sessions": built - before, "running": rss() - before}))
+"""
+
+
+def ort_rss_bytes(
+    model: onnx.ModelProto, warm: onnx.ModelProto, max_len: int, n_items: int, threads: int
+) -> dict[str, int]:
+    """Measured RSS growth (bytes) of opening `model` and scoring in both modes once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for tag, m in (("model", model), ("warm", warm)):
+            paths[tag] = f"{tmp}/{tag}.onnx"
+            with open(paths[tag], "wb") as f:
+                f.write(m.SerializeToString())
+        spec = {
+            **paths,
+            "max_len": max_len,
+            "n_items": n_items,
+            "threads": threads,
+            "n_cands": N_CANDIDATES,
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def ort_profile(
+    model: torch.nn.Module,
+    bits: np.ndarray | None,
+    seqs: torch.Tensor,
+    cands: torch.Tensor,
+    cfg: InferenceBenchConfig,
+    **kwargs: Any,
+) -> dict[str, dict[str, float]]:
+    """Per-op-type kernel time (us per call) of each ORT graph, from ORT's own profiler."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("candidates", "all"):
+            scorer = to_ort(model, bits, threads=cfg.threads, profile=f"{tmp}/{mode}", **kwargs)
+            s, c = scorer._seqs(seqs), scorer._ids(cands, "candidates")
+            for _ in range(cfg.profile_calls):
+                if mode == "candidates":
+                    scorer.score_candidates_np(s, c)
+                else:
+                    scorer.score_all_np(s)
+            with open(scorer.end_profiling()) as f:
+                events = json.load(f)
+            per_op: dict[str, float] = defaultdict(float)
+            runs = 0
+            for ev in events:
+                if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+                    runs += 1
+                    per_op["(whole run)"] += ev["dur"]
+                elif ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+                    per_op[ev["args"]["op_name"]] += ev["dur"]
+            top = sorted(per_op.items(), key=lambda kv: -kv[1])[:8]
+            out[mode] = {op: round(us / max(runs, 1), 2) for op, us in top}
+    return out
 
 
 def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
@@ -171,6 +270,76 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
             p50_ms(adapt_packed, max(3, cfg.adapt_repeats // 3)),
         ),
     }
+    ort_extra: dict[str, dict[str, Any]] = {}  # per ORT path: initializer and RSS bytes
+    if cfg.ort:
+        fp32_onnx = build_onnx(model, None, kind="fp32", layout=layout)
+        ort_paths: dict[str, tuple[np.ndarray | None, dict[str, Any], str, int]] = {
+            "fp32 ORT": (None, {"kind": "fp32"}, "fp32 MatMul/Gemm/Gather, ORT CPU", fp32_bytes),
+            "uniform int8 ORT": (
+                uniform8,
+                {},
+                "8-bit MatMulNBits + GatherBlockQuantized, ORT CPU",
+                packed_model_bytes(layout, uniform8) + others,
+            ),
+            "CHORD ORT": (
+                chord_bits,
+                {"widths": (2, 4, 8)},
+                "CHORD bits: tables split by width (2/4/8-bit MatMulNBits + "
+                "GatherBlockQuantized), other layers at their widest row's width, ORT CPU",
+                packed_model_bytes(layout, chord_bits) + others,
+            ),
+            "CHORD ORT 4/8": (
+                chord_bits,
+                {"widths": (4, 8)},
+                "as CHORD ORT with 4/8-bit storage only (2-bit rows held in 4 bits), ORT CPU",
+                packed_model_bytes(layout, chord_bits) + others,
+            ),
+            "CHORD ORT split": (
+                chord_bits,
+                {"widths": (2, 4, 8), "split_layers": True},
+                "CHORD bits: every layer split by width (one MatMulNBits per width, then "
+                "Concat + Gather back to channel order), ORT CPU",
+                packed_model_bytes(layout, chord_bits) + others,
+            ),
+        }
+        for name, (bits_or_none, kw, kernel, nbytes) in ort_paths.items():
+
+            def adapt_ort(
+                kw: dict[str, Any] = kw,
+                quantized: bool = bits_or_none is not None,
+                chord: bool = "CHORD" in name,
+            ) -> Any:
+                if not quantized:
+                    return to_ort(model, None, layout=layout, threads=cfg.threads, **kw)
+                lv = decode_levels(code, VERSION, layout.n_channels)
+                bits = levels_to_bits(lv, tier) if chord else uniform8
+                return to_ort(model, bits, layout=layout, threads=cfg.threads, **kw)
+
+            onnx_model = build_onnx(model, bits_or_none, layout=layout, **kw)
+            rss = ort_rss_bytes(onnx_model, fp32_onnx, model.max_len, n_items, cfg.threads)
+            init_bytes = initializer_bytes(onnx_model)
+            ort_extra[name] = {
+                "ort_initializer_bytes": init_bytes,
+                "ort_initializer_ratio_vs_fp32": init_bytes / fp32_bytes,
+                "ort_nodes": node_count(onnx_model),
+                "ort_rss_sessions_bytes": rss["sessions"],
+                "ort_rss_running_bytes": rss["running"],
+            }
+            runtimes[name] = (
+                adapt_ort(),
+                kernel,
+                nbytes,
+                None if bits_or_none is None else p50_ms(adapt_ort, max(3, cfg.adapt_repeats // 3)),
+            )
+        profiled: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {
+            "fp32 ORT": (None, {"kind": "fp32"}),
+            "CHORD ORT": (chord_bits, {}),
+            "CHORD ORT split": (chord_bits, {"split_layers": True}),
+        }
+        for name, (bits_or_none, kw) in profiled.items():
+            ort_extra[name]["ort_profile_us_per_call"] = ort_profile(
+                model, bits_or_none, seqs, cands, cfg, **kw
+            )
     runtime_bytes = {
         "fp32 eager": fp32_bytes,
         "fp32 frozen": fp32_bytes,
@@ -179,6 +348,8 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
         "CHORD int8": to_lowbit(model, chord_bits, layout=layout).runtime_bytes,
         "CHORD packed": to_lowbit(model, chord_bits, layout=layout, table="packed").runtime_bytes,
     }
+    for name, extra in ort_extra.items():
+        runtime_bytes[name] = extra["ort_rss_running_bytes"]
     rows: list[dict[str, Any]] = []
     with torch.inference_mode():
         ref_all = reference.score_all(seqs)[:, 1:]
@@ -216,13 +387,37 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
                     "max_abs_diff_vs_fake_quant": err,
                     "score_spread": float(ref_all.std()),
                     "code_bytes": len(code.payload),
+                    **ort_extra.get(name, {}),
                 }
             )
     return rows
 
 
+def _ort_linear_us(w: torch.Tensor, x: torch.Tensor, cfg: InferenceBenchConfig) -> dict[str, float]:
+    """Median session.run time of one Linear on ORT: fp32 MatMul vs MatMulNBits at 2/4/8 bits."""
+    import onnxruntime
+
+    xs = x.numpy()
+    fns: dict[str, Callable[[], Any]] = {}
+    for name, bits in (
+        ("ort_fp32_us", None),
+        ("ort_nbits2_us", 2),
+        ("ort_nbits4_us", 4),
+        ("ort_nbits8_us", 8),
+    ):
+        model = linear_model(w, bits, int(x.shape[0]))
+        sess = onnxruntime.InferenceSession(
+            model.SerializeToString(),
+            session_options(cfg.threads),
+            providers=["CPUExecutionProvider"],
+        )
+        fns[name] = functools.partial(sess.run, None, {"x": xs})
+    return {k: v[0] for k, v in _interleaved_us(fns, cfg.repeats, cfg.warmup).items()}
+
+
 def kernel_microbench(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
-    """One Linear at the shapes these models use: fp32 F.linear vs fbgemm int8 dynamic linear."""
+    """One Linear at the shapes these models use: fp32 F.linear vs fbgemm int8 dynamic linear,
+    and (with `cfg.ort`) ORT's fp32 MatMul vs MatMulNBits (one session.run each)."""
     torch.set_num_threads(cfg.threads)
     shapes = [(1, 64, 3707), (1, 50, 3707), (50, 64, 64), (50, 64, 128), (1, 250, 440)]
     rows = []
@@ -237,14 +432,15 @@ def kernel_microbench(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
         }
         with torch.inference_mode():
             timed = _interleaved_us(fns, cfg.repeats, cfg.warmup)
-        rows.append(
-            {
-                "shape": f"[{m}x{k}] @ [{k}x{n}]",
-                "fp32_us": timed["fp32"][0],
-                "int8_dynamic_us": timed["int8"][0],
-                "int8_over_fp32": timed["int8"][0] / timed["fp32"][0],
-            }
-        )
+        row = {
+            "shape": f"[{m}x{k}] @ [{k}x{n}]",
+            "fp32_us": timed["fp32"][0],
+            "int8_dynamic_us": timed["int8"][0],
+            "int8_over_fp32": timed["int8"][0] / timed["fp32"][0],
+        }
+        if cfg.ort:
+            row.update(_ort_linear_us(w, x, cfg))
+        rows.append(row)
     return rows
 
 
@@ -282,6 +478,30 @@ metadata, plus fp32 extras. `adapt_ms_p50` is decode + quantize + build the int8
 TorchScript freezing for the frozen rows). `max_abs_diff_vs_fake_quant` compares catalogue scores
 with the fake-quantized reference (the gap is the on-the-fly int8 quantization of activations).
 Weights are random; fidelity is tested in tests/test_quant.py.
+
+ONNX Runtime paths (chord/quant/onnx_runtime.py; onnxruntime {ort_version}, CPUExecutionProvider,
+intra-op threads {threads}, sequential; one graph built with `onnx.helper` and one session per
+model: an If node scores the candidates, or the catalogue when none are given, so weights are
+held once): **fp32 ORT** is the lean graph with fp32 MatMul/Gemm/Gather; **uniform int8 ORT**
+stores every channel in 8-bit `MatMulNBits`
+(com.microsoft, block-quantized uint8, the channel scale repeated per block) and gathers rows
+with `GatherBlockQuantized` from the same bytes; **CHORD ORT** stores each item-table row at the
+smallest of 2/4/8 bits holding its CHORD bits (one MatMulNBits per width for the catalogue, an
+int16 row map, per-width GatherBlockQuantized + Where for gathers) and every other layer at its
+widest row's width (one MatMulNBits each); **CHORD ORT 4/8** is the same without 2-bit storage
+(1..4-bit rows in 4 bits); **CHORD ORT split** splits every layer by width (Concat + Gather back
+to channel order after each). MatMulNBits runs with accuracy_level 4
+(activations quantized to int8 per block, like fbgemm's dynamic linear; accuracy_level 0 is
+exact against the fake-quantized reference, see tests/test_onnx_runtime.py). For ORT rows
+`runtime_bytes` is **measured**: RSS growth of a fresh process (after a throwaway fp32 session
+paid ORT's one-time start-up) from opening the session and scoring in both modes once; it
+includes ORT's fixed per-session overhead (graph, kernels, arena), so at these model sizes it is
+dominated by that overhead, not by the weights. `ort_initializer_ratio_vs_fp32` is the bytes
+of the graph's initializers (packed codes, scales, maps, fp32 norms/biases, padding of rows
+to a block) over the fp32 parameter bytes. `adapt_ms_p50` for ORT rows is decode + quantize +
+build the graph + open the session. `ort_profile_us_per_call` in the JSON is ORT's own
+profiler (enable_profiling; top op types, us per call, profiler overhead included; nodes inside
+the If branch are also counted in the If node's own time).
 """
 
 
@@ -304,6 +524,16 @@ def findings(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> str:
             f"({fast_c['speedup_vs_fp32']:.2f}x fp32 eager), on the catalogue {fast_a['path']} "
             f"({fast_a['speedup_full_vs_fp32']:.2f}x){kernel_gain}."
         )
+    lines.extend(ort_findings(rows))
+    if kernels and "ort_fp32_us" in kernels[0]:
+        ratios = {b: [k[f"ort_nbits{b}_us"] / k["ort_fp32_us"] for k in kernels] for b in (2, 4, 8)}
+        spans = ", ".join(f"{b}-bit {min(r):.2f}-{max(r):.2f}x" for b, r in ratios.items())
+        lines.append(
+            f"- One ORT MatMulNBits call (int8 activations per block) against one fp32 MatMul call "
+            f"at the same shapes (session.run included): {spans} the fp32 time, so on this CPU "
+            f"the n-bit kernels save memory, not time; the ORT paths' latency is mostly per-node "
+            f"dispatch, and splitting layers or tables by width adds nodes."
+        )
     slower = [k for k in kernels if k["int8_over_fp32"] > 1]
     verdict = (
         "so the speedups over fp32 eager come mostly from the lean graph and TorchScript "
@@ -319,6 +549,38 @@ def findings(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+REORDER_OPS = ("Concat", "Gather", "Where", "Cast", "Clip", "Less", "Sub")
+
+
+def _share(profile: dict[str, float], ops: tuple[str, ...]) -> float:
+    """Fraction of a profiled run's time spent in the given op types (top-8 ops only)."""
+    whole = profile.get("(whole run)", 0.0)
+    return sum(v for k, v in profile.items() if k in ops) / whole if whole else 0.0
+
+
+def ort_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """What the ORT rows and their per-op profiles say."""
+    lines = []
+    for key in sorted({(r["dataset"], r["backbone"]) for r in rows}):
+        group = {r["path"]: r for r in rows if (r["dataset"], r["backbone"]) == key}
+        chord, split, fp32 = (group.get(n) for n in ("CHORD ORT", "CHORD ORT split", "fp32 ORT"))
+        if not (chord and split and fp32):
+            continue
+        prof = chord.get("ort_profile_us_per_call", {}).get("candidates", {})
+        sprof = split.get("ort_profile_us_per_call", {}).get("candidates", {})
+        lines.append(
+            f"- {key[0]} {key[1]} on ORT: CHORD ORT {chord['speedup_vs_fp32']:.2f}x fp32 eager "
+            f"on 101 candidates ({fp32['latency_101_us'] / chord['latency_101_us']:.2f}x fp32 "
+            f"ORT), initializers {chord['ort_initializer_ratio_vs_fp32']:.3f} of fp32, "
+            f"{chord['ort_nodes']} graph nodes (fp32 ORT {fp32['ort_nodes']}); "
+            f"split layers {split['speedup_vs_fp32']:.2f}x. Profile (candidates graph): "
+            f"MatMulNBits {_share(prof, ('MatMulNBits',)):.0%} of the run, reordering ops "
+            f"(Concat/Gather/Where/...) {_share(prof, REORDER_OPS):.0%}; split: MatMulNBits "
+            f"{_share(sprof, ('MatMulNBits',)):.0%}, reordering {_share(sprof, REORDER_OPS):.0%}."
+        )
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the inference benchmark."""
     d = InferenceBenchConfig()
@@ -331,6 +593,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=CATALOGUES)
     parser.add_argument("--backbones", nargs="+", default=list(d.backbones))
+    parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime paths")
     parser.add_argument("--no-write", action="store_true", help="print only")
 
 
@@ -346,6 +609,7 @@ def config_from_args(args: argparse.Namespace) -> InferenceBenchConfig:
         seed=args.seed,
         datasets=tuple(args.datasets),
         backbones=tuple(args.backbones),
+        ort=not args.no_ort,
     )
 
 
@@ -360,8 +624,16 @@ COLUMNS = [
     "speedup_full_vs_fp32",
     "size_ratio_vs_fp32",
     "runtime_size_ratio_vs_fp32",
+    "ort_initializer_ratio_vs_fp32",
     "adapt_ms_p50",
 ]
+
+
+def ort_version() -> str:
+    """Installed onnxruntime version."""
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -372,7 +644,15 @@ def run(args: argparse.Namespace) -> int:
     table = (
         markdown_table(rows, COLUMNS)
         + "\n\nOne Linear alone (median us, same thread setting):\n\n"
-        + markdown_table(kernels, ["shape", "fp32_us", "int8_dynamic_us", "int8_over_fp32"])
+        + markdown_table(
+            kernels,
+            ["shape", "fp32_us", "int8_dynamic_us", "int8_over_fp32"]
+            + (
+                ["ort_fp32_us", "ort_nbits2_us", "ort_nbits4_us", "ort_nbits8_us"]
+                if cfg.ort
+                else []
+            ),
+        )
     )
     print(table)
     print(findings(rows, kernels))
@@ -383,6 +663,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=cfg.warmup,
             tier=cfg.tier,
             budget=cfg.budget_bits,
+            ort_version=ort_version(),
         )
         notes = notes + "\nReading:\n\n" + findings(rows, kernels)
         payload = {"config": asdict(cfg), "rows": rows, "kernels": kernels}

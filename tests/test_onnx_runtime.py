@@ -1,0 +1,116 @@
+"""The ONNX Runtime scoring path agrees with the fake-quantized reference (chord.quant)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from chord.config import BackboneConfig, CaserConfig, SASRecConfig
+from chord.models import Backbone, build_backbone
+from chord.quant import channel_layout, quantize_backbone
+from chord.quant.onnx_runtime import build_onnx, initializer_bytes, to_ort
+from chord.quant.quantizer import QuantError
+
+N_ITEMS = 300
+CONFIGS: dict[str, BackboneConfig] = {
+    "sasrec": SASRecConfig(n_items=N_ITEMS, n_blocks=2, n_heads=2),
+    "caser": CaserConfig(n_items=N_ITEMS),
+}
+
+
+def _setup(kind: str, seed: int = 0) -> tuple[Backbone, np.ndarray, torch.Tensor, torch.Tensor]:
+    """A model, a mixed 1..8-bit assignment, sequences (with padding) and 101 candidates."""
+    model = build_backbone(CONFIGS[kind], seed=seed).eval()
+    layout = channel_layout(model)
+    bits = np.random.default_rng(seed).choice([1, 2, 3, 4, 5, 8], layout.n_channels)
+    g = torch.Generator().manual_seed(seed)
+    seqs = torch.randint(1, N_ITEMS + 1, (2, model.max_len + 2), generator=g)
+    seqs[1, :4] = 0  # left padding
+    cands = torch.randint(1, N_ITEMS + 1, (2, 101), generator=g)
+    return model, bits, seqs, cands
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_fp32_activations_match_fake_quant_exactly(kind: str, split: bool) -> None:
+    """accuracy_level 0 (fp32 activations): the n-bit graphs compute the reference's maths."""
+    model, bits, seqs, cands = _setup(kind)
+    ref = quantize_backbone(model, bits)
+    ort_model = to_ort(model, bits, accuracy_level=0, split_layers=split)
+    with torch.no_grad():
+        ref_all, ref_cand = ref.score_all(seqs), ref.score_candidates(seqs, cands)
+    spread = float(ref_all[:, 1:].std())
+    got_all, got_cand = ort_model.score_all(seqs), ort_model.score_candidates(seqs, cands)
+    assert got_all.shape == (2, N_ITEMS + 1)
+    assert torch.all(got_all[:, 0] == ref_all[:, 0])
+    assert float((got_all - ref_all).abs().max()) <= 1e-4 * spread + 1e-6
+    assert float((got_cand - ref_cand).abs().max()) <= 1e-4 * spread + 1e-6
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_int8_activations_within_tolerance_and_ranking_kept(kind: str) -> None:
+    """accuracy_level 4 (int8 activations per block) stays close; top-10 mostly the same."""
+    model, bits, seqs, cands = _setup(kind, seed=1)
+    ref = quantize_backbone(model, bits)
+    ort_model = to_ort(model, bits, accuracy_level=4)
+    with torch.no_grad():
+        ref_all, ref_cand = ref.score_all(seqs), ref.score_candidates(seqs, cands)
+    spread = float(ref_all[:, 1:].std())
+    got_all, got_cand = ort_model.score_all(seqs), ort_model.score_candidates(seqs, cands)
+    assert float((got_all[:, 1:] - ref_all[:, 1:]).abs().max()) <= 0.15 * spread
+    assert float((got_cand - ref_cand).abs().max()) <= 0.15 * spread
+    for row in range(2):
+        top_ref = set(ref_all[row, 1:].topk(10).indices.tolist())
+        top_got = set(got_all[row, 1:].topk(10).indices.tolist())
+        assert len(top_ref & top_got) >= 7
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_fp32_graph_matches_model(kind: str) -> None:
+    """kind="fp32" runs the unquantized backbone's maths."""
+    model, _, seqs, cands = _setup(kind)
+    ort_model = to_ort(model, None, kind="fp32")
+    with torch.no_grad():
+        want_all, want_cand = model.score_all(seqs), model.score_candidates(seqs, cands)
+    spread = float(want_all[:, 1:].std())
+    assert float((ort_model.score_all(seqs) - want_all).abs().max()) <= 1e-4 * spread
+    assert float((ort_model.score_candidates(seqs, cands) - want_cand).abs().max()) <= 1e-4 * spread
+
+
+def test_weights_are_stored_in_low_precision() -> None:
+    """Quantized layers hold uint8 packed codes, well under the fp32 model's bytes."""
+    model, bits, _, _ = _setup("sasrec")
+    nbits = build_onnx(model, np.minimum(bits, 4))
+    fp32 = build_onnx(model, None, kind="fp32")
+
+    def op_types(m: onnx.ModelProto) -> set[str]:
+        """Op types of the graph and its If branches."""
+        found = set()
+        for node in m.graph.node:
+            found.add(node.op_type)
+            for attr in node.attribute:
+                if attr.g.node:
+                    found |= {n.op_type for n in attr.g.node}
+        return found
+
+    ops = op_types(nbits)
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    assert "MatMulNBits" not in op_types(fp32)
+
+    assert initializer_bytes(nbits) < 0.25 * initializer_bytes(fp32)
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    """Out-of-range ids, wrong ranks and impossible assignments are refused."""
+    model, bits, seqs, cands = _setup("caser")
+    ort_model = to_ort(model, bits)
+    with pytest.raises(ValueError, match="item ids"):
+        ort_model.score_all(seqs + N_ITEMS)
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        ort_model.score_candidates(seqs, cands[0])
+    with pytest.raises(QuantError, match="bit assignment"):
+        build_onnx(model, None, kind="nbits")
+    with pytest.raises(QuantError, match="do not fit"):
+        build_onnx(model, bits, widths=(2, 4))
