@@ -102,7 +102,7 @@ def test_relaxed_masks_are_hard_forward_and_soft_backward() -> None:
 def test_training_improves_validation_ndcg(synthetic_csv: str, tmp_path) -> None:  # noqa: F811
     cfg = RunConfig.preset(
         "smoke", dataset=synthetic_csv, mode="pretrained", max_users=None, hyper_steps=20,
-        hyper_eval_every=10,
+        hyper_eval_every=10, prior="none",  # the hypernetwork alone must learn
     )
     run = load_run(prepare_run(cfg, tmp_path / "run"))
     report = run.meta["hyper_train"]

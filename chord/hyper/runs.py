@@ -25,12 +25,14 @@ from chord.data.interactions import default_cache_dir
 from chord.hyper.deps import channel_layout
 from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import module_device
+from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
 from chord.models import Backbone, build_backbone, fit_length
 
 RUN_FORMAT = "chord-run/1"
 HYPERNET_FORMAT = "chord-hypernet/1"
 MODES = ("random", "pretrained")
+PRIORS = ("fisher", "none")
 PRESETS = ("smoke", "quick", "full")
 
 
@@ -58,6 +60,9 @@ class RunConfig:
     hyper_valid_users: int = 400
     rank: int = 4
     hidden: int = 128
+    # "fisher": importance = the mixed-static Fisher sensitivity + a gated hypernetwork
+    # correction (chord.hyper.prior); "none": the hypernetwork alone.
+    prior: str = "fisher"
     tau: float = 0.5
 
     def __post_init__(self) -> None:
@@ -66,6 +71,8 @@ class RunConfig:
             raise RunError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.backbone not in ("sasrec", "caser"):
             raise RunError(f"backbone must be 'sasrec' or 'caser', got {self.backbone!r}")
+        if self.prior not in PRIORS:
+            raise RunError(f"prior must be one of {PRIORS}, got {self.prior!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RunConfig:
@@ -111,7 +118,7 @@ class ChordRun:
     seed: int
     version: str
     layout: Any
-    importance_model: HyperNetwork
+    importance_model: HyperNetwork | PriorImportance
     profile_dim: int
     tiers: dict[str, Tier]
     dataset: str
@@ -270,10 +277,17 @@ def prepare_run(
     split = load_split(cfg)
     backbone, backbone_info = obtain_backbone(cfg, split, log, device)
     layout = channel_layout(backbone)
-    hyper = HyperNetwork(
+    net = HyperNetwork(
         layout, backbone.state_dim, dict(backbone.state_dict()), rank=cfg.rank,
         hidden=cfg.hidden, seed=cfg.seed,
     ).to(device)
+    hyper: HyperNetwork | PriorImportance = net
+    if cfg.prior == "fisher":
+        from chord.baselines.static import fisher_importance
+
+        mid = DEFAULT_TIERS["mid"]
+        prior = standardize_prior(fisher_importance(backbone, layout, split, mid, seed=cfg.seed))
+        hyper = PriorImportance(net, prior).to(device)
     tcfg = HyperTrainConfig(
         steps=cfg.hyper_steps, batch_size=cfg.hyper_batch, lr=cfg.hyper_lr, tau=cfg.tau,
         eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
@@ -309,7 +323,7 @@ def prepare_run(
     return out
 
 
-def save_hypernet(path: Path, hyper: HyperNetwork, version: str) -> None:
+def save_hypernet(path: Path, hyper: HyperNetwork | PriorImportance, version: str) -> None:
     """Write the hypernetwork's weights and shape (loadable with weights_only=True)."""
     payload = {
         "format": HYPERNET_FORMAT,
@@ -368,10 +382,13 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         )
     layout = channel_layout(backbone)
     hc = payload["config"]
-    hyper = HyperNetwork(
+    net = HyperNetwork(
         layout, int(hc["profile_dim"]), dict(backbone.state_dict()), rank=int(hc["rank"]),
         hidden=int(hc["hidden"]), seed=int(hc["seed"]),
     )
+    hyper: HyperNetwork | PriorImportance = net
+    if hc.get("prior"):  # the prior's values come with the state dict below
+        hyper = PriorImportance(net, torch.zeros(net.n_channels))
     if hyper.n_channels != payload["n_channels"]:
         raise RunError(
             f"{root}: hypernet.pt covers {payload['n_channels']} channels, backbone has "

@@ -26,6 +26,7 @@ from chord.hyper.personal import (
     module_device,
     relaxed_masks,
 )
+from chord.hyper.prior import PriorImportance
 from chord.hyper.scoring import PersonalScorer, fast_assign
 
 # (tier, lowest budget, highest budget) sampled during training: one hypernetwork, all tiers.
@@ -108,7 +109,7 @@ def sample_examples(
 def train_hypernet(
     backbone: nn.Module,
     layout: Any,
-    hypernet: HyperNetwork,
+    hypernet: HyperNetwork | PriorImportance,
     split: Split,
     cfg: HyperTrainConfig,
     tiers: dict[str, Tier] | None = None,
