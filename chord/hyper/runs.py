@@ -388,7 +388,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     )
     hyper: HyperNetwork | PriorImportance = net
     if hc.get("prior"):  # the prior's values come with the state dict below
-        hyper = PriorImportance(net, torch.zeros(net.n_channels))
+        hyper = PriorImportance(net, torch.zeros(net.n_channels))  # cpu-ok: moved below
     if hyper.n_channels != payload["n_channels"]:
         raise RunError(
             f"{root}: hypernet.pt covers {payload['n_channels']} channels, backbone has "
