@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run nothing: fold these result files into results/NAME.json and "
                         "RESULTS.md (their (dataset, backbone) pairs replace existing ones; "
                         "other pairs are kept with --merge)")
+    p.add_argument("--prior", choices=("fisher", "none"), default="fisher",
+                   help="CHORD importance = Fisher sensitivity prior + gated hypernetwork, or "
+                        "the hypernetwork alone")
     p.add_argument("--device", default="cpu",
                    help="torch device for training, evaluation and timings (cpu, cuda)")
     p.add_argument("--replot", action="store_true",
@@ -89,8 +92,10 @@ def import_results(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
     seconds = 0.0
+    machine: dict[str, Any] = {}
     for f in args.import_json:
         data = json.loads(Path(f).read_text())
+        machine = machine or dict(data.get("machine", {}))
         rows += data["rows"]
         metas += data["meta"]
         seconds += sum(float(m.get("seconds", 0.0)) for m in data["meta"])
@@ -100,7 +105,7 @@ def import_results(args: argparse.Namespace) -> int:
         old = json.loads(previous.read_text())
         rows = [r for r in old["rows"] if pair_key(r) not in ours] + rows
         metas = [m for m in old["meta"] if pair_key(m) not in ours] + metas
-    write(args.name, rows, metas, seconds)
+    write(args.name, rows, metas, seconds, machine=machine)
     plot_ndcg_vs_bits(rows, RESULTS_DIR / f"{args.name}_ndcg_vs_bits.png")
     print(f"wrote {previous} ({len(rows)} rows)")
     return 0
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, methods=methods, max_users=args.max_users,
                     finetune_users=args.finetune_users,
                     duet_steps=args.duet_steps, hyper_steps=args.hyper_steps,
-                    hyper_lr=args.hyper_lr,
+                    hyper_lr=args.hyper_lr, prior=args.prior,
                     backbone_path=str(trained) if trained.is_file() else None,
                     device=args.device,
                 )
@@ -293,6 +298,7 @@ def write(
     metas: list[dict[str, Any]],
     seconds: float,
     results_dir: str | None = None,
+    machine: dict[str, Any] | None = None,
 ) -> None:
     """JSON + Markdown of everything measured so far (to RESULTS.md, or to RESULTS_DIR/NAME.md)."""
     columns = ["dataset", "backbone", "budget", *COLUMNS]
@@ -308,7 +314,11 @@ def write(
         "quantization; DUET = generation per user (batched). Hypernetworks and DUET were "
         "trained with capped step counts"
         + (" because 2 CPU cores were shared by several jobs; " if not device_note(metas) else "; ")
-        + f"this invocation took {seconds / 60:.0f} min.{device_note(metas)}\n\n"
+        + (f"this invocation took {seconds / 60:.0f} min." if machine is None else
+           f"the imported runs took {seconds / 60:.0f} min of process time in all (run side by "
+           f"side on {machine.get('cpu_count', '?')} cores, {machine.get('cpu', '?')}, torch "
+           f"{machine.get('torch', '?')}; the header names the machine that imported them).")
+        + f"{device_note(metas)}\n\n"
         + training_notes(metas)
     )
     if results_dir is None:

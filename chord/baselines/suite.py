@@ -60,6 +60,7 @@ class EvalConfig:
     backbone_path: str | None = None  # pretrained mode: reuse this trained backbone file
     hyper_steps: int | None = None  # None: from the preset
     hyper_lr: float | None = None  # None: RunConfig's default
+    prior: str = "fisher"  # CHORD's importance prior (chord.hyper.prior): fisher | none
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
 
 
@@ -248,6 +249,7 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
             over["hyper_steps"] = cfg.hyper_steps
         if cfg.hyper_lr is not None:
             over["hyper_lr"] = cfg.hyper_lr
+        over["prior"] = cfg.prior
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
