@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
 from benchmarks.report import RESULTS_DIR, markdown_table, write_result
@@ -67,76 +73,226 @@ def _server_config(mode: str, cfg: EndpointConfig, run_dir: Path | None) -> Serv
     )
 
 
-# Where a strategy server's time goes: (label, substring of a py-spy frame).
+# Where a server's time goes: (label, substring of a py-spy frame); shares of all samples.
 _PROFILE_PARTS = (
-    ("engine thread (all model work)", "StrategyEngine.compute"),
-    ("hypernetwork forward", "HyperNetwork.forward"),
-    ("assign_levels", "assign_levels ("),
-    ("of which max_entropy_distribution", "max_entropy_distribution ("),
-    ("encode_levels", "encode_levels ("),
-    ("event loop (gRPC, servicer, batcher)", "BaseEventLoop._run_once"),
+    ("engine thread: StrategyEngine.compute", "StrategyEngine.compute ("),
+    ("  hypernetwork channel_scores", "HyperNetwork.channel_scores ("),
+    ("  assign_levels_batch", "assign_levels_batch ("),
+    ("  reply building (_result)", "_result ("),
+    ("    encode_levels (deflate)", "encode_levels ("),
+    ("event loop: BaseEventLoop._run_once", "BaseEventLoop._run_once ("),
+    ("  epoll wait (idle)", "EpollSelector.select ("),
+    ("  servicer GetStrategy", "StrategyServicer.GetStrategy ("),
+    ("  batcher loop", "MicroBatcher._loop ("),
+    ("  serde (cloud_server/serde.py)", "cloud_server/serde.py"),
+    ("  prometheus metrics", "prometheus_client/"),
+    ("  dedup (RequestCache.run)", "RequestCache.run ("),
+    ("  validation", "cloud_server/validation.py"),
 )
+_LINE = re.compile(r":\d+\)$")
 
 
-def _profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
-    """py-spy the server child; return the hottest functions by own and total samples."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(exe).exists():
-        return {"error": "py-spy is not installed; `pip install py-spy` into the venv"}
-    cmd = [
-        exe,
-        "record",
-        "--pid",
-        str(pid),
-        "--duration",
-        str(int(seconds)),
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-        "--rate",
-        "200",
-        "--nonblocking",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not out.exists():
-        return {"error": f"py-spy failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"}
+def _function(frame: str) -> str:
+    """A py-spy frame without its line number: `func (file)`."""
+    return _LINE.sub(")", frame)
+
+
+def summarize_profile(raw: str) -> dict[str, Any]:
+    """Shares of py-spy raw (collapsed) samples: labelled parts, and per function own/total."""
     own: Counter[str] = Counter()
-    parts: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     n = 0
-    for line in out.read_text().splitlines():
+    for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        if not count.isdigit() or not stack:
             continue
         c = int(count)
         n += c
-        frames = stack.split(";")
+        frames = [_function(f) for f in stack.split(";")]
         own[frames[-1]] += c
+        for f in set(frames):
+            total[f] += c
         for label, key in _PROFILE_PARTS:
             if key in stack:
                 parts[label] += c
-        for f in set(frames):
-            total[f] += c
+        threads["main thread (event loop)" if "runpy" in frames[0] else "other threads"] += c
+    share = 1.0 / max(n, 1)
     return {
         "samples": n,
-        "collapsed_stacks": str(out),
-        "parts": {label: round(parts[label] / max(n, 1), 3) for label, _ in _PROFILE_PARTS},
-        "top_self": [(f, round(c / max(n, 1), 3)) for f, c in own.most_common(15)],
-        "top_total": [(f, round(c / max(n, 1), 3)) for f, c in total.most_common(25)],
+        "parts": {label: round(parts[label] * share, 3) for label, _ in _PROFILE_PARTS},
+        "threads": {k: round(v * share, 3) for k, v in threads.most_common()},
+        "top_self": [(f, round(c * share, 3)) for f, c in own.most_common(30)],
+        "top_total": [(f, round(c * share, 3)) for f, c in total.most_common(40)],
     }
 
 
+def format_profile(summary: dict[str, Any], header: str) -> str:
+    """The profile summary as plain-text tables (what endpoint_profile_MODE.txt holds)."""
+    lines = [header, "", f"samples: {summary['samples']}", "", "share  part"]
+    lines += [f"{100 * v:5.1f}% {k}" for k, v in summary["parts"].items()]
+    lines += ["", "share  thread (py-spy sees Python frames only; gRPC C threads are not here)"]
+    lines += [f"{100 * v:5.1f}% {k}" for k, v in summary["threads"].items()]
+    lines += ["", "own    function (top by own samples)"]
+    lines += [f"{100 * v:5.1f}% {k}" for k, v in summary["top_self"]]
+    lines += ["", "total  function (top by samples in its subtree)"]
+    lines += [f"{100 * v:5.1f}% {k}" for k, v in summary["top_total"]]
+    return "\n".join(lines) + "\n"
+
+
+def _profile(pid: int, seconds: float, out: Path, mode: str) -> dict[str, Any]:
+    """py-spy the server child (raw stacks to a temp file); write a summary table to out."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        return {"error": "py-spy is not installed; `pip install py-spy` into the venv"}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.txt"
+        cmd = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds))]
+        cmd += ["--format", "raw", "--output", str(raw), "--rate", "200", "--nonblocking"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not raw.exists():
+            return {"error": f"py-spy failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"}
+        summary = summarize_profile(raw.read_text())
+    header = (
+        f"py-spy record --format raw --rate 200 --nonblocking (no --idle) of the {mode} server, "
+        f"{int(seconds)} s under the benchmark's load; shares of all samples. "
+        f"loadavg {os.getloadavg()[0]:.2f}."
+    )
+    out.write_text(format_profile(summary, header))
+    return {"profile_summary": str(out), **{k: summary[k] for k in ("samples", "parts")}}
+
+
 def profile_note(modes: dict[str, Any]) -> str:
-    """One sentence per profiled mode: the share of server samples in each part."""
+    """One sentence per profiled mode: the share of server samples in the main parts."""
     out = []
     for mode, summary in modes.items():
         shares = summary.get("profile", {}).get("parts", {})
         if not shares:
             continue
-        parts = [f"{label} {100 * shares.get(label, 0.0):.0f}%" for label, _ in _PROFILE_PARTS]
+        parts = [f"{k.strip()} {100 * v:.0f}%" for k, v in shares.items() if v >= 0.01]
         out.append(f" py-spy of the {mode} server under load: " + ", ".join(parts) + ".")
     return "".join(out)
+
+
+def limits_note(modes: dict[str, Any], concurrency: int) -> str:
+    """What bounds throughput and latency, from the measured CPU figures and Little's law."""
+    cores = os.cpu_count() or 1
+    out = []
+    for mode in ("echo", "strategy"):
+        m = modes.get(mode, {})
+        if "server_cpu_ms_per_req" not in m:
+            continue
+        per_req = m["server_cpu_ms_per_req"] + m["loadgen_cpu_ms_per_req"]
+        out.append(
+            f" {mode}: the server used {m['server_cores']:.2f} cores (its event-loop thread "
+            f"{m['server_main_thread_cores']:.2f}), and its threads waited "
+            f"{m['server_runqueue_wait_per_cpu_s']:.2f} s for a CPU (run queue, /proc schedstat) "
+            f"per CPU second they got; the load generator used "
+            f"{m['loadgen_cores']:.2f}; CPU per request {m['server_cpu_ms_per_req']:.2f} ms "
+            f"server + {m['loadgen_cpu_ms_per_req']:.2f} ms load generator, so {cores} fully "
+            f"used cores would carry at most {1e3 * cores / per_req:.0f} requests/s."
+        )
+    echo, strat = modes.get("echo", {}), modes.get("strategy", {})
+    if "server_cpu_ms_per_req" in echo and "server_cpu_ms_per_req" in strat:
+        extra = strat["server_cpu_ms_per_req"] - echo["server_cpu_ms_per_req"]
+        out.append(
+            f" Model work adds {extra:.2f} ms of server CPU per request to the stack's "
+            f"{echo['server_cpu_ms_per_req']:.2f} ms."
+        )
+    model_ms, batch = strat.get("server_model_ms_mean"), strat.get("server_batch_mean")
+    if model_ms and batch and strat.get("rps"):
+        busy = strat["rps"] / batch * model_ms / 1e3
+        out.append(
+            f" The engine is one thread: {model_ms:.0f} ms per batch of {batch:.0f} (wall, in the "
+            f"server) keeps it busy {100 * busy:.0f}% of the time and caps this batch size at "
+            f"{1e3 * batch / model_ms:.0f} strategies/s, so it is "
+            f"{'the' if busy >= 0.7 else 'not the'} bottleneck of strategy/echo."
+        )
+    if strat.get("rps"):
+        floor = 1e3 * concurrency / strat["rps"]
+        need = 1e3 * concurrency / 50.0
+        echo_part = ""
+        if echo.get("rps"):
+            echo_part = (
+                f"; echo reaches {echo['rps']:.0f}/s with p50 {echo['p50_ms']:.0f} ms and "
+                f"p99 {echo['p99_ms']:.0f} ms"
+            )
+        out.append(
+            f" Latency: with {concurrency} calls always in flight, Little's law makes the mean "
+            f"latency concurrency / throughput = {floor:.0f} ms at {strat['rps']:.0f} "
+            f"strategies/s, so p99 <= 50 ms needs more than {need:.0f} replies/s{echo_part}."
+        )
+    return "".join(out)
+
+
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (or one of its threads) from /proc, in seconds."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the process's live threads spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+class _CpuSampler:
+    """Samples the server's CPU (process, main thread) and run-queue wait every 0.1 s."""
+
+    def __init__(self, pid: int) -> None:
+        """Start sampling pid."""
+        self.pid = pid
+        # (epoch, process CPU, main-thread CPU, run-queue wait of all threads), seconds
+        self.samples: list[tuple[float, float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                now = time.time()
+                cpu, main = _cpu_seconds(self.pid), _cpu_seconds(self.pid, self.pid)
+                self.samples.append((now, cpu, main, _runqueue_wait_seconds(self.pid)))
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join()
+
+    def over(self, window: tuple[float, float]) -> tuple[float, float, float]:
+        """Seconds of (process CPU, main-thread CPU, run-queue wait) inside window."""
+        if len(self.samples) < 2:
+            return float("nan"), float("nan"), float("nan")
+        t = [x[0] for x in self.samples]
+        out = []
+        for col in (1, 2, 3):
+            v = [x[col] for x in self.samples]
+            out.append(float(np.interp(window[1], t, v) - np.interp(window[0], t, v)))
+        return out[0], out[1], out[2]
+
+
+def _cpu_figures(res: LoadResult, sampler: _CpuSampler) -> dict[str, float]:
+    """Cores and CPU ms per request of the server (and its main thread) and the load generator."""
+    if res.window is None or res.client_cpu_s is None or not res.total:
+        return {}
+    span = res.window[1] - res.window[0]
+    server, main, waited = sampler.over(res.window)
+    return {
+        "server_cores": server / span,
+        "server_main_thread_cores": main / span,
+        "server_runqueue_wait_per_cpu_s": waited / server if server > 0 else float("nan"),
+        "loadgen_cores": res.client_cpu_s / span,
+        "server_cpu_ms_per_req": 1e3 * server / res.total,
+        "loadgen_cpu_ms_per_req": 1e3 * res.client_cpu_s / res.total,
+    }
 
 
 def _measure_mode(
@@ -144,7 +300,7 @@ def _measure_mode(
 ) -> tuple[list[LoadResult], dict[str, Any]]:
     """Start the mode's server in its own process and load it cfg.repeats times."""
     results: list[LoadResult] = []
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"cpu": []}
     load = LoadConfig(
         target="127.0.0.1:1",
         concurrency=cfg.concurrency,
@@ -155,22 +311,30 @@ def _measure_mode(
     )
     with ServerProcess(_server_config(mode, cfg, run_dir), cfg.server_torch_threads) as server:
         for rep in range(cfg.repeats):
-            res = run_load(replace(load, target=server.target, seed=rep))
+            sampler = _CpuSampler(server.pid)
+            try:
+                res = run_load(replace(load, target=server.target, seed=rep))
+            finally:
+                sampler.stop()
+            cpu = _cpu_figures(res, sampler)
+            cpu_line = ", ".join(f"{k} {v:.3g}" for k, v in cpu.items())
             print(f"\n== {mode} repeat {rep + 1}/{cfg.repeats}\n{format_summary(res)}", flush=True)
+            print(f"  CPU: {cpu_line}; loadavg {os.getloadavg()[0]:.2f}", flush=True)
             results.append(res)
-        if cfg.profile_s > 0 and mode != "echo":
-            import threading
-
+            extra["cpu"].append(cpu)
+        if cfg.profile_s > 0:
             out = RESULTS_DIR / f"endpoint_profile_{mode}.txt"
             holder: dict[str, Any] = {}
             t = threading.Thread(
-                target=lambda: holder.update(_profile(server.pid, cfg.profile_s, out))
+                target=lambda: holder.update(_profile(server.pid, cfg.profile_s, out, mode))
             )
             t.start()
             time.sleep(0.5)
             run_load(replace(load, target=server.target, duration_s=cfg.profile_s, warmup_s=0))
             t.join()
             extra["profile"] = holder
+    cpu_keys = sorted({k for c in extra["cpu"] for k in c})
+    extra["cpu"] = {k: statistics.median(c[k] for c in extra["cpu"] if k in c) for k in cpu_keys}
     return results, extra
 
 
@@ -191,6 +355,11 @@ def _summary(results: list[LoadResult]) -> dict[str, Any]:
             if any(r.server_batch_mean for r in results)
             else None
         ),
+        **{
+            key: statistics.median(getattr(r, key) for r in results)
+            for key in ("server_model_ms_mean", "server_queue_ms_mean", "server_total_ms_mean")
+            if all(getattr(r, key) is not None for r in results)
+        },
         "repeats_rps": [r.rps for r in results],
         "repeats_p99_ms": [r.p99_ms for r in results],
     }
@@ -204,7 +373,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     modes: dict[str, Any] = {}
     for mode in cfg.modes:
         results, extra = _measure_mode(mode, cfg, run_dir)
-        modes[mode] = {**_summary(results), **extra}
+        modes[mode] = {**_summary(results), **extra.pop("cpu"), **extra}
     echo = modes.get("echo", {}).get("rps")
     strat = modes.get("strategy", {}).get("rps")
     unb = modes.get("unbatched", {}).get("rps")
@@ -234,7 +403,24 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         for m, s in modes.items()
     ]
     table = markdown_table(
-        rows, ["mode", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "server_batch_mean"]
+        rows,
+        [
+            "mode",
+            "rps",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
+            "errors",
+            "server_batch_mean",
+            "server_model_ms_mean",
+            "server_cores",
+            "server_main_thread_cores",
+            "loadgen_cores",
+            "server_cpu_ms_per_req",
+            "loadgen_cpu_ms_per_req",
+            "server_runqueue_wait_per_cpu_s",
+        ],
     )
     head = markdown_table(
         [payload],
@@ -262,6 +448,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"({'met' if met['batching_speedup'] else 'NOT met'}), strategy >= echo/2 "
         f"({'met' if met['strategy_over_echo'] else 'NOT met'}), p99 <= 50 ms "
         f"({'met' if met['p99_ms'] else 'NOT met'}). Served run: `{payload['run_dir']}`."
+        + limits_note(modes, cfg.concurrency)
         + profile_note(modes)
     )
     if cfg.write:

@@ -113,8 +113,16 @@ class LoadResult:
     status_codes: dict[str, int]  # gRPC status name -> count
     error_distribution: dict[str, int]  # "STATUS: details" -> count (first messages only)
     server_batch_mean: float | None = None  # mean ServerTimings.batch_size of OK strategy replies
+    # Means of the other ServerTimings of OK strategy replies: engine, batch wait, server total.
+    server_model_ms_mean: float | None = None
+    server_queue_ms_mean: float | None = None
+    server_total_ms_mean: float | None = None
     processes: int = 1
     per_process_rps: list[float] = field(default_factory=list)
+    # CPU seconds the client processes themselves used in the measured window (all threads),
+    # and that window as epoch seconds (earliest start, latest end over processes).
+    client_cpu_s: float | None = None
+    window: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict: the summary keys at top level and the config under "config"."""
@@ -216,6 +224,7 @@ async def _drive(
         codes: Counter[str] = Counter()
         messages: Counter[str] = Counter()
         batch_sizes: list[int] = []
+        server_us = [0, 0, 0]  # sums of model_us, queue_us, total_us
         sent = 0
         last_done = t_measure
 
@@ -265,9 +274,21 @@ async def _drive(
                     if key in messages or len(messages) < _MAX_ERROR_MESSAGES:
                         messages[key] += 1
                 elif cfg.method == "strategy" and reply is not None and reply.HasField("timings"):
-                    batch_sizes.append(reply.timings.batch_size)
+                    t = reply.timings
+                    batch_sizes.append(t.batch_size)
+                    server_us[0] += t.model_us
+                    server_us[1] += t.queue_us
+                    server_us[2] += t.total_us
 
-        await asyncio.gather(*(worker(w) for w in range(n_workers)))
+        marks: dict[str, float] = {}
+
+        async def cpu_mark() -> None:
+            await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+            marks.update(cpu=time.process_time(), wall=time.time())
+
+        await asyncio.gather(cpu_mark(), *(worker(w) for w in range(n_workers)))
+        cpu_s = time.process_time() - marks["cpu"]
+        window = (marks["wall"], time.time())
         elapsed = max(last_done, min(t_end, time.perf_counter())) - t_measure
         return {
             "latencies": np.asarray(latencies, dtype=np.float64),
@@ -276,6 +297,9 @@ async def _drive(
             "elapsed_s": elapsed,
             "batch_sum": float(sum(batch_sizes)),
             "batch_n": len(batch_sizes),
+            "server_us": server_us,
+            "cpu_s": cpu_s,
+            "window": window,
         }
     finally:
         for ch in channels:
@@ -381,6 +405,10 @@ def _aggregate(
     elapsed = max((f["elapsed_s"] for f in figures), default=0.0) or cfg.duration_s
     pct = np.percentile(lat_ms, [50, 90, 99]) if total else np.zeros(3)
     batch_n = sum(f["batch_n"] for f in figures)
+    server_ms = [
+        sum(f["server_us"][k] for f in figures) / batch_n / 1e3 if batch_n else None
+        for k in range(3)
+    ]
     return LoadResult(
         config=cfg,
         total=total,
@@ -398,10 +426,19 @@ def _aggregate(
         status_codes=dict(codes.most_common()),
         error_distribution=dict(messages.most_common()),
         server_batch_mean=(sum(f["batch_sum"] for f in figures) / batch_n) if batch_n else None,
+        server_model_ms_mean=server_ms[0],
+        server_queue_ms_mean=server_ms[1],
+        server_total_ms_mean=server_ms[2],
         processes=cfg.processes,
         per_process_rps=[
             len(p) / max(f["elapsed_s"], 1e-9) for p, f in zip(parts, figures, strict=True)
         ],
+        client_cpu_s=sum(f["cpu_s"] for f in figures) if figures else None,
+        window=(
+            (min(f["window"][0] for f in figures), max(f["window"][1] for f in figures))
+            if figures
+            else None
+        ),
     )
 
 
@@ -419,8 +456,15 @@ def format_summary(res: LoadResult) -> str:
         f"  Average:      {res.mean_ms:.2f} ms",
         f"  Requests/sec: {res.rps:.2f}",
     ]
+    if res.client_cpu_s is not None and res.elapsed_s > 0:
+        cores = res.client_cpu_s / res.elapsed_s
+        lines.append(f"  Client CPU:   {cores:.2f} cores ({res.client_cpu_s:.2f} s in the window)")
     if res.server_batch_mean is not None:
         lines.append(f"  Server batch: {res.server_batch_mean:.2f} requests per forward (mean)")
+        lines.append(
+            f"  Server time:  model {res.server_model_ms_mean:.2f} ms, batch wait "
+            f"{res.server_queue_ms_mean:.2f} ms, total {res.server_total_ms_mean:.2f} ms (means)"
+        )
     lines += [
         "",
         "Latency distribution:",

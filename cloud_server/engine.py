@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from chord.budget import DEFAULT_TIERS, BudgetError, Tier, assign_levels, average_bits, budget_range
+from chord.budget import (
+    DEFAULT_TIERS,
+    BudgetError,
+    Tier,
+    assign_levels,
+    assign_levels_batch,
+    budget_range,
+)
 from chord.codes import encode_levels
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import InvalidRequestError, ServiceError
@@ -55,11 +62,14 @@ def _result(
     """Encode one request's levels into its result."""
     levels = levels.astype(np.uint8, copy=False)
     counts = np.bincount(levels, minlength=4)
+    # Integer-valued sums, so this equals chord.budget.average_bits exactly.
+    level_sizes = np.bincount(levels, weights=sizes, minlength=4)
+    avg_bits = float((np.asarray(tier.level_bits, dtype=np.float64) * level_sizes).sum())
     return StrategyResult(
         request_id=req.request_id,
         code=encode_levels(levels, version),
         level_counts=(int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3])),
-        avg_bits=float(average_bits(levels, sizes, tier)),
+        avg_bits=avg_bits / float(sizes.sum()),
         timings={"model_ms": model_ms},
     )
 
@@ -115,40 +125,43 @@ class StrategyEngine:
     def _profiles(self, requests: Sequence[StrategyRequest]) -> torch.Tensor:
         """[B, d] profiles: as sent, or profiled here from recent item ids (left-padded)."""
         d = self.spec.profile_dim
-        out = torch.zeros(len(requests), d, dtype=torch.float32)
         seq_rows = [i for i, r in enumerate(requests) if r.profile is None]
+        if not seq_rows:  # the common case: every device sent its profile
+            rows = [np.asarray(r.profile, dtype=np.float32).reshape(d) for r in requests]
+            return torch.from_numpy(np.stack(rows))
+        out = torch.zeros(len(requests), d, dtype=torch.float32)
         for i, r in enumerate(requests):
             if r.profile is not None:
                 out[i] = torch.from_numpy(np.asarray(r.profile, dtype=np.float32))
-        if seq_rows:
-            seqs = torch.zeros(len(seq_rows), self._max_len, dtype=torch.long)
-            for j, i in enumerate(seq_rows):
-                items = requests[i].recent_items
-                assert items is not None
-                tail = torch.as_tensor(items[-self._max_len :], dtype=torch.long)
-                seqs[j, self._max_len - len(tail) :] = tail
-            out[seq_rows] = self.run.profile(seqs).to(torch.float32)
+        seqs = torch.zeros(len(seq_rows), self._max_len, dtype=torch.long)
+        for j, i in enumerate(seq_rows):
+            items = requests[i].recent_items
+            assert items is not None
+            tail = torch.as_tensor(items[-self._max_len :], dtype=torch.long)
+            seqs[j, self._max_len - len(tail) :] = tail
+        out[seq_rows] = self.run.profile(seqs).to(torch.float32)
         return out
 
     def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
-        """One importance forward pass for the batch, then budget assignment per request."""
+        """One importance forward pass and one level assignment for the whole batch.
+
+        A request's model_ms is the engine time until its own reply was encoded.
+        """
         if not requests:
             return []
         start = time.perf_counter()
         with torch.inference_mode():
             importance = self.run.importance_model.importance(self._profiles(requests))
-        imp = importance.detach().cpu().numpy()
-        forward_ms = (time.perf_counter() - start) * 1e3
+        tiers = [self._tiers[req.tier] for req in requests]
+        assigned = assign_levels_batch(
+            importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests]
+        )
         out: BatchOutcome = []
-        for i, req in enumerate(requests):
-            tier = self._tiers[req.tier]
-            t0 = time.perf_counter()
-            try:
-                levels = assign_levels(imp[i], self._sizes, tier, req.budget_bits)
-            except BudgetError as exc:
-                out.append(InvalidRequestError(f"{exc}; send a budget this tier can reach"))
+        for req, tier, levels in zip(requests, tiers, assigned, strict=True):
+            if isinstance(levels, BudgetError):
+                out.append(InvalidRequestError(f"{levels}; send a budget this tier can reach"))
                 continue
-            ms = forward_ms + (time.perf_counter() - t0) * 1e3
+            ms = (time.perf_counter() - start) * 1e3
             out.append(_result(req, levels, self._sizes, tier, self.spec.version, ms))
         return out
 

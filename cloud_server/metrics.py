@@ -55,13 +55,26 @@ class ServerMetrics:
         )
         self._http: Any = None
         self._thread: threading.Thread | None = None
+        # Labelled children: labels() takes a lock and builds a key on every call.
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._bytes_children: dict[str, Any] = {}
 
     def observe(self, method: str, code: str, seconds: float, bytes_out: int = 0) -> None:
         """Record one answered RPC."""
-        self.requests.labels(method=method, code=code).inc()
-        self.latency.labels(method=method).observe(seconds)
+        children = self._children.get((method, code))
+        if children is None:
+            children = (
+                self.requests.labels(method=method, code=code),
+                self.latency.labels(method=method),
+            )
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if bytes_out:
-            self.bytes_out.labels(method=method).inc(bytes_out)
+            sent = self._bytes_children.get(method)
+            if sent is None:
+                sent = self._bytes_children[method] = self.bytes_out.labels(method=method)
+            sent.inc(bytes_out)
 
     def count(self, method: str, code: str) -> float:
         """How many RPCs of a method ended with a status code so far."""

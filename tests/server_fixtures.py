@@ -27,7 +27,8 @@ def tiny_run_dir() -> Path:
         from chord.hyper.runs import RunConfig, prepare_run
 
         cfg = RunConfig.preset(
-            "smoke", mode="random", max_users=100, hyper_steps=5, hyper_valid_users=50
+            "smoke", mode="random", max_users=100, hyper_steps=5, hyper_valid_users=50,
+            prior="none",  # five steps move the hypernetwork, not a zero-started gate
         )
         _RUN_DIRS["tiny"] = prepare_run(cfg, Path(_TMP.name) / "tiny-run")
     return _RUN_DIRS["tiny"]

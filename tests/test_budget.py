@@ -13,6 +13,7 @@ from chord.budget import (
     BudgetError,
     Tier,
     assign_levels,
+    assign_levels_batch,
     average_bits,
     budget_range,
     max_entropy_distribution,
@@ -109,3 +110,28 @@ def test_max_entropy_distribution_mean() -> None:
             assert abs(p @ np.array(tier.level_bits) - budget) < 1e-6
     uniform = max_entropy_distribution((1, 2, 3, 4), 2.5)
     np.testing.assert_allclose(uniform, 0.25, atol=1e-6)
+
+
+def test_batch_equals_rows_with_errors_in_place() -> None:
+    rng = np.random.default_rng(5)
+    sizes = rng.choice([16, 50, 64, 128], size=300)
+    imp = np.round(rng.standard_normal((6, 300)), 1).astype(np.float32)  # many ties
+    imp[0, :40] = -0.0  # ties with 0.0 like a stable sort of -imp
+    imp[0, 40:80] = 0.0
+    imp[3, 7] = np.nan
+    names = ["low", "mid", "high", "mid", "low", "high"]
+    tiers = [DEFAULT_TIERS[n] for n in names]
+    budgets = [2.5, 3.0, 6.0, 3.0, 9.0, 4.0]
+    out = assign_levels_batch(imp, sizes, tiers, budgets)
+    for i, got in enumerate(out):
+        if i in (3, 4):  # NaN row, unreachable budget: that row's error, the others still served
+            assert isinstance(got, BudgetError)
+            continue
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, assign_levels(imp[i], sizes, tiers[i], budgets[i]))
+        # float32 rows are sorted by packed keys; float64 rows by a stable argsort.
+        np.testing.assert_array_equal(
+            got, assign_levels(imp[i].astype(np.float64), sizes, tiers[i], budgets[i])
+        )
+    with pytest.raises(BudgetError, match="one tier and budget per row"):
+        assign_levels_batch(imp, sizes, tiers[:2], budgets[:2])

@@ -73,6 +73,12 @@ def test_strategy_load_over_two_processes_adds_up(strategy_server: ServerProcess
     assert 1.4 <= res.elapsed_s <= 3.0
     # The real model ran (micro-batches of concurrent requests share one forward pass).
     assert res.server_batch_mean is not None and 1 <= res.server_batch_mean <= 16
+    # Server timings and the generator's own CPU over the measured window are reported.
+    assert res.server_model_ms_mean is not None and res.server_model_ms_mean > 0
+    assert res.server_total_ms_mean is not None and res.server_queue_ms_mean is not None
+    assert res.server_total_ms_mean >= res.server_model_ms_mean
+    assert res.client_cpu_s is not None and res.client_cpu_s > 0
+    assert res.window is not None and res.window[1] - res.window[0] >= 1.4
 
 
 @pytest.mark.parametrize("method", ["spec", "health"])
