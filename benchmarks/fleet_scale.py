@@ -34,6 +34,7 @@ class FleetScaleConfig:
     sizes: tuple[int, ...] = (1_000, 10_000)
     run_dir: str | None = None  # None = the embedded default run (prepared once, not timed)
     batch_size: int = 0  # virtual devices per actor task; 0 = the simulator's default
+    lanes: int = 0  # devices an actor runs at once; 0 = the simulator's default
     actors: int = 0  # device actors; 0 = the simulator's default (the cluster's CPUs)
     ray_address: str = "local"  # "local" private Ray, or "none" for in-process devices
     timeout_s: float = 1_800.0  # per fleet size
@@ -64,40 +65,97 @@ def _tree(pid: int) -> list[int]:
     return seen
 
 
-def _mem_kb(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in KiB; zeros when it has exited."""
-    rss = pss = 0
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far; 0 when it has exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def process_role(pid: int, root: int) -> str:
+    """Which part of the simulation a process is: driver, device actor, raylet, gcs, ray-other."""
+    if pid == root:
+        return "driver"
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if cmd.startswith("ray::"):
+        return "device-actor" if "DeviceActor" in cmd else "ray-worker-other"
+    for key, role in (("raylet", "raylet"), ("gcs_server", "gcs")):
+        if key in cmd:
+            return role
+    return "ray-other"
+
+
+def _loadavg() -> str:
+    """The 1/5/15-minute load averages, as /proc/loadavg writes them."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _rss_kb(pid: int) -> int:
+    """RSS of one process in KiB from /proc/PID/statm (cheap); 0 when it has exited."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pss_kb(pid: int) -> int:
+    """PSS of one process in KiB from smaps_rollup (walks page tables: costly); 0 when gone."""
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss = int(line.split()[1])
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return rss, pss
+    return 0
 
 
 class TreeMemorySampler:
     """Samples the summed RSS and PSS of a process tree and keeps the peaks."""
 
-    def __init__(self, pid: int, period_s: float) -> None:
-        """pid: root of the tree; period_s: sampling period."""
+    def __init__(self, pid: int, period_s: float, pss_every: int = 10) -> None:
+        """pid: root of the tree; period_s: RSS/CPU sampling period; PSS every pss_every-th."""
         self.pid = pid
         self.period_s = period_s
+        self.pss_every = max(1, pss_every)
+        self.samples = 0
+        self.sampler_cpu_s = 0.0  # CPU the sampling thread itself used (it competes with the run)
         self.peak_rss_kb = 0
         self.peak_pss_kb = 0
         self.peak_procs = 0
+        self.cpu_s: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds last seen)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mem-sampler", daemon=True)
 
     def _loop(self) -> None:
+        t0 = time.thread_time()
         while not self._stop.is_set():
             pids = _tree(self.pid)
-            mems = [_mem_kb(p) for p in pids]
-            self.peak_rss_kb = max(self.peak_rss_kb, sum(m[0] for m in mems))
-            self.peak_pss_kb = max(self.peak_pss_kb, sum(m[1] for m in mems))
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(_rss_kb(p) for p in pids))
+            if self.samples % self.pss_every == 0:
+                self.peak_pss_kb = max(self.peak_pss_kb, sum(_pss_kb(p) for p in pids))
+            self.samples += 1
             self.peak_procs = max(self.peak_procs, len(pids))
+            for p in pids:
+                old_role, old_cpu = self.cpu_s.get(p, ("", 0.0))
+                role = old_role if old_role == "device-actor" else process_role(p, self.pid)
+                self.cpu_s[p] = (old_role if role == "gone" else role, max(_cpu_s(p), old_cpu))
+            self.sampler_cpu_s = time.thread_time() - t0
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> TreeMemorySampler:
@@ -109,6 +167,13 @@ class TreeMemorySampler:
         """Stop sampling."""
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds per process role, as last sampled (up to one period missed per process)."""
+        out: dict[str, float] = {}
+        for role, cpu in self.cpu_s.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def prepare_default_run() -> str:
@@ -133,6 +198,7 @@ def _child_main(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         ray_address=args.ray_address,
         batch_size=args.batch_size or base.batch_size,
+        lanes=args.lanes or base.lanes,
         actors=args.actors or base.actors,
     )
     t0 = time.perf_counter()
@@ -151,6 +217,7 @@ def _child_main(args: argparse.Namespace) -> int:
             "rounds": cfg.drift.rounds,
             "interactions_per_round": cfg.drift.interactions_per_round,
             "batch_size": cfg.batch_size,
+            "lanes": cfg.lanes,
             "actors": cfg.actors,
             "ray_address": cfg.ray_address,
             "dataset": cfg.dataset,
@@ -173,8 +240,10 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
         "--devices", str(devices), "--run-dir", run_dir, "--out", str(out),
         "--result", str(result), "--ray-address", cfg.ray_address,
         "--batch-size", str(cfg.batch_size), "--actors", str(cfg.actors),
+        "--lanes", str(cfg.lanes),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    load_before = _loadavg()
     t0 = time.perf_counter()
     log = work / f"fleet-{devices}.log"
     with log.open("w") as err:
@@ -197,11 +266,20 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
         raise FleetScaleError(f"fleet of {devices} devices {what}; log tail:\n{tail}")
     child = json.loads(result.read_text())
     wall = float(child["wall_s"])
+    cpu = sampler.cpu_by_role()
+    cpu_total = sum(cpu.values())
     return {
         "devices": devices,
         "wall_s": wall,
         "devices_per_s": devices / wall,
         "process_wall_s": total,
+        "cpu_s": round(cpu_total, 1),
+        "cores_busy": round(cpu_total / total, 2),  # mean cores used by the tree (2 = all)
+        "cpu_ms_per_device": round(1e3 * cpu_total / devices, 1),
+        "cpu_s_by_role": cpu,
+        "sampler_cpu_s": round(sampler.sampler_cpu_s, 2),
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
         "peak_rss_mb": sampler.peak_rss_kb / 1024,
         "peak_pss_mb": sampler.peak_pss_kb / 1024,
         "peak_processes": sampler.peak_procs,
@@ -210,6 +288,112 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
         "config": child["config"],
         "backend": child["backend"],
     }
+
+
+COLUMNS = [
+    "devices", "wall_s", "devices_per_s", "cpu_ms_per_device", "cores_busy", "peak_rss_mb",
+    "peak_pss_mb", "peak_processes", "driver_maxrss_mb", "process_wall_s", "loadavg_before",
+]  # fmt: skip
+RESULT_JSON = _REPO_ROOT / "benchmarks" / "results" / "fleet_scale.json"
+
+
+def _previous_result(path: Path = RESULT_JSON) -> dict[str, Any] | None:
+    """The fleet-scale result a new run replaces (None when there is none)."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _limits(top: dict[str, Any]) -> str:
+    """What bounds throughput at the largest size, from its measured CPU split."""
+    roles = top.get("cpu_s_by_role", {})
+    cpu = sum(roles.values()) or 1.0
+    share = {k: 100 * v / cpu for k, v in roles.items()}
+    ray = sum(v for k, v in share.items() if k not in ("device-actor", "driver"))
+    return (
+        f"What limits the rest (measured, {top['devices']} devices): CPU. The tree kept "
+        f"{top['cores_busy']:.2f} of the 2 cores busy (the rest went to other jobs: load average "
+        f"{top.get('loadavg_before')} before, {top.get('loadavg_after')} after); of its "
+        f"{cpu:.0f} CPU-s the device actors used {share.get('device-actor', 0):.0f}%, the driver "
+        f"(embedded server + simulator) {share.get('driver', 0):.0f}% and Ray's daemons "
+        f"{ray:.0f}%. Inside an actor {_bucket_share('ray-worker', 'to_lowbit')} of the py-spy "
+        f"samples are to_lowbit (per-layer quantize_int, then fbgemm prepacks, one of them the "
+        f"item-table scorer that candidate scoring never uses); in the driver "
+        f"{_bucket_share('driver', 'hypernetwork')} are the server's hypernetwork. "
+    )
+
+
+def _bucket_share(role: str, key: str, name: str = "after") -> str:
+    """Summed share of the breakdown buckets naming `key` in a saved profile ("?" if none)."""
+    path = _REPO_ROOT / "benchmarks" / "results" / f"fleet_profile_{name}.txt"
+    try:
+        block = path.read_text().split(f"=== {role}", 1)[1]
+        lines = block.split("breakdown (exclusive buckets):\n", 1)[1].splitlines()
+    except (OSError, IndexError):
+        return "?"
+    lines = lines[: next((i for i, ln in enumerate(lines) if not ln.startswith(" ")), len(lines))]
+    total = sum(float(ln.split("%")[0].split()[-1]) for ln in lines if "%" in ln and key in ln)
+    return f"{total:.0f}%"
+
+
+def _before(previous: dict[str, Any] | None) -> str:
+    """The replaced result, as one sentence (the comparison a reader needs)."""
+    if not previous or not previous.get("rows"):
+        return ""
+    m = previous.get("machine", {})
+    runs = ", ".join(
+        f"{r['devices']} devices {r['wall_s']:.1f} s ({r['devices_per_s']:.2f}/s, peak RSS "
+        f"{r['peak_rss_mb']:.0f} MB)"
+        for r in previous["rows"]
+    )
+    return (
+        f"Previous result (measured {m.get('date', '?')}, commit {m.get('commit', '?')}, "
+        f"batch {previous['rows'][0].get('config', {}).get('batch_size')}, "
+        f"lanes {previous['rows'][0].get('config', {}).get('lanes', 1)}): {runs}. "
+    )
+
+
+def fleet_notes(
+    payload: dict[str, Any], sample_s: float, previous: dict[str, Any] | None = None
+) -> str:
+    """The RESULTS.md note under the fleet-scale table."""
+    rows, errors, top = payload["rows"], payload["errors"], payload["rows"][-1]
+    c = rows[0]["config"]
+    return (
+        f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
+        f"{c['backbone']}, {c['mode']} backbone, in-process server on port 0, private local Ray "
+        f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
+        f"interactions per device, batch {c['batch_size']} devices per actor task, "
+        f"{c.get('lanes', 1)} devices at once per actor, each actor 2 batches deep); the run "
+        f"directory was prepared before timing. `wall_s` = the simulator's own wall time "
+        f"(data, server start, Ray start, every device, report); `process_wall_s` adds the "
+        f"child's interpreter start. CPU: user + system seconds of every process of the tree "
+        f"from /proc (sampled, so a process's last {sample_s:g} s can be missed); "
+        f"`cpu_ms_per_device` = all of it / devices (start-up included), `cores_busy` = CPU / "
+        f"process_wall_s (2 = both cores); `loadavg_before` = /proc/loadavg at the start "
+        f"(other jobs on the machine compete for the same 2 cores). By role: "
+        + "; ".join(
+            f"{r['devices']} devices: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in r.get("cpu_s_by_role", {}).items())
+            + f" (sampler {r.get('sampler_cpu_s', 0):.1f} s; load after {r.get('loadavg_after')})"
+            for r in rows
+        )
+        + f". Memory: RSS of the whole tree (driver, server, Ray's daemons and workers) sampled "
+        f"every {sample_s:g} s from statm, PSS every {10 * sample_s:g} s from "
+        f"smaps_rollup (costly to read); `peak_rss_mb` sums RSS (shared pages once per process), "
+        f"`peak_pss_mb` sums PSS (shared pages split), `driver_maxrss_mb` = ru_maxrss of the "
+        f"simulator process. Device compute in the simulator's own figures (adapt_ms, infer_ms) "
+        f"is thread CPU time; RPC times are wall time. Modeled (not measured): with both cores "
+        f"free, {GOAL_DEVICES} devices at the largest size's cpu_ms_per_device would need "
+        f"{GOAL_DEVICES * top['cpu_ms_per_device'] / 2e3:.0f} s of wall time. "
+        + _profile_digest()
+        + _limits(top)
+        + _before(previous)
+        + f"Goal {GOAL_DEVICES} devices in <= {GOAL_WALL_S:g} s: "
+        f"{'met' if payload['goal_met'] else 'NOT met'}."
+        + (f" Failed sizes: {sorted(errors)}." if errors else "")
+    )
 
 
 def run_benchmark(cfg: FleetScaleConfig) -> dict[str, Any]:
@@ -242,31 +426,58 @@ def run_benchmark(cfg: FleetScaleConfig) -> dict[str, Any]:
         "goal_met": bool(goal_row and goal_row["wall_s"] <= GOAL_WALL_S),
         "config": asdict(cfg),
     }
-    columns = [
-        "devices", "wall_s", "devices_per_s", "peak_rss_mb", "peak_pss_mb", "peak_processes",
-        "driver_maxrss_mb", "process_wall_s",
-    ]  # fmt: skip
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, COLUMNS)
     print(table)
-    c = rows[0]["config"]
-    notes = (
-        f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
-        f"{c['backbone']}, {c['mode']} backbone, in-process server on port 0, private local Ray "
-        f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
-        f"interactions per device, batch {c['batch_size']} devices per actor task); the run "
-        f"directory was prepared before timing. `wall_s` = the simulator's own wall time "
-        f"(data, server start, Ray start, every device, report); `process_wall_s` adds the "
-        f"child's interpreter start. Memory: the whole process tree (driver, server, Ray's "
-        f"daemons and workers) sampled every {cfg.sample_s:g} s; `peak_rss_mb` sums RSS "
-        f"(counts shared pages once per process), `peak_pss_mb` sums PSS (shared pages split), "
-        f"`driver_maxrss_mb` = ru_maxrss of the simulator process. Goal "
-        f"{GOAL_DEVICES} devices in <= {GOAL_WALL_S:g} s: "
-        f"{'met' if payload['goal_met'] else 'NOT met'}."
-        + (f" Failed sizes: {sorted(errors)}." if errors else "")
-    )
+    previous = _previous_result()
+    notes = fleet_notes(payload, cfg.sample_s, previous)
     if cfg.write:
         write_result("fleet_scale", payload, table, notes)
+    else:
+        print(json.dumps(payload, indent=1, default=str))
     return payload
+
+
+def rewrite_notes(previous_path: Path, extra: str = "") -> None:
+    """Re-render the RESULTS.md section of the saved result, comparing with a previous JSON."""
+    saved = json.loads(RESULT_JSON.read_text())
+    measured = saved.get("machine", {}).get("date", "?")
+    payload = {k: v for k, v in saved.items() if k != "benchmark"}  # keeps the measured machine
+    notes = f"Figures measured {measured}; note re-rendered from the JSON. " + fleet_notes(
+        payload, float(payload["config"]["sample_s"]), _previous_result(previous_path)
+    )
+    notes += f" {extra}" if extra else ""
+    write_result("fleet_scale", payload, markdown_table(payload["rows"], COLUMNS), notes)
+
+
+PROFILES = ("before", "after")
+
+
+def _profile_digest() -> str:
+    """The device-actor and driver breakdowns of the saved py-spy summaries, as one sentence."""
+    parts = []
+    for name in PROFILES:
+        path = _REPO_ROOT / "benchmarks" / "results" / f"fleet_profile_{name}.txt"
+        if not path.exists():
+            continue
+        text = path.read_text()
+        digest = []
+        for role in ("ray-worker", "driver"):
+            block = text.split(f"=== {role}", 1)
+            if len(block) < 2:
+                continue
+            lines = block[1].split("breakdown (exclusive buckets):\n", 1)[1].splitlines()
+            top = [ln.split("%", 1) for ln in lines[:6] if "%" in ln]
+            digest.append(
+                f"{'one device actor' if role == 'ray-worker' else 'driver'}: "
+                + ", ".join(f"{b.strip()} {a.split()[-1]}%" for a, b in top)
+            )
+        parts.append(f"py-spy {name} (results/{path.name}): " + "; ".join(digest) + ".")
+    if not parts:
+        return ""
+    return (
+        "Where the time goes (shares of a process's non-idle py-spy samples, 1,000 devices; "
+        "conditions in each file's first line): " + " ".join(parts) + " "
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,9 +486,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=None, help="run to serve (default: embedded run)")
     parser.add_argument("--batch-size", type=int, default=0, help="devices per actor task")
     parser.add_argument("--actors", type=int, default=0, help="device actors (0 = default)")
+    parser.add_argument("--lanes", type=int, default=0, help="devices an actor runs at once")
     parser.add_argument("--ray-address", default="local", help="'local' or 'none'")
     parser.add_argument("--timeout", type=float, default=1_800.0, help="seconds per size")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--rewrite-notes", default="", metavar="PREVIOUS_JSON",
+        help="only re-render the RESULTS.md note of the saved result against a previous JSON",
+    )  # fmt: skip
+    parser.add_argument("--note", default="", help="with --rewrite-notes: a sentence to append")
     # Internal: the child process that runs one simulation.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, default=0, help=argparse.SUPPRESS)
@@ -292,6 +509,7 @@ def config_from_args(args: argparse.Namespace) -> FleetScaleConfig:
         run_dir=args.run_dir,
         batch_size=args.batch_size,
         actors=args.actors,
+        lanes=args.lanes,
         ray_address=args.ray_address,
         timeout_s=args.timeout,
         write=not args.no_write,
@@ -302,6 +520,9 @@ def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported, not turned into an exit status)."""
     if args.child:
         return _child_main(args)
+    if args.rewrite_notes:
+        rewrite_notes(Path(args.rewrite_notes), args.note)
+        return 0
     run_benchmark(config_from_args(args))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from device_client.device import DeviceJob, DeviceReport, VirtualDevice
@@ -23,6 +24,7 @@ class HostConfig:
     token: str = ""
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     fault_seed: int = 0
+    lanes: int = 1  # devices of a batch run at once (threads); >1 keeps the server batching
 
 
 class DeviceHost:
@@ -30,6 +32,7 @@ class DeviceHost:
 
     def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
+        self._pool: ThreadPoolExecutor | None = None
 
     def transport_for(self, job: DeviceJob) -> Transport:
         """A per-device transport (own jitter and fault streams) over the shared channel."""
@@ -60,8 +63,22 @@ class DeviceHost:
             )
 
     def run_batch(self, jobs: list[DeviceJob]) -> list[DeviceReport]:
-        """Run each job to completion (or reported failure), in order."""
-        return [self.run_one(job) for job in jobs]
+        """Run each job to completion (or reported failure); reports in job order.
+
+        With lanes > 1, up to `lanes` devices run at once on threads: one device computes while
+        others wait for the cloud, and the server's micro-batcher sees several requests at once.
+        """
+        if self.cfg.lanes <= 1 or len(jobs) <= 1:
+            return [self.run_one(job) for job in jobs]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cfg.lanes, thread_name_prefix="device-lane")
+        return list(self._pool.map(self.run_one, jobs))
+
+    def close(self) -> None:
+        """Stop the lane threads (idle ones; a running batch finishes first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _make_actor_class() -> type:

@@ -11,6 +11,7 @@ import torch
 from chord.checkpoint import load_backbone, weights_version
 from chord.config import config_from_json
 from chord.models import Backbone, build_backbone
+from chord.quant.layout import ChannelLayout, channel_layout
 from device_client.wire import DeviceSpec
 
 
@@ -29,6 +30,7 @@ class CachedBackbone:
     duet_bytes: int  # DUET-style: the generated non-embedding weights, fp32, sent per adaptation
     obtain_ms: float  # build (random mode) or load (pretrained mode) time in this process
     source: str  # "built" or "loaded"
+    layout: ChannelLayout  # the quantizable channels, computed once instead of per strategy
 
 
 _cache: dict[str, CachedBackbone] = {}
@@ -80,6 +82,7 @@ def _obtain(spec: DeviceSpec) -> CachedBackbone:
         duet_bytes=duet,
         obtain_ms=(time.perf_counter() - start) * 1e3,
         source=source,
+        layout=channel_layout(model),
     )
 
 

@@ -92,21 +92,30 @@ class InProcessBackend:
         return ""
 
     def terminate(self) -> None:
-        """Drop queued work."""
+        """Drop queued work and stop the host's lane threads."""
         self._queue.clear()
+        if self._host is not None:
+            self._host.close()
 
 
 class RayBackend:
-    """A pool of device actors sized to the cluster; a dead actor is replaced, its batch re-run."""
+    """A pool of device actors sized to the cluster; a dead actor is replaced, its batches re-run.
 
-    def __init__(self, n_actors: int = 0) -> None:
+    Each actor is kept `depth` batches deep (Ray runs an actor's tasks in order), so it starts
+    its next batch without waiting for the driver to collect the last one and submit another.
+    """
+
+    def __init__(self, n_actors: int = 0, depth: int = 2) -> None:
         self.n_actors = n_actors
+        self.depth = max(1, depth)
         self.stats = BackendStats()
         self._host: HostConfig | None = None
+        self._cpus = 1.0  # CPUs each actor reserves
         self._actors: list[Any] = []
-        self._idle: deque[int] = deque()
+        self._load: list[int] = []  # batches in flight on each slot's current actor
+        self._gen: list[int] = []  # bumped when a slot's actor is replaced
         self._queue: deque[tuple[int, list[DeviceJob]]] = deque()
-        self._running: dict[Any, tuple[int, int, list[DeviceJob]]] = {}
+        self._running: dict[Any, tuple[int, int, int, list[DeviceJob]]] = {}
 
     def build(self, host: HostConfig) -> None:
         """Start n_actors actors (default: the cluster's CPUs) and wait until they answer."""
@@ -115,34 +124,45 @@ class RayBackend:
         if not ray.is_initialized():
             raise BackendError("Ray is not initialized; call ray.init before building the pool")
         self._host = host
-        n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-        cls: Any = device_actor_class()
-        self._actors = [cls.remote(host) for _ in range(n)]
+        cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        n = self.n_actors or max(1, int(cpus))
+        self._cpus = min(1.0, cpus / n)  # more actors than CPUs share them
+        self._actors = [self._new_actor() for _ in range(n)]
         ray.get([a.pid.remote() for a in self._actors])
-        self._idle = deque(range(n))
+        self._load = [0] * n
+        self._gen = [0] * n
         self.stats.actors = n
 
     def submit(self, batch_id: int, jobs: list[DeviceJob]) -> None:
-        """Queue a batch; it starts as soon as an actor is idle."""
+        """Queue a batch; it is handed to an actor with fewer than `depth` batches in flight."""
         self._queue.append((batch_id, jobs))
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand queued batches to idle actors."""
-        while self._queue and self._idle:
-            idx = self._idle.popleft()
+        """Hand queued batches to the least loaded actors, up to `depth` each."""
+        while self._queue and self._actors:
+            idx = min(range(len(self._actors)), key=self._load.__getitem__)
+            if self._load[idx] >= self.depth:
+                return
             batch_id, jobs = self._queue.popleft()
             ref = self._actors[idx].run_batch.remote(jobs)
-            self._running[ref] = (idx, batch_id, jobs)
+            self._running[ref] = (idx, self._gen[idx], batch_id, jobs)
+            self._load[idx] += 1
+
+    def _new_actor(self) -> Any:
+        """Start one device actor."""
+        cls: Any = device_actor_class()
+        return cls.options(num_cpus=self._cpus).remote(self._host)
 
     def _replace(self, idx: int) -> None:
         """Start a fresh actor in slot idx."""
-        cls: Any = device_actor_class()
-        self._actors[idx] = cls.remote(self._host)
+        self._actors[idx] = self._new_actor()
+        self._load[idx] = 0
+        self._gen[idx] += 1
         self.stats.actors_replaced += 1
 
     def collect(self, timeout_s: float) -> list[BatchResult]:
-        """Finished batches; a batch whose actor died goes back to the queue on a new actor."""
+        """Finished batches; batches whose actor died go back to the queue for a new actor."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -152,15 +172,19 @@ class RayBackend:
         ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout_s)
         out = []
         for ref in ready:
-            idx, batch_id, jobs = self._running.pop(ref)
+            idx, gen, batch_id, jobs = self._running.pop(ref)
+            current = gen == self._gen[idx]
             try:
                 out.append(BatchResult(batch_id, ray.get(ref)))
             except RayActorError as exc:
-                log.warning("actor %d died running batch %d (%s); replacing it", idx, batch_id, exc)
-                self._replace(idx)
+                if current:  # the slot's other in-flight batches fail the same way, later
+                    log.warning("actor %d died in batch %d (%s); replacing", idx, batch_id, exc)
+                    self._replace(idx)
                 self._queue.appendleft((batch_id, jobs))
                 self.stats.batches_rerun += 1
-            self._idle.append(idx)
+                continue
+            if current:
+                self._load[idx] -= 1
         self._dispatch()
         return out
 
@@ -174,7 +198,7 @@ class RayBackend:
 
         if not self._actors:
             return ""
-        idx = next(iter(self._running.values()))[0] if self._running else 0
+        idx = next(iter(self._running.values()))[0] if self._running else 0  # a busy one
         ray.kill(self._actors[idx], no_restart=True)
         what = f"actor {idx}"
         self.stats.killed.append(what)

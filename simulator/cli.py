@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--actors", type=int, help="device actors (default: the cluster's CPUs)")
     parser.add_argument("--batch-size", type=int, help="virtual devices per actor task")
+    parser.add_argument("--lanes", type=int, help="devices an actor runs at once (threads)")
     parser.add_argument("--seed", type=int, help="fleet seed (users, tiers, churn, negatives)")
     parser.add_argument("--token", help="bearer token for the server")
     parser.add_argument(
@@ -79,6 +80,7 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         num_cpus=args.num_cpus,
         actors=args.actors,
         batch_size=args.batch_size,
+        lanes=args.lanes,
         seed=args.seed,
         traces_file=args.traces,
         transport=transport,

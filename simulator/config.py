@@ -82,6 +82,7 @@ class FleetConfig:
     num_cpus: int = 0  # local Ray CPUs; 0 = os.cpu_count()
     actors: int = 0  # device actors; 0 = the cluster's CPUs
     batch_size: int = 10  # virtual devices per actor task
+    lanes: int = 4  # devices an actor runs at once (threads); >1 lets the server batch requests
     negatives: int = 100  # sampled negatives per scored target
     run_dir: str = ""  # embedded server: use this run directory instead of preparing one
     run_preset: str = "quick"  # embedded default run: chord.hyper.runs preset (smoke|quick|full)
@@ -117,6 +118,8 @@ class FleetConfig:
             raise FleetConfigError(f"mode must be 'pretrained' or 'random', got {self.mode!r}")
         if self.batch_size < 1:
             raise FleetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lanes < 1:
+            raise FleetConfigError(f"lanes must be >= 1, got {self.lanes}")
         for name in ("net_loss", "corrupt_code_prob"):
             p = getattr(self.faults, name)
             if not 0.0 <= p < 1.0:

@@ -44,9 +44,9 @@ def _plots(
         axes,
         ("infer_ms", "adapt_ms", "rpc_ms"),
         (
-            "inference (measured, ms)",
-            "adaptation: decode + quantize (measured, ms)",
-            "GetStrategy RPC (measured, ms)",
+            "inference (measured, thread CPU ms)",
+            "adaptation: decode + quantize (measured, thread CPU ms)",
+            "GetStrategy RPC (measured, wall ms)",
         ),
         strict=True,
     ):

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,20 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         ray.shutdown()
 
 
+@contextmanager
+def _one_torch_thread(enabled: bool) -> Iterator[None]:
+    """One torch thread here: the server leaves cores to the actors, thread CPU timers are whole."""
+    import torch
+
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _host_config(cfg: FleetConfig, target: str) -> HostConfig:
     """How device actors reach the cloud, from the fleet config."""
     t, f = cfg.transport, cfg.faults
@@ -128,6 +142,7 @@ def _host_config(cfg: FleetConfig, target: str) -> HostConfig:
         token=t.token,
         faults=NetworkFaults(f.net_delay_ms, f.net_jitter_ms, f.net_loss),
         fault_seed=f.seed,
+        lanes=cfg.lanes,
     )
 
 
@@ -228,11 +243,17 @@ def run_simulation(
     store = ReportStore(out / DB_FILE)
     if resume:
         store.log_event("resumed", f"{len(store.done_ids())} devices already stored")
-    cloud = (
-        Cloud.start_embedded(embedded_run_dir(cfg, progress), token=cfg.transport.token or None)
-        if cfg.embedded
-        else Cloud.external(cfg.server)
-    )
+    threads = ExitStack()  # restored in the finally below (tests run many simulations)
+    threads.enter_context(_one_torch_thread(True))  # in-process devices time their thread
+    try:
+        cloud = (
+            Cloud.start_embedded(embedded_run_dir(cfg, progress), token=cfg.transport.token or None)
+            if cfg.embedded
+            else Cloud.external(cfg.server)
+        )
+    except BaseException:
+        threads.close()
+        raise
     duplicates = 0
     backend: Backend | None = None
     try:
@@ -259,6 +280,7 @@ def run_simulation(
             backend.terminate()
     finally:
         cloud.stop()
+        threads.close()
     devices, rounds = store.devices(), store.rounds()
     summary = fleet_summary(cfg.devices, devices, rounds)
     summary.update(

@@ -10,7 +10,6 @@ import torch
 
 from chord.checkpoint import CheckpointError, load_backbone
 from chord.hyper.runs import RunError, load_run
-from tests.ray_fixtures import smoke_run_dir  # noqa: F401
 
 
 class _Payload:
@@ -32,7 +31,7 @@ def test_backbone_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_hypernet_with_code_is_refused(tmp_path: Path, smoke_run_dir: Path) -> None:  # noqa: F811
+def test_hypernet_with_code_is_refused(tmp_path: Path, smoke_run_dir: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(smoke_run_dir, run)
     marker = tmp_path / "pwned"

@@ -25,7 +25,6 @@ from device_client.device import (
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.runner import load_users
-from tests.ray_fixtures import smoke_run_dir  # noqa: F401
 
 FAST = RetryPolicy(
     call_timeout_s=5.0,
@@ -37,7 +36,7 @@ FAST = RetryPolicy(
 
 
 @pytest.fixture(scope="module")
-def server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:  # noqa: F811
+def server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:
     """The strategy service on a free port, serving the smoke run."""
     srv = EmbeddedServer(ServerConfig(run_dir=smoke_run_dir, grace_s=0.5)).start()
     yield srv
@@ -188,7 +187,7 @@ def test_fatal_status_is_not_retried(server: EmbeddedServer) -> None:
     assert err.value.reason == grpc.StatusCode.FAILED_PRECONDITION.name.lower()
 
 
-def test_bearer_token_is_sent(smoke_run_dir: Path, users: list[np.ndarray]) -> None:  # noqa: F811
+def test_bearer_token_is_sent(smoke_run_dir: Path, users: list[np.ndarray]) -> None:
     srv = EmbeddedServer(ServerConfig(run_dir=smoke_run_dir, token="s3cret", grace_s=0.2)).start()
     try:
         ok = VirtualDevice(_job(users, 2), Transport(srv.address, FAST, token="s3cret")).run()

@@ -47,7 +47,7 @@ def test_training_starts_at_the_prior_and_learns_through_the_gate() -> None:
 
 def test_prior_must_cover_every_channel() -> None:
     model, _ = _wrapped()
-    with pytest.raises(ValueError, match="scores .* channels"):
+    with pytest.raises(ValueError, match=r"scores .* channels"):
         PriorImportance(model.hyper, torch.zeros(model.n_channels + 1))
 
 

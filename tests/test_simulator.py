@@ -32,7 +32,6 @@ from simulator.config import (
 from simulator.fleet import TraceError, load_traces, plan_fleet, tier_assignment
 from simulator.runner import run_simulation
 from simulator.store import ReportStore
-from tests.ray_fixtures import ray_session, smoke_run_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_TRANSPORT = TransportConfig(
@@ -143,8 +142,8 @@ def test_store_is_idempotent(tmp_path: Path) -> None:
 
 def test_mixed_tier_fleet_with_drift_churn_and_bad_codes(
     tmp_path: Path,
-    ray_session: None,  # noqa: F811
-    smoke_run_dir: Path,  # noqa: F811
+    ray_session: None,
+    smoke_run_dir: Path,
 ) -> None:
     cfg = _cfg(
         smoke_run_dir,
@@ -181,8 +180,8 @@ def test_mixed_tier_fleet_with_drift_churn_and_bad_codes(
 
 def test_killed_actor_and_restarted_server_lose_nothing(
     tmp_path: Path,
-    ray_session: None,  # noqa: F811
-    smoke_run_dir: Path,  # noqa: F811
+    ray_session: None,
+    smoke_run_dir: Path,
 ) -> None:
     cfg = _cfg(
         smoke_run_dir,
@@ -192,7 +191,12 @@ def test_killed_actor_and_restarted_server_lose_nothing(
         ),
     )
     s = run_simulation(cfg, tmp_path / "chaos", progress=False)
-    assert (s["completed"], s["failed"], s["missing"], s["duplicates"]) == (30, 0, 0, 0)
+    failed = sqlite3.connect(tmp_path / "chaos" / "reports.db").execute(
+        "SELECT device_id, reason, detail FROM devices WHERE status != 'completed'"
+    )
+    assert (s["completed"], s["failed"], s["missing"], s["duplicates"]) == (30, 0, 0, 0), list(
+        failed
+    )
     assert s["faults_injected"] == {"actor_killed": 1, "server_restarted": 1}
     assert s["backend"]["actors_replaced"] == 1 and s["backend"]["batches_rerun"] >= 1
     assert s["server_restarts"] == 1
@@ -205,7 +209,31 @@ def test_killed_actor_and_restarted_server_lose_nothing(
     assert sorted(ids) == [f"dev-{i:05d}" for i in range(30)]
 
 
-def test_resume_after_sigkill(tmp_path: Path, smoke_run_dir: Path) -> None:  # noqa: F811
+def test_lanes_and_more_actors_than_cpus_store_every_device_once(
+    tmp_path: Path,
+    ray_session: None,
+    smoke_run_dir: Path,
+) -> None:
+    # 3 actors share the session's 2 CPUs, each runs 3 devices at once and holds 2 batches.
+    cfg = _cfg(smoke_run_dir, devices=18, actors=3, lanes=3)
+    s = run_simulation(cfg, tmp_path / "lanes", progress=False)
+    assert (s["completed"], s["failed"], s["missing"], s["duplicates"]) == (18, 0, 0, 0)
+    assert s["backend"]["actors"] == 3 and s["requests"] == 18 * 2
+    db = sqlite3.connect(tmp_path / "lanes" / "reports.db")
+    ids = [r[0] for r in db.execute("SELECT device_id FROM devices")]
+    assert sorted(ids) == [f"dev-{i:05d}" for i in range(18)]
+    assert len({r[0] for r in db.execute("SELECT worker_pid FROM devices")}) == 3
+    sources = {r[0] for r in db.execute("SELECT strategy_source FROM rounds")}
+    assert sources == {"cloud"}  # every round really fetched, quantized and scored
+    assert db.execute("SELECT MIN(n_targets), MIN(quantize_ms) FROM rounds").fetchone()[0] == 1
+
+
+def test_lanes_config_is_validated() -> None:
+    with pytest.raises(FleetConfigError, match="lanes"):
+        FleetConfig(lanes=0)
+
+
+def test_resume_after_sigkill(tmp_path: Path, smoke_run_dir: Path) -> None:
     out = tmp_path / "killed"
     toml = tmp_path / "slow.toml"
     # Slow devices (an injected 40 ms per RPC) so the kill lands mid-run; no Ray in the child.

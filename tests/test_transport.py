@@ -19,7 +19,6 @@ from device_client.transport import RetryPolicy, Transport, TransportError, clos
 from protos.chord.v1 import strategy_pb2 as pb
 from simulator.config import FleetConfig, TransportConfig
 from simulator.runner import load_users, run_simulation
-from tests.ray_fixtures import ray_session, smoke_run_dir  # noqa: F401
 from tests.server_fixtures import strategy_request
 from tests.tls_certs import self_signed
 
@@ -38,7 +37,7 @@ def users() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tls_server(
-    smoke_run_dir: Path,  # noqa: F811
+    smoke_run_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[EmbeddedServer, Path]]:
     """The smoke run served over TLS with a bearer token, and the CA file that verifies it."""
@@ -102,7 +101,7 @@ def test_backoff_is_full_jitter_under_a_cap() -> None:
 
 
 @pytest.fixture(scope="module")
-def narrow_server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:  # noqa: F811
+def narrow_server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:
     """A server that admits one GetStrategy at a time and holds it in its batch window."""
     cfg = ServerConfig(
         run_dir=smoke_run_dir, max_batch=64, max_wait_ms=150, max_concurrency=1, grace_s=0.2
@@ -137,7 +136,7 @@ def test_overloaded_clients_back_off_and_all_get_served(narrow_server: EmbeddedS
     assert refused - refused_before == retried
 
 
-def test_overload_past_the_deadline_gives_up_in_time(smoke_run_dir: Path) -> None:  # noqa: F811
+def test_overload_past_the_deadline_gives_up_in_time(smoke_run_dir: Path) -> None:
     cfg = ServerConfig(
         run_dir=smoke_run_dir, max_batch=64, max_wait_ms=1500, max_concurrency=1, grace_s=0.2
     )
@@ -172,7 +171,7 @@ def test_overload_past_the_deadline_gives_up_in_time(smoke_run_dir: Path) -> Non
 
 def test_ray_fleet_against_a_tls_server_with_a_token(
     tls_server: tuple[EmbeddedServer, Path],
-    ray_session: None,  # noqa: F811
+    ray_session: None,
     tmp_path: Path,
 ) -> None:
     srv, ca = tls_server

@@ -1,0 +1,48 @@
+"""The fleet-scale benchmark's measuring tools: the process-tree sampler and the profile summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from benchmarks.fleet_profile import buckets, parse, summarize
+from benchmarks.fleet_scale import TreeMemorySampler, process_role
+
+RAW = "\n".join(
+    [
+        'process 10:"";thread (10): MainThread;<module> (benchmarks/fleet_scale.py:1);'
+        "run_simulation (simulator/runner.py:5) 3",
+        'process 10:"";thread (11): chord-engine_0;Thread.run (threading.py:9);'
+        "StrategyEngine.compute (cloud_server/engine.py:139) 5",
+        'process 10:"";process 20:"ray::DeviceActor.run_batch";thread (20): MainThread;'
+        "<module> (ray/_private/workers/default_worker.py:1);VirtualDevice._round (a/device.py:3);"
+        "to_lowbit (chord/quant/lowbit.py:500);_quantized_weights (chord/quant/lowbit.py:420) 7",
+        'process 10:"";process 20:"ray::DeviceActor.run_batch";thread (20): MainThread;'
+        "<module> (ray/_private/workers/default_worker.py:1);VirtualDevice._score (d.py:9) 2",
+    ]
+)
+
+
+def test_profile_summary_splits_processes_and_buckets(tmp_path: Path) -> None:
+    raw = tmp_path / "p.raw"
+    raw.write_text(RAW + "\n")
+    procs = parse(raw)
+    assert {k.split(" ")[0] for k in procs} == {"driver", "ray-worker"}
+    worker = next(v for k, v in procs.items() if k.startswith("ray-worker"))
+    got = buckets(worker)
+    assert got["device: quantize weights (to_lowbit: _quantized_weights)"] == 7
+    assert got["device: score candidates (+ negatives, metrics)"] == 2
+    text = summarize(raw, top=5, rate=50, title="t")
+    assert "server: hypernetwork + level assignment" in text and "ray-worker 20" in text
+
+
+def test_sampler_sees_memory_and_cpu_of_the_tree() -> None:
+    with TreeMemorySampler(os.getpid(), 0.05, pss_every=2) as sampler:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:  # burn a little CPU to be seen
+            sum(range(1000))
+        time.sleep(0.2)
+    assert sampler.peak_rss_kb > 0 and sampler.peak_pss_kb > 0 and sampler.peak_procs >= 1
+    assert sampler.cpu_by_role().get("driver", 0.0) > 0
+    assert process_role(os.getpid(), os.getpid()) == "driver"
