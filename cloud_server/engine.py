@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,7 +19,7 @@ from chord.budget import (
     assign_levels_batch,
     budget_range,
 )
-from chord.codes import encode_levels
+from chord.codes import encode_levels, reference_levels
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import InvalidRequestError, ServiceError
 from cloud_server.spec import LayerSpec, ModelSpec, TierSpec
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["EchoEngine", "Engine", "StrategyEngine", "tier_specs"]
 
 BatchOutcome = list[StrategyResult | ServiceError]
+REFERENCE_CACHE = 256  # (tier, budget) pairs whose reference levels are kept
 
 
 class Engine(Protocol):
@@ -58,8 +60,9 @@ def _result(
     tier: Tier,
     version: str,
     model_ms: float,
+    reference: np.ndarray | None = None,
 ) -> StrategyResult:
-    """Encode one request's levels into its result."""
+    """Encode one request's levels into its result (a delta to `reference` when smaller)."""
     levels = levels.astype(np.uint8, copy=False)
     counts = np.bincount(levels, minlength=4)
     # Integer-valued sums, so this equals chord.budget.average_bits exactly.
@@ -67,7 +70,7 @@ def _result(
     avg_bits = float((np.asarray(tier.level_bits, dtype=np.float64) * level_sizes).sum())
     return StrategyResult(
         request_id=req.request_id,
-        code=encode_levels(levels, version),
+        code=encode_levels(levels, version, reference=reference),
         level_counts=(int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3])),
         avg_bits=avg_bits / float(sizes.sum()),
         timings={"model_ms": model_ms},
@@ -86,6 +89,11 @@ class StrategyEngine:
         self._tiers = dict(run.tiers)
         self._sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
         self._max_len = int(run.backbone.max_len)
+        from chord.hyper.reference import reference_id, reference_importance
+
+        self._reference = reference_importance(run)
+        self._reference_id = reference_id(self._reference)
+        self._reference_levels: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
         self.spec = self._build_spec()
 
     @classmethod
@@ -120,7 +128,24 @@ class StrategyEngine:
             profile_dim=int(run.profile_dim),
             max_recent_items=self._max_len,
             n_items=int(run.backbone.n_items),
+            reference_importance=self._reference.astype("<f2").tobytes(),
+            reference_id=self._reference_id,
         )
+
+    def _reference_for(self, req: StrategyRequest, tier: Tier) -> np.ndarray | None:
+        """Reference levels for a device that holds this spec's reference, else None."""
+        if req.reference_id != self._reference_id:
+            return None  # no reference, or one from another model: plain codes
+        key = (tier.name, float(req.budget_bits))
+        levels = self._reference_levels.get(key)
+        if levels is None:
+            levels = reference_levels(self._reference, self._sizes, tier, req.budget_bits)
+            self._reference_levels[key] = levels
+            if len(self._reference_levels) > REFERENCE_CACHE:
+                self._reference_levels.popitem(last=False)
+        else:
+            self._reference_levels.move_to_end(key)
+        return levels
 
     def _profiles(self, requests: Sequence[StrategyRequest]) -> torch.Tensor:
         """[B, d] profiles: as sent, or profiled here from recent item ids (left-padded)."""
@@ -161,8 +186,11 @@ class StrategyEngine:
             if isinstance(levels, BudgetError):
                 out.append(InvalidRequestError(f"{levels}; send a budget this tier can reach"))
                 continue
+            reference = self._reference_for(req, tier)
             ms = (time.perf_counter() - start) * 1e3
-            out.append(_result(req, levels, self._sizes, tier, self.spec.version, ms))
+            out.append(
+                _result(req, levels, self._sizes, tier, self.spec.version, ms, reference)
+            )
         return out
 
 

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from chord.budget import Tier
-from chord.codes import CodeError, EncodedStrategy, decode_levels, levels_to_bits
+from chord.codes import (
+    ENCODING_DELTA,
+    CodeError,
+    EncodedStrategy,
+    decode_levels,
+    levels_to_bits,
+    reference_levels,
+)
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
@@ -193,6 +200,7 @@ class VirtualDevice:
         self._model: torch.nn.Module | None = None
         self._bits_avg = 0.0
         self._n_catalogue = 0
+        self._reference: np.ndarray | None = None  # reference levels for this tier and budget
 
     def run(self) -> DeviceReport:
         """Set up, then play every round; a failed RPC ends the device with a reason."""
@@ -273,6 +281,7 @@ class VirtualDevice:
             job.tier,
             job.budget_bits,
             profile,
+            reference_id=spec.reference_id,
         )
         reply_msg, stats = self.transport.get_strategy(req)
         rec.rpc_ms, rec.rpc_attempts = stats.elapsed_ms, stats.attempts
@@ -289,7 +298,10 @@ class VirtualDevice:
             rec.fault = f"code_corrupted:{kind}"
         t1 = time.thread_time()
         try:
-            levels = decode_levels(code, spec.version, spec.n_channels)
+            reference = None
+            if code.encoding == ENCODING_DELTA and spec.reference is not None:
+                reference = self._reference_levels(spec.reference, spec.channel_sizes(), tier)
+            levels = decode_levels(code, spec.version, spec.n_channels, reference)
         except CodeError:
             levels = None
             rec.fault = f"{rec.fault}:rejected" if rec.fault else "code_rejected"
@@ -319,6 +331,14 @@ class VirtualDevice:
         ) * job.compute_factor
         if job.report_to_server:
             self._report(rec)
+
+    def _reference_levels(
+        self, reference: np.ndarray, sizes: np.ndarray, tier: Tier
+    ) -> np.ndarray:
+        """The spec reference's levels for this device's tier and budget (computed once)."""
+        if self._reference is None:
+            self._reference = reference_levels(reference, sizes, tier, self.job.budget_bits)
+        return self._reference
 
     def _score(
         self, rec: RoundRecord, seq: np.ndarray, positions: range, exclude: set[int], max_len: int

@@ -1,0 +1,83 @@
+"""Delta codes end to end: the spec's reference, the server's choice and the device's decode."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chord.codes import ENCODING_DELTA, decode_levels, packed_length, reference_levels
+from cloud_server.config import ServerConfig
+from cloud_server.embedded import EmbeddedServer
+from device_client.device import DeviceJob, VirtualDevice
+from device_client.transport import RetryPolicy, Transport
+from device_client.wire import spec_from_proto, strategy_reply_from_proto
+from protos.chord.v1 import strategy_pb2 as pb
+from simulator.runner import load_users
+from tests.server_fixtures import strategy_request
+
+QUICK = RetryPolicy(call_timeout_s=5.0, overall_timeout_s=5.0, max_attempts=3)
+
+
+@pytest.fixture(scope="module")
+def server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:
+    """The smoke run (Fisher prior) on a free port."""
+    srv = EmbeddedServer(ServerConfig(run_dir=smoke_run_dir, grace_s=0.2)).start()
+    yield srv
+    srv.stop()
+
+
+def _ask(
+    server: EmbeddedServer, reference_id: str, rid: str
+) -> tuple[pb.ModelSpec, pb.GetStrategyReply]:
+    """The spec, and one mid-tier strategy for a fixed profile naming `reference_id`."""
+    t = Transport(server.address, QUICK)
+    spec, _ = t.get_model_spec(pb.GetModelSpecRequest())
+    profile = np.random.default_rng(3).normal(size=spec.profile_dim).tolist()
+    req = strategy_request(spec, rid, profile=profile, reference_id=reference_id)
+    reply, _ = t.get_strategy(req)
+    return spec, reply
+
+
+def test_spec_publishes_a_checked_reference(server: EmbeddedServer) -> None:
+    spec, _ = _ask(server, "", "plain-0")
+    assert len(spec.reference_importance) == 2 * spec.n_channels
+    assert spec.reference_id == f"{zlib.crc32(spec.reference_importance):08x}"
+    device_spec = spec_from_proto(spec)
+    assert device_spec.reference is not None and device_spec.reference.shape == (spec.n_channels,)
+
+
+def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer) -> None:
+    spec, plain = _ask(server, "", "plain-1")
+    _, delta = _ask(server, spec.reference_id, "delta-1")
+    _, stale = _ask(server, "0badc0de", "stale-1")
+    dspec = spec_from_proto(spec)
+    assert dspec.reference is not None
+    tier = dspec.tiers["mid"]
+    budget = next(t.default_budget_bits for t in spec.tiers if t.name == "mid")
+    ref = reference_levels(dspec.reference, dspec.channel_sizes(), tier, budget)
+    want = decode_levels(strategy_reply_from_proto(plain).code, spec.version, spec.n_channels)
+    code = strategy_reply_from_proto(delta).code
+    assert code.encoding == ENCODING_DELTA  # a prior-led smoke run stays close to its reference
+    assert len(code.payload) < min(len(plain.codes), packed_length(spec.n_channels))
+    np.testing.assert_array_equal(decode_levels(code, spec.version, spec.n_channels, ref), want)
+    # A reference the server does not know gets the plain code.
+    assert strategy_reply_from_proto(stale).code.encoding != ENCODING_DELTA
+    assert stale.codes == plain.codes
+
+
+def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
+    users = load_users("ml-100k")[0]
+    job = DeviceJob(
+        device_id="delta-dev", user_index=7, sequence=users[7], tier="low", budget_bits=2.5,
+        rounds=2, interactions_per_round=2, request_tag="delta",
+    )
+    spec, _ = _ask(server, "", "plain-2")
+    report = VirtualDevice(job, Transport(server.address, QUICK)).run()
+    assert (report.status, report.reason) == ("completed", ""), report.detail
+    # Every round decoded (a wrong reference would fail the checksum and fall back).
+    assert [r.strategy_source for r in report.rounds] == ["cloud", "cloud"]
+    assert all(r.code_bytes < packed_length(spec.n_channels) // 2 for r in report.rounds)
