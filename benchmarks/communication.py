@@ -48,6 +48,7 @@ class Levels:
     levels: list[np.ndarray]  # uint8 [n_channels] per user
     source: str
     version: str
+    reference: np.ndarray  # reference levels the device derives from the spec (delta codes)
 
 
 def _catalogue_size(dataset: str) -> int:
@@ -117,6 +118,7 @@ def _synthetic_levels(
 ) -> Levels:
     """Levels from assign_levels over a plausible importance: channel weight norm x user noise."""
     from chord.budget import DEFAULT_TIERS, assign_levels
+    from chord.codes import reference_levels
     from chord.quant import channel_layout
 
     layout = channel_layout(model)
@@ -125,17 +127,24 @@ def _synthetic_levels(
         [w.detach().reshape(w.shape[0], -1).norm(dim=1) for w in _quantizable(model).values()]
     ).numpy()
     rng = np.random.default_rng([cfg.seed, len(kind)])
+    tier = DEFAULT_TIERS[cfg.tier]
     out = []
     for _ in range(cfg.n_users):
         importance = norms * rng.lognormal(0.0, 0.5, size=norms.shape)
-        out.append(assign_levels(importance, sizes, DEFAULT_TIERS[cfg.tier], cfg.budget_bits))
-    return Levels(out, "assign_levels(|w_c| x lognormal(0, 0.5) user noise)", version)
+        out.append(assign_levels(importance, sizes, tier, cfg.budget_bits))
+    reference = reference_levels(norms.astype(np.float16), sizes, tier, cfg.budget_bits)
+    return Levels(
+        out, "assign_levels(|w_c| x lognormal(0, 0.5) user noise), reference |w_c|", version,
+        reference,
+    )
 
 
 def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     """Levels from a real run's hypernetwork over real users' recent items."""
     from chord.budget import assign_levels
+    from chord.codes import reference_levels
     from chord.data import load_dataset
+    from chord.hyper.reference import reference_importance
     from chord.hyper.runs import load_run
 
     run = load_run(Path(run_dir))
@@ -153,7 +162,10 @@ def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     sizes = run.layout.channel_sizes()
     tier = run.tiers[cfg.tier]
     out = [assign_levels(imp, sizes, tier, cfg.budget_bits) for imp in importance]
-    return Levels(out, f"hypernetwork of run {Path(run_dir).name}", str(run.version))
+    reference = reference_levels(reference_importance(run), sizes, tier, cfg.budget_bits)
+    return Levels(
+        out, f"hypernetwork of run {Path(run_dir).name}", str(run.version), reference
+    )
 
 
 def _match_run(cfg: CommunicationConfig, dataset: str, kind: str) -> str | None:
@@ -180,13 +192,15 @@ def _match_run(cfg: CommunicationConfig, dataset: str, kind: str) -> str | None:
     return None
 
 
-def reply_bytes(levels: np.ndarray, version: str, allow_deflate: bool) -> tuple[int, int]:
+def reply_bytes(
+    levels: np.ndarray, version: str, allow_deflate: bool, reference: np.ndarray | None = None
+) -> tuple[int, int]:
     """(serialized GetStrategyReply bytes, code payload bytes) as the server would send them."""
     from chord.codes import encode_levels
     from chord.strategy import StrategyResult
     from cloud_server.serde import strategy_result_to_proto
 
-    code = encode_levels(levels, version, allow_deflate=allow_deflate)
+    code = encode_levels(levels, version, allow_deflate=allow_deflate, reference=reference)
     counts = np.bincount(levels, minlength=4)
     result = StrategyResult(
         request_id=FLEET_REQUEST_ID,
@@ -219,18 +233,28 @@ def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dic
     from chord.checkpoint import weights_version
     from chord.quant import channel_layout, packed_model_bytes
 
-    n_items = _catalogue_size(dataset)
-    model, profile_dim = _backbone(kind, n_items, cfg.seed)
-    version = weights_version(model)
     run_dir = _match_run(cfg, dataset, kind)
+    model: nn.Module
+    if run_dir:  # size the run's own backbone, whose channels its levels cover
+        from chord.hyper.runs import load_run
+
+        run = load_run(Path(run_dir))
+        model, profile_dim = run.backbone, int(run.profile_dim)
+        n_items = int(run.backbone.n_items)
+    else:
+        n_items = _catalogue_size(dataset)
+        model, profile_dim = _backbone(kind, n_items, cfg.seed)
+    version = weights_version(model)
     lv = _run_levels(run_dir, cfg) if run_dir else _synthetic_levels(model, kind, cfg, version)
     layout = channel_layout(model)
     tier = DEFAULT_TIERS[cfg.tier]
     packed2 = [reply_bytes(lv_u, lv.version, False) for lv_u in lv.levels]
-    best = [reply_bytes(lv_u, lv.version, True) for lv_u in lv.levels]
+    plain = [reply_bytes(lv_u, lv.version, True) for lv_u in lv.levels]
+    best = [reply_bytes(lv_u, lv.version, True, lv.reference) for lv_u in lv.levels]
     bits = [np.asarray(tier.level_bits)[lv_u] for lv_u in lv.levels]
     fp32 = _state_bytes(model)
     reply = float(np.mean([b[0] for b in best]))
+    reply_plain = float(np.mean([b[0] for b in plain]))
     return {
         "dataset": dataset,
         "backbone": kind,
@@ -242,15 +266,22 @@ def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dic
         "chord_packed_model_bytes": float(np.mean([packed_model_bytes(layout, b) for b in bits])),
         "duet_generated_bytes": _state_bytes(model, duet_layers(kind, model)),
         "packed2_payload_bytes": float(np.mean([b[1] for b in packed2])),
-        "deflate_payload_bytes": float(np.mean([b[1] for b in best])),
+        "deflate_payload_bytes": float(np.mean([b[1] for b in plain])),
+        "delta_payload_bytes": float(np.mean([b[1] for b in best])),
         "packed2_reply_bytes": float(np.mean([b[0] for b in packed2])),
+        "reply_bytes_no_reference": reply_plain,
         "reply_bytes": reply,
+        "reference_spec_bytes": 2 * layout.n_channels + 10,  # once per device, with the spec
+        "channels_off_reference_frac": float(
+            np.mean([np.mean(lv_u != lv.reference) for lv_u in lv.levels])
+        ),
         "request_bytes": request_bytes(profile_dim, lv.version, cfg.tier, cfg.budget_bits),
         "deflate_used_frac": float(
-            np.mean([b[1] < p[1] for b, p in zip(best, packed2, strict=True)])
+            np.mean([b[1] < p[1] for b, p in zip(plain, packed2, strict=True)])
         ),
         "reply_overhead_bytes": reply - float(np.mean([b[1] for b in best])),
         "payload_reduction_vs_fp32": fp32 / float(np.mean([b[1] for b in best])),
+        "reduction_vs_fp32_no_reference": fp32 / reply_plain,
         "reduction_vs_fp32": fp32 / reply,
         "reduction_vs_int8": int8_backbone_bytes(model) / reply,
         "reduction_vs_duet": _state_bytes(model, duet_layers(kind, model)) / reply,
@@ -280,9 +311,12 @@ def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
         "chord_packed_model_bytes",
         "packed2_payload_bytes",
         "deflate_payload_bytes",
+        "delta_payload_bytes",
+        "channels_off_reference_frac",
+        "reply_bytes_no_reference",
         "reply_bytes",
         "request_bytes",
-        "payload_reduction_vs_fp32",
+        "reduction_vs_fp32_no_reference",
         "reduction_vs_fp32",
         "reduction_vs_int8",
         "reduction_vs_duet",
@@ -294,8 +328,13 @@ def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
         f"Bytes per adaptation = the serialized GetStrategyReply (ByteSize, built by the server's "
         f"serde with a fleet-style request id `{FLEET_REQUEST_ID}` and the server timings), "
         f"tier {cfg.tier} at {cfg.budget_bits} bits, "
-        f"mean over {cfg.n_users} users; the server sends DEFLATE only when it is smaller "
-        f"(`deflate_payload_bytes`; `packed2_payload_bytes` is the raw 2-bit packing). "
+        f"mean over {cfg.n_users} users; the server sends the smallest of the raw 2-bit packing "
+        f"(`packed2_payload_bytes`), its DEFLATE (`deflate_payload_bytes`) and the DEFLATE of the "
+        f"delta to the reference levels the device derives from the spec's float16 reference "
+        f"importance (`delta_payload_bytes`; the reference is the mean importance of 256 seeded "
+        f"random-item histories, `reference_spec_bytes` once per device with the spec; "
+        f"`channels_off_reference_frac` = channels whose level differs from it). "
+        f"`reply_bytes_no_reference` is what a device that holds no reference receives. "
         f"Levels: {'; '.join(sorted({r['levels_source'] for r in rows}))}. fp32/int8 = the whole "
         f"backbone state dict (int8: per-channel int8 weights + one fp32 scale per channel, the "
         f"rest fp32); DUET-style = fp32 weights a hypernetwork would generate per user (SASRec: "

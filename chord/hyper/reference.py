@@ -27,8 +27,11 @@ def reference_importance(
     n_items = int(run.backbone.n_items)
     items = torch.randint(1, n_items + 1, (users, history), generator=gen).numpy()
     seqs = pad_left(list(items), int(run.backbone.max_len))
-    imp = run.importance_model.importance(run.profile(seqs))
-    return imp.double().mean(0).numpy().astype(np.float16)
+    mean = run.importance_model.importance(run.profile(seqs)).double().mean(0).cpu().numpy()
+    # Only the order matters to the level rule: standardize so float16 neither overflows nor
+    # flattens the spread.
+    std = float(mean.std())
+    return ((mean - mean.mean()) / (std if std > 0 else 1.0)).astype(np.float16)
 
 
 def reference_id(reference: np.ndarray) -> str:
