@@ -15,11 +15,15 @@ import grpc
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 
+# Every method is safe to repeat (GetStrategy is deduplicated by request id, ReportMetrics by
+# device and round, GetModelSpec reads). CANCELLED is retried because this client never cancels
+# its own calls: it comes from a server that stopped with the call in flight (a restart).
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
     }
 )
 # Reconnect quickly after a server restart; the retry loop above does the real backoff.
