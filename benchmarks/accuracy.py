@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run nothing: fold these result files into results/NAME.json and "
                         "RESULTS.md (their (dataset, backbone) pairs replace existing ones; "
                         "other pairs are kept with --merge)")
-    p.add_argument("--prior", choices=("fisher", "none"), default="fisher",
+    p.add_argument("--prior", choices=("fisher", "none"), default="none",
                    help="CHORD importance = Fisher sensitivity prior + gated hypernetwork, or "
                         "the hypernetwork alone")
     p.add_argument("--device", default="cpu",

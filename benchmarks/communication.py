@@ -163,8 +163,14 @@ def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     tier = run.tiers[cfg.tier]
     out = [assign_levels(imp, sizes, tier, cfg.budget_bits) for imp in importance]
     reference = reference_levels(reference_importance(run), sizes, tier, cfg.budget_bits)
+    prior = run.meta.get("run_config", {}).get("prior", "none")
+    distinct = len({lv.tobytes() for lv in out})
     return Levels(
-        out, f"hypernetwork of run {Path(run_dir).name}", str(run.version), reference
+        out,
+        f"hypernetwork of run {Path(run_dir).name} (prior {prior}; {distinct} distinct "
+        f"strategies over {len(out)} users)",
+        str(run.version),
+        reference,
     )
 
 

@@ -54,9 +54,8 @@ def test_prior_must_cover_every_channel() -> None:
 def test_run_stores_and_reloads_the_prior(synthetic_csv: str, tmp_path: Path) -> None:  # noqa: F811
     cfg = RunConfig.preset(
         "smoke", dataset=synthetic_csv, mode="pretrained", max_users=None, hyper_steps=10,
-        hyper_eval_every=5,
+        hyper_eval_every=5, prior="fisher",
     )
-    assert cfg.prior == "fisher"
     run = load_run(prepare_run(cfg, tmp_path / "run"))
     assert isinstance(run.importance_model, PriorImportance)
     prior = run.importance_model.get_buffer("prior")

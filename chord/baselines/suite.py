@@ -60,7 +60,7 @@ class EvalConfig:
     backbone_path: str | None = None  # pretrained mode: reuse this trained backbone file
     hyper_steps: int | None = None  # None: from the preset
     hyper_lr: float | None = None  # None: RunConfig's default
-    prior: str = "fisher"  # CHORD's importance prior (chord.hyper.prior): fisher | none
+    prior: str = "none"  # CHORD's importance prior (chord.hyper.prior): none | fisher
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
 
 

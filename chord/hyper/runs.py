@@ -62,7 +62,9 @@ class RunConfig:
     hidden: int = 128
     # "fisher": importance = the mixed-static Fisher sensitivity + a gated hypernetwork
     # correction (chord.hyper.prior); "none": the hypernetwork alone.
-    prior: str = "fisher"
+    # "none" is the default: in the accuracy runs the gate often stayed shut (no personalization)
+    # and ML-100K SASRec scored lower with the prior (benchmarks/RESULTS.md, accuracy_prior).
+    prior: str = "none"
     tau: float = 0.5
 
     def __post_init__(self) -> None:
