@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from chord.codes import ENCODING_DELTA, decode_levels, packed_length, reference_levels
+from chord.hyper.runs import RunConfig, prepare_run
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.device import DeviceJob, VirtualDevice
@@ -23,9 +24,16 @@ QUICK = RetryPolicy(call_timeout_s=5.0, overall_timeout_s=5.0, max_attempts=3)
 
 
 @pytest.fixture(scope="module")
-def server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:
-    """The smoke run (Fisher prior) on a free port."""
-    srv = EmbeddedServer(ServerConfig(run_dir=smoke_run_dir, grace_s=0.2)).start()
+def server(
+    smoke_run_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedServer]:
+    """A Fisher-prior run on the smoke backbone (levels near the reference), on a free port."""
+    cfg = RunConfig.preset(
+        "smoke", dataset="ml-100k", backbone="sasrec", mode="pretrained", seed=0, prior="fisher",
+        hyper_steps=5, backbone_path=str(smoke_run_dir / "backbone.pt"),
+    )
+    run_dir = prepare_run(cfg, tmp_path_factory.mktemp("prior-run"))
+    srv = EmbeddedServer(ServerConfig(run_dir=run_dir, grace_s=0.2)).start()
     yield srv
     srv.stop()
 
