@@ -31,7 +31,7 @@ class EncodedStrategy:
     n_channels: int
     crc32: int  # CRC32 of the levels' PACKED2 bytes (before any delta or deflate)
     version: str  # backbone version hash the levels were computed for
-    encoding: str  # "packed2" or "packed2+deflate"
+    encoding: str  # one of ENCODINGS
 
 
 def packed_length(n_channels: int) -> int:

@@ -15,7 +15,7 @@ from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport
-from device_client.wire import spec_from_proto, strategy_reply_from_proto
+from device_client.wire import WireError, spec_from_proto, strategy_reply_from_proto
 from protos.chord.v1 import strategy_pb2 as pb
 from simulator.runner import load_users
 from tests.server_fixtures import strategy_request
@@ -89,3 +89,17 @@ def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
     # Every round decoded (a wrong reference would fail the checksum and fall back).
     assert [r.strategy_source for r in report.rounds] == ["cloud", "cloud"]
     assert all(r.code_bytes < packed_length(spec.n_channels) // 2 for r in report.rounds)
+
+
+def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
+    spec, _ = _ask(server, "", "plain-3")
+    flipped = pb.ModelSpec()
+    flipped.CopyFrom(spec)
+    raw = bytearray(spec.reference_importance)
+    raw[5] ^= 0x10
+    flipped.reference_importance = bytes(raw)
+    with pytest.raises(WireError, match="does not match its reference_id"):
+        spec_from_proto(flipped)
+    flipped.reference_importance = bytes(raw[:-2])
+    with pytest.raises(WireError, match="need"):
+        spec_from_proto(flipped)
