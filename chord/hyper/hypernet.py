@@ -194,15 +194,20 @@ class HyperNetwork(nn.Module):
         """[B, profile_dim] -> [B, n_channels] importance (differentiable)."""
         return torch.cat(self.channel_scores(profiles), dim=1)
 
-    @torch.no_grad()
     def importance(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] float32 -> [B, n_channels] float32 (higher = keep more bits)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(profiles).float()
-        finally:
-            self.train(was_training)
+        return eval_importance(self, profiles)
+
+
+@torch.no_grad()
+def eval_importance(model: nn.Module, profiles: torch.Tensor) -> torch.Tensor:
+    """model(profiles) as float32, in eval mode and without autograd; the mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(profiles).float()
+    finally:
+        model.train(was_training)
 
 
 # Elements of the [B, n_out, n_in] score tensor built at once without autograd (~1 MiB of float32).

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from chord.hyper.hypernet import HyperNetwork
+from chord.hyper.hypernet import HyperNetwork, eval_importance
 
 
 def standardize_prior(sensitivity: np.ndarray) -> torch.Tensor:
@@ -54,12 +54,6 @@ class PriorImportance(nn.Module):
         sizes = [int(s.shape[1]) for s in self.hyper.channel_scores(profiles[:1])]
         return list(torch.split(self.forward(profiles), sizes, dim=1))
 
-    @torch.no_grad()
     def importance(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] float32 -> [B, n_channels] float32 (higher = keep more bits)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self.forward(profiles).float()
-        finally:
-            self.train(was_training)
+        return eval_importance(self, profiles)

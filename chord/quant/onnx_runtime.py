@@ -488,10 +488,15 @@ def _model(bld: _Builder, output: str) -> onnx.ModelProto:
         helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", n + "_len"])
         for n in ("seqs", "cands")
     ]
+    return _graph_model(bld, "chord_scoring", infos, output)
+
+
+def _graph_model(bld: _Builder, name: str, inputs: list[Any], output: str) -> onnx.ModelProto:
+    """The builder's nodes and initializers as a model with one float output."""
     graph = helper.make_graph(
         bld.g.nodes,
-        "chord_scoring",
-        infos,
+        name,
+        inputs,
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in bld.g.inits.items()],
     )
@@ -518,19 +523,8 @@ def linear_model(
         bld = _Builder("nbits", (bits,), accuracy_level, False)
         weight = QWeight(q, scale, w, np.full(w.shape[0], bits))
     y = bld.linear("x", weight, None, "w")
-    graph = helper.make_graph(
-        bld.g.nodes,
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, int(w.shape[1])])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in bld.g.inits.items()],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
-    )
-    model.ir_version = 10
-    return model
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, int(w.shape[1])])
+    return _graph_model(bld, "linear", [x], y)
 
 
 def node_count(model: onnx.ModelProto) -> int:
