@@ -296,17 +296,17 @@ class VirtualDevice:
             kind = CORRUPTIONS[int(self._rng.integers(len(CORRUPTIONS)))]
             code = corrupt_code(code, kind, self._rng)
             rec.fault = f"code_corrupted:{kind}"
+        sizes = spec.channel_sizes()
         t1 = time.thread_time()
         try:
             reference = None
             if code.encoding == ENCODING_DELTA and spec.reference is not None:
-                reference = self._reference_levels(spec.reference, spec.channel_sizes(), tier)
+                reference = self._reference_levels(spec.reference, sizes, tier)
             levels = decode_levels(code, spec.version, spec.n_channels, reference)
         except CodeError:
             levels = None
             rec.fault = f"{rec.fault}:rejected" if rec.fault else "code_rejected"
         rec.decode_ms = (time.thread_time() - t1) * 1e3
-        sizes = spec.channel_sizes()
         t2 = time.thread_time()
         if levels is not None:
             bits = levels_to_bits(levels, tier).astype(np.int64)
