@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prior", choices=("fisher", "none"), default="none",
                    help="CHORD importance = Fisher sensitivity prior + gated hypernetwork, or "
                         "the hypernetwork alone")
+    p.add_argument("--no-fold", dest="fold", action="store_false",
+                   help="use the backbone as trained, without Backbone.fold_for_quantization")
     p.add_argument("--device", default="cpu",
                    help="torch device for training, evaluation and timings (cpu, cuda)")
     p.add_argument("--replot", action="store_true",
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed, methods=methods, max_users=args.max_users,
                     finetune_users=args.finetune_users,
                     duet_steps=args.duet_steps, hyper_steps=args.hyper_steps,
-                    hyper_lr=args.hyper_lr, prior=args.prior,
+                    hyper_lr=args.hyper_lr, prior=args.prior, fold=args.fold,
                     backbone_path=str(trained) if trained.is_file() else None,
                     device=args.device,
                 )

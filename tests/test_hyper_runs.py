@@ -72,3 +72,17 @@ def test_run_config_rejects_unknown_mode() -> None:
         RunConfig(mode="trained")
     with pytest.raises(RunError, match="preset"):
         RunConfig.preset("huge")
+
+
+def test_runs_fold_caser_unless_told_not_to(synthetic_csv: str) -> None:  # noqa: F811
+    from chord.hyper.runs import load_split, obtain_backbone
+
+    cfg = RunConfig.preset("smoke", dataset=synthetic_csv, backbone="caser", mode="random")
+    split = load_split(cfg)
+    folded, info = obtain_backbone(cfg, split)
+    plain, plain_info = obtain_backbone(RunConfig(**{**cfg.__dict__, "fold": False}), split)
+    assert info.get("folded_for_quantization") and "folded_for_quantization" not in plain_info
+    assert cfg.key() != RunConfig(**{**cfg.__dict__, "fold": False}).key()
+    rows = folded.out_emb.weight[1:]
+    assert float(rows.mean(0).norm()) < 1e-5 < float(plain.out_emb.weight[1:].mean(0).norm())
+    assert torch.allclose(rows, plain.out_emb.weight[1:] - plain.out_emb.weight[1:].mean(0))

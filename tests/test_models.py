@@ -192,3 +192,46 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_backbone(path)
     with pytest.raises(CheckpointError, match="JSON-serializable"):
         save_backbone(path, build_backbone(CAS, 0), {"bad": object()})
+
+
+def test_caser_fold_keeps_every_ranking_and_helps_quantization() -> None:
+    import numpy as np
+
+    from chord.quant import channel_layout, quantize_backbone
+
+    model = build_backbone(CAS, seed=3)
+    assert isinstance(model, Caser)
+    with torch.no_grad():  # a trained output table shares one large direction across items
+        common = torch.randn(CAS.embed, generator=torch.Generator().manual_seed(1))
+        model.out_emb.weight[1:] += 3.0 * common
+    model.eval()
+    model.requires_grad_(False)
+    x = seqs()[:, -CAS.max_len :]
+    cands = torch.tensor([[1, 5, 9, 30], [2, 2, 7, 11], [30, 29, 1, 4]])
+    before_all, before_c = model.score_all(x), model.score_candidates(x, cands)
+    q_before = quantize_backbone(model, np.full(channel_layout(model).n_channels, 3)).score_all(x)[:, 1:]
+    assert model.fold_for_quantization()
+    after_all, after_c = model.score_all(x), model.score_candidates(x, cands)
+    # Every user's scores move by one constant: rankings and the softmax are unchanged.
+    shift = (before_all - after_all)[:, 1:]
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-4)
+    assert torch.allclose(before_c - after_c, (before_c - after_c)[:, :1].expand_as(after_c),
+                          atol=1e-4)
+    assert torch.allclose(torch.log_softmax(before_all[:, 1:], 1),
+                          torch.log_softmax(after_all[:, 1:], 1), atol=1e-4)
+    assert after_all[:, 0].eq(PAD_SCORE).all() and model.out_emb.weight[0].eq(0).all()
+    assert not model.fold_for_quantization()  # already folded: nothing changes
+    q_after = quantize_backbone(model, np.full(channel_layout(model).n_channels, 3)).score_all(x)[:, 1:]
+
+    def rank_noise(q: torch.Tensor, ref: torch.Tensor) -> float:
+        err = q - ref
+        return float((err - err.mean(1, keepdim=True)).std() / ref.std(1).mean())
+
+    assert rank_noise(q_after, after_all[:, 1:]) < 0.5 * rank_noise(q_before, before_all[:, 1:])
+
+
+def test_sasrec_fold_changes_nothing() -> None:
+    model = build_backbone(SAS, seed=0)
+    version = weights_version(model)
+    assert not model.fold_for_quantization()
+    assert weights_version(model) == version

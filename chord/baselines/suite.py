@@ -61,6 +61,7 @@ class EvalConfig:
     hyper_steps: int | None = None  # None: from the preset
     hyper_lr: float | None = None  # None: RunConfig's default
     prior: str = "none"  # CHORD's importance prior (chord.hyper.prior): none | fisher
+    fold: bool = True  # rewrite the backbone into its quantization-friendly form (RunConfig.fold)
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
 
 
@@ -250,6 +251,7 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         if cfg.hyper_lr is not None:
             over["hyper_lr"] = cfg.hyper_lr
         over["prior"] = cfg.prior
+        over["fold"] = cfg.fold
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,

@@ -66,6 +66,9 @@ class RunConfig:
     # and ML-100K SASRec scored lower with the prior (benchmarks/RESULTS.md, accuracy_prior).
     prior: str = "none"
     tau: float = 0.5
+    # Rewrite the frozen backbone into a ranking-equivalent form that quantizes better before
+    # anything sees it (Backbone.fold_for_quantization; Caser centres its output item table).
+    fold: bool = True
 
     def __post_init__(self) -> None:
         """Reject unknown modes and backbones with a message that says what to send."""
@@ -214,6 +217,8 @@ def obtain_backbone(
             model = result.model
             info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
             save_backbone(cached, model, {"train": info, "key": key})
+    if cfg.fold and model.fold_for_quantization():
+        info = {**info, "folded_for_quantization": True}
     model.to(device)
     model.eval()
     for p in model.parameters():

@@ -59,6 +59,15 @@ class Backbone(nn.Module, abc.ABC):
     state_dim: int  # width of `encode` output (the user profile dimension)
     item_emb: nn.Embedding  # input item table (row 0 = padding, kept at zero)
 
+    @torch.no_grad()
+    def fold_for_quantization(self) -> bool:
+        """Rewrite weights in place into a ranking-equivalent form that quantizes better.
+
+        Returns whether anything changed. The default changes nothing; a backbone overrides it
+        only with rewrites under which every user's item ranking is exactly preserved.
+        """
+        return False
+
     @abc.abstractmethod
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """User state after the last position: [B, L] -> [B, d]."""
