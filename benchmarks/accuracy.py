@@ -59,9 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run nothing: fold these result files into results/NAME.json and "
                         "RESULTS.md (their (dataset, backbone) pairs replace existing ones; "
                         "other pairs are kept with --merge)")
+    p.add_argument("--allocation", choices=("rd", "quota"), default="rd",
+                   help="level rule: rate-distortion over measured layer losses (rd) or "
+                        "maximum-entropy quotas in importance order (quota)")
     p.add_argument("--prior", choices=("fisher", "none"), default="none",
-                   help="CHORD importance = Fisher sensitivity prior + gated hypernetwork, or "
-                        "the hypernetwork alone")
+                   help="quota rule only: CHORD importance = Fisher sensitivity prior + gated "
+                        "hypernetwork, or the hypernetwork alone")
     p.add_argument("--no-fold", dest="fold", action="store_false",
                    help="use the backbone as trained, without Backbone.fold_for_quantization")
     p.add_argument("--device", default="cpu",
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     finetune_users=args.finetune_users,
                     duet_steps=args.duet_steps, hyper_steps=args.hyper_steps,
                     hyper_lr=args.hyper_lr, prior=args.prior, fold=args.fold,
+                    allocation=args.allocation,
                     backbone_path=str(trained) if trained.is_file() else None,
                     device=args.device,
                 )

@@ -161,9 +161,12 @@ def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
         importance = run.importance_model.importance(run.profile(seqs)).numpy()
     sizes = run.layout.channel_sizes()
     tier = run.tiers[cfg.tier]
-    out = [assign_levels(imp, sizes, tier, cfg.budget_bits) for imp in importance]
-    reference = reference_levels(reference_importance(run), sizes, tier, cfg.budget_bits)
+    cost = run.level_cost
+    out = [assign_levels(imp, sizes, tier, cfg.budget_bits, cost) for imp in importance]
+    reference = reference_levels(reference_importance(run), sizes, tier, cfg.budget_bits, cost)
     prior = run.meta.get("run_config", {}).get("prior", "none")
+    if cost is not None:
+        prior = "rd rule's measured prior"
     distinct = len({lv.tobytes() for lv in out})
     return Levels(
         out,

@@ -7,8 +7,12 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from chord.level_cost import LevelCost
 
 N_LEVELS = 4
 BUDGET_TOLERANCE = 0.1  # bits: how far the size-weighted mean may sit from the budget
@@ -117,7 +121,7 @@ def _max_entropy_cached(level_bits: tuple[int, ...], budget_bits: float) -> np.n
     return probs(0.5 * (left + right))
 
 
-def _check_sizes(channel_sizes: np.ndarray, n_channels: int) -> np.ndarray:
+def check_sizes(channel_sizes: np.ndarray, n_channels: int) -> np.ndarray:
     """Sizes as int64 [n_channels], or BudgetError naming what is wrong."""
     sizes = np.asarray(channel_sizes).reshape(-1)
     if n_channels == 0:
@@ -132,7 +136,7 @@ def _check_sizes(channel_sizes: np.ndarray, n_channels: int) -> np.ndarray:
     return sizes.astype(np.int64)
 
 
-def _check_budget(tier: Tier, budget_bits: float) -> None:
+def check_budget(tier: Tier, budget_bits: float) -> None:
     """BudgetError naming the reachable range when the tier cannot reach the budget."""
     lo, hi = budget_range(tier)
     if not math.isfinite(budget_bits) or not lo <= budget_bits <= hi:
@@ -143,12 +147,20 @@ def _check_budget(tier: Tier, budget_bits: float) -> None:
 
 
 def assign_levels(
-    importance: np.ndarray, channel_sizes: np.ndarray, tier: Tier, budget_bits: float
+    importance: np.ndarray,
+    channel_sizes: np.ndarray,
+    tier: Tier,
+    budget_bits: float,
+    cost: LevelCost | None = None,
 ) -> np.ndarray:
     """Levels 0..3 per channel: more important channels get higher levels, and the
-    size-weighted mean of tier.level_bits[level] is within 0.1 bit of budget_bits."""
+    size-weighted mean of tier.level_bits[level] is within 0.1 bit of budget_bits.
+
+    With a `cost` (chord.level_cost) the rate-distortion rule places the bits; without one,
+    the level quotas of maximum entropy go to channels in importance order.
+    """
     imp = np.asarray(importance, dtype=np.float64).reshape(1, -1)
-    (out,) = assign_levels_batch(imp, channel_sizes, [tier], [budget_bits])
+    (out,) = assign_levels_batch(imp, channel_sizes, [tier], [budget_bits], cost)
     if isinstance(out, BudgetError):
         raise out
     return out
@@ -159,12 +171,17 @@ def assign_levels_batch(
     channel_sizes: np.ndarray,
     tiers: Sequence[Tier],
     budgets: Sequence[float],
+    cost: LevelCost | None = None,
 ) -> list[np.ndarray | BudgetError]:
     """assign_levels for every row of importance [B, C] (row i under tiers[i], budgets[i]).
 
     Rows are sorted and quantised together; a row that cannot be served gets its BudgetError in
     place of levels. Shared-input errors (sizes, shapes) raise BudgetError.
     """
+    if cost is not None:
+        from chord.level_cost import assign_levels_rd
+
+        return assign_levels_rd(np.asarray(importance), channel_sizes, tiers, budgets, cost)
     imp = np.asarray(importance)
     if imp.dtype != np.float32:
         imp = imp.astype(np.float64)
@@ -173,12 +190,12 @@ def assign_levels_batch(
             f"importance must be [batch, channels] with one tier and budget per row, got "
             f"{imp.shape}, {len(tiers)} tiers, {len(budgets)} budgets"
         )
-    sizes = _check_sizes(channel_sizes, imp.shape[1])
+    sizes = check_sizes(channel_sizes, imp.shape[1])
     out: list[np.ndarray | BudgetError] = []
     rows: list[int] = []
     for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
         try:
-            _check_budget(tier, float(budget))
+            check_budget(tier, float(budget))
             if not np.isfinite(imp[i]).all():
                 raise BudgetError("importance must be finite (no NaN or inf)")
         except BudgetError as exc:
@@ -189,7 +206,7 @@ def assign_levels_batch(
     if not rows:
         return out
     good = imp[rows] if len(rows) < imp.shape[0] else imp
-    order = _descending_order(good)
+    order = descending_order(good)
     sorted_sizes = sizes[order].astype(np.float64)
     total = float(sizes.sum())
     cum = np.cumsum(sorted_sizes, axis=1)
@@ -241,7 +258,7 @@ def assign_levels_batch(
     return out
 
 
-def _descending_order(imp: np.ndarray) -> np.ndarray:
+def descending_order(imp: np.ndarray) -> np.ndarray:
     """Per row, channel indices most important first, ties by index (a stable sort of -imp).
 
     float32 rows are sorted as unique 64-bit keys (order-preserving bits of -imp, then the
@@ -313,6 +330,9 @@ __all__ = [
     "assign_levels_batch",
     "average_bits",
     "budget_range",
+    "check_budget",
+    "check_sizes",
+    "descending_order",
     "max_entropy_distribution",
     "parse_level_bits",
 ]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from chord.budget import Tier, assign_levels
+
+if TYPE_CHECKING:
+    from chord.level_cost import LevelCost
 
 N_LEVELS = 4
 ENCODING_PACKED = "packed2"
@@ -191,14 +195,19 @@ def decode_levels(
 
 
 def reference_levels(
-    reference: np.ndarray, sizes: np.ndarray, tier: Tier, budget_bits: float
+    reference: np.ndarray,
+    sizes: np.ndarray,
+    tier: Tier,
+    budget_bits: float,
+    cost: LevelCost | None = None,
 ) -> np.ndarray:
     """The levels a reference importance (float16, from the model spec) gets for tier and budget.
 
-    Server and device both call this, so a delta code decodes to the levels the server chose.
+    Server and device both call this (with the spec's level cost, if any), so a delta code
+    decodes to the levels the server chose.
     """
     ref = np.asarray(reference, dtype=np.float16).astype(np.float32)
-    return np.asarray(assign_levels(ref, sizes, tier, budget_bits)).astype(np.uint8)
+    return np.asarray(assign_levels(ref, sizes, tier, budget_bits, cost)).astype(np.uint8)
 
 
 def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:

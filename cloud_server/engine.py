@@ -91,8 +91,10 @@ class StrategyEngine:
         self._max_len = int(run.backbone.max_len)
         from chord.hyper.reference import reference_id, reference_importance
 
+        self._cost = run.level_cost
+        self._cost_bytes = self._cost.to_bytes() if self._cost is not None else b""
         self._reference = reference_importance(run)
-        self._reference_id = reference_id(self._reference)
+        self._reference_id = reference_id(self._reference, self._cost_bytes)
         self._reference_levels: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
         self.spec = self._build_spec()
 
@@ -130,6 +132,7 @@ class StrategyEngine:
             n_items=int(run.backbone.n_items),
             reference_importance=self._reference.astype("<f2").tobytes(),
             reference_id=self._reference_id,
+            level_cost=self._cost_bytes,
         )
 
     def _reference_for(self, req: StrategyRequest, tier: Tier) -> np.ndarray | None:
@@ -139,7 +142,9 @@ class StrategyEngine:
         key = (tier.name, float(req.budget_bits))
         levels = self._reference_levels.get(key)
         if levels is None:
-            levels = reference_levels(self._reference, self._sizes, tier, req.budget_bits)
+            levels = reference_levels(
+                self._reference, self._sizes, tier, req.budget_bits, self._cost
+            )
             self._reference_levels[key] = levels
             if len(self._reference_levels) > REFERENCE_CACHE:
                 self._reference_levels.popitem(last=False)
@@ -179,7 +184,8 @@ class StrategyEngine:
             importance = self.run.importance_model.importance(self._profiles(requests))
         tiers = [self._tiers[req.tier] for req in requests]
         assigned = assign_levels_batch(
-            importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests]
+            importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests],
+            self._cost,
         )
         out: BatchOutcome = []
         for req, tier, levels in zip(requests, tiers, assigned, strict=True):

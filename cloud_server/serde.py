@@ -154,6 +154,7 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         n_items=spec.n_items,
         reference_importance=spec.reference_importance,
         reference_id=spec.reference_id,
+        level_cost=spec.level_cost,
     )
 
 
@@ -192,6 +193,7 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         n_items=int(msg.n_items),
         reference_importance=bytes(msg.reference_importance),
         reference_id=msg.reference_id,
+        level_cost=bytes(msg.level_cost),
     )
 
 

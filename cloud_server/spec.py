@@ -46,7 +46,8 @@ class ModelSpec:
     max_recent_items: int
     n_items: int
     reference_importance: bytes = b""  # float16 LE per channel; b"" = no delta codes offered
-    reference_id: str = ""  # CRC32 of reference_importance, 8 hex digits
+    reference_id: str = ""  # CRC32 of reference_importance + level_cost, 8 hex digits
+    level_cost: bytes = b""  # float32 LE [layers x 8] of the rate-distortion rule; b"" = quotas
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""

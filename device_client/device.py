@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from chord.codes import (
 )
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
+
+if TYPE_CHECKING:
+    from chord.level_cost import LevelCost
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
 from device_client.wire import (
@@ -144,11 +147,14 @@ def _quantize(backbone: torch.nn.Module, bits: np.ndarray, layout: ChannelLayout
 
 
 def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> EncodedStrategy:
-    """A damaged copy of a code: one flipped bit, a cut payload, a wrong checksum or version."""
+    """A damaged copy of a code: one flipped bit that matters, a cut payload, a wrong checksum
+    or version."""
     payload = bytearray(code.payload)
     if kind == "bit_flip" and payload:
-        pos = int(rng.integers(len(payload)))
-        payload[pos] ^= 1 << int(rng.integers(8))
+        # A bit no decoder may ignore: the first byte's bits 1-2 are a DEFLATE block type or
+        # the first channels' levels. (Deflate's final pad bits are ignored by design, so a
+        # flip there would leave the strategy intact and correctly accepted.)
+        payload[0] ^= 1 << int(rng.integers(1, 3))
         return EncodedStrategy(
             bytes(payload), code.n_channels, code.crc32, code.version, code.encoding
         )
@@ -301,7 +307,7 @@ class VirtualDevice:
         try:
             reference = None
             if code.encoding == ENCODING_DELTA and spec.reference is not None:
-                reference = self._reference_levels(spec.reference, sizes, tier)
+                reference = self._reference_levels(spec.reference, sizes, tier, spec.level_cost)
             levels = decode_levels(code, spec.version, spec.n_channels, reference)
         except CodeError:
             levels = None
@@ -333,11 +339,13 @@ class VirtualDevice:
             self._report(rec)
 
     def _reference_levels(
-        self, reference: np.ndarray, sizes: np.ndarray, tier: Tier
+        self, reference: np.ndarray, sizes: np.ndarray, tier: Tier, cost: LevelCost | None
     ) -> np.ndarray:
         """The spec reference's levels for this device's tier and budget (computed once)."""
         if self._reference is None:
-            self._reference = reference_levels(reference, sizes, tier, self.job.budget_bits)
+            self._reference = reference_levels(
+                reference, sizes, tier, self.job.budget_bits, cost
+            )
         return self._reference
 
     def _score(

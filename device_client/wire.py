@@ -9,6 +9,7 @@ import numpy as np
 
 from chord.budget import Tier
 from chord.codes import EncodedStrategy
+from chord.level_cost import LevelCost, LevelCostError
 from protos.chord.v1 import strategy_pb2 as pb
 
 # The figures a device reports, straight from the wire schema so the two never drift apart.
@@ -57,6 +58,7 @@ class DeviceSpec:
     n_items: int
     reference: np.ndarray | None = None  # float16 [n_channels] reference importance, if offered
     reference_id: str = ""
+    level_cost: LevelCost | None = None  # the server's rate-distortion table, if it uses one
 
     def channel_sizes(self) -> np.ndarray:
         """Weights per channel, in channel order (int64 [n_channels])."""
@@ -107,6 +109,7 @@ def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
         n_items=int(msg.n_items),
         reference=_reference_from_proto(msg),
         reference_id=msg.reference_id if msg.reference_importance else "",
+        level_cost=_level_cost_from_proto(msg),
     )
 
 
@@ -120,11 +123,25 @@ def _reference_from_proto(msg: pb.ModelSpec) -> np.ndarray | None:
             f"ModelSpec.reference_importance has {len(raw)} bytes; {msg.n_channels} channels "
             f"need {2 * msg.n_channels} (one float16 each)"
         )
-    if f"{zlib.crc32(raw):08x}" != msg.reference_id:
+    if f"{zlib.crc32(raw + bytes(msg.level_cost)):08x}" != msg.reference_id:
         raise WireError(
-            f"ModelSpec.reference_importance does not match its reference_id {msg.reference_id!r}"
+            f"ModelSpec.reference_importance and level_cost do not match the reference_id "
+            f"{msg.reference_id!r}"
         )
     return np.frombuffer(raw, dtype="<f2").copy()
+
+
+def _level_cost_from_proto(msg: pb.ModelSpec) -> LevelCost | None:
+    """The spec's rate-distortion table bound to its layers, or None when it sends none."""
+    raw = bytes(msg.level_cost)
+    if not raw:
+        return None
+    channels = [int(x.n_channels) for x in msg.layers]
+    weights = [int(x.n_channels) * int(x.channel_size) for x in msg.layers]
+    try:
+        return LevelCost.from_bytes(raw, channels, weights)
+    except LevelCostError as exc:
+        raise WireError(f"ModelSpec.level_cost: {exc}") from exc
 
 
 def spec_request_to_proto(device_id: str) -> pb.GetModelSpecRequest:

@@ -27,9 +27,10 @@ QUICK = RetryPolicy(call_timeout_s=5.0, overall_timeout_s=5.0, max_attempts=3)
 def server(
     smoke_run_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EmbeddedServer]:
-    """A Fisher-prior run on the smoke backbone (levels near the reference), on a free port."""
+    """A rate-distortion run on the smoke backbone (its measured prior keeps levels near the
+    reference), on a free port."""
     cfg = RunConfig.preset(
-        "smoke", dataset="ml-100k", backbone="sasrec", mode="pretrained", seed=0, prior="fisher",
+        "smoke", dataset="ml-100k", backbone="sasrec", mode="pretrained", seed=0,
         hyper_steps=5, backbone_path=str(smoke_run_dir / "backbone.pt"),
     )
     run_dir = prepare_run(cfg, tmp_path_factory.mktemp("prior-run"))
@@ -53,9 +54,12 @@ def _ask(
 def test_spec_publishes_a_checked_reference(server: EmbeddedServer) -> None:
     spec, _ = _ask(server, "", "plain-0")
     assert len(spec.reference_importance) == 2 * spec.n_channels
-    assert spec.reference_id == f"{zlib.crc32(spec.reference_importance):08x}"
+    assert len(spec.level_cost) == 4 * 8 * len(spec.layers)
+    assert spec.reference_id == f"{zlib.crc32(spec.reference_importance + spec.level_cost):08x}"
     device_spec = spec_from_proto(spec)
     assert device_spec.reference is not None and device_spec.reference.shape == (spec.n_channels,)
+    assert device_spec.level_cost is not None
+    assert device_spec.level_cost.layer_channels == tuple(x.n_channels for x in spec.layers)
 
 
 def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer) -> None:
@@ -66,7 +70,7 @@ def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer) -> None:
     assert dspec.reference is not None
     tier = dspec.tiers["mid"]
     budget = next(t.default_budget_bits for t in spec.tiers if t.name == "mid")
-    ref = reference_levels(dspec.reference, dspec.channel_sizes(), tier, budget)
+    ref = reference_levels(dspec.reference, dspec.channel_sizes(), tier, budget, dspec.level_cost)
     want = decode_levels(strategy_reply_from_proto(plain).code, spec.version, spec.n_channels)
     code = strategy_reply_from_proto(delta).code
     assert code.encoding == ENCODING_DELTA  # a prior-led smoke run stays close to its reference
@@ -98,8 +102,19 @@ def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
     raw = bytearray(spec.reference_importance)
     raw[5] ^= 0x10
     flipped.reference_importance = bytes(raw)
-    with pytest.raises(WireError, match="does not match its reference_id"):
+    with pytest.raises(WireError, match="do not match the reference_id"):
         spec_from_proto(flipped)
     flipped.reference_importance = bytes(raw[:-2])
     with pytest.raises(WireError, match="need"):
+        spec_from_proto(flipped)
+    # The level cost is covered too: a device with another table would derive other levels.
+    flipped.CopyFrom(spec)
+    cost = bytearray(spec.level_cost)
+    cost[7] ^= 0x01
+    flipped.level_cost = bytes(cost)
+    with pytest.raises(WireError, match="do not match the reference_id"):
+        spec_from_proto(flipped)
+    flipped.level_cost = bytes(cost[:-4])
+    flipped.reference_id = f"{zlib.crc32(spec.reference_importance + bytes(cost[:-4])):08x}"
+    with pytest.raises(WireError, match=r"level_cost: .*float32"):
         spec_from_proto(flipped)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -99,10 +101,21 @@ def test_relaxed_masks_are_hard_forward_and_soft_backward() -> None:
     assert imp.grad is not None and imp.grad.abs().sum() > 0
 
 
-def test_training_improves_validation_ndcg(synthetic_csv: str, tmp_path) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    "rule",
+    [
+        # quota rule: the hypernetwork alone must learn a ranking from scratch
+        {"allocation": "quota", "hyper_steps": 20, "hyper_eval_every": 10},
+        # rd rule: it starts at the measured population rule and must improve on it
+        {"allocation": "rd", "hyper_steps": 60, "hyper_eval_every": 10, "hyper_lr": 3e-3},
+    ],
+    ids=["quota", "rd"],
+)
+def test_training_improves_validation_ndcg(
+    synthetic_csv: str, tmp_path, rule: dict[str, Any]  # noqa: F811
+) -> None:
     cfg = RunConfig.preset(
-        "smoke", dataset=synthetic_csv, mode="pretrained", max_users=None, hyper_steps=20,
-        hyper_eval_every=10, prior="none",  # the hypernetwork alone must learn
+        "smoke", dataset=synthetic_csv, mode="pretrained", max_users=None, prior="none", **rule
     )
     run = load_run(prepare_run(cfg, tmp_path / "run"))
     report = run.meta["hyper_train"]

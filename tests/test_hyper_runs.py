@@ -74,10 +74,14 @@ def test_run_config_rejects_unknown_mode() -> None:
         RunConfig.preset("huge")
 
 
-def test_runs_fold_caser_unless_told_not_to(synthetic_csv: str) -> None:  # noqa: F811
+def test_runs_fold_a_trained_caser_unless_told_not_to(synthetic_csv: str) -> None:  # noqa: F811
     from chord.hyper.runs import load_split, obtain_backbone
 
-    cfg = RunConfig.preset("smoke", dataset=synthetic_csv, backbone="caser", mode="random")
+    cfg = RunConfig.preset("smoke", dataset=synthetic_csv, backbone="caser", mode="pretrained")
+    # Random-mode backbones stay as built: devices rebuild them from seed and config.
+    _, random_info = obtain_backbone(RunConfig(**{**cfg.__dict__, "mode": "random"}),
+                                     load_split(cfg))
+    assert "folded_for_quantization" not in random_info
     split = load_split(cfg)
     folded, info = obtain_backbone(cfg, split)
     plain, plain_info = obtain_backbone(RunConfig(**{**cfg.__dict__, "fold": False}), split)

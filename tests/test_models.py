@@ -209,7 +209,8 @@ def test_caser_fold_keeps_every_ranking_and_helps_quantization() -> None:
     x = seqs()[:, -CAS.max_len :]
     cands = torch.tensor([[1, 5, 9, 30], [2, 2, 7, 11], [30, 29, 1, 4]])
     before_all, before_c = model.score_all(x), model.score_candidates(x, cands)
-    q_before = quantize_backbone(model, np.full(channel_layout(model).n_channels, 3)).score_all(x)[:, 1:]
+    three = np.full(channel_layout(model).n_channels, 3)
+    q_before = quantize_backbone(model, three).score_all(x)[:, 1:]
     assert model.fold_for_quantization()
     after_all, after_c = model.score_all(x), model.score_candidates(x, cands)
     # Every user's scores move by one constant: rankings and the softmax are unchanged.
@@ -221,7 +222,7 @@ def test_caser_fold_keeps_every_ranking_and_helps_quantization() -> None:
                           torch.log_softmax(after_all[:, 1:], 1), atol=1e-4)
     assert after_all[:, 0].eq(PAD_SCORE).all() and model.out_emb.weight[0].eq(0).all()
     assert not model.fold_for_quantization()  # already folded: nothing changes
-    q_after = quantize_backbone(model, np.full(channel_layout(model).n_channels, 3)).score_all(x)[:, 1:]
+    q_after = quantize_backbone(model, three).score_all(x)[:, 1:]
 
     def rank_noise(q: torch.Tensor, ref: torch.Tensor) -> float:
         err = q - ref

@@ -54,7 +54,7 @@ def test_prior_must_cover_every_channel() -> None:
 def test_run_stores_and_reloads_the_prior(synthetic_csv: str, tmp_path: Path) -> None:  # noqa: F811
     cfg = RunConfig.preset(
         "smoke", dataset=synthetic_csv, mode="pretrained", max_users=None, hyper_steps=10,
-        hyper_eval_every=5, prior="fisher",
+        hyper_eval_every=5, prior="fisher", allocation="quota",
     )
     run = load_run(prepare_run(cfg, tmp_path / "run"))
     assert isinstance(run.importance_model, PriorImportance)
@@ -64,3 +64,5 @@ def test_run_stores_and_reloads_the_prior(synthetic_csv: str, tmp_path: Path) ->
     assert isinstance(plain.importance_model, HyperNetwork)
     with pytest.raises(RunError, match="prior must be one of"):
         RunConfig(prior="hessian")
+    with pytest.raises(RunError, match="belongs to the quota rule"):
+        RunConfig(prior="fisher")  # the rd rule (the default) measures its own prior

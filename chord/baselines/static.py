@@ -12,6 +12,7 @@ from chord.data import Split
 from chord.hyper.deps import assign_levels, quantize_per_channel
 from chord.hyper.hypernet import layout_layers
 from chord.hyper.personal import module_device
+from chord.level_cost import LevelCost
 from chord.models import Backbone
 
 
@@ -68,11 +69,15 @@ def fisher_importance(
 
 
 def static_levels(
-    importance: np.ndarray, layout: Any, tier: Tier, budget_bits: float
+    importance: np.ndarray,
+    layout: Any,
+    tier: Tier,
+    budget_bits: float,
+    cost: LevelCost | None = None,
 ) -> np.ndarray:
     """One level assignment for every user, through the same assign_levels rule as CHORD."""
     sizes = np.asarray(layout.channel_sizes(), dtype=np.int64)
-    return np.asarray(assign_levels(importance, sizes, tier, budget_bits), dtype=np.uint8)
+    return np.asarray(assign_levels(importance, sizes, tier, budget_bits, cost), dtype=np.uint8)
 
 
 def random_importance(layout: Any, seed: int) -> np.ndarray:

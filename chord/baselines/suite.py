@@ -25,6 +25,7 @@ from chord.data import Split
 from chord.evaluation import evaluate
 from chord.hyper.deps import budget_range
 from chord.hyper.personal import sync
+from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
 
@@ -62,6 +63,7 @@ class EvalConfig:
     hyper_lr: float | None = None  # None: RunConfig's default
     prior: str = "none"  # CHORD's importance prior (chord.hyper.prior): none | fisher
     fold: bool = True  # rewrite the backbone into its quantization-friendly form (RunConfig.fold)
+    allocation: str = "rd"  # how levels follow importance (RunConfig.allocation): rd | quota
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
 
 
@@ -89,6 +91,14 @@ def pick_tier(budget: float, name: str | None, tiers: dict[str, Tier] = DEFAULT_
     return tier
 
 
+def population_prior(run: ChordRun) -> np.ndarray:
+    """The run's measured per-channel prior (the rd rule's population sensitivity)."""
+    model = run.importance_model
+    if not isinstance(model, PriorImportance):
+        raise EvalError(f"run {run.path} has no channel prior (quota rule without one)")
+    return model.get_buffer("prior").detach().cpu().numpy().astype(np.float64)
+
+
 def _metrics(
     score_fn: Any, split: Split, seed: int, users: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -113,7 +123,8 @@ def _chord_row(
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
     from chord.quant import quantize_backbone
 
-    scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget)
+    scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
+                            cost=run.level_cost)
     metrics = _metrics(scorer, split, seed)
     levels = np.concatenate(scorer.level_rows)
     n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))
@@ -130,7 +141,7 @@ def _chord_row(
         sync(device)
         start = time.perf_counter()
         imp = run.importance_model.importance(run.profile(seqs[i : i + 1]))[0].cpu().numpy()
-        lv = assign_levels(imp, sizes, tier, budget)
+        lv = assign_levels(imp, sizes, tier, budget, run.level_cost)
         code_bytes(lv, run.version)
         quantize_backbone(run.backbone, levels_bits(lv, tier), layout=run.layout)
         sync(device)
@@ -174,15 +185,21 @@ def _static_rows(
     for name in ("mixed-static", "mixed-random"):
         if name not in wanted:
             continue
-        if name == "mixed-static":
+        cost = None
+        if name == "mixed-static" and run.level_cost is not None:
+            # The rd rule's own population sensitivity: measured layer loss, score-weighted
+            # channel shares, the same for every user (CHORD with its gate shut).
+            imp, cost = population_prior(run), run.level_cost
+        elif name == "mixed-static":
             imp = fisher_importance(run.backbone, run.layout, split, tier, seed=cfg.seed)
-        else:
+        else:  # random ranking under the quota rule: no measured sensitivity at all
             imp = random_importance(run.layout, cfg.seed)
-        mixed = levels_bits(static_levels(imp, run.layout, tier, budget), tier)
+        mixed = levels_bits(static_levels(imp, run.layout, tier, budget, cost), tier)
         model = quantize_backbone(run.backbone, mixed, layout=run.layout)
         rows.append(MethodRow(
             name, run.mode, size_weighted_bits(mixed, sizes), _metrics(model, split, cfg.seed),
-            notes=STATIC_NOTE, extra={"tier": tier.name, "budget": budget},
+            notes=STATIC_NOTE,
+            extra={"tier": tier.name, "budget": budget, "rule": "rd" if cost else "quota"},
         ))
     return rows
 
@@ -252,6 +269,7 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
             over["hyper_lr"] = cfg.hyper_lr
         over["prior"] = cfg.prior
         over["fold"] = cfg.fold
+        over["allocation"] = cfg.allocation
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,

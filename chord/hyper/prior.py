@@ -19,15 +19,17 @@ def standardize_prior(sensitivity: np.ndarray) -> torch.Tensor:
 
 
 class PriorImportance(nn.Module):
-    """importance(z) = prior + gate * hypernet(z), with the gate starting at zero.
+    """importance(z) = prior + gate * hypernet(z), with the gate starting at `gate` (0: the
+    prior alone; the rd rule starts at 1, where a fresh hypernetwork adds a few hundredths).
 
-    The prior is one sensitivity per channel measured on training data (the same Fisher score
-    the mixed-static baseline uses), so training starts from the population assignment and the
+    The prior is one sensitivity per channel measured on training data (the Fisher score of the
+    quota rule's mixed-static baseline, or the rd rule's measured channel shares), so training
+    starts from the population assignment and the
     hypernetwork learns only what each user changes; model selection on validation can keep the
     prior alone when personalization does not help.
     """
 
-    def __init__(self, hyper: HyperNetwork, prior: torch.Tensor) -> None:
+    def __init__(self, hyper: HyperNetwork, prior: torch.Tensor, gate: float = 0.0) -> None:
         super().__init__()
         if prior.shape != (hyper.n_channels,):
             raise ValueError(
@@ -36,7 +38,7 @@ class PriorImportance(nn.Module):
             )
         self.hyper = hyper
         self.register_buffer("prior", prior.detach().float().clone())
-        self.gate = nn.Parameter(torch.zeros(()))
+        self.gate = nn.Parameter(torch.full((), float(gate)))
         self.profile_dim = hyper.profile_dim
         self.n_channels = hyper.n_channels
 

@@ -28,12 +28,18 @@ def reference_importance(
     items = torch.randint(1, n_items + 1, (users, history), generator=gen).numpy()
     seqs = pad_left(list(items), int(run.backbone.max_len))
     mean = run.importance_model.importance(run.profile(seqs)).double().mean(0).cpu().numpy()
-    # Only the order matters to the level rule: standardize so float16 neither overflows nor
+    if run.level_cost is not None:
+        # The rd rule reads importance as a log-multiplier: keep its scale (float16 holds
+        # these log values to about 1e-3 relative).
+        return mean.astype(np.float16)
+    # Only the order matters to the quota rule: standardize so float16 neither overflows nor
     # flattens the spread.
     std = float(mean.std())
     return ((mean - mean.mean()) / (std if std > 0 else 1.0)).astype(np.float16)
 
 
-def reference_id(reference: np.ndarray) -> str:
-    """Short name of a reference (CRC32 of its little-endian float16 bytes, 8 hex digits)."""
-    return f"{zlib.crc32(np.asarray(reference, dtype='<f2').tobytes()):08x}"
+def reference_id(reference: np.ndarray, level_cost: bytes = b"") -> str:
+    """Short name of a reference: CRC32 of its little-endian float16 bytes followed by the
+    spec's level-cost bytes, 8 hex digits (a device with either one stale is caught)."""
+    raw = np.asarray(reference, dtype="<f2").tobytes() + level_cost
+    return f"{zlib.crc32(raw):08x}"

@@ -27,12 +27,14 @@ from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import module_device
 from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
+from chord.level_cost import LevelCost, LevelCostError
 from chord.models import Backbone, build_backbone, fit_length
 
 RUN_FORMAT = "chord-run/1"
 HYPERNET_FORMAT = "chord-hypernet/1"
 MODES = ("random", "pretrained")
 PRIORS = ("fisher", "none")
+ALLOCATIONS = ("rd", "quota")
 PRESETS = ("smoke", "quick", "full")
 
 
@@ -66,9 +68,15 @@ class RunConfig:
     # and ML-100K SASRec scored lower with the prior (benchmarks/RESULTS.md, accuracy_prior).
     prior: str = "none"
     tau: float = 0.5
-    # Rewrite the frozen backbone into a ranking-equivalent form that quantizes better before
+    # Rewrite a trained backbone into a ranking-equivalent form that quantizes better before
     # anything sees it (Backbone.fold_for_quantization; Caser centres its output item table).
+    # Random-mode backbones stay as built: devices rebuild them from seed and config.
     fold: bool = True
+    # How levels follow importance (chord.budget.assign_levels): "rd" measures each layer's
+    # loss at every width on training data and places bits where they remove the most loss
+    # (chord.level_cost), importance scaling each channel's share; "quota" gives the
+    # maximum-entropy level quotas to channels in importance order.
+    allocation: str = "rd"
 
     def __post_init__(self) -> None:
         """Reject unknown modes and backbones with a message that says what to send."""
@@ -78,6 +86,13 @@ class RunConfig:
             raise RunError(f"backbone must be 'sasrec' or 'caser', got {self.backbone!r}")
         if self.prior not in PRIORS:
             raise RunError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise RunError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.allocation == "rd" and self.prior != "none":
+            raise RunError(
+                f"prior {self.prior!r} belongs to the quota rule; the rd rule measures its own "
+                "channel prior (use allocation='quota' with it)"
+            )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RunConfig:
@@ -128,6 +143,7 @@ class ChordRun:
     tiers: dict[str, Tier]
     dataset: str
     meta: dict[str, Any] = field(default_factory=dict)
+    level_cost: LevelCost | None = None  # the rate-distortion rule's table; None: quota rule
 
     @torch.no_grad()
     def profile(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -217,7 +233,7 @@ def obtain_backbone(
             model = result.model
             info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
             save_backbone(cached, model, {"train": info, "key": key})
-    if cfg.fold and model.fold_for_quantization():
+    if cfg.fold and cfg.mode == "pretrained" and model.fold_for_quantization():
         info = {**info, "folded_for_quantization": True}
     model.to(device)
     model.eval()
@@ -289,7 +305,19 @@ def prepare_run(
         hidden=cfg.hidden, seed=cfg.seed,
     ).to(device)
     hyper: HyperNetwork | PriorImportance = net
-    if cfg.prior == "fisher":
+    cost: LevelCost | None = None
+    if cfg.allocation == "rd":
+        from chord.hyper.calibrate import calibrate
+
+        table, share = calibrate(backbone, layout, split, seed=cfg.seed)
+        cost = LevelCost.from_layout(table, layout)
+        # Gate open from the start: a fresh hypernetwork moves log-costs by a few hundredths,
+        # so training starts near the population rule and the heads get gradients at once.
+        share_t = torch.from_numpy(share)  # cpu-ok: moved with the module below
+        hyper = PriorImportance(net, share_t, gate=1.0).to(device)
+        if log:
+            log(f"calibrated the level cost of {len(layout.layers)} layers")
+    elif cfg.prior == "fisher":
         from chord.baselines.static import fisher_importance
 
         mid = DEFAULT_TIERS["mid"]
@@ -300,12 +328,12 @@ def prepare_run(
         eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
         valid_users=cfg.hyper_valid_users, seed=cfg.seed,
     )
-    report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log)
+    report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log, cost)
     out.mkdir(parents=True, exist_ok=True)
     version = save_backbone(
         out / "backbone.pt", backbone, {"dataset": split.name, "mode": cfg.mode, "seed": cfg.seed}
     )
-    save_hypernet(out / "hypernet.pt", hyper, version)
+    save_hypernet(out / "hypernet.pt", hyper, version, cost)
     meta = {
         "format": RUN_FORMAT,
         "dataset": split.name,
@@ -330,15 +358,23 @@ def prepare_run(
     return out
 
 
-def save_hypernet(path: Path, hyper: HyperNetwork | PriorImportance, version: str) -> None:
-    """Write the hypernetwork's weights and shape (loadable with weights_only=True)."""
-    payload = {
+def save_hypernet(
+    path: Path,
+    hyper: HyperNetwork | PriorImportance,
+    version: str,
+    cost: LevelCost | None = None,
+) -> None:
+    """Write the hypernetwork's weights and shape, and the run's level cost if it has one
+    (loadable with weights_only=True)."""
+    payload: dict[str, Any] = {
         "format": HYPERNET_FORMAT,
         "version": version,
         "n_channels": hyper.n_channels,
         "config": hyper.hyper_config(),
         "state_dict": {k: v.detach().cpu() for k, v in hyper.state_dict().items()},
     }
+    if cost is not None:
+        payload["level_cost"] = torch.from_numpy(cost.layer_loss.copy())  # cpu-ok: saved
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -402,6 +438,12 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
             f"{hyper.n_channels}"
         )
     hyper.load_state_dict(payload["state_dict"])
+    cost = None
+    if payload.get("level_cost") is not None:
+        try:
+            cost = LevelCost.from_layout(np.asarray(payload["level_cost"]), layout)
+        except LevelCostError as exc:
+            raise RunError(f"{root / 'hypernet.pt'}: {exc}") from exc
     backbone.to(device)
     hyper.to(device)
     hyper.eval()
@@ -409,7 +451,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         path=root, backbone=backbone, backbone_config=backbone.config, mode=meta["mode"],
         seed=int(meta["seed"]), version=version, layout=layout, importance_model=hyper,
         profile_dim=int(meta["profile_dim"]), tiers=_tiers_from_json(meta["tiers"]),
-        dataset=meta["dataset"], meta=meta,
+        dataset=meta["dataset"], meta=meta, level_cost=cost,
     )
 
 

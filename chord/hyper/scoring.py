@@ -18,15 +18,22 @@ from chord.hyper.personal import (
     module_device,
     one_hot_levels,
 )
+from chord.level_cost import LevelCost, TorchLevelCost
 from chord.models import fit_length
 
 
 def assign_batch(
-    importance: torch.Tensor, sizes: np.ndarray, tier: Tier, budget_bits: float
+    importance: torch.Tensor,
+    sizes: np.ndarray,
+    tier: Tier,
+    budget_bits: float,
+    cost: LevelCost | None = None,
 ) -> np.ndarray:
     """Levels [B, C] (uint8) for a batch of importance rows, one assign_levels call per user."""
     imp = importance.detach().cpu().numpy()
-    return np.stack([assign_levels(row, sizes, tier, budget_bits) for row in imp]).astype(np.uint8)
+    return np.stack(
+        [assign_levels(row, sizes, tier, budget_bits, cost) for row in imp]
+    ).astype(np.uint8)
 
 
 def fast_assign(
@@ -72,6 +79,7 @@ class PersonalScorer:
         bank: LevelBank | None = None,
         chunk: int = 128,
         exact: bool = True,
+        cost: LevelCost | None = None,
     ) -> None:
         """Bind a frozen backbone, an importance source and a (tier, budget)."""
         self.backbone = backbone
@@ -84,7 +92,9 @@ class PersonalScorer:
         self.sizes = np.asarray(layout.channel_sizes(), dtype=np.int64)
         self.chunk = chunk
         self.max_len = int(backbone.max_len)  # type: ignore[arg-type]
-        self.exact = exact  # False: fast_assign (training-time validation only)
+        self.exact = exact  # False: the rules without fix-ups (training-time validation only)
+        self.cost = cost  # the rate-distortion rule's table; None: quota rule
+        self._torch_cost: TorchLevelCost | None = None
         self.device = module_device(backbone)  # where inputs go (chord.evaluation reads it)
         self.avg_bits: list[float] = []
         self.level_rows: list[np.ndarray] = []
@@ -96,9 +106,14 @@ class PersonalScorer:
         imp = self.importance_fn(profiles)
         if not self.exact:
             sizes = torch.from_numpy(self.sizes).to(imp.device)
-            levels = fast_assign(imp, sizes, self.tier, self.budget_bits)
+            if self.cost is None:
+                levels = fast_assign(imp, sizes, self.tier, self.budget_bits)
+            else:
+                if self._torch_cost is None:
+                    self._torch_cost = TorchLevelCost(self.cost, sizes)
+                levels = self._torch_cost.assign(imp, self.tier, self.budget_bits)[0]
             return levels.cpu().numpy().astype(np.uint8)
-        return assign_batch(imp, self.sizes, self.tier, self.budget_bits)
+        return assign_batch(imp, self.sizes, self.tier, self.budget_bits, self.cost)
 
     @torch.no_grad()
     def __call__(

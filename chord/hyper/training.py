@@ -28,6 +28,7 @@ from chord.hyper.personal import (
 )
 from chord.hyper.prior import PriorImportance
 from chord.hyper.scoring import PersonalScorer, fast_assign
+from chord.level_cost import LevelCost, TorchLevelCost, relaxed_rd_masks
 
 # (tier, lowest budget, highest budget) sampled during training: one hypernetwork, all tiers.
 DEFAULT_BUDGET_SAMPLING: tuple[tuple[str, float, float], ...] = (
@@ -114,11 +115,13 @@ def train_hypernet(
     cfg: HyperTrainConfig,
     tiers: dict[str, Tier] | None = None,
     log: Callable[[str], None] | None = None,
+    cost: LevelCost | None = None,
 ) -> HyperTrainReport:
     """Train `hypernet` in place on training sequences; keep the best validation state.
 
     Each step samples one (tier, budget), assigns hard levels with assign_levels (the same
-    rule as inference), relaxes them around the per-user thresholds (straight-through),
+    rule as inference: rate-distortion with `cost`, else quotas), relaxes them around the
+    per-user thresholds (straight-through),
     builds per-user weights sum_k m_k Q_k(W) and minimises the next-item cross-entropy over
     the target and sampled negatives plus a penalty on expected bits minus the budget.
     Runs on the backbone's device (the hypernetwork is moved there); random draws are made on
@@ -138,6 +141,7 @@ def train_hypernet(
     sizes_np = np.asarray(layout.channel_sizes(), dtype=np.int64)
     sizes_t = torch.from_numpy(sizes_np).to(device)
     sizes = sizes_t.float()
+    rd = TorchLevelCost(cost, sizes_t) if cost is not None else None
     banks = {name: LevelBank(backbone, layout, tiers[name]) for name, _, _ in cfg.budget_sampling}
     if cfg.valid_tier not in banks:
         banks[cfg.valid_tier] = LevelBank(backbone, layout, tiers[cfg.valid_tier])
@@ -150,7 +154,7 @@ def train_hypernet(
         hypernet.eval()
         scorer = PersonalScorer(
             backbone, layout, hypernet.importance, tiers[cfg.valid_tier], cfg.valid_budget,
-            bank=banks[cfg.valid_tier], exact=False,
+            bank=banks[cfg.valid_tier], exact=False, cost=cost,
         )
         value = evaluate(
             scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len, device=device
@@ -180,8 +184,12 @@ def train_hypernet(
         with torch.no_grad():
             profiles = backbone.encode(seqs)  # type: ignore[operator]
         imp = hypernet(profiles)
-        hard = fast_assign(imp, sizes_t, tier, budget)
-        masks, probs = relaxed_masks(imp, hard, cfg.tau)
+        if rd is not None:
+            hard, keys, threshold = rd.assign(imp, tier, budget)
+            masks, probs = relaxed_rd_masks(keys, hard, threshold, cfg.tau, rd.step_bits(tier))
+        else:
+            hard = fast_assign(imp, sizes_t, tier, budget)
+            masks, probs = relaxed_masks(imp, hard, cfg.tau)
         ids, lseqs, lcands = compact_items(seqs, cands)
         params = banks[tier_name].mix(masks, ids)
         scores = batched_call(backbone, params, "score_candidates", lseqs, lcands)

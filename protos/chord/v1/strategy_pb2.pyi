@@ -67,7 +67,7 @@ class TierSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., level_bits: _Optional[_Iterable[int]] = ..., default_budget_bits: _Optional[float] = ..., min_budget_bits: _Optional[float] = ..., max_budget_bits: _Optional[float] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id")
+    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id", "level_cost")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class ModelSpec(_message.Message):
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_COST_FIELD_NUMBER: _ClassVar[int]
     kind: BackboneKind
     mode: BackboneMode
     config_json: str
@@ -98,7 +99,8 @@ class ModelSpec(_message.Message):
     n_items: int
     reference_importance: bytes
     reference_id: str
-    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ...) -> None: ...
+    level_cost: bytes
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ..., level_cost: _Optional[bytes] = ...) -> None: ...
 
 class GetStrategyRequest(_message.Message):
     __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items", "reference_id")

@@ -1,0 +1,319 @@
+"""The rate-distortion level rule: measured per-layer loss of each width, and bits where they pay.
+
+A run measures, once on training data, how much the loss grows when one layer alone is
+quantized at each width 1..8 (`layer_loss[L, b - 1]`). A channel c of layer L at width b then
+costs `exp(importance_c) * layer_loss[L, b - 1] * n_c / N_L` (n_c weights of the layer's N_L),
+and the rule picks levels that minimise the summed cost under the bit budget: every move of a
+channel from one level to the next is a step with a gain per bit, and steps are taken best
+first until the budget is spent. Importance is therefore a log-multiplier on a channel's share
+of its layer's measured loss, and one small table (layers x 8 floats) is all a device needs to
+derive the same levels from a reference importance.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from chord.budget import (
+    BUDGET_TOLERANCE,
+    N_LEVELS,
+    BudgetError,
+    Tier,
+    check_budget,
+    check_sizes,
+    descending_order,
+)
+
+MAX_WIDTH = 8
+_FLOOR = 1e-12  # relative floor on a step's gain, so steps that buy nothing are taken last
+
+
+class LevelCostError(ValueError):
+    """A layer-loss table that does not fit the layout or holds impossible values."""
+
+
+@dataclass(frozen=True)
+class LevelCost:
+    """Per-layer loss increase at each width, and where each layer's channels sit."""
+
+    layer_loss: np.ndarray  # float32 [n_layers, 8]: column b - 1 = loss growth at b bits
+    layer_channels: tuple[int, ...]  # channels per layer, in layout order
+    layer_weights: tuple[int, ...]  # weights per layer (N_L)
+
+    def __post_init__(self) -> None:
+        """Validate the table's shape and values against the layer counts."""
+        loss = np.asarray(self.layer_loss, dtype=np.float32)
+        n = len(self.layer_channels)
+        if loss.shape != (n, MAX_WIDTH) or len(self.layer_weights) != n:
+            raise LevelCostError(
+                f"layer loss table must be [{n} layers, {MAX_WIDTH} widths] with one weight count "
+                f"per layer, got {loss.shape} and {len(self.layer_weights)} counts"
+            )
+        if not np.isfinite(loss).all() or (loss < 0).any():
+            raise LevelCostError("layer loss values must be finite and non-negative")
+        if min(self.layer_channels, default=1) <= 0 or min(self.layer_weights, default=1) <= 0:
+            raise LevelCostError("every layer needs at least one channel and one weight")
+        object.__setattr__(self, "layer_loss", loss)
+        object.__setattr__(self, "_gains", {})
+
+    @classmethod
+    def from_layout(cls, layer_loss: np.ndarray, layout: object) -> LevelCost:
+        """Bind a table to a chord.quant ChannelLayout (or anything with `.layers`)."""
+        layers = list(layout.layers)  # type: ignore[attr-defined]
+        return cls(
+            np.asarray(layer_loss, dtype=np.float32),
+            tuple(int(x.n_channels) for x in layers),
+            tuple(int(x.n_channels) * int(x.channel_size) for x in layers),
+        )
+
+    @classmethod
+    def from_bytes(
+        cls, raw: bytes, layer_channels: Sequence[int], layer_weights: Sequence[int]
+    ) -> LevelCost:
+        """Parse the spec's little-endian float32 table (what `to_bytes` wrote)."""
+        n = len(layer_channels)
+        if len(raw) != n * MAX_WIDTH * 4:
+            raise LevelCostError(
+                f"level cost has {len(raw)} bytes; {n} layers need {n * MAX_WIDTH * 4} "
+                f"(float32, {MAX_WIDTH} widths per layer)"
+            )
+        table = np.frombuffer(raw, dtype="<f4").reshape(n, MAX_WIDTH)
+        return cls(table.copy(), tuple(map(int, layer_channels)), tuple(map(int, layer_weights)))
+
+    def to_bytes(self) -> bytes:
+        """The table as little-endian float32 bytes, row-major."""
+        return np.ascontiguousarray(self.layer_loss, dtype="<f4").tobytes()
+
+    @property
+    def n_channels(self) -> int:
+        """Channels over all layers."""
+        return sum(self.layer_channels)
+
+    def layer_of(self) -> np.ndarray:
+        """Layer index of every channel (int64 [n_channels])."""
+        return np.repeat(np.arange(len(self.layer_channels)), self.layer_channels)
+
+    def step_gains(self, tier: Tier) -> np.ndarray:
+        """Log gain per bit of each level step, per channel (float64 [n_channels, 3]; cached,
+        do not modify)."""
+        cache: dict[tuple[int, ...], np.ndarray] = self._gains  # type: ignore[attr-defined]
+        if tier.level_bits not in cache:
+            per_layer = _layer_steps(
+                self.layer_loss.tobytes(), self.layer_weights, tier.level_bits
+            )
+            cache[tier.level_bits] = per_layer[self.layer_of()]
+        return cache[tier.level_bits]
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_steps(
+    table: bytes, layer_weights: tuple[int, ...], level_bits: tuple[int, ...]
+) -> np.ndarray:
+    """[n_layers, 3] log gain per bit of the steps level k-1 -> k, non-increasing in k.
+
+    The gain of a step is the loss it removes per bit it adds, per weight of the layer. Gains
+    are pooled where a later step would pay more than an earlier one (the lower convex hull of
+    the layer's loss-vs-bits curve), so a channel is never worth raising two levels but not one.
+    """
+    loss = np.frombuffer(table, dtype=np.float32).reshape(len(layer_weights), MAX_WIDTH)
+    loss = loss.astype(np.float64)
+    # A wider grid never does worse: make the measured curve non-increasing in width.
+    loss = np.minimum.accumulate(loss, axis=1)
+    widths = np.asarray(level_bits, dtype=np.int64)
+    at = loss[:, widths - 1]  # [L, 4]
+    floor = _FLOOR * max(float(loss.max()), 1e-30)
+    out = np.empty((len(layer_weights), N_LEVELS - 1))
+    for i, n_weights in enumerate(layer_weights):
+        # Pool-adjacent-violators over steps weighted by their bits (zero-bit steps join the
+        # previous step: they change nothing).
+        blocks: list[list[float]] = []  # [gain_sum, bits, n_steps]
+        for k in range(1, N_LEVELS):
+            bits = float(widths[k] - widths[k - 1])
+            drop = max(float(at[i, k - 1] - at[i, k]), 0.0)
+            blocks.append([drop, bits, 1.0])
+            while len(blocks) > 1 and _rate(blocks[-1]) > _rate(blocks[-2]):
+                last = blocks.pop()
+                blocks[-1] = [blocks[-1][0] + last[0], blocks[-1][1] + last[1],
+                              blocks[-1][2] + last[2]]
+        gains = [g for b in blocks for g in [_rate(b)] * int(b[2])]
+        out[i] = np.log(np.maximum(gains, floor) / n_weights)
+    return out
+
+
+def _rate(block: list[float]) -> float:
+    """Gain per bit of a pooled block; a block that adds no bits ranks as its gain alone."""
+    return block[0] / block[1] if block[1] > 0 else float("inf") if block[0] > 0 else 0.0
+
+
+def assign_levels_rd(
+    importance: np.ndarray,
+    channel_sizes: np.ndarray,
+    tiers: Sequence[Tier],
+    budgets: Sequence[float],
+    cost: LevelCost,
+) -> list[np.ndarray | BudgetError]:
+    """Levels [C] per row of importance [B, C] by the rate-distortion rule (see module doc).
+
+    Steps are ranked by importance + log gain per bit; each row takes the longest prefix that
+    keeps its size-weighted mean within budget, plus the next step if that lands closer. A row
+    that cannot come within 0.1 bit gets a BudgetError in place of levels.
+    """
+    imp = np.asarray(importance)
+    if imp.ndim != 2 or not len(tiers) == len(budgets) == imp.shape[0]:
+        raise BudgetError(
+            f"importance must be [batch, channels] with one tier and budget per row, got "
+            f"{imp.shape}, {len(tiers)} tiers, {len(budgets)} budgets"
+        )
+    sizes = check_sizes(channel_sizes, imp.shape[1])
+    if cost.n_channels != imp.shape[1]:
+        raise BudgetError(
+            f"the level cost covers {cost.n_channels} channels but importance has {imp.shape[1]}"
+        )
+    out: list[np.ndarray | BudgetError] = []
+    rows: list[int] = []
+    for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
+        try:
+            check_budget(tier, float(budget))
+            if not np.isfinite(imp[i]).all():
+                raise BudgetError("importance must be finite (no NaN or inf)")
+        except BudgetError as exc:
+            out.append(exc)
+            continue
+        out.append(np.empty(0, dtype=np.uint8))  # replaced below
+        rows.append(i)
+    if not rows:
+        return out
+    n_steps = N_LEVELS - 1
+    total = float(sizes.sum())
+    good = imp[rows].astype(np.float32)
+    gains = np.stack([cost.step_gains(tiers[i]) for i in rows]).astype(np.float32)  # [R, C, 3]
+    widths = np.array([tiers[i].level_bits for i in rows], dtype=np.float64)  # [R, 4]
+    keys = (good[:, :, None] + gains).reshape(len(rows), -1)  # [R, 3C]
+    order = descending_order(keys)  # a channel's steps stay in level order (ties by index)
+    adds = (sizes[None, :, None] * np.diff(widths, axis=1)[:, None, :]).reshape(len(rows), -1)
+    spent = np.concatenate(
+        [np.zeros((len(rows), 1)), np.cumsum(np.take_along_axis(adds, order, axis=1), axis=1)],
+        axis=1,
+    ) + total * widths[:, :1]  # [R, 3C + 1]: bits after taking the first m steps
+    target = np.array([float(budgets[i]) for i in rows])[:, None] * total
+    m = (spent <= target + 1e-9).sum(1) - 1  # longest prefix within budget
+    nxt = np.minimum(m + 1, spent.shape[1] - 1)
+    at_m = np.take_along_axis(spent, m[:, None], 1)[:, 0]
+    at_next = np.take_along_axis(spent, nxt[:, None], 1)[:, 0]
+    closer = np.abs(at_next - target[:, 0]) < np.abs(at_m - target[:, 0])
+    m = np.where(closer, nxt, m)
+    mean = np.where(closer, at_next, at_m) / total
+    taken = np.zeros(keys.shape, dtype=np.uint8)
+    np.put_along_axis(
+        taken, order, (np.arange(keys.shape[1])[None, :] < m[:, None]).astype(np.uint8), axis=1
+    )
+    levels = taken.reshape(len(rows), -1, n_steps).sum(2, dtype=np.uint8)
+    for j, i in enumerate(rows):
+        if abs(mean[j] - float(budgets[i])) > BUDGET_TOLERANCE:
+            out[i] = BudgetError(
+                f"channel sizes are too coarse to land within {BUDGET_TOLERANCE} bit of "
+                f"{budgets[i]} for tier {tiers[i].name!r} (best {mean[j]:.3f})"
+            )
+        else:
+            out[i] = levels[j]
+    return out
+
+
+class TorchLevelCost:
+    """The rule in torch for training: hard levels, and the threshold that relaxes them."""
+
+    def __init__(self, cost: LevelCost, sizes: torch.Tensor) -> None:
+        """Keep the channel sizes on their device; step gains are built per tier on demand."""
+        self.cost = cost
+        self.sizes = sizes.to(torch.float64)
+        self._gains: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def gains(self, tier: Tier) -> torch.Tensor:
+        """[C, 3] log gain per bit (float32) on the sizes' device."""
+        key = tier.level_bits
+        if key not in self._gains:
+            self._gains[key] = torch.from_numpy(self.cost.step_gains(tier)).to(
+                device=self.sizes.device, dtype=torch.float32
+            )
+        return self._gains[key]
+
+    def step_bits(self, tier: Tier) -> torch.Tensor:
+        """[C, 3] bits each level step adds (channel size x width difference), float32."""
+        widths = torch.tensor(tier.level_bits, dtype=torch.float64, device=self.sizes.device)
+        return (self.sizes[:, None] * torch.diff(widths)[None, :]).float()
+
+    def assign(
+        self, importance: torch.Tensor, tier: Tier, budget: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(levels [B, C] long, step keys [B, C, 3], threshold [B, 1]) without the fix-ups.
+
+        The threshold lies halfway between the last step taken and the first one left, so
+        sigmoid((key - threshold) / T) relaxes "step taken" around the hard choice.
+        """
+        keys = importance.detach().float()[:, :, None] + self.gains(tier)[None]  # [B, C, 3]
+        widths = torch.tensor(tier.level_bits, dtype=torch.float64, device=keys.device)
+        adds = (self.sizes[:, None] * torch.diff(widths)[None, :]).reshape(-1)
+        flat = keys.reshape(len(keys), -1)
+        sorted_keys, order = torch.sort(flat, dim=1, descending=True, stable=True)
+        spent = self.sizes.sum() * widths[0] + torch.cumsum(adds[order], dim=1)
+        target = float(budget) * float(self.sizes.sum())
+        m = (spent <= target + 1e-9).sum(1, keepdim=True)  # steps taken per row
+        taken_sorted = torch.arange(flat.shape[1], device=keys.device)[None, :] < m
+        taken = torch.zeros_like(taken_sorted).scatter(1, order, taken_sorted)
+        levels = taken.reshape(keys.shape).sum(2)
+        big = torch.finfo(torch.float32).max / 4
+        last = torch.where(m > 0, sorted_keys.gather(1, (m - 1).clamp_min(0)),
+                           sorted_keys[:, :1] + 1.0)
+        first = torch.where(m < flat.shape[1],
+                            sorted_keys.gather(1, m.clamp_max(flat.shape[1] - 1)),
+                            torch.full_like(last, -big))
+        threshold = torch.where(first <= -big, last - 1.0, (last + first) / 2)
+        return levels, importance[:, :, None] + self.gains(tier)[None], threshold
+
+
+def relaxed_rd_masks(
+    keys: torch.Tensor,
+    levels: torch.Tensor,
+    threshold: torch.Tensor,
+    tau: float,
+    step_bits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through masks and soft probabilities [B, C, 4] for rate-distortion levels.
+
+    p(level >= k) = sigmoid((key_k - threshold) / tau); keys fall with k, so these are ordered.
+    The forward pass uses the hard one-hot of `levels`, the backward pass the soft probabilities.
+    With `step_bits` [C, 3] (bits each step adds) the threshold moves with the keys as the
+    budget makes it (implicit function, first order): raising every key then changes nothing,
+    and a channel gains bits only at the expense of others.
+    """
+    from chord.hyper.personal import one_hot_levels
+
+    tau = max(tau, 1e-6)
+    if step_bits is not None:
+        soft = torch.sigmoid((keys - threshold[:, :, None]) / tau)
+        spent = (soft * step_bits).sum((1, 2))
+        slope = (soft * (1 - soft) * step_bits).sum((1, 2)).detach() / tau
+        shift = (spent - spent.detach()) / slope.clamp_min(1e-12)
+        threshold = threshold + shift[:, None]
+    ge = torch.sigmoid((keys - threshold[:, :, None]) / tau)  # [B, C, 3]
+    ones = torch.ones_like(ge[..., :1])
+    zeros = torch.zeros_like(ge[..., :1])
+    cum = torch.cat([ones, ge, zeros], dim=-1)
+    probs = (cum[..., :-1] - cum[..., 1:]).clamp_min(0.0)
+    hard = one_hot_levels(levels)
+    return hard + probs - probs.detach(), probs
+
+
+__all__ = [
+    "MAX_WIDTH",
+    "LevelCost",
+    "LevelCostError",
+    "TorchLevelCost",
+    "assign_levels_rd",
+    "relaxed_rd_masks",
+]
