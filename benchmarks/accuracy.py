@@ -286,6 +286,32 @@ def training_notes(metas: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def rule_note(metas: list[dict[str, Any]]) -> str:
+    """How levels were placed and whether backbones were folded, per the entries' configs."""
+    rules = sorted({m["config"].get("allocation", "quota") for m in metas})
+    folds = sorted({bool(m["config"].get("fold", False)) for m in metas})
+    parts = []
+    if "rd" in rules:
+        parts.append(
+            "Level rule `rd` (chord/level_cost.py): each layer's loss growth at widths 1..8 is "
+            "measured on 1,024 training examples, and bits go where they remove the most loss; "
+            "mixed-static is that rule with the measured population prior, CHORD adds the "
+            "per-user hypernetwork correction, and mixed-random is a random ranking under the "
+            "maximum-entropy quotas."
+        )
+    if "quota" in rules:
+        parts.append(
+            "Level rule `quota`: maximum-entropy level quotas in importance order (mixed-static "
+            "ranks by Fisher sensitivity)."
+        )
+    if True in folds:
+        parts.append(
+            "Trained backbones are folded first (Backbone.fold_for_quantization: Caser's mean "
+            "output-item row is subtracted, rankings unchanged)."
+        )
+    return " ".join(parts)
+
+
 def device_note(metas: list[dict[str, Any]]) -> str:
     """Where the timings were taken: every device named in the meta entries."""
     devices = sorted({f"{m.get('device', 'cpu')} ({m.get('device_name', m.get('device', 'cpu'))})"
@@ -324,7 +350,7 @@ def write(
            f"the imported runs took {seconds / 60:.0f} min of process time in all (run side by "
            f"side on {machine.get('cpu_count', '?')} cores, {machine.get('cpu', '?')}, torch "
            f"{machine.get('torch', '?')}; the header names the machine that imported them).")
-        + f"{device_note(metas)}\n\n"
+        + f"{device_note(metas)} {rule_note(metas)}\n\n"
         + training_notes(metas)
     )
     if results_dir is None:

@@ -141,3 +141,23 @@ def test_bad_tables_and_budgets_say_what_is_wrong() -> None:
         assign_levels(np.zeros(10), np.ones(10, np.int64), DEFAULT_TIERS["mid"], 3.0, good)
     with pytest.raises(BudgetError, match="finite"):
         assign_levels(np.full(sum(LAYERS), np.nan), sizes(), DEFAULT_TIERS["mid"], 3.0, good)
+
+
+def test_coupled_threshold_makes_bits_a_zero_sum_game() -> None:
+    cost, tier = make_cost(6), DEFAULT_TIERS["mid"]
+    imp = torch.from_numpy(np.random.default_rng(6).normal(size=(3, sum(LAYERS))).astype(
+        np.float32)).requires_grad_(True)
+    tc = TorchLevelCost(cost, torch.from_numpy(sizes()))
+    levels, keys, threshold = tc.assign(imp, tier, 3.0)
+    bits = torch.tensor(tier.level_bits, dtype=torch.float32)
+    sz = torch.from_numpy(sizes()).float()
+    _, probs = relaxed_rd_masks(keys, levels, threshold, tau=0.5, step_bits=tc.step_bits(tier))
+    first = LAYERS[0]
+    # Expected bits of the first layer alone: it gains from its own keys, loses to the others'.
+    ((probs @ bits) * sz)[:, :first].sum().backward()
+    assert imp.grad is not None
+    grad = imp.grad.clone()
+    assert float(grad[:, :first].sum()) > 0 > float(grad[:, first:].sum())
+    # The budget pins the total, so raising every key at once changes nothing.
+    torch.testing.assert_close(grad.sum(1), torch.zeros(3), atol=1e-3 * float(grad.abs().sum()),
+                               rtol=0)

@@ -24,9 +24,9 @@ class PriorImportance(nn.Module):
 
     The prior is one sensitivity per channel measured on training data (the Fisher score of the
     quota rule's mixed-static baseline, or the rd rule's measured channel shares), so training
-    starts from the population assignment and the
-    hypernetwork learns only what each user changes; model selection on validation can keep the
-    prior alone when personalization does not help.
+    starts from the population assignment and the hypernetwork learns only what each user
+    changes; model selection on validation can keep the prior alone when personalization does
+    not help.
     """
 
     def __init__(self, hyper: HyperNetwork, prior: torch.Tensor, gate: float = 0.0) -> None:

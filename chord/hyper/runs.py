@@ -62,10 +62,10 @@ class RunConfig:
     hyper_valid_users: int = 400
     rank: int = 4
     hidden: int = 128
-    # "fisher": importance = the mixed-static Fisher sensitivity + a gated hypernetwork
-    # correction (chord.hyper.prior); "none": the hypernetwork alone.
-    # "none" is the default: in the accuracy runs the gate often stayed shut (no personalization)
-    # and ML-100K SASRec scored lower with the prior (benchmarks/RESULTS.md, accuracy_prior).
+    # Quota rule only. "fisher": importance = the mixed-static Fisher sensitivity + a gated
+    # hypernetwork correction (chord.hyper.prior); "none": the hypernetwork alone (its gate often
+    # stayed shut and ML-100K SASRec scored lower with it: accuracy_prior in RESULTS.md). The rd
+    # rule always starts from its own measured prior, with the gate open.
     prior: str = "none"
     tau: float = 0.5
     # Rewrite a trained backbone into a ranking-equivalent form that quantizes better before

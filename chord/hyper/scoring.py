@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from chord.budget import Tier
-from chord.hyper.deps import assign_levels, average_bits
+from chord.budget import BudgetError, Tier, assign_levels_batch
+from chord.hyper.deps import average_bits
 from chord.hyper.personal import (
     LevelBank,
     batched_call,
@@ -29,11 +29,13 @@ def assign_batch(
     budget_bits: float,
     cost: LevelCost | None = None,
 ) -> np.ndarray:
-    """Levels [B, C] (uint8) for a batch of importance rows, one assign_levels call per user."""
+    """Levels [B, C] (uint8) for a batch of importance rows, by chord.budget's exact rule."""
     imp = importance.detach().cpu().numpy()
-    return np.stack(
-        [assign_levels(row, sizes, tier, budget_bits, cost) for row in imp]
-    ).astype(np.uint8)
+    rows = assign_levels_batch(imp, sizes, [tier] * len(imp), [budget_bits] * len(imp), cost)
+    for row in rows:
+        if isinstance(row, BudgetError):
+            raise row
+    return np.stack(rows).astype(np.uint8)  # type: ignore[arg-type]
 
 
 def fast_assign(
