@@ -243,9 +243,9 @@ class TorchLevelCost:
         return self._gains[key]
 
     def step_bits(self, tier: Tier) -> torch.Tensor:
-        """[C, 3] bits each level step adds (channel size x width difference), float32."""
+        """[C, 3] bits each level step adds (channel size x width difference), float64."""
         widths = torch.tensor(tier.level_bits, dtype=torch.float64, device=self.sizes.device)
-        return (self.sizes[:, None] * torch.diff(widths)[None, :]).float()
+        return self.sizes[:, None] * torch.diff(widths)[None, :]
 
     def assign(
         self, importance: torch.Tensor, tier: Tier, budget: float
@@ -256,11 +256,10 @@ class TorchLevelCost:
         sigmoid((key - threshold) / T) relaxes "step taken" around the hard choice.
         """
         keys = importance.detach().float()[:, :, None] + self.gains(tier)[None]  # [B, C, 3]
-        widths = torch.tensor(tier.level_bits, dtype=torch.float64, device=keys.device)
-        adds = (self.sizes[:, None] * torch.diff(widths)[None, :]).reshape(-1)
+        adds = self.step_bits(tier).reshape(-1)
         flat = keys.reshape(len(keys), -1)
         sorted_keys, order = torch.sort(flat, dim=1, descending=True, stable=True)
-        spent = self.sizes.sum() * widths[0] + torch.cumsum(adds[order], dim=1)
+        spent = self.sizes.sum() * tier.level_bits[0] + torch.cumsum(adds[order], dim=1)
         target = float(budget) * float(self.sizes.sum())
         m = (spent <= target + 1e-9).sum(1, keepdim=True)  # steps taken per row
         taken_sorted = torch.arange(flat.shape[1], device=keys.device)[None, :] < m
@@ -296,8 +295,9 @@ def relaxed_rd_masks(
     tau = max(tau, 1e-6)
     if step_bits is not None:
         soft = torch.sigmoid((keys - threshold[:, :, None]) / tau)
-        spent = (soft * step_bits).sum((1, 2))
-        slope = (soft * (1 - soft) * step_bits).sum((1, 2)).detach() / tau
+        bits = step_bits.to(soft.dtype)
+        spent = (soft * bits).sum((1, 2))
+        slope = (soft * (1 - soft) * bits).sum((1, 2)).detach() / tau
         shift = (spent - spent.detach()) / slope.clamp_min(1e-12)
         threshold = threshold + shift[:, None]
     ge = torch.sigmoid((keys - threshold[:, :, None]) / tau)  # [B, C, 3]

@@ -24,9 +24,6 @@ from chord.codes import (
 )
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
-
-if TYPE_CHECKING:
-    from chord.level_cost import LevelCost
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
 from device_client.wire import (
@@ -39,6 +36,9 @@ from device_client.wire import (
     strategy_reply_from_proto,
     strategy_request_to_proto,
 )
+
+if TYPE_CHECKING:
+    from chord.level_cost import LevelCost
 
 CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
 
