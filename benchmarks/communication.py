@@ -166,7 +166,7 @@ def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     reference = reference_levels(reference_importance(run), sizes, tier, cfg.budget_bits, cost)
     prior = run.meta.get("run_config", {}).get("prior", "none")
     if cost is not None:
-        prior = "rd rule's measured prior"
+        prior = "of the rd rule"
     distinct = len({lv.tobytes() for lv in out})
     return Levels(
         out,
