@@ -286,6 +286,37 @@ def training_notes(metas: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SAME_BITS_BASELINES = ("mixed-static", "mixed-random", "finetune")
+
+
+def goal_lines(rows: list[dict[str, Any]]) -> str:
+    """Against the goal, per (dataset, backbone, budget): CHORD (pretrained) vs the best
+    compressed baseline at the same average bits on NDCG@10 and HR@10, and CHORD / fp32."""
+    pre = [r for r in rows if r["backbone_mode"] == "pretrained"]
+    lines = []
+    for r in (x for x in pre if x["method"] == "chord-pretrained"):
+        pair = (r["dataset"], r["backbone"])
+        same = [x for x in pre if (x["dataset"], x["backbone"]) == pair and (
+            (x["budget"] == r["budget"] and x["method"] in SAME_BITS_BASELINES)
+            or x["method"] == f"ptq-{round(r['budget'])}")]
+        fp32 = [x for x in pre if (x["dataset"], x["backbone"]) == pair and x["method"] == "fp32"]
+        if not same or not fp32:
+            continue
+        parts = []
+        for metric in ("NDCG@10", "HR@10"):
+            best = max(same, key=lambda x: x[metric])
+            verdict = "beats" if r[metric] > best[metric] else "does not beat"
+            parts.append(f"{metric} {r[metric]:.4f} {verdict} {best['method']} {best[metric]:.4f}")
+        ratio = r["NDCG@10"] / fp32[0]["NDCG@10"]
+        lines.append(f"- {pair[0]} {pair[1]} at {r['budget']:g} bits: CHORD " + "; ".join(parts)
+                     + f"; NDCG@10 = {ratio:.3f} of fp32")
+    if not lines:
+        return ""
+    return ("\n\nAgainst the goal (CHORD, pretrained backbone, vs the best of uniform PTQ at the "
+            "budget, mixed-static, mixed-random and fine-tuning; DUET spends more bits and is "
+            "listed above):\n" + "\n".join(lines))
+
+
 def rule_note(metas: list[dict[str, Any]]) -> str:
     """How levels were placed and whether backbones were folded, per the entries' configs."""
     rules = sorted({m["config"].get("allocation", "quota") for m in metas})
@@ -352,6 +383,7 @@ def write(
            f"{machine.get('torch', '?')}; the header names the machine that imported them).")
         + f"{device_note(metas)} {rule_note(metas)}\n\n"
         + training_notes(metas)
+        + goal_lines(rows)
     )
     if results_dir is None:
         write_result(name, {"rows": rows, "meta": metas}, table, notes)
