@@ -146,6 +146,36 @@ def check_budget(tier: Tier, budget_bits: float) -> None:
         )
 
 
+def screen_rows(
+    imp: np.ndarray, channel_sizes: np.ndarray, tiers: Sequence[Tier], budgets: Sequence[float]
+) -> tuple[np.ndarray, list[np.ndarray | BudgetError], list[int]]:
+    """Check a batch before a level rule runs: (sizes, per-row slots, rows to serve).
+
+    Shared-input errors (shapes, sizes) raise BudgetError; a row whose budget its tier cannot
+    reach, or whose importance is not finite, gets its BudgetError in its slot; the other slots
+    hold placeholders for the rule to fill.
+    """
+    if imp.ndim != 2 or not len(tiers) == len(budgets) == imp.shape[0]:
+        raise BudgetError(
+            f"importance must be [batch, channels] with one tier and budget per row, got "
+            f"{imp.shape}, {len(tiers)} tiers, {len(budgets)} budgets"
+        )
+    sizes = check_sizes(channel_sizes, imp.shape[1])
+    out: list[np.ndarray | BudgetError] = []
+    rows: list[int] = []
+    for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
+        try:
+            check_budget(tier, float(budget))
+            if not np.isfinite(imp[i]).all():
+                raise BudgetError("importance must be finite (no NaN or inf)")
+        except BudgetError as exc:
+            out.append(exc)
+            continue
+        out.append(np.empty(0, dtype=np.uint8))  # replaced by the rule
+        rows.append(i)
+    return sizes, out, rows
+
+
 def assign_levels(
     importance: np.ndarray,
     channel_sizes: np.ndarray,
@@ -185,24 +215,7 @@ def assign_levels_batch(
     imp = np.asarray(importance)
     if imp.dtype != np.float32:
         imp = imp.astype(np.float64)
-    if imp.ndim != 2 or not len(tiers) == len(budgets) == imp.shape[0]:
-        raise BudgetError(
-            f"importance must be [batch, channels] with one tier and budget per row, got "
-            f"{imp.shape}, {len(tiers)} tiers, {len(budgets)} budgets"
-        )
-    sizes = check_sizes(channel_sizes, imp.shape[1])
-    out: list[np.ndarray | BudgetError] = []
-    rows: list[int] = []
-    for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
-        try:
-            check_budget(tier, float(budget))
-            if not np.isfinite(imp[i]).all():
-                raise BudgetError("importance must be finite (no NaN or inf)")
-        except BudgetError as exc:
-            out.append(exc)
-            continue
-        out.append(np.empty(0, dtype=np.uint8))  # replaced below
-        rows.append(i)
+    sizes, out, rows = screen_rows(imp, channel_sizes, tiers, budgets)
     if not rows:
         return out
     good = imp[rows] if len(rows) < imp.shape[0] else imp
@@ -335,4 +348,5 @@ __all__ = [
     "descending_order",
     "max_entropy_distribution",
     "parse_level_bits",
+    "screen_rows",
 ]

@@ -24,9 +24,8 @@ from chord.budget import (
     N_LEVELS,
     BudgetError,
     Tier,
-    check_budget,
-    check_sizes,
     descending_order,
+    screen_rows,
 )
 
 MAX_WIDTH = 8
@@ -164,28 +163,11 @@ def assign_levels_rd(
     that cannot come within 0.1 bit gets a BudgetError in place of levels.
     """
     imp = np.asarray(importance)
-    if imp.ndim != 2 or not len(tiers) == len(budgets) == imp.shape[0]:
-        raise BudgetError(
-            f"importance must be [batch, channels] with one tier and budget per row, got "
-            f"{imp.shape}, {len(tiers)} tiers, {len(budgets)} budgets"
-        )
-    sizes = check_sizes(channel_sizes, imp.shape[1])
+    sizes, out, rows = screen_rows(imp, channel_sizes, tiers, budgets)
     if cost.n_channels != imp.shape[1]:
         raise BudgetError(
             f"the level cost covers {cost.n_channels} channels but importance has {imp.shape[1]}"
         )
-    out: list[np.ndarray | BudgetError] = []
-    rows: list[int] = []
-    for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
-        try:
-            check_budget(tier, float(budget))
-            if not np.isfinite(imp[i]).all():
-                raise BudgetError("importance must be finite (no NaN or inf)")
-        except BudgetError as exc:
-            out.append(exc)
-            continue
-        out.append(np.empty(0, dtype=np.uint8))  # replaced below
-        rows.append(i)
     if not rows:
         return out
     n_steps = N_LEVELS - 1

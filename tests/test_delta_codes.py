@@ -95,26 +95,26 @@ def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
     assert all(r.code_bytes < packed_length(spec.n_channels) // 2 for r in report.rounds)
 
 
+def _refused(spec: pb.ModelSpec, match: str, **fields: object) -> None:
+    """A copy of `spec` with `fields` replaced must be refused with a WireError like `match`."""
+    tampered = pb.ModelSpec()
+    tampered.CopyFrom(spec)
+    for name, value in fields.items():
+        setattr(tampered, name, value)
+    with pytest.raises(WireError, match=match):
+        spec_from_proto(tampered)
+
+
 def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
     spec, _ = _ask(server, "", "plain-3")
-    flipped = pb.ModelSpec()
-    flipped.CopyFrom(spec)
     raw = bytearray(spec.reference_importance)
     raw[5] ^= 0x10
-    flipped.reference_importance = bytes(raw)
-    with pytest.raises(WireError, match="do not match the reference_id"):
-        spec_from_proto(flipped)
-    flipped.reference_importance = bytes(raw[:-2])
-    with pytest.raises(WireError, match="need"):
-        spec_from_proto(flipped)
+    _refused(spec, "do not match the reference_id", reference_importance=bytes(raw))
+    _refused(spec, "need", reference_importance=bytes(raw[:-2]))
     # The level cost is covered too: a device with another table would derive other levels.
-    flipped.CopyFrom(spec)
     cost = bytearray(spec.level_cost)
     cost[7] ^= 0x01
-    flipped.level_cost = bytes(cost)
-    with pytest.raises(WireError, match="do not match the reference_id"):
-        spec_from_proto(flipped)
-    flipped.level_cost = bytes(cost[:-4])
-    flipped.reference_id = f"{zlib.crc32(spec.reference_importance + bytes(cost[:-4])):08x}"
-    with pytest.raises(WireError, match=r"level_cost: .*float32"):
-        spec_from_proto(flipped)
+    _refused(spec, "do not match the reference_id", level_cost=bytes(cost))
+    short = bytes(cost[:-4])
+    _refused(spec, r"level_cost: .*float32", level_cost=short,
+             reference_id=f"{zlib.crc32(spec.reference_importance + short):08x}")
