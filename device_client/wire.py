@@ -138,6 +138,11 @@ def _level_cost_from_proto(msg: pb.ModelSpec) -> LevelCost | None:
         return None
     channels = [int(x.n_channels) for x in msg.layers]
     weights = [int(x.n_channels) * int(x.channel_size) for x in msg.layers]
+    if sum(channels) != msg.n_channels:
+        raise WireError(
+            f"ModelSpec.level_cost needs layers covering all {msg.n_channels} channels; "
+            f"the spec's layers cover {sum(channels)}"
+        )
     try:
         return LevelCost.from_bytes(raw, channels, weights)
     except LevelCostError as exc:

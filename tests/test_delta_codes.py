@@ -118,3 +118,5 @@ def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
     short = bytes(cost[:-4])
     _refused(spec, r"level_cost: .*float32", level_cost=short,
              reference_id=f"{zlib.crc32(spec.reference_importance + short):08x}")
+    _refused(spec, "layers covering all", n_channels=spec.n_channels + 1,
+             reference_importance=b"")
