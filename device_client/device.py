@@ -63,6 +63,12 @@ class DeviceJob:
     corrupt_rounds: tuple[int, ...] = ()  # fault: rounds whose received code gets corrupted
     report_to_server: bool = True
     request_tag: str = ""  # names the simulation in request ids, so reruns never collide
+    # Virtual clock (simulator/clock.py): (t_s, trigger, first, stop) per strategy request; the
+    # strategy fetched at virtual second t_s profiles sequence[:first] and scores positions
+    # first..stop-1. Empty with virtual=False: the round plan from rounds and K above.
+    schedule: tuple[tuple[float, str, int, int], ...] = ()
+    virtual: bool = False
+    staleness_probe: bool = False  # also score each later target with a fresh strategy
 
 
 @dataclass
@@ -100,6 +106,17 @@ class RoundRecord:
     infer_ms_max: float = 0.0
     modeled_transfer_ms: float = 0.0  # modeled: (up + down bytes) / bandwidth + RTT
     modeled_compute_ms: float = 0.0  # modeled: (adapt + profile + inference) x compute factor
+    t_s: float = 0.0  # virtual clock: virtual seconds since simulation start of the request
+    trigger: str = ""  # virtual clock: arrival, drift, interval or model_version; "" = rounds
+    strategy_bytes: int = 0  # GetStrategy request + reply (serialized protobuf)
+    report_bytes: int = 0  # ReportMetrics request + reply (serialized protobuf)
+    # Staleness probe (sampled devices): targets after a round's first, scored with the held
+    # strategy and with a fresh one fetched for the history at that target.
+    probe_targets: int = 0
+    stale_hr10: float = 0.0
+    fresh_hr10: float = 0.0
+    stale_ndcg10: float = 0.0
+    fresh_ndcg10: float = 0.0
 
 
 @dataclass
@@ -212,6 +229,9 @@ class VirtualDevice:
         """Set up, then play every round; a failed RPC ends the device with a reason."""
         job = self.job
         report = DeviceReport(job.device_id, job.tier, job.user_index, worker_pid=os.getpid())
+        if job.virtual and not job.schedule:
+            report.detail = "never online in the simulated span: no request made"
+            return report
         start = time.perf_counter()
         try:
             spec_req = spec_request_to_proto(job.device_id)
@@ -238,9 +258,11 @@ class VirtualDevice:
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
-        plan = round_targets(len(seq), job.rounds, job.interactions_per_round)
+        plan = self._plan(len(seq))
         for r, positions in enumerate(plan):
             rec = RoundRecord(job.device_id, r, job.tier)
+            if job.virtual:
+                rec.t_s, rec.trigger = job.schedule[r][0], job.schedule[r][1]
             report.rounds.append(rec)
             if r in job.offline_rounds:
                 rec.status = "offline"
@@ -251,6 +273,13 @@ class VirtualDevice:
                 rec.status, rec.reason = "failed", f"strategy:{exc.reason}"
                 return self._fail(report, rec.reason, str(exc))
         return report
+
+    def _plan(self, n_items: int) -> list[range]:
+        """Positions each strategy scores: the virtual schedule's, or the round plan's."""
+        job = self.job
+        if job.virtual:
+            return [range(first, stop) for _, _, first, stop in job.schedule]
+        return round_targets(n_items, job.rounds, job.interactions_per_round)
 
     def _fail(self, report: DeviceReport, reason: str, detail: str) -> DeviceReport:
         """Mark the device failed."""
@@ -275,7 +304,8 @@ class VirtualDevice:
         """Profile, ask, decode, quantize, score this round's targets, and fill the record."""
         job = self.job
         tier = spec.tiers[job.tier]
-        history = seq[: positions.start] if len(positions) else seq
+        # A virtual request profiles the history up to its position even when it scores nothing.
+        history = seq[: positions.start] if len(positions) or job.virtual else seq
         max_len = int(getattr(backbone, "max_len", spec.max_recent_items or 50))
         t0 = time.thread_time()
         profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
@@ -294,6 +324,7 @@ class VirtualDevice:
         rec.injected_losses = stats.injected_losses
         rec.bytes_up, rec.bytes_down = req.ByteSize(), reply_msg.ByteSize()
         rec.reply_bytes = reply_msg.ByteSize()
+        rec.strategy_bytes = rec.bytes_up + rec.bytes_down
         reply = strategy_reply_from_proto(reply_msg)
         rec.code_bytes = len(reply.code.payload)
         rec.server_avg_bits = reply.avg_bits
@@ -330,7 +361,7 @@ class VirtualDevice:
         rec.quantize_ms = (time.thread_time() - t2) * 1e3
         rec.adapt_ms = rec.decode_ms + rec.quantize_ms
         rec.avg_bits = self._bits_avg
-        self._score(rec, seq, positions, exclude, max_len)
+        self._score(rec, seq, positions, exclude, max_len, spec, backbone, layout)
         rec.modeled_transfer_ms = self._transfer_ms(rec.bytes_up + rec.bytes_down)
         rec.modeled_compute_ms = (
             rec.adapt_ms + rec.profile_ms + rec.infer_ms * rec.n_targets
@@ -349,12 +380,25 @@ class VirtualDevice:
         return self._reference
 
     def _score(
-        self, rec: RoundRecord, seq: np.ndarray, positions: range, exclude: set[int], max_len: int
+        self,
+        rec: RoundRecord,
+        seq: np.ndarray,
+        positions: range,
+        exclude: set[int],
+        max_len: int,
+        spec: DeviceSpec,
+        backbone: torch.nn.Module,
+        layout: ChannelLayout,
     ) -> None:
-        """Rank each target among sampled negatives with the quantized model, one at a time."""
+        """Rank each target among sampled negatives with the quantized model, one at a time.
+
+        A staleness-probe device also ranks every target after the round's first with a fresh
+        strategy (profiled on the history just before that target); those extra requests are
+        measurement, not fleet load, so their bytes and times stay out of the round's figures.
+        """
         assert self._model is not None
         seen = [np.fromiter(exclude, dtype=np.int64)]
-        ranks, times = [], []
+        ranks, times, stale, fresh = [], [], [], []
         for pos in positions:
             hist = pad_history(seq[:pos], max_len)
             # Negatives depend on (seed, user, position) only: a re-run scores the same items.
@@ -369,12 +413,59 @@ class VirtualDevice:
             scores = self._model.score_candidates(hist, cands)  # type: ignore[operator]
             times.append((time.thread_time() - t0) * 1e3)
             ranks.append(int(target_ranks(scores)[0]))
+            if self.job.staleness_probe and pos > positions.start:
+                model = self._fresh_model(rec, spec, backbone, layout, seq[:pos], max_len, pos)
+                if model is not None:
+                    stale.append(ranks[-1])
+                    fresh.append(int(target_ranks(model.score_candidates(hist, cands))[0]))
         rec.n_targets = len(ranks)
+        if stale:
+            s, f = rank_metrics(np.asarray(stale)), rank_metrics(np.asarray(fresh))
+            rec.probe_targets = len(stale)
+            rec.stale_hr10, rec.stale_ndcg10 = s["HR@10"], s["NDCG@10"]
+            rec.fresh_hr10, rec.fresh_ndcg10 = f["HR@10"], f["NDCG@10"]
         if not ranks:
             return
         m = rank_metrics(np.asarray(ranks))
         rec.hr5, rec.hr10, rec.ndcg5, rec.ndcg10 = m["HR@5"], m["HR@10"], m["NDCG@5"], m["NDCG@10"]
         rec.infer_ms, rec.infer_ms_max = float(np.mean(times)), float(np.max(times))
+
+    def _fresh_model(
+        self,
+        rec: RoundRecord,
+        spec: DeviceSpec,
+        backbone: torch.nn.Module,
+        layout: ChannelLayout,
+        history: np.ndarray,
+        max_len: int,
+        pos: int,
+    ) -> Any:
+        """The backbone quantized to a strategy fetched now for `history`; None if that fails."""
+        job = self.job
+        tier = spec.tiers[job.tier]
+        profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
+        req = strategy_request_to_proto(
+            job.device_id,
+            f"{job.request_tag}.{rec.round}.probe{pos}",
+            spec.version,
+            job.tier,
+            job.budget_bits,
+            profile,
+            reference_id=spec.reference_id,
+        )
+        try:
+            reply = strategy_reply_from_proto(self.transport.get_strategy(req)[0])
+            reference = None
+            if reply.code.encoding == ENCODING_DELTA and spec.reference is not None:
+                reference = self._reference_levels(
+                    spec.reference, spec.channel_sizes(), tier, spec.level_cost
+                )
+            levels = decode_levels(reply.code, spec.version, spec.n_channels, reference)
+        except (TransportError, CodeError) as exc:
+            what = exc.reason if isinstance(exc, TransportError) else "code_rejected"
+            rec.fault = (rec.fault + ";" if rec.fault else "") + f"probe:{what}"
+            return None
+        return _quantize(backbone, levels_to_bits(levels, tier).astype(np.int64), layout)
 
     def _report(self, rec: RoundRecord) -> None:
         """Send the round's figures to the server; a failure here is a fault, not a failure."""
@@ -391,3 +482,4 @@ class VirtualDevice:
             return
         rec.bytes_up += req.ByteSize()
         rec.bytes_down += reply.ByteSize()
+        rec.report_bytes = req.ByteSize() + reply.ByteSize()

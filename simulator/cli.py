@@ -37,7 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-ca", "--tls-root-ca", dest="tls_root_ca",
         help="PEM CA file to verify the server's TLS certificate",
     )
-    parser.add_argument("--traces", help="FedScale-style device traces (JSON)")
+    parser.add_argument(
+        "--traces", help="FedScale capacity map (.pkl, .json or .csv): compute and bandwidth"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["rounds", "virtual"],
+        help="'rounds' (default): drift rounds; 'virtual': a simulated span on a virtual clock",
+    )
+    parser.add_argument(
+        "--duration-s", type=float, help="virtual clock: simulated seconds (default 86400)"
+    )
+    parser.add_argument(
+        "--behaviour-trace",
+        help="virtual clock: FedScale behaviour trace (.pkl, .json or .csv) for availability "
+        "(default: a seeded diurnal model)",
+    )
     parser.add_argument(
         "--resume",
         type=Path,
@@ -67,8 +82,21 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
             token=args.token if args.token is not None else transport.token,
             tls_root_ca=args.tls_root_ca if args.tls_root_ca is not None else transport.tls_root_ca,
         )
+    clock = dataclasses.replace(
+        cfg.clock,
+        **{
+            k: v
+            for k, v in (
+                ("mode", args.clock),
+                ("duration_s", args.duration_s),
+                ("behaviour_trace", args.behaviour_trace),
+            )
+            if v is not None
+        },
+    )
     return with_overrides(
         cfg,
+        clock=clock,
         devices=args.devices,
         dataset=args.dataset,
         backbone=args.backbone,
@@ -108,5 +136,6 @@ def run(args: argparse.Namespace) -> int:
     except (FleetConfigError, SimulationError) as exc:
         print(f"chord simulate: {exc}")
         return 2
-    print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv")
+    extra = f", {out}/arrivals.csv, {out}/timeline.png" if "timeline" in summary else ""
+    print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv{extra}")
     return 0 if summary["completed"] == summary["devices"] else 1

@@ -42,6 +42,34 @@ class ChurnConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    """The virtual clock: devices come online as a trace or a diurnal model says, over a day.
+
+    mode "rounds" (the default) keeps the round-based fleet of [drift]; "virtual" plans each
+    device's requests in virtual time (simulator/clock.py) and runs them as fast as it can.
+    """
+
+    mode: str = "rounds"  # "rounds" or "virtual"
+    duration_s: float = 86_400.0  # simulated span, virtual seconds
+    behaviour_trace: str = ""  # FedScale behaviour trace (.pkl/.json/.csv); "" = diurnal model
+    sessions_per_day: float = 6.0  # diurnal model: mean sessions a device starts per day
+    session_minutes: float = 20.0  # diurnal model: mean session length (exponential)
+    peak_hour: float = 20.0  # diurnal model: hour of day when sessions start most often
+    diurnal_amplitude: float = 0.8  # 0 = flat, <1: session rate 1 + a cos(2 pi (h - peak) / 24)
+    interactions_per_hour: float = 12.0  # interactions replayed per online hour (Poisson)
+    drift_every: int = 5  # K: ask again after K new interactions (0 = never)
+    refresh_interval_s: float = 0.0  # also ask when the held strategy is this old (0 = never)
+    model_releases_s: tuple[float, ...] = ()  # virtual times the served model version changes
+    min_history: int = 3  # items a user keeps as history before the day's replay starts
+    staleness_sample: float = 0.05  # share of devices that also measure a fresh strategy
+
+    def __post_init__(self) -> None:
+        """Keep releases a tuple (TOML and JSON give lists) and reject unusable values."""
+        object.__setattr__(self, "model_releases_s", tuple(float(t) for t in self.model_releases_s))
+        _check_clock(self)
+
+
+@dataclass(frozen=True)
 class FaultConfig:
     """Injected faults, all drawn from `seed` so a chaos run repeats exactly."""
 
@@ -103,6 +131,7 @@ class FleetConfig:
     churn: ChurnConfig = field(default_factory=ChurnConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def __post_init__(self) -> None:
         """Reject values the simulator cannot run with, saying what to send instead."""
@@ -135,11 +164,39 @@ class FleetConfig:
         return self.server == "embedded"
 
 
+def _check_clock(c: ClockConfig) -> None:
+    """Reject clock values the planner cannot use."""
+    if c.mode not in ("rounds", "virtual"):
+        raise FleetConfigError(f"clock.mode must be 'rounds' or 'virtual', got {c.mode!r}")
+    positive = ("duration_s", "sessions_per_day", "session_minutes", "interactions_per_hour")
+    for name in positive:
+        if getattr(c, name) <= 0:
+            raise FleetConfigError(f"clock.{name} must be > 0, got {getattr(c, name)}")
+    if not 0.0 <= c.diurnal_amplitude <= 1.0:
+        raise FleetConfigError(
+            f"clock.diurnal_amplitude must be in [0, 1], got {c.diurnal_amplitude}"
+        )
+    if c.drift_every < 0 or c.refresh_interval_s < 0 or c.min_history < 1:
+        raise FleetConfigError(
+            "clock.drift_every and clock.refresh_interval_s must be >= 0, clock.min_history >= 1"
+        )
+    if not 0.0 <= c.staleness_sample <= 1.0:
+        raise FleetConfigError(
+            f"clock.staleness_sample must be in [0, 1], got {c.staleness_sample}"
+        )
+    if any(not 0 <= t < c.duration_s for t in c.model_releases_s):
+        raise FleetConfigError(
+            f"clock.model_releases_s must lie in [0, duration_s={c.duration_s}), got "
+            f"{list(c.model_releases_s)}"
+        )
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "drift": DriftConfig,
     "churn": ChurnConfig,
     "faults": FaultConfig,
     "transport": TransportConfig,
+    "clock": ClockConfig,
 }
 
 

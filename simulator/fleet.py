@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 
 from device_client.device import DeviceJob
+from simulator.clock import OnlineCounter, plan_device, staleness_probe
 from simulator.config import FleetConfig, FleetConfigError, TierProfile
-
-
-class TraceError(ValueError):
-    """A device trace file that is not FedScale-style JSON."""
-
-
-@dataclass(frozen=True)
-class DeviceTrace:
-    """One FedScale client: computation in ms per sample, communication in kbps."""
-
-    client: str
-    computation_ms: float
-    communication_kbps: float
-
-
-def load_traces(path: str | Path) -> list[DeviceTrace]:
-    """Read {client: {"computation": ms/sample, "communication": kbps}} (JSON only, no pickle)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TraceError(
-            f"cannot read device traces {path}: {exc}; send FedScale's client map as JSON"
-        ) from exc
-    if not isinstance(data, dict) or not data:
-        raise TraceError(f"{path}: expected a non-empty JSON object of client id -> capacities")
-    traces = []
-    for client, cap in sorted(data.items(), key=lambda kv: str(kv[0])):
-        try:
-            comp, comm = float(cap["computation"]), float(cap["communication"])
-        except (TypeError, KeyError, ValueError) as exc:
-            raise TraceError(
-                f"{path}: client {client!r} needs numeric 'computation' and 'communication'"
-            ) from exc
-        if comp <= 0 or comm <= 0:
-            raise TraceError(f"{path}: client {client!r} has non-positive capacities")
-        traces.append(DeviceTrace(str(client), comp, comm))
-    return traces
+from simulator.traces import load_behaviour, load_capacities
 
 
 def tier_assignment(tiers: tuple[TierProfile, ...], n: int, seed: int) -> list[TierProfile]:
@@ -70,45 +33,75 @@ def _rounds_hit(rng: np.random.Generator, rounds: int, p: float, first: int) -> 
 
 
 def plan_fleet(cfg: FleetConfig, sequences: list[np.ndarray], request_tag: str) -> list[DeviceJob]:
-    """One DeviceJob per device; devices cycle over users when there are more devices than users."""
+    """Every DeviceJob of the fleet, as a list (see iter_jobs)."""
+    return list(iter_jobs(cfg, sequences, request_tag))
+
+
+def iter_jobs(
+    cfg: FleetConfig,
+    sequences: list[np.ndarray],
+    request_tag: str,
+    online: OnlineCounter | None = None,
+) -> Iterator[DeviceJob]:
+    """One DeviceJob per device, planned lazily; devices cycle over users (and trace clients).
+
+    With clock.mode "virtual" each job carries its day's schedule (simulator/clock.py) and, when
+    `online` is given, its online windows are counted there. Raises FleetConfigError without
+    users, TraceError for a malformed trace file.
+    """
     if not sequences:
         raise FleetConfigError("the dataset has no test users to put on devices")
-    traces = load_traces(cfg.traces_file) if cfg.traces_file else []
+    traces = load_capacities(cfg.traces_file) if cfg.traces_file else []
+    clock = cfg.clock
+    virtual = clock.mode == "virtual"
+    behaviour = load_behaviour(clock.behaviour_trace) if virtual and clock.behaviour_trace else []
     ref_ms = cfg.trace_reference_ms or (
         float(np.median([t.computation_ms for t in traces])) if traces else 1.0
     )
     tiers = tier_assignment(cfg.tiers, cfg.devices, cfg.seed)
-    jobs = []
     for i in range(cfg.devices):
         device_id = f"dev-{i:05d}"
         tier = tiers[i]
         user = i % len(sequences)
+        seq = np.asarray(sequences[user], dtype=np.int64)
         bandwidth, factor = tier.bandwidth_kbps, tier.compute_factor
         if traces:
             tr = traces[i % len(traces)]
             bandwidth, factor = tr.communication_kbps, tr.computation_ms / ref_ms
+        schedule: tuple[tuple[float, str, int, int], ...] = ()
+        if virtual:
+            day = plan_device(
+                clock, cfg.seed, device_id, len(seq),
+                behaviour[i % len(behaviour)] if behaviour else None,
+            )  # fmt: skip
+            schedule = day.requests
+            if online is not None:
+                online.add(day.windows)
         churn_rng = np.random.default_rng([cfg.seed, zlib.crc32(device_id.encode()), 1])
         fault_rng = np.random.default_rng([cfg.faults.seed, zlib.crc32(device_id.encode()), 2])
-        jobs.append(
-            DeviceJob(
-                device_id=device_id,
-                user_index=user,
-                sequence=np.asarray(sequences[user], dtype=np.int64),
-                tier=tier.name,
-                budget_bits=tier.budget_bits,
-                rounds=cfg.drift.rounds,
-                interactions_per_round=cfg.drift.interactions_per_round,
-                negatives=cfg.negatives,
-                seed=cfg.seed,
-                compute_factor=factor,
-                bandwidth_kbps=bandwidth,
-                rtt_ms=tier.rtt_ms,
-                offline_rounds=_rounds_hit(churn_rng, cfg.drift.rounds, cfg.churn.offline_prob, 1),
-                corrupt_rounds=_rounds_hit(
-                    fault_rng, cfg.drift.rounds, cfg.faults.corrupt_code_prob, 0
-                ),
-                report_to_server=cfg.transport.report_to_server,
-                request_tag=request_tag,
-            )
+        rounds = len(schedule) if virtual else cfg.drift.rounds
+        yield DeviceJob(
+            device_id=device_id,
+            user_index=user,
+            sequence=seq,
+            tier=tier.name,
+            budget_bits=tier.budget_bits,
+            rounds=rounds,
+            interactions_per_round=cfg.drift.interactions_per_round,
+            negatives=cfg.negatives,
+            seed=cfg.seed,
+            compute_factor=factor,
+            bandwidth_kbps=bandwidth,
+            rtt_ms=tier.rtt_ms,
+            # On the virtual clock, availability replaces churn: offline devices ask nothing.
+            offline_rounds=()
+            if virtual
+            else _rounds_hit(churn_rng, cfg.drift.rounds, cfg.churn.offline_prob, 1),
+            corrupt_rounds=_rounds_hit(fault_rng, rounds, cfg.faults.corrupt_code_prob, 0),
+            report_to_server=cfg.transport.report_to_server,
+            request_tag=request_tag,
+            schedule=schedule,
+            virtual=virtual,
+            staleness_probe=virtual
+            and staleness_probe(cfg.seed, device_id, clock.staleness_sample),
         )
-    return jobs

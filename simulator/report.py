@@ -139,9 +139,13 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(
-    out: Path, summary: dict[str, Any], devices: list[dict[str, Any]], rounds: list[dict[str, Any]]
+    out: Path,
+    summary: dict[str, Any],
+    devices: list[dict[str, Any]],
+    rounds: list[dict[str, Any]],
+    extra_md: list[str] | None = None,
 ) -> None:
-    """summary.json, rounds.csv, the plots and report.md."""
+    """summary.json, rounds.csv, the plots and report.md (extra_md: more report sections)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_rounds_csv(out / "rounds.csv", devices, rounds)
@@ -172,5 +176,6 @@ def write_outputs(
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *(extra_md or []),
     ]
     (out / "report.md").write_text("\n".join(text))

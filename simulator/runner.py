@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,12 +21,14 @@ from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.backend import Backend, InProcessBackend, RayBackend
+from simulator.clock import OnlineCounter
 from simulator.cloud import Cloud
 from simulator.config import FleetConfig, read_saved_config, save_config
-from simulator.fleet import plan_fleet
+from simulator.fleet import iter_jobs
 from simulator.report import summary_table, write_outputs
 from simulator.store import ReportStore
 from simulator.summary import fleet_summary
+from simulator.timeline import timeline_markdown, write_timeline
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +184,25 @@ def _state(out: Path, resume: bool) -> dict[str, Any]:
     return state
 
 
-def _batches(jobs: list[DeviceJob], size: int) -> list[list[DeviceJob]]:
-    """Consecutive batches of at most `size` jobs."""
-    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+def _batches(jobs: Iterator[DeviceJob], size: int) -> Iterator[list[DeviceJob]]:
+    """Consecutive batches of at most `size` jobs, drawn lazily from `jobs`."""
+    while batch := list(itertools.islice(jobs, size)):
+        yield batch
+
+
+def _refill(backend: Backend, batches: Iterator[list[DeviceJob]], window: int, next_id: int) -> int:
+    """Submit batches until `window` are queued or running; returns the next batch id.
+
+    Jobs are planned only as the backend needs them, so the driver's memory does not grow with
+    the number of devices.
+    """
+    while backend.pending() < window:
+        batch = next(batches, None)
+        if batch is None:
+            break
+        backend.submit(next_id, batch)
+        next_id += 1
+    return next_id
 
 
 class _FaultSchedule:
@@ -239,7 +258,9 @@ def run_simulation(
     state = _state(out, resume)
     start = time.perf_counter()
     sequences, n_items = load_users(cfg.dataset)
-    jobs = plan_fleet(cfg, sequences, state["request_tag"])
+    virtual = cfg.clock.mode == "virtual"
+    online = OnlineCounter(cfg.clock.duration_s) if virtual else None
+    jobs = iter_jobs(cfg, sequences, state["request_tag"], online)
     store = ReportStore(out / DB_FILE)
     if resume:
         store.log_event("resumed", f"{len(store.done_ids())} devices already stored")
@@ -262,11 +283,11 @@ def run_simulation(
             backend = RayBackend(cfg.actors) if use_ray else InProcessBackend()
             backend.build(_host_config(cfg, cloud.target))
             done = store.done_ids()
-            todo = [j for j in jobs if j.device_id not in done]
+            todo = _batches((j for j in jobs if j.device_id not in done), cfg.batch_size)
+            window = 4 * max(1, backend.stats.actors)  # batches queued or running at once
             faults = _FaultSchedule(cfg, store, len(done))
-            for i, batch in enumerate(_batches(todo, cfg.batch_size)):
-                backend.submit(i, batch)
-            bar = _progress(progress, len(jobs), len(done))
+            next_id = _refill(backend, todo, window, 0)
+            bar = _progress(progress, cfg.devices, len(done))
             while backend.pending():
                 for result in backend.collect(timeout_s=1.0):
                     for report in result.reports:
@@ -275,12 +296,16 @@ def run_simulation(
                         else:
                             duplicates += 1
                 faults.tick(bar.n, backend, cloud)
+                next_id = _refill(backend, todo, window, next_id)
             bar.close()
             stats = backend.stats
             backend.terminate()
     finally:
         cloud.stop()
         threads.close()
+    timeline = (
+        write_timeline(out, store, online, cfg.clock.duration_s) if online is not None else None
+    )
     devices, rounds = store.devices(), store.rounds()
     summary = fleet_summary(cfg.devices, devices, rounds)
     summary.update(
@@ -297,9 +322,14 @@ def run_simulation(
         faults_injected=faults.injected,
         server_restarts=cloud.restarts,
         events=[{"kind": e["kind"], "detail": e["detail"]} for e in store.events()],
+        clock=cfg.clock.mode,
     )
+    if timeline is not None:
+        summary["timeline"] = timeline
     store.close()
-    write_outputs(out, summary, devices, rounds)
+    write_outputs(
+        out, summary, devices, rounds, timeline_markdown(timeline) if timeline else None
+    )
     if progress:
         print(summary_table(summary))
     return summary

@@ -96,6 +96,10 @@ class ReportStore:
         """Every event row as a dict."""
         return self._rows("SELECT * FROM events ORDER BY id")
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run a read query; iterate the cursor to stream rows (aggregates stay in SQLite)."""
+        return self._db.execute(sql, params)
+
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         """Run a query and return rows as dicts."""
         cur = self._db.execute(sql)

@@ -29,9 +29,10 @@ from simulator.config import (
     read_saved_config,
     save_config,
 )
-from simulator.fleet import TraceError, load_traces, plan_fleet, tier_assignment
+from simulator.fleet import plan_fleet, tier_assignment
 from simulator.runner import run_simulation
 from simulator.store import ReportStore
+from simulator.traces import TraceError, load_capacities
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_TRANSPORT = TransportConfig(
@@ -105,7 +106,7 @@ def test_fedscale_traces(tmp_path: Path) -> None:
     assert [j.user_index for j in jobs] == [0, 1, 0, 1]  # devices cycle over users
     path.write_text(json.dumps({"1": {"computation": "fast"}}))
     with pytest.raises(TraceError):
-        load_traces(path)
+        load_capacities(path)
 
 
 def test_plan_is_seeded() -> None:

@@ -1,0 +1,236 @@
+"""Device traces in FedScale's formats (capacity map, behaviour trace): pickle, JSON or CSV.
+
+FedScale (SymbioticLab/FedScale, docs "Device Trace File Formats") publishes two per-client maps:
+
+- capacity: ``{client_id: {"computation": ms per sample, "communication": kbit/s}}``
+- behaviour: ``{client_id: {"active": [s, ...], "inactive": [s, ...], "finish_time": s, ...}}``;
+  the client is online from ``active[i]`` until ``inactive[i]``, and the pattern repeats every
+  ``finish_time`` seconds (FedScale reduces the clock modulo ``finish_time``). Other keys
+  (``duration``, ``model``) are accepted and ignored.
+
+FedScale ships both pickled. A pickle can run code while it loads, so `.pkl` files are read
+with an unpickler that constructs nothing but builtin containers, strings and numbers: any
+global (a class, a function such as ``os.system``) is refused before it is looked up.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+CSV_SUFFIXES = (".csv",)
+
+
+class TraceError(ValueError):
+    """A device trace file that cannot be read, or a client entry with a malformed field."""
+
+
+@dataclass(frozen=True)
+class DeviceTrace:
+    """One FedScale client's capacity: computation in ms per sample, communication in kbit/s."""
+
+    client: str
+    computation_ms: float
+    communication_kbps: float
+
+
+@dataclass(frozen=True)
+class BehaviourTrace:
+    """One FedScale client's availability: online in [active[i], inactive[i]), period finish_time.
+
+    Times are seconds from the start of the trace; `windows(0, T)` unrolls the periodic pattern.
+    """
+
+    client: str
+    active: tuple[float, ...]
+    inactive: tuple[float, ...]
+    finish_time: float
+
+    def windows(self, start_s: float, end_s: float) -> list[tuple[float, float]]:
+        """Online intervals clipped to [start_s, end_s), in time order, the pattern repeated."""
+        out: list[tuple[float, float]] = []
+        period = self.finish_time
+        k = math.floor(start_s / period)
+        while k * period < end_s:
+            base = k * period
+            for a, b in zip(self.active, self.inactive, strict=True):
+                lo, hi = max(base + a, start_s), min(base + b, end_s)
+                if hi > lo:
+                    if out and out[-1][1] >= lo:  # an interval running into the next period
+                        out[-1] = (out[-1][0], hi)
+                    else:
+                        out.append((lo, hi))
+            k += 1
+        return out
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global, so only builtin containers and scalars load."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Refuse: a trace is dicts, lists, strings and numbers; anything else could run code."""
+        raise TraceError(
+            f"the trace pickle asks to construct {module}.{name}; only dicts, lists, strings "
+            "and numbers are accepted (re-save it from plain Python containers, or send JSON)"
+        )
+
+
+def _load_pickle(data: bytes, path: Path) -> Any:
+    """Unpickle with every global refused."""
+    try:
+        return _NoGlobalsUnpickler(io.BytesIO(data)).load()
+    except TraceError as exc:
+        raise TraceError(f"{path}: {exc}") from None
+    except Exception as exc:  # a truncated or foreign file raises many types; name it once
+        raise TraceError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def _number(client: str, field: str, value: Any, path: Path) -> float:
+    """A finite float, or a TraceError naming the client and field."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+        )
+    try:
+        out = float(value)
+    except ValueError:
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+        ) from None
+    if not math.isfinite(out):
+        raise TraceError(f"{path}: client {client!r} field {field!r} must be finite, got {value!r}")
+    return out
+
+
+def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]:
+    """A list of numbers (seconds), or a TraceError naming the client and field."""
+    if isinstance(value, str):  # CSV cells: space- or semicolon-separated seconds
+        value = value.replace(";", " ").split()
+    if not isinstance(value, list | tuple):
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} must be a list of seconds, got {value!r}"
+        )
+    return tuple(_number(client, f"{field}[{i}]", v, path) for i, v in enumerate(value))
+
+
+def _read_map(path: Path) -> dict[str, dict[str, Any]]:
+    """The client map of a pickle, JSON or CSV file (CSV: a `client_id` column, one row each)."""
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"cannot read device trace {path}: {exc}") from exc
+    if suffix in PICKLE_SUFFIXES:
+        data = _load_pickle(raw, path)
+    elif suffix in CSV_SUFFIXES:
+        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"))))
+        if rows and "client_id" not in rows[0]:
+            raise TraceError(f"{path}: a CSV trace needs a 'client_id' column")
+        data = {}
+        for i, row in enumerate(rows):
+            client = row.pop("client_id")
+            if client in data:
+                raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
+            data[client] = row
+    else:
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TraceError(
+                f"{path}: not JSON ({exc}); send a .pkl, .csv or .json FedScale trace"
+            ) from exc
+    if not isinstance(data, dict) or not data:
+        raise TraceError(f"{path}: expected a non-empty map of client id -> fields")
+    out: dict[str, dict[str, Any]] = {}
+    for client, entry in data.items():
+        if not isinstance(entry, dict):
+            raise TraceError(f"{path}: client {client!r} must map to a dict of fields")
+        out[str(client)] = entry
+    return out
+
+
+def _field(client: str, entry: dict[str, Any], field: str, path: Path) -> Any:
+    """entry[field], or a TraceError naming the client and the missing field."""
+    if field not in entry or entry[field] in (None, ""):
+        raise TraceError(f"{path}: client {client!r} is missing field {field!r}")
+    return entry[field]
+
+
+def _sorted_clients(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Client ids in numeric order when they are all integers, else lexical."""
+    keys = list(data)
+    if all(k.lstrip("-").isdigit() for k in keys):
+        return sorted(keys, key=int)
+    return sorted(keys)
+
+
+def load_capacities(path: str | Path) -> list[DeviceTrace]:
+    """Read a FedScale capacity map; one DeviceTrace per client in client-id order.
+
+    Accepts `.pkl` (restricted unpickler), `.csv` (columns client_id, computation,
+    communication) or JSON. Raises TraceError naming the client and field that is wrong.
+    """
+    path = Path(path)
+    data = _read_map(path)
+    out = []
+    for client in _sorted_clients(data):
+        entry = data[client]
+        comp = _number(client, "computation", _field(client, entry, "computation", path), path)
+        comm = _number(client, "communication", _field(client, entry, "communication", path), path)
+        for name, v in (("computation", comp), ("communication", comm)):
+            if v <= 0:
+                raise TraceError(f"{path}: client {client!r} field {name!r} must be > 0, got {v}")
+        out.append(DeviceTrace(client, comp, comm))
+    return out
+
+
+def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
+    """Read a FedScale behaviour (availability) trace; one BehaviourTrace per client, in order.
+
+    Accepts `.pkl` (restricted unpickler), `.csv` (columns client_id, active, inactive,
+    finish_time; the lists as space- or semicolon-separated seconds) or JSON. Checks, naming the
+    client and field on failure: equal-length lists, 0 <= active[i] < inactive[i] <= active[i+1],
+    and every time <= finish_time > 0.
+    """
+    path = Path(path)
+    data = _read_map(path)
+    out = []
+    for client in _sorted_clients(data):
+        entry = data[client]
+        active = _times(client, "active", _field(client, entry, "active", path), path)
+        inactive = _times(client, "inactive", _field(client, entry, "inactive", path), path)
+        finish = _number(client, "finish_time", _field(client, entry, "finish_time", path), path)
+        if finish <= 0:
+            raise TraceError(f"{path}: client {client!r} field 'finish_time' must be > 0")
+        if not active or len(active) != len(inactive):
+            raise TraceError(
+                f"{path}: client {client!r} fields 'active' and 'inactive' must be non-empty and "
+                f"of equal length, got {len(active)} and {len(inactive)}"
+            )
+        last = 0.0
+        for i, (a, b) in enumerate(zip(active, inactive, strict=True)):
+            if a < last:
+                raise TraceError(
+                    f"{path}: client {client!r} field 'active[{i}]' = {a} starts before the "
+                    f"previous period ends ({last}); times must increase"
+                )
+            if b <= a:
+                raise TraceError(
+                    f"{path}: client {client!r} field 'inactive[{i}]' = {b} must be after "
+                    f"active[{i}] = {a}"
+                )
+            last = b
+        if last > finish:
+            raise TraceError(
+                f"{path}: client {client!r} field 'finish_time' = {finish} is before the last "
+                f"inactive time {last}"
+            )
+        out.append(BehaviourTrace(client, active, inactive, finish))
+    return out
