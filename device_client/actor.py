@@ -99,6 +99,10 @@ def _make_actor_class() -> type:
             """The worker's process id (fault injection and tests)."""
             return os.getpid()
 
+        def node_id(self) -> str:
+            """The Ray node this actor runs on (hex id)."""
+            return str(ray.get_runtime_context().get_node_id())
+
         def run_batch(self, jobs: list[DeviceJob]) -> list[DeviceReport]:
             """Run a batch of device jobs and return their reports."""
             return self.host.run_batch(jobs)

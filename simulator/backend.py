@@ -34,6 +34,7 @@ class BackendStats:
     actors_replaced: int = 0
     batches_rerun: int = 0
     killed: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # Ray node ids the first actors started on
 
 
 class Backend(Protocol):
@@ -128,7 +129,7 @@ class RayBackend:
         n = self.n_actors or max(1, int(cpus))
         self._cpus = min(1.0, cpus / n)  # more actors than CPUs share them
         self._actors = [self._new_actor() for _ in range(n)]
-        ray.get([a.pid.remote() for a in self._actors])
+        self.stats.nodes = sorted(set(ray.get([a.node_id.remote() for a in self._actors])))
         self._load = [0] * n
         self._gen = [0] * n
         self.stats.actors = n

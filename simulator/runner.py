@@ -318,6 +318,7 @@ def run_simulation(
             "actors": stats.actors,
             "actors_replaced": stats.actors_replaced,
             "batches_rerun": stats.batches_rerun,
+            "nodes": stats.nodes,
         },
         faults_injected=faults.injected,
         server_restarts=cloud.restarts,

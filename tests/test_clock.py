@@ -85,7 +85,7 @@ def test_positions_partition_the_replayed_tail() -> None:
 
 
 def test_clock_config_is_validated() -> None:
-    with pytest.raises(FleetConfigError, match="clock.mode"):
+    with pytest.raises(FleetConfigError, match=r"clock\.mode"):
         ClockConfig(mode="wall")
     with pytest.raises(FleetConfigError, match="model_releases_s"):
         FleetConfig(clock=ClockConfig(model_releases_s=(90_000.0,)))
