@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +57,7 @@ class _Procs:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[str]] = []
+        self.cleanup: list[str] = []  # directories removed after the processes stop
 
     def start(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
         """Start argv with stdout and stderr into log."""
@@ -78,6 +81,8 @@ class _Procs:
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # also workers a raylet left behind
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -128,6 +133,10 @@ def test_two_node_cluster_runs_actors_on_both_nodes(
     sim_cmd = _commands(services["simulator"])[0]
     gcs, client, *ports = _free_ports(15)
     address = f"127.0.0.1:{gcs}"
+    # Its own Ray temp dir (short: socket paths are length-limited), so `ray start --head` does
+    # not point every later ray.init() on this host at this cluster via /tmp/ray.
+    temp_dir = tempfile.mkdtemp(prefix="chord-ray-", dir="/tmp")
+    procs.cleanup.append(temp_dir)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),  # the nodes' workers import device_client from this checkout
@@ -137,12 +146,12 @@ def test_two_node_cluster_runs_actors_on_both_nodes(
 
     head = [RAY if a == "ray" else a for a in head_cmd]
     head = [f"--port={gcs}" if a.startswith("--port=") else a for a in head]
-    head += [f"--ray-client-server-port={client}", "--node-ip-address=127.0.0.1"]
+    head += [f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}"]
     head += _host_flags(ports[:6])
     procs.start(head, env, tmp_path / "head.log")
     worker = [RAY if a == "ray" else a for a in worker_cmd]
     worker = [f"--address={address}" if a.startswith("--address=") else a for a in worker]
-    worker += ["--num-cpus=1", "--node-ip-address=127.0.0.1", *_host_flags(ports[6:12])]
+    worker += ["--num-cpus=1", f"--temp-dir={temp_dir}", *_host_flags(ports[6:12])]
     _wait_for("ray head", lambda: (tmp_path / "head.log").read_text().count("Ray runtime started"),
               tmp_path / "head.log")  # fmt: skip
     procs.start(worker, env, tmp_path / "worker.log")
