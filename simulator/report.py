@@ -9,27 +9,34 @@ from typing import Any
 
 import numpy as np
 
+from simulator.store import ReportStore
 
-def write_rounds_csv(
-    path: Path, devices: list[dict[str, Any]], rounds: list[dict[str, Any]]
-) -> None:
-    """One row per device and round, with the device's status and reason joined in."""
-    status = {d["device_id"]: (d["status"], d["reason"]) for d in devices}
-    if not rounds:
+
+def write_rounds_csv(path: Path, store: ReportStore) -> None:
+    """One row per device and round, with the device's status and reason joined in (streamed)."""
+    cur = store.query(
+        "SELECT d.status AS device_status, d.reason AS device_reason, r.* FROM rounds r "
+        "LEFT JOIN devices d ON d.device_id = r.device_id ORDER BY r.device_id, r.round"
+    )
+    columns = [c[0] for c in cur.description]
+    first = cur.fetchone()
+    if first is None:
         path.write_text("")
         return
-    columns = ["device_status", "device_reason", *rounds[0].keys()]
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        for r in rounds:
-            st, why = status.get(r["device_id"], ("", ""))
-            w.writerow({"device_status": st, "device_reason": why, **r})
+        w = csv.writer(fh)
+        w.writerow(columns)
+        w.writerow(["" if v is None else v for v in first])
+        for row in cur:
+            w.writerow(["" if v is None else v for v in row])
 
 
-def _plots(
-    out: Path, summary: dict[str, Any], devices: list[dict[str, Any]], rounds: list[dict[str, Any]]
-) -> list[str]:
+def _column(store: ReportStore, sql: str, params: tuple[Any, ...] = ()) -> np.ndarray:
+    """The first column of a query as float64 [n]."""
+    return np.fromiter((r[0] for r in store.query(sql, params)), dtype=np.float64)
+
+
+def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
     """Latency CDFs per tier, accuracy per tier, bytes per adaptation; returns PNG names."""
     import matplotlib
 
@@ -37,8 +44,7 @@ def _plots(
     import matplotlib.pyplot as plt
 
     names = []
-    ok = [r for r in rounds if r["status"] == "ok"]
-    tiers = sorted({r["tier"] for r in ok})
+    tiers = [str(r[0]) for r in store.query("SELECT DISTINCT tier FROM rounds ORDER BY tier")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, label in zip(
         axes,
@@ -51,7 +57,13 @@ def _plots(
         strict=True,
     ):
         for t in tiers:
-            v = np.sort([r[key] for r in ok if r["tier"] == t and r[key] > 0])
+            v = np.sort(
+                _column(
+                    store,
+                    f"SELECT {key} FROM rounds WHERE status = 'ok' AND tier = ? AND {key} > 0",
+                    (t,),
+                )
+            )
             if len(v):
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=t)
         ax.set_xlabel(label)
@@ -78,7 +90,7 @@ def _plots(
     plt.close(fig)
     names.append("accuracy_per_tier.png")
 
-    ref = _byte_references(summary, devices)
+    ref = _byte_references(summary, store)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(
         list(ref), list(ref.values()), color=["tab:green", "tab:red", "tab:orange", "tab:purple"]
@@ -95,13 +107,16 @@ def _plots(
     return names
 
 
-def _byte_references(summary: dict[str, Any], devices: list[dict[str, Any]]) -> dict[str, float]:
+def _byte_references(summary: dict[str, Any], store: ReportStore) -> dict[str, float]:
     """Bytes per adaptation: CHORD codes (measured reply) vs fp32, int8 and DUET-style weights."""
+    int8, duet = store.query(
+        "SELECT MAX(int8_model_bytes), MAX(duet_bytes) FROM devices"
+    ).fetchone()
     return {
         "CHORD codes (reply)": float(summary.get("reply_bytes_mean") or 0),
         "fp32 weights": float(summary.get("fp32_model_bytes") or 0),
-        "int8 weights": float(max((d["int8_model_bytes"] for d in devices), default=0)),
-        "DUET-style generated": float(max((d["duet_bytes"] for d in devices), default=0)),
+        "int8 weights": float(int8 or 0),
+        "DUET-style generated": float(duet or 0),
     }
 
 
@@ -139,18 +154,15 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def write_outputs(
-    out: Path,
-    summary: dict[str, Any],
-    devices: list[dict[str, Any]],
-    rounds: list[dict[str, Any]],
-    extra_md: list[str] | None = None,
+    out: Path, summary: dict[str, Any], store: ReportStore, extra_md: list[str] | None = None
 ) -> None:
     """summary.json, rounds.csv, the plots and report.md (extra_md: more report sections)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    write_rounds_csv(out / "rounds.csv", devices, rounds)
-    plots = _plots(out, summary, devices, rounds) if rounds else []
-    ref = _byte_references(summary, devices)
+    write_rounds_csv(out / "rounds.csv", store)
+    has_rounds = store.query("SELECT 1 FROM rounds LIMIT 1").fetchone() is not None
+    plots = _plots(out, summary, store) if has_rounds else []
+    ref = _byte_references(summary, store)
     text = [
         "# Fleet simulation report",
         "",

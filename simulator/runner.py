@@ -102,8 +102,11 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         path = os.environ.get("PYTHONPATH", "")
         if str(REPO_ROOT) not in path.split(os.pathsep):  # workers import device_client from here
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
-        ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+        ray.init(  # "local": never join a cluster another `ray start` on this host announced
+            address="local",
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
         )
     else:
         try:
@@ -306,8 +309,7 @@ def run_simulation(
     timeline = (
         write_timeline(out, store, online, cfg.clock.duration_s) if online is not None else None
     )
-    devices, rounds = store.devices(), store.rounds()
-    summary = fleet_summary(cfg.devices, devices, rounds)
+    summary = fleet_summary(cfg.devices, store)
     summary.update(
         wall_s=time.perf_counter() - start,
         duplicates=duplicates,
@@ -327,10 +329,8 @@ def run_simulation(
     )
     if timeline is not None:
         summary["timeline"] = timeline
+    write_outputs(out, summary, store, timeline_markdown(timeline) if timeline else None)
     store.close()
-    write_outputs(
-        out, summary, devices, rounds, timeline_markdown(timeline) if timeline else None
-    )
     if progress:
         print(summary_table(summary))
     return summary
