@@ -138,3 +138,21 @@ def _users() -> list[np.ndarray]:
     from simulator.runner import load_users
 
     return load_users("ml-100k")[0]
+
+
+def test_clock_from_toml_and_flags(tmp_path: Path) -> None:
+    import argparse
+
+    from simulator.cli import add_arguments, build_config
+    from simulator.config import read_saved_config, save_config
+
+    toml = tmp_path / "day.toml"
+    toml.write_text("[clock]\ndrift_every = 4\nmodel_releases_s = [3600, 7200]\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = ["--config", str(toml), "--clock", "virtual", "--duration-s", "43200"]
+    cfg = build_config(parser.parse_args([*args, "--behaviour-trace", "b.pkl"]))
+    assert (cfg.clock.mode, cfg.clock.duration_s, cfg.clock.drift_every) == ("virtual", 43200, 4)
+    assert cfg.clock.model_releases_s == (3600.0, 7200.0) and cfg.clock.behaviour_trace == "b.pkl"
+    save_config(cfg, tmp_path / "saved.json")
+    assert read_saved_config(tmp_path / "saved.json") == cfg
