@@ -67,6 +67,7 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "python_module",
+    "read_json",
     "repo_env",
     "time_calls",
     "time_interleaved",
@@ -153,6 +154,15 @@ def write_json(path: Path | str, data: Any) -> Path:
     return out
 
 
+def read_json(path: Path | str) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 @dataclass(frozen=True)
 class ResultStore:
     """Where benchmark results go: NAME.json files in `folder`, sections in `markdown`.
@@ -187,11 +197,7 @@ class ResultStore:
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The stored NAME.json, or None when there is none or it is not a JSON object."""
-        try:
-            data = json.loads(self.path(name).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return read_json(self.path(name))
 
     def write(self, name: str, payload: Mapping[str, Any], table_md: str, notes: str = "") -> Path:
         """Write NAME.json and replace (or append) NAME's section of the Markdown; return the JSON.
