@@ -8,7 +8,7 @@ Four parts, one home each:
   `CHORD_BENCH_RESULTS_DIR` sends both to DIR instead (DIR/NAME.json, DIR/RESULTS.md), so a smoke
   run never overwrites committed figures.
 - Timing: `Stats` (mean, median, p90, p99 of one run's samples), `time_calls` and
-  `time_interleaved` (per-call wall times), `Stopwatch`, `elapsed_logger`.
+  `time_interleaved` (per-call wall times), `Stopwatch` (elapsed time, progress lines).
 - Child processes: `ChildProcess` starts a command with a log file, waits for the line the child
   prints with `announce_ready`, and always stops it (stdin closed, SIGTERM, then SIGKILL of its
   process group). `python_module` and `repo_env` build the command and environment.
@@ -62,7 +62,6 @@ __all__ = [
     "Stopwatch",
     "add_output_arguments",
     "announce_ready",
-    "elapsed_logger",
     "load_average",
     "machine_info",
     "markdown_table",
@@ -306,15 +305,20 @@ class Stats:
 
 
 class Stopwatch:
-    """Wall time of a `with` block (time.perf_counter), readable during and after it."""
+    """Wall seconds (time.perf_counter) since it was made or its `with` block was entered.
 
-    def __init__(self) -> None:
-        """A stopwatch that starts on `with` entry."""
-        self._start = 0.0
+    Inside a `with` block `seconds` runs on; after the block it stays at the block's length.
+    `log(msg)` prints msg stamped with the seconds so far ("[     12s] msg"), for progress lines.
+    """
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        """Start now; `log` writes to out (default: sys.stdout at the time of the call)."""
+        self.out = out
+        self._start = time.perf_counter()
         self._end: float | None = None
 
     def __enter__(self) -> Stopwatch:
-        """Start timing."""
+        """Restart timing."""
         self._start, self._end = time.perf_counter(), None
         return self
 
@@ -324,9 +328,13 @@ class Stopwatch:
 
     @property
     def seconds(self) -> float:
-        """Seconds from entry to exit (or to now, inside the block)."""
+        """Seconds from the start to the block's exit, or to now while running."""
         end = time.perf_counter() if self._end is None else self._end
         return end - self._start
+
+    def log(self, msg: str) -> None:
+        """Print msg after the elapsed seconds, flushed."""
+        print(f"[{self.seconds:7.0f}s] {msg}", file=self.out or sys.stdout, flush=True)
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
@@ -368,16 +376,6 @@ def time_interleaved(
             fn()
             times[names[i]].append((time.perf_counter_ns() - t0) / 1e9)
     return times
-
-
-def elapsed_logger(out: IO[str] | None = None) -> Callable[[str], None]:
-    """A progress logger that prefixes each line with the seconds since it was made."""
-    start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:7.0f}s] {msg}", file=out or sys.stdout, flush=True)
-
-    return log
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -97,9 +98,11 @@ def test_timers_count_calls() -> None:
     )
     assert {k: len(v) for k, v in got.items()} == {"a": 3, "b": 3}
     assert calls.count("a") == 1 + 2 * 3  # warmup + an untimed call before each timed one
-    with Stopwatch() as sw:
+    out = io.StringIO()
+    with Stopwatch(out) as sw:
         inside = sw.seconds
-    assert 0 <= inside <= sw.seconds
+        sw.log("step one")
+    assert 0 <= inside <= sw.seconds and out.getvalue().endswith("s] step one\n")
     with pytest.raises(ValueError, match="repeats"):
         time_calls(lambda: None, repeats=0)
 
