@@ -595,7 +595,8 @@ class ProcessTreeSampler:
     summed PSS (memory_full_info: smaps_rollup on Linux, walks page tables, costly), the process
     count, and each process's user + system CPU seconds under `role(pid, root_pid)`. A process
     whose role is in `sticky` keeps it (a Ray worker stays a device actor); one that has exited
-    keeps its last CPU figure. `cpu_series` holds (time.time(), CPU seconds of the whole tree).
+    keeps its last CPU figure. `cpu_series` holds (time.time(), CPU seconds of the whole tree,
+    CPU seconds of the root's main thread) per sample, for `cpu_over` a measured window.
     A context manager: sampling runs inside the `with` block. Figures are KiB and seconds.
     """
 
@@ -619,7 +620,7 @@ class ProcessTreeSampler:
         self.peak_pss_kb = 0
         self.peak_procs = 0
         self.cpu_s: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds last seen)
-        self.cpu_series: list[tuple[float, float]] = []
+        self.cpu_series: list[tuple[float, float, float]] = []
         self._procs: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mem-sampler", daemon=True)
@@ -639,11 +640,14 @@ class ProcessTreeSampler:
         procs = self._tree()
         rss = pss = 0
         want_pss = self.samples % self.pss_every == 0
+        main_cpu = float("nan")
         for p in procs:
             try:
                 with p.oneshot():
                     rss += p.memory_info().rss
                     times = p.cpu_times()
+                if p.pid == self.pid:
+                    main_cpu = _main_thread_cpu(p)
                 if want_pss:
                     pss += p.memory_full_info().pss
             except psutil.Error:
@@ -656,7 +660,8 @@ class ProcessTreeSampler:
         if want_pss:
             self.peak_pss_kb = max(self.peak_pss_kb, pss // 1024)
         self.peak_procs = max(self.peak_procs, len(procs))
-        self.cpu_series.append((time.time(), sum(c for _, c in self.cpu_s.values())))
+        tree_cpu = sum(c for _, c in self.cpu_s.values())
+        self.cpu_series.append((time.time(), tree_cpu, main_cpu))
         self.samples += 1
         self.sampler_cpu_s += time.thread_time() - t0
 
@@ -682,10 +687,20 @@ class ProcessTreeSampler:
             out[role] = out.get(role, 0.0) + cpu
         return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
-    def cpu_over(self, window: tuple[float, float]) -> float:
-        """CPU seconds the tree used inside window (time.time() bounds), interpolated; NaN with
+    def cpu_over(self, window: tuple[float, float], main_thread: bool = False) -> float:
+        """CPU seconds the tree (or, with main_thread, the root's main thread) used inside
+        window, (start, end) in time.time() seconds, interpolated between samples; NaN with
         fewer than two samples."""
         if len(self.cpu_series) < 2:
             return float("nan")
-        t, cpu = zip(*self.cpu_series, strict=True)
+        t, tree, main = zip(*self.cpu_series, strict=True)
+        cpu = main if main_thread else tree
         return float(np.interp(window[1], t, cpu) - np.interp(window[0], t, cpu))
+
+
+def _main_thread_cpu(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process's main thread (thread id = pid); NaN if unknown."""
+    for th in proc.threads():
+        if th.id == proc.pid:
+            return float(th.user_time + th.system_time)
+    return float("nan")

@@ -164,4 +164,4 @@ def test_tree_sampler_sees_children_and_cpu() -> None:
     assert sampler.peak_procs >= 2 and sampler.peak_rss_kb > 0 and sampler.peak_pss_kb > 0
     assert sampler.cpu_by_role()["worker"] > 0
     t0, t1 = sampler.cpu_series[0][0], sampler.cpu_series[-1][0]
-    assert sampler.cpu_over((t0, t1)) >= 0
+    assert sampler.cpu_over((t0, t1)) >= sampler.cpu_over((t0, t1), main_thread=True) >= 0
