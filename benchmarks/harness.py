@@ -48,32 +48,6 @@ RESULTS_DIR = BENCH_DIR / "results"  # committed JSON, plots and profiles
 RESULTS_MD = BENCH_DIR / "RESULTS.md"  # committed Markdown: one section per benchmark
 RESULTS_DIR_ENV = "CHORD_BENCH_RESULTS_DIR"  # set: every store defaults to this folder
 
-__all__ = [
-    "BENCH_DIR",
-    "REPO_ROOT",
-    "RESULTS_DIR",
-    "RESULTS_DIR_ENV",
-    "RESULTS_MD",
-    "BenchProcessError",
-    "ChildProcess",
-    "ProcessTreeSampler",
-    "ResultStore",
-    "Stats",
-    "Stopwatch",
-    "add_output_arguments",
-    "announce_ready",
-    "load_average",
-    "machine_info",
-    "markdown_table",
-    "python_module",
-    "read_json",
-    "repo_env",
-    "time_calls",
-    "time_interleaved",
-    "write_json",
-    "write_result",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # Results
@@ -289,18 +263,6 @@ class Stats:
             p99=float(p99),
             min=float(a.min()),
             max=float(a.max()),
-        )
-
-    def scaled(self, factor: float) -> Stats:
-        """The same summary in another unit (e.g. factor 1e3: seconds to milliseconds)."""
-        return Stats(
-            self.n,
-            self.mean * factor,
-            self.median * factor,
-            self.p90 * factor,
-            self.p99 * factor,
-            self.min * factor,
-            self.max * factor,
         )
 
 

@@ -84,7 +84,6 @@ def test_stats_of_known_samples() -> None:
     assert (s.n, s.min, s.max, s.mean) == (100, 1.0, 100.0, 50.5)
     assert s.median == pytest.approx(np.percentile(range(1, 101), 50))
     assert s.p90 == pytest.approx(90.1) and s.p99 == pytest.approx(99.01)
-    assert s.scaled(1e3).median == pytest.approx(1e3 * s.median)
     with pytest.raises(ValueError, match="at least one sample"):
         Stats.of([])
 
@@ -159,7 +158,9 @@ def test_tree_sampler_sees_children_and_cpu() -> None:
             os.getpid(), 0.05, pss_every=2, role=lambda p, root: roles.get(p, "me")
         ) as sampler:
             deadline = time.monotonic() + 30
-            while sampler.cpu_by_role().get("worker", 0.0) <= 0 and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (
+                sampler.cpu_by_role().get("worker", 0.0) <= 0 or len(sampler.cpu_series) < 3
+            ):
                 time.sleep(0.05)
     assert sampler.peak_procs >= 2 and sampler.peak_rss_kb > 0 and sampler.peak_pss_kb > 0
     assert sampler.cpu_by_role()["worker"] > 0
