@@ -445,7 +445,11 @@ class ChildProcess:
             target=_copy_lines, args=(self.proc.stdout, log, lines), daemon=True
         )
         self._reader.start()
-        self._await_ready(lines)
+        try:
+            self._await_ready(lines)
+        except BaseException:  # Ctrl-C or a timeout while waiting: no child is left behind
+            self.stop()
+            raise
         return self
 
     def _await_ready(self, lines: queue.Queue[str]) -> None:
