@@ -117,8 +117,8 @@ def _synthetic_levels(
     model: nn.Module, kind: str, cfg: CommunicationConfig, version: str
 ) -> Levels:
     """Levels from assign_levels over a plausible importance: channel weight norm x user noise."""
-    from chord.budget import DEFAULT_TIERS, assign_levels
     from chord.codes import reference_levels
+    from chord.levels import DEFAULT_TIERS, assign_levels
     from chord.quant import channel_layout
 
     layout = channel_layout(model)
@@ -141,11 +141,11 @@ def _synthetic_levels(
 
 def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     """Levels from a real run's hypernetwork over real users' recent items."""
-    from chord.budget import assign_levels
     from chord.codes import reference_levels
     from chord.data import load_dataset
     from chord.hyper.reference import reference_importance
     from chord.hyper.runs import load_run
+    from chord.levels import assign_levels
 
     run = load_run(Path(run_dir))
     data = load_dataset(run.dataset)
@@ -238,8 +238,8 @@ def request_bytes(profile_dim: int, version: str, tier: str, budget: float) -> i
 
 def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dict[str, Any]:
     """Every byte count of one (dataset, backbone) pair."""
-    from chord.budget import DEFAULT_TIERS
     from chord.checkpoint import weights_version
+    from chord.levels import DEFAULT_TIERS
     from chord.quant import channel_layout, packed_model_bytes
 
     run_dir = _match_run(cfg, dataset, kind)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from chord.budget import (
+from chord.codes import encode_levels, reference_levels
+from chord.levels import (
     DEFAULT_TIERS,
     BudgetError,
     Tier,
@@ -19,7 +20,6 @@ from chord.budget import (
     assign_levels_batch,
     budget_range,
 )
-from chord.codes import encode_levels, reference_levels
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import InvalidRequestError, ServiceError
 from cloud_server.spec import LayerSpec, ModelSpec, TierSpec

@@ -13,15 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from chord.budget import Tier
-from chord.codes import (
-    ENCODING_DELTA,
-    CodeError,
-    EncodedStrategy,
-    decode_levels,
-    levels_to_bits,
-    reference_levels,
-)
+from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
+from chord.levels import Tier, levels_to_bits
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
@@ -38,7 +31,7 @@ from device_client.wire import (
 )
 
 if TYPE_CHECKING:
-    from chord.level_cost import LevelCost
+    from chord.levels import LevelCost
 
 CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chord.budget import Tier
 from chord.codes import EncodedStrategy
-from chord.level_cost import LevelCost, LevelCostError
+from chord.levels import LevelCost, LevelCostError, Tier
 from protos.chord.v1 import strategy_pb2 as pb
 
 # The figures a device reports, straight from the wire schema so the two never drift apart.

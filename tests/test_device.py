@@ -72,7 +72,7 @@ def test_round_targets_end_at_the_last_item() -> None:
 
 
 def test_uniform_fallback_fits_the_budget() -> None:
-    from chord.budget import DEFAULT_TIERS
+    from chord.levels import DEFAULT_TIERS
 
     assert uniform_fallback_bits(DEFAULT_TIERS["mid"], 3.0) == 3
     assert uniform_fallback_bits(DEFAULT_TIERS["high"], 2.0) == 4  # nothing fits: narrowest

@@ -16,9 +16,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from chord.budget import DEFAULT_TIERS, budget_range
 from chord.codes import decode_levels
 from chord.hyper.runs import load_run
+from chord.levels import DEFAULT_TIERS, budget_range
 from chord.strategy import StrategyRequest
 from cloud_server import EmbeddedServer, ServerConfig, StrategyEngine, create_server, stop_server
 from cloud_server.batching import MicroBatcher

@@ -9,16 +9,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from chord.budget import BudgetError, Tier, assign_levels_batch
-from chord.hyper.deps import average_bits
-from chord.hyper.personal import (
-    LevelBank,
-    batched_call,
-    compact_items,
-    module_device,
-    one_hot_levels,
+from chord.hyper.personal import LevelBank, batched_call, compact_items, module_device
+from chord.levels import (
+    BudgetError,
+    LevelCost,
+    Tier,
+    assign_levels_batch,
+    average_bits,
+    max_entropy_distribution,
 )
-from chord.level_cost import LevelCost, TorchLevelCost
+from chord.levels.relaxed import TorchLevelCost, one_hot_levels
 from chord.models import fit_length
 
 
@@ -48,8 +48,6 @@ def fast_assign(
     skipped, so the mean can differ from the budget by a fraction of one channel. Used in
     training, where one call per user would dominate the step time.
     """
-    from chord.budget import max_entropy_distribution
-
     p = max_entropy_distribution(tier.level_bits, budget_bits)
     dev = importance.device
     bounds = torch.tensor(np.cumsum(p[::-1])[:-1], dtype=torch.float64, device=dev)
