@@ -207,7 +207,7 @@ def reply_bytes(
     """(serialized GetStrategyReply bytes, code payload bytes) as the server would send them."""
     from chord.codes import encode_levels
     from chord.strategy import StrategyResult
-    from cloud_server.serde import strategy_result_to_proto
+    from protos.serde import strategy_result_to_proto
 
     code = encode_levels(levels, version, allow_deflate=allow_deflate, reference=reference)
     counts = np.bincount(levels, minlength=4)
@@ -223,17 +223,18 @@ def reply_bytes(
 
 def request_bytes(profile_dim: int, version: str, tier: str, budget: float) -> int:
     """Serialized GetStrategyRequest bytes carrying one profile (the upload per adaptation)."""
-    from protos.chord.v1 import strategy_pb2 as pb
+    from chord.strategy import StrategyRequest
+    from protos.serde import strategy_request_to_proto
 
-    req = pb.GetStrategyRequest(
+    req = StrategyRequest(
         device_id="device-000001",
         request_id=FLEET_REQUEST_ID,
         backbone_version=version,
         tier=tier,
         budget_bits=budget,
-        profile=[0.123456] * profile_dim,
+        profile=np.full(profile_dim, 0.123456, dtype=np.float32),
     )
-    return req.ByteSize()
+    return strategy_request_to_proto(req).ByteSize()
 
 
 def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dict[str, Any]:
