@@ -17,30 +17,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.fleet_scale import TreeMemorySampler, prepare_default_run
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
+from benchmarks.harness import (
+    BenchProcessError,
+    ChildProcess,
+    ResultStore,
+    Stopwatch,
+    add_output_arguments,
+    load_average,
+    markdown_table,
+    python_module,
+    repo_env,
+)
 
 NAME = "fleet_day"
 GOAL_DEVICES = 100_000
 GOAL_WALL_S = 3_600.0
 GOAL_RSS_MB = 2_048.0
-PLOT = "fleet_day_timeline.png"  # the largest size's timeline.png, copied into results/
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+PLOT = f"{NAME}_timeline.png"  # the largest size's timeline.png, copied beside the JSON
 
 
-class FleetDayError(RuntimeError):
+class FleetDayError(BenchProcessError):
     """A simulated day failed or timed out; the message carries the child's log tail."""
 
 
@@ -55,14 +61,6 @@ class FleetDayConfig:
     timeout_s: float = 3_600.0  # per size
     sample_s: float = 0.5
     write: bool = True
-
-
-def _loadavg() -> str:
-    """/proc/loadavg's 1/5/15-minute figures."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return ""
 
 
 def accounted_once(db: Path, devices: int) -> bool:
@@ -80,34 +78,22 @@ def accounted_once(db: Path, devices: int) -> bool:
 def run_size(devices: int, run_dir: str, cfg: FleetDayConfig, work: Path) -> dict[str, Any]:
     """One simulated span of `devices` devices in a child process, its tree sampled."""
     out = work / f"day-{devices}"
-    cmd = [
-        sys.executable, "-m", "chord.cli", "simulate", "--clock", "virtual",
-        "--duration-s", str(cfg.duration_s), "--devices", str(devices), "--run-dir", run_dir,
-        "--ray-address", cfg.ray_address, "--out", str(out), "--quiet",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = python_module(
+        "chord.cli", "simulate", "--clock", "virtual", "--duration-s", str(cfg.duration_s),
+        "--devices", str(devices), "--run-dir", run_dir, "--ray-address", cfg.ray_address,
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    env = repo_env(RAY_USAGE_STATS_ENABLED="0")
     env.setdefault("RAY_AUTH_MODE", "disabled")
-    load_before = _loadavg()
-    log = work / f"day-{devices}.log"
-    t0 = time.perf_counter()
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, env=env, stdout=err, stderr=err)
-        with TreeMemorySampler(proc.pid, cfg.sample_s) as sampler:
-            try:
-                rc: int | None = proc.wait(timeout=cfg.timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-                rc = None
-    total = time.perf_counter() - t0
+    child = ChildProcess(cmd, env=env, log=work / f"day-{devices}.log", stop_timeout_s=30.0)
+    load_before = load_average()
+    with Stopwatch() as watch, child, TreeMemorySampler(child.pid, cfg.sample_s) as sampler:
+        rc = child.wait(cfg.timeout_s)
+    total = watch.seconds
     summary_path = out / "summary.json"
-    if rc is None or not summary_path.exists():
+    if rc is None or not summary_path.exists():  # exit 1 = some device failed: still a result
         what = f"timed out after {cfg.timeout_s:g} s" if rc is None else f"exited with {rc}"
-        raise FleetDayError(f"{devices} devices {what}; log tail:\n{log.read_text()[-3000:]}")
+        raise FleetDayError(f"{devices} devices {what}; log tail:\n{child.log_tail(3000)}")
     s = json.loads(summary_path.read_text())
     t = s["timeline"]
     cpu = sampler.cpu_by_role()
@@ -137,7 +123,7 @@ def run_size(devices: int, run_dir: str, cfg: FleetDayConfig, work: Path) -> dic
         "cpu_s_by_role": cpu,
         "process_wall_s": total,
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": load_average(),
     }
 
 
@@ -228,22 +214,26 @@ def notes(payload: dict[str, Any]) -> str:
     )
 
 
-def rewrite_notes(extra: str = "") -> None:
-    """Re-render the RESULTS.md section from the saved JSON (the figures keep their date)."""
-    saved = json.loads((RESULTS_DIR / f"{NAME}.json").read_text())
+def rewrite_notes(extra: str = "", store: ResultStore | None = None) -> None:
+    """Re-render the Markdown section from the saved JSON (the figures keep their machine)."""
+    store = store or ResultStore.default()
+    saved = store.read(NAME)
+    if saved is None:
+        raise FleetDayError(f"no saved {NAME} result in {store.folder}; run the benchmark first")
     m = saved.get("machine", {})
-    payload = {k: v for k, v in saved.items() if k not in ("benchmark", "machine")}
+    payload = {k: v for k, v in saved.items() if k != "benchmark"}
     text = (
         f"Figures measured {m.get('date', '?')} at commit {m.get('commit', '?')} (load average "
         "and cores in the table); note re-rendered. "
         + notes(payload)
         + (f" {extra}" if extra else "")
     )
-    write_result(NAME, payload, markdown_table(payload["rows"], COLUMNS), text)
+    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), text)
 
 
-def run_benchmark(cfg: FleetDayConfig) -> dict[str, Any]:
-    """Run every size, print the table, write JSON and the RESULTS.md section."""
+def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict[str, Any]:
+    """Run every size, print the table, write JSON, the plot and the Markdown section."""
+    store = store or ResultStore.default()
     run_dir = cfg.run_dir or prepare_default_run()
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
@@ -258,8 +248,8 @@ def run_benchmark(cfg: FleetDayConfig) -> dict[str, Any]:
                 break
         if rows and cfg.write:  # the largest day's plots, for the README and RESULTS.md
             day = Path(tmp) / f"day-{rows[-1]['devices']}"
-            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(day / "timeline.png", RESULTS_DIR / PLOT)
+            store.folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(day / "timeline.png", store.folder / PLOT)
     if not rows:
         raise FleetDayError("no size finished: " + "; ".join(errors.values()))
     payload: dict[str, Any] = {
@@ -273,7 +263,7 @@ def run_benchmark(cfg: FleetDayConfig) -> dict[str, Any]:
     print(table)
     print(json.dumps(payload["scale"], indent=1))
     if cfg.write:
-        write_result(NAME, payload, table, notes(payload))
+        store.write(NAME, payload, table, notes(payload))
     return payload
 
 
@@ -288,12 +278,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rewrite-notes", action="store_true", help="only re-render RESULTS.md from the JSON"
     )
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported, not turned into an exit status)."""
+    store = ResultStore.default(args.results_dir)
     if args.rewrite_notes:
-        rewrite_notes()
+        rewrite_notes(store=store)
         return 0
     run_benchmark(
         FleetDayConfig(
@@ -303,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             timeout_s=args.timeout,
             write=not args.no_write,
-        )
+        ),
+        store,
     )
     return 0
 
