@@ -1,4 +1,4 @@
-"""The fleet simulator: config, plan, execution backends, durable store, faults and the report."""
+"""The fleet simulator: config, plan (rounds or virtual clock), traces, backends, store, report."""
 
 from simulator.config import FleetConfig, FleetConfigError, load_config
 from simulator.runner import SimulationError, run_simulation

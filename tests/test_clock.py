@@ -183,3 +183,20 @@ def test_virtual_day_survives_a_killed_actor_and_a_server_restart(
     planned = sum(len(j.schedule) for j in plan_fleet(cfg, _users(), "x"))
     with (tmp_path / "chaos" / "arrivals.csv").open() as fh:
         assert sum(1 for _ in fh) - 1 == planned == s["requests"]
+
+
+def test_fleet_follows_a_behaviour_trace_file(tmp_path: Path) -> None:
+    trace = {
+        "11": {"active": [0, 40_000], "inactive": [3_600, 50_000], "finish_time": 86_400},
+        "12": {"active": [70_000], "inactive": [80_000], "finish_time": 86_400},
+    }
+    path = tmp_path / "behave.json"
+    path.write_text(json.dumps(trace))
+    clock = dataclasses.replace(DAY, behaviour_trace=str(path), interactions_per_hour=30.0)
+    users = [np.arange(1, 80), np.arange(5, 60)]
+    jobs = plan_fleet(FleetConfig(devices=4, clock=clock), users, "t")
+    windows = {0: ((0, 3_600), (40_000, 50_000)), 1: ((70_000, 80_000),)}
+    for i, job in enumerate(jobs):  # device i follows trace client i % 2, in id order
+        assert job.virtual and job.schedule
+        assert all(_inside(t, windows[i % 2]) for t, *_ in job.schedule), job.schedule
+        assert job.schedule[0][:2] == (float(windows[i % 2][0][0]), "arrival")
