@@ -208,7 +208,11 @@ def notes(payload: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.0f} s" for k, v in top["cpu_s_by_role"].items())
         + ". Load average before/after each size (other jobs share the 2 cores): "
         + "; ".join(f"{r['devices']}: {r['loadavg_before']} / {r['loadavg_after']}" for r in rows)
-        + f". Plot: `results/{PLOT}`. Goal {GOAL_DEVICES:,} devices over a "
+        + f". Plot: `results/{PLOT}`. Where the time goes (py-spy, 300 devices over a day, "
+        "`results/fleet_day_profile.txt`): in each device actor, candidate scoring 34-36%, "
+        "building the int8 runtime (to_lowbit prepacks) 24-25%, quantizing weights 16-19%, "
+        "profile encode 5%, waiting on RPCs 11%; the driver (server + simulator) used about a "
+        "quarter of an actor's CPU. Goal {GOAL_DEVICES:,} devices over a "
         f"day in <= {GOAL_WALL_S / 60:.0f} min with "
         f"peak RSS <= {GOAL_RSS_MB:.0f} MB: {goal}."
     )
