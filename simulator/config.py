@@ -153,6 +153,12 @@ class FleetConfig:
             p = getattr(self.faults, name)
             if not 0.0 <= p < 1.0:
                 raise FleetConfigError(f"faults.{name} must be in [0, 1), got {p}")
+        if self.clock.mode == "virtual" and self.churn.offline_prob > 0:
+            raise FleetConfigError(
+                "churn.offline_prob drives the round-based clock; on the virtual clock devices "
+                "are offline as [clock] says (a behaviour_trace or the diurnal model): set "
+                "churn.offline_prob = 0"
+            )
         if not 0.0 <= self.churn.offline_prob < 1.0:
             raise FleetConfigError(
                 f"churn.offline_prob must be in [0, 1), got {self.churn.offline_prob}"

@@ -89,6 +89,10 @@ def test_clock_config_is_validated() -> None:
         ClockConfig(mode="wall")
     with pytest.raises(FleetConfigError, match="model_releases_s"):
         FleetConfig(clock=ClockConfig(model_releases_s=(90_000.0,)))
+    from simulator.config import ChurnConfig
+
+    with pytest.raises(FleetConfigError, match=r"churn\.offline_prob = 0"):
+        FleetConfig(clock=DAY, churn=ChurnConfig(offline_prob=0.1))
 
 
 def test_virtual_day_end_to_end(tmp_path: Path, smoke_run_dir: Path) -> None:
