@@ -23,6 +23,7 @@ from benchmarks.harness import (
     Stopwatch,
     add_output_arguments,
     load_average,
+    machine_info,
     markdown_table,
     python_module,
     read_json,
@@ -237,10 +238,18 @@ def _before(previous: dict[str, Any] | None) -> str:
         f"{r['peak_rss_mb']:.0f} MB)"
         for r in previous["rows"]
     )
+    now = machine_info().get("cpu")
+    other_cpu = m.get("cpu") and now and m.get("cpu") != now
     return (
-        f"Previous result (measured {m.get('date', '?')}, commit {m.get('commit', '?')}, "
-        f"batch {previous['rows'][0].get('config', {}).get('batch_size')}, "
-        f"lanes {previous['rows'][0].get('config', {}).get('lanes', 1)}): {runs}. "
+        f"Previous result (measured {m.get('date', '?')} on {m.get('cpu', '?')}, commit "
+        f"{m.get('commit', '?')}, batch {previous['rows'][0].get('config', {}).get('batch_size')}, "
+        f"lanes {previous['rows'][0].get('config', {}).get('lanes', 1)}): {runs}"
+        + (
+            f"; another CPU than this run's ({now}), so the two differ by hardware as well as "
+            "by code and are not a measure of a code change. "
+            if other_cpu
+            else ". "
+        )
     )
 
 
@@ -311,7 +320,8 @@ def _growth(payload: dict[str, Any]) -> str:
     return (
         f"Memory growth from {payload['rows'][0]['devices']} to {top['devices']} devices: "
         f"{rss:.2f} MiB RSS, {pss:.2f} MiB PSS per thousand devices (the driver plans device "
-        "jobs lazily and summarizes the store with SQL aggregates). Devices per CPU-second at "
+        "jobs as the actors need them and summarizes the store with SQL aggregates, so neither "
+        "the job list nor the stored rows are held in memory). Devices per CPU-second at "
         f"the largest size (devices/s per fully used core): "
         f"{'-' if per_core is None else format(per_core, '.1f')}. "
     )
