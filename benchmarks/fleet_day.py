@@ -21,10 +21,13 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.fleet_scale import TreeMemorySampler, prepare_default_run
 from benchmarks.harness import (
@@ -208,6 +211,7 @@ def notes(payload: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.0f} s" for k, v in top["cpu_s_by_role"].items())
         + ". Load average before/after each size (other jobs share the 2 cores): "
         + "; ".join(f"{r['devices']}: {r['loadavg_before']} / {r['loadavg_after']}" for r in rows)
+        + _bookkeeping_note(payload.get("bookkeeping"))
         + f". Plot: `results/{PLOT}`. Where the time goes (py-spy, 300 devices over a day, "
         "`results/fleet_day_profile.txt`): in each device actor, candidate scoring 34-36%, "
         "building the int8 runtime (to_lowbit prepacks) 24-25%, quantizing weights 16-19%, "
@@ -233,6 +237,21 @@ def rewrite_notes(extra: str = "", store: ResultStore | None = None) -> None:
         + (f" {extra}" if extra else "")
     )
     store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), text)
+
+
+def _bookkeeping_note(b: dict[str, Any] | None) -> str:
+    """The sentence on the driver's bookkeeping at scale (empty when it was not measured)."""
+    if not b:
+        return ""
+    return (
+        f". Driver bookkeeping alone (`--bookkeeping {b['devices']}`: the real planner, store, "
+        "timeline, SQL summary and report of a day, with synthetic rounds in place of device "
+        f"work and RPCs; load before {b['loadavg_before']}): {b['devices']:,} devices, "
+        f"{b['requests']:,} planned requests, plan + store {b['plan_and_store_s']:.0f} s, "
+        f"timeline {b['timeline_s']:.0f} s, summary + outputs {b['summary_and_outputs_s']:.0f} "
+        f"s, peak RSS {b['peak_rss_mb']:.0f} MB, reports.db {b['db_mb']:.0f} MB, every device "
+        f"stored once: {b['accounted_once']}"
+    )
 
 
 def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict[str, Any]:
@@ -271,6 +290,122 @@ def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict
     return payload
 
 
+def _bookkeeping_child(devices: int, out: Path, result: Path) -> int:
+    """Child: a day's driver bookkeeping for `devices` devices, without device work or RPCs.
+
+    The real planner plans every device (iter_jobs, virtual clock defaults); each planned
+    request is stored as a round of a synthetic report (ReportStore.add, one transaction per
+    device, as the runner does); then the real end of a run: timeline (arrivals.csv, series,
+    plot), SQL summary and report outputs. Writes phase times, peak RSS and the accounting.
+    """
+    import resource
+
+    from device_client.device import DeviceReport, RoundRecord
+    from simulator.clock import OnlineCounter
+    from simulator.config import ClockConfig, FleetConfig
+    from simulator.fleet import iter_jobs
+    from simulator.report import write_outputs
+    from simulator.runner import load_users
+    from simulator.store import ReportStore
+    from simulator.summary import fleet_summary
+    from simulator.timeline import timeline_markdown, write_timeline
+
+    cfg = FleetConfig(devices=devices, clock=ClockConfig(mode="virtual"))
+    out.mkdir(parents=True, exist_ok=True)
+    users, _ = load_users(cfg.dataset)
+    store = ReportStore(out / "reports.db")
+    online = OnlineCounter(cfg.clock.duration_s)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    requests = 0
+    for job in iter_jobs(cfg, users, "bk", online):
+        rounds = [
+            RoundRecord(
+                job.device_id,
+                r,
+                job.tier,
+                t_s=t,
+                trigger=trig,
+                n_targets=stop - first,
+                hr10=float(rng.random() < 0.5),
+                ndcg10=float(rng.random()),
+                avg_bits=3.0,
+                bytes_up=900,
+                bytes_down=700,
+                reply_bytes=400,
+                code_bytes=300,
+                rpc_ms=5.0,
+                rpc_attempts=1,
+                adapt_ms=10.0,
+                infer_ms=1.0,
+                strategy_bytes=1_300,
+                report_bytes=300,
+            )
+            for r, (t, trig, first, stop) in enumerate(job.schedule)
+        ]
+        requests += len(rounds)
+        store.add(
+            DeviceReport(
+                job.device_id,
+                job.tier,
+                job.user_index,
+                rounds=rounds,
+                spec_bytes=2_000,
+                weights_download_bytes=1_000_000 if rounds else 0,
+                fp32_model_bytes=2_000_000,
+            )
+        )
+    t1 = time.perf_counter()
+    head = write_timeline(out, store, online, cfg.clock.duration_s)
+    t2 = time.perf_counter()
+    summary = fleet_summary(devices, store)
+    write_outputs(out, summary, store, timeline_markdown(head))
+    t3 = time.perf_counter()
+    stored = store.query("SELECT COUNT(*), COUNT(DISTINCT device_id) FROM devices").fetchone()
+    store.close()
+    result.write_text(
+        json.dumps(
+            {
+                "devices": devices,
+                "requests": requests,
+                "plan_and_store_s": t1 - t0,
+                "timeline_s": t2 - t1,
+                "summary_and_outputs_s": t3 - t2,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "accounted_once": bool(stored[0] == stored[1] == devices),
+                "arrivals_rows": head["arrivals_rows"],
+                "db_mb": (out / "reports.db").stat().st_size / 2**20,
+            }
+        )
+    )
+    return 0
+
+
+def run_bookkeeping(devices: int, store: ResultStore, timeout_s: float) -> dict[str, Any]:
+    """The driver's bookkeeping of a day of `devices` devices, in a child; added to the result."""
+    with tempfile.TemporaryDirectory(prefix="chord-fleet-day-bk-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = python_module(
+            "benchmarks.fleet_day", "--bookkeeping-child", str(devices),
+            "--out", str(Path(tmp) / "out"), "--result", str(result),
+        )  # fmt: skip
+        child = ChildProcess(cmd, log=Path(tmp) / "child.log", stop_timeout_s=30.0)
+        load_before = load_average()
+        with child:
+            rc = child.wait(timeout_s)
+        if rc != 0 or not result.exists():
+            raise FleetDayError(f"bookkeeping of {devices} devices failed:\n{child.log_tail()}")
+        figures = {**json.loads(result.read_text()), "loadavg_before": load_before}
+    saved = store.read(NAME)
+    if saved is None:
+        raise FleetDayError(f"no saved {NAME} result in {store.folder}; run the benchmark first")
+    saved["bookkeeping"] = figures
+    payload = {k: v for k, v in saved.items() if k != "benchmark"}
+    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), notes(payload))
+    print(json.dumps(figures, indent=1))
+    return figures
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the simulated-day benchmark."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[250, 1_000])
@@ -282,12 +417,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rewrite-notes", action="store_true", help="only re-render RESULTS.md from the JSON"
     )
+    parser.add_argument(
+        "--bookkeeping", type=int, default=0, metavar="N",
+        help="only measure the driver's bookkeeping of a day of N devices (plan, store, "
+        "summarize; no device work) and add it to the saved result",
+    )  # fmt: skip
     add_output_arguments(parser)
+    # Internal: the child that does the bookkeeping run.
+    parser.add_argument("--bookkeeping-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported, not turned into an exit status)."""
+    if args.bookkeeping_child:
+        return _bookkeeping_child(args.bookkeeping_child, Path(args.out), Path(args.result))
     store = ResultStore.default(args.results_dir)
+    if args.bookkeeping:
+        run_bookkeeping(args.bookkeeping, store, args.timeout)
+        return 0
     if args.rewrite_notes:
         rewrite_notes(store=store)
         return 0
