@@ -185,9 +185,10 @@ def notes(payload: dict[str, Any]) -> str:
             f"not measured (no {GOAL_DEVICES:,}-device run); modeled from the largest size's "
             f"{f['cpu_s_per_device'] * 1e3:.0f} ms CPU per device: "
             f"{f['modeled_goal_wall_s_2_cores'] / 60:.0f} min on both cores, fully busy "
-            f"(goal {GOAL_WALL_S / 60:.0f} min), peak RSS about "
-            f"{num(f['modeled_goal_rss_mb'], '.0f')} MB by extending the RSS slope linearly "
-            f"(goal {GOAL_RSS_MB:.0f})"
+            f"(goal {GOAL_WALL_S / 60:.0f} min); peak RSS about "
+            f"{num(f['modeled_goal_rss_mb'], '.0f')} MB by extending the measured RSS slope "
+            f"linearly (goal {GOAL_RSS_MB:.0f}; a crude bound: the slope between three sizes on "
+            "a shared machine is noisy, and the driver's bookkeeping above stays far below it)"
         )
     )
     return (
@@ -216,25 +217,34 @@ def notes(payload: dict[str, Any]) -> str:
         "`results/fleet_day_profile.txt`): in each device actor, candidate scoring 34-36%, "
         "building the int8 runtime (to_lowbit prepacks) 24-25%, quantizing weights 16-19%, "
         "profile encode 5%, waiting on RPCs 11%; the driver (server + simulator) used about a "
-        "quarter of an actor's CPU. Goal {GOAL_DEVICES:,} devices over a "
+        f"quarter of an actor's CPU. Goal {GOAL_DEVICES:,} devices over a "
         f"day in <= {GOAL_WALL_S / 60:.0f} min with "
         f"peak RSS <= {GOAL_RSS_MB:.0f} MB: {goal}."
+        + (f" {payload['note']}" if payload.get("note") else "")
     )
 
 
 def rewrite_notes(extra: str = "", store: ResultStore | None = None) -> None:
-    """Re-render the Markdown section from the saved JSON (the figures keep their machine)."""
+    """Re-render the Markdown section from the saved JSON (the figures keep their machine).
+
+    extra: a sentence kept in the JSON (`note`) and appended to the note from then on.
+    """
     store = store or ResultStore.default()
     saved = store.read(NAME)
     if saved is None:
         raise FleetDayError(f"no saved {NAME} result in {store.folder}; run the benchmark first")
+    _rerender(store, saved, extra)
+
+
+def _rerender(store: ResultStore, saved: dict[str, Any], extra: str = "") -> None:
+    """Write the saved result back with its section re-rendered (measurement date kept)."""
     m = saved.get("machine", {})
     payload = {k: v for k, v in saved.items() if k != "benchmark"}
+    if extra:
+        payload["note"] = extra
     text = (
         f"Figures measured {m.get('date', '?')} at commit {m.get('commit', '?')} (load average "
-        "and cores in the table); note re-rendered. "
-        + notes(payload)
-        + (f" {extra}" if extra else "")
+        "and cores in the table); note re-rendered. " + notes(payload)
     )
     store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), text)
 
@@ -400,8 +410,7 @@ def run_bookkeeping(devices: int, store: ResultStore, timeout_s: float) -> dict[
     if saved is None:
         raise FleetDayError(f"no saved {NAME} result in {store.folder}; run the benchmark first")
     saved["bookkeeping"] = figures
-    payload = {k: v for k, v in saved.items() if k != "benchmark"}
-    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), notes(payload))
+    _rerender(store, saved)
     print(json.dumps(figures, indent=1))
     return figures
 
