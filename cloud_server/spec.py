@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chord.artifacts import ArtifactRef
+
 MODES = ("random", "pretrained")
 KINDS = ("sasrec", "caser")
 
@@ -36,8 +38,6 @@ class ModelSpec:
     mode: str  # "random" or "pretrained"
     config_json: str
     seed: int
-    weights_uri: str  # pretrained mode: absolute path of the frozen weights ("" in random mode)
-    weights_bytes: int  # pretrained mode: size of that file (0 in random mode)
     version: str
     layers: tuple[LayerSpec, ...]
     n_channels: int
@@ -45,9 +45,12 @@ class ModelSpec:
     profile_dim: int
     max_recent_items: int
     n_items: int
-    reference_importance: bytes = b""  # float16 LE per channel; b"" = no delta codes offered
-    reference_id: str = ""  # CRC32 of reference_importance + level_cost, 8 hex digits
-    level_cost: bytes = b""  # float32 LE [layers x 8] of the rate-distortion rule; b"" = quotas
+    reference_id: str = ""  # CRC32 of the reference artifact's importance + level cost; "" = none
+    artifacts: tuple[ArtifactRef, ...] = ()  # what a device downloads with FetchArtifact
+
+    def artifact(self, kind: str) -> ArtifactRef | None:
+        """The listed artifact of this kind, or None."""
+        return next((a for a in self.artifacts if a.kind == kind), None)
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""

@@ -63,15 +63,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class NetworkFaults:
-    """Client-side injected network trouble: a delay before each attempt and dropped attempts."""
+    """Client-side injected network trouble: a delay before each attempt, dropped attempts, and
+    download streams broken after some bytes."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
+    stream_cut_bytes: int = 0  # cancel a FetchArtifact stream once it delivered this many bytes
 
     @property
     def active(self) -> bool:
-        """True when any fault is configured."""
+        """True when a per-attempt fault is configured (stream cuts are the downloader's)."""
         return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
 
 
@@ -115,7 +117,7 @@ def close_channels() -> None:
         _channels.clear()
 
 
-class _InjectedLoss(Exception):
+class InjectedLoss(Exception):
     """An attempt dropped by the fault injector; handled like UNAVAILABLE."""
 
 
@@ -154,7 +156,18 @@ class Transport:
         """ReportMetrics with retries (idempotent on the server by device and round)."""
         return self._call(self._stub.ReportMetrics, req)
 
-    def _inject(self, stats: CallStats, remaining: float) -> None:
+    def fetch_artifact(self, req: pb.FetchArtifactRequest, timeout_s: float) -> Any:
+        """One FetchArtifact attempt: the server's chunk stream (iterate it; `.cancel()` it).
+
+        No retry here: device_client.artifacts resumes a broken stream from the bytes it kept.
+        """
+        return self._stub.FetchArtifact(req, timeout=timeout_s, metadata=self._metadata)
+
+    def backoff(self, attempt: int) -> float:
+        """This device's jittered pause before retry `attempt` (1-based), in seconds."""
+        return self.policy.backoff(attempt, self._rng)
+
+    def inject(self, stats: CallStats, remaining: float) -> None:
         """Apply the configured delay (bounded by the time left) and maybe drop the attempt."""
         if not self.faults.active:
             return
@@ -165,7 +178,7 @@ class Transport:
             stats.injected_delay_ms += delay * 1e3
         if self._fault_rng.random() < self.faults.loss:
             stats.injected_losses += 1
-            raise _InjectedLoss
+            raise InjectedLoss
 
     def _call(self, method: Callable[..., Any], req: Any) -> tuple[Any, CallStats]:
         """Run one logical call: attempts with deadlines until success, a fatal code or time out."""
@@ -179,7 +192,7 @@ class Transport:
                 break
             stats.attempts += 1
             try:
-                self._inject(stats, remaining)
+                self.inject(stats, remaining)
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -188,7 +201,7 @@ class Transport:
                 )
                 stats.elapsed_ms = (time.perf_counter() - start) * 1e3
                 return reply, stats
-            except _InjectedLoss:
+            except InjectedLoss:
                 code_name, last = "unavailable", "attempt dropped by the fault injector"
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN

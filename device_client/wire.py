@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from chord.artifacts import ArtifactChunk, ArtifactRef, ArtifactRequest
 from chord.budget import Tier
 from chord.codes import EncodedStrategy
 from chord.level_cost import LevelCost, LevelCostError
@@ -19,6 +19,11 @@ _COUNT_METRICS = frozenset(
 )
 _KIND_NAMES = {pb.BACKBONE_KIND_SASREC: "sasrec", pb.BACKBONE_KIND_CASER: "caser"}
 _MODE_NAMES = {pb.BACKBONE_MODE_RANDOM: "random", pb.BACKBONE_MODE_PRETRAINED: "pretrained"}
+_ARTIFACT_KIND_NAMES = {
+    pb.ARTIFACT_KIND_BACKBONE_WEIGHTS: "backbone_weights",
+    pb.ARTIFACT_KIND_SHARED_MASK: "shared_mask",
+    pb.ARTIFACT_KIND_REFERENCE_DATA: "reference_data",
+}
 _ENCODING_NAMES = {
     pb.CODE_ENCODING_PACKED2: "packed2",
     pb.CODE_ENCODING_PACKED2_DEFLATE: "packed2+deflate",
@@ -41,14 +46,13 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """What a device learns from GetModelSpec: how to get the backbone and how to read codes."""
+    """What a device learns from GetModelSpec (and the artifacts it lists): how to get the
+    backbone and how to read codes."""
 
     kind: str
     mode: str
     config_json: str
     seed: int
-    weights_uri: str
-    weights_bytes: int
     version: str
     layers: tuple[LayerInfo, ...]
     n_channels: int
@@ -56,9 +60,15 @@ class DeviceSpec:
     profile_dim: int
     max_recent_items: int
     n_items: int
-    reference: np.ndarray | None = None  # float16 [n_channels] reference importance, if offered
-    reference_id: str = ""
+    reference_id: str = ""  # the spec's reference id; "" until the reference artifact is held
+    artifacts: tuple[ArtifactRef, ...] = ()  # what to fetch with FetchArtifact
+    # Filled from the REFERENCE_DATA artifact once fetched (device_client.artifacts):
+    reference: np.ndarray | None = None  # float16 [n_channels] reference importance
     level_cost: LevelCost | None = None  # the server's rate-distortion table, if it uses one
+
+    def artifact(self, kind: str) -> ArtifactRef | None:
+        """The listed artifact of this kind, or None."""
+        return next((a for a in self.artifacts if a.kind == kind), None)
 
     def channel_sizes(self) -> np.ndarray:
         """Weights per channel, in channel order (int64 [n_channels])."""
@@ -82,7 +92,11 @@ class StrategyReply:
 
 
 def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
-    """ModelSpec -> DeviceSpec; unknown kinds or modes raise WireError."""
+    """ModelSpec -> DeviceSpec; unknown kinds, modes or artifact kinds raise WireError.
+
+    The reference importance is not in the spec: it arrives as the REFERENCE_DATA artifact,
+    and `with_reference` adds it.
+    """
     if msg.kind not in _KIND_NAMES:
         raise WireError(f"ModelSpec.kind {msg.kind} is not a backbone this device can build")
     if msg.mode not in _MODE_NAMES:
@@ -98,8 +112,6 @@ def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
         mode=_MODE_NAMES[msg.mode],
         config_json=msg.config_json,
         seed=int(msg.seed),
-        weights_uri=msg.weights_uri,
-        weights_bytes=int(msg.weights_bytes),
         version=msg.version,
         layers=tuple(LayerInfo(x.name, int(x.n_channels), int(x.channel_size)) for x in msg.layers),
         n_channels=int(msg.n_channels),
@@ -107,46 +119,49 @@ def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
         profile_dim=int(msg.profile_dim),
         max_recent_items=int(msg.max_recent_items),
         n_items=int(msg.n_items),
-        reference=_reference_from_proto(msg),
-        reference_id=msg.reference_id if msg.reference_importance else "",
-        level_cost=_level_cost_from_proto(msg),
+        reference_id=msg.reference_id,
+        artifacts=tuple(artifact_ref_from_proto(a) for a in msg.artifacts),
     )
 
 
-def _reference_from_proto(msg: pb.ModelSpec) -> np.ndarray | None:
-    """The spec's float16 reference importance, checked against its length and id."""
-    raw = bytes(msg.reference_importance)
-    if not raw:
-        return None
-    if len(raw) != 2 * msg.n_channels:
-        raise WireError(
-            f"ModelSpec.reference_importance has {len(raw)} bytes; {msg.n_channels} channels "
-            f"need {2 * msg.n_channels} (one float16 each)"
-        )
-    if f"{zlib.crc32(raw + bytes(msg.level_cost)):08x}" != msg.reference_id:
-        raise WireError(
-            f"ModelSpec.reference_importance and level_cost do not match the reference_id "
-            f"{msg.reference_id!r}"
-        )
-    return np.frombuffer(raw, dtype="<f2").copy()
+def artifact_ref_from_proto(msg: pb.ArtifactRef) -> ArtifactRef:
+    """ArtifactRef message -> ArtifactRef; WireError for an unknown kind or an invalid field."""
+    kind = _ARTIFACT_KIND_NAMES.get(msg.kind)
+    if kind is None:
+        raise WireError(f"ModelSpec.artifacts holds kind {msg.kind}, unknown to this device")
+    try:
+        return ArtifactRef(msg.digest, kind, int(msg.size_bytes), msg.format)
+    except ValueError as exc:
+        raise WireError(f"ModelSpec.artifacts: {exc}") from exc
 
 
-def _level_cost_from_proto(msg: pb.ModelSpec) -> LevelCost | None:
-    """The spec's rate-distortion table bound to its layers, or None when it sends none."""
-    raw = bytes(msg.level_cost)
+def level_cost_for(spec: DeviceSpec, raw: bytes) -> LevelCost | None:
+    """The rate-distortion table (float32 LE [layers x 8]) bound to the spec's layers."""
     if not raw:
         return None
-    channels = [int(x.n_channels) for x in msg.layers]
-    weights = [int(x.n_channels) * int(x.channel_size) for x in msg.layers]
-    if sum(channels) != msg.n_channels:
+    channels = [x.n_channels for x in spec.layers]
+    weights = [x.n_channels * x.channel_size for x in spec.layers]
+    if sum(channels) != spec.n_channels:
         raise WireError(
-            f"ModelSpec.level_cost needs layers covering all {msg.n_channels} channels; "
+            f"a level cost needs layers covering all {spec.n_channels} channels; "
             f"the spec's layers cover {sum(channels)}"
         )
     try:
         return LevelCost.from_bytes(raw, channels, weights)
     except LevelCostError as exc:
-        raise WireError(f"ModelSpec.level_cost: {exc}") from exc
+        raise WireError(f"reference level_cost: {exc}") from exc
+
+
+def artifact_request_to_proto(req: ArtifactRequest) -> pb.FetchArtifactRequest:
+    """ArtifactRequest -> FetchArtifactRequest."""
+    return pb.FetchArtifactRequest(
+        digest=req.digest, offset=req.offset, max_chunk_bytes=req.max_chunk_bytes
+    )
+
+
+def artifact_chunk_from_proto(msg: pb.ArtifactChunk) -> ArtifactChunk:
+    """ArtifactChunk message -> ArtifactChunk (the downloader checks offsets and sizes)."""
+    return ArtifactChunk(int(msg.offset), bytes(msg.data), int(msg.total_size))
 
 
 def spec_request_to_proto(device_id: str) -> pb.GetModelSpecRequest:
