@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,13 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chord.artifacts import REFERENCE_FORMAT, reference_from_artifact, reference_to_artifact
+from chord.artifacts.container import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, decode_levels, packed_length, reference_levels
 from chord.hyper.runs import RunConfig, prepare_run
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
+from device_client.artifacts import ArtifactCache, fetch_spec_artifacts
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport
-from device_client.wire import WireError, spec_from_proto, strategy_reply_from_proto
+from device_client.wire import (
+    DeviceSpec,
+    WireError,
+    level_cost_for,
+    spec_from_proto,
+    strategy_reply_from_proto,
+)
 from protos.chord.v1 import strategy_pb2 as pb
 from simulator.runner import load_users
 from tests.server_fixtures import strategy_request
@@ -51,22 +61,29 @@ def _ask(
     return spec, reply
 
 
-def test_spec_publishes_a_checked_reference(server: EmbeddedServer) -> None:
+def _device_spec(server: EmbeddedServer, spec: pb.ModelSpec, cache: Path) -> DeviceSpec:
+    """The device's view of `spec` once its artifacts (the reference data) are fetched."""
+    transport = Transport(server.address, QUICK)
+    return fetch_spec_artifacts(transport, spec_from_proto(spec), ArtifactCache(cache)).spec
+
+
+def test_spec_publishes_a_checked_reference(server: EmbeddedServer, tmp_path: Path) -> None:
     spec, _ = _ask(server, "", "plain-0")
-    assert len(spec.reference_importance) == 2 * spec.n_channels
-    assert len(spec.level_cost) == 4 * 8 * len(spec.layers)
-    assert spec.reference_id == f"{zlib.crc32(spec.reference_importance + spec.level_cost):08x}"
-    device_spec = spec_from_proto(spec)
+    refs = [a for a in spec.artifacts if a.kind == pb.ARTIFACT_KIND_REFERENCE_DATA]
+    assert len(refs) == 1 and refs[0].format == REFERENCE_FORMAT
+    device_spec = _device_spec(server, spec, tmp_path)
     assert device_spec.reference is not None and device_spec.reference.shape == (spec.n_channels,)
     assert device_spec.level_cost is not None
     assert device_spec.level_cost.layer_channels == tuple(x.n_channels for x in spec.layers)
+    raw = device_spec.reference.astype("<f2").tobytes() + device_spec.level_cost.to_bytes()
+    assert spec.reference_id == f"{zlib.crc32(raw):08x}"
 
 
-def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer) -> None:
+def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer, tmp_path: Path) -> None:
     spec, plain = _ask(server, "", "plain-1")
     _, delta = _ask(server, spec.reference_id, "delta-1")
     _, stale = _ask(server, "0badc0de", "stale-1")
-    dspec = spec_from_proto(spec)
+    dspec = _device_spec(server, spec, tmp_path)
     assert dspec.reference is not None
     tier = dspec.tiers["mid"]
     budget = next(t.default_budget_bits for t in spec.tiers if t.name == "mid")
@@ -95,28 +112,28 @@ def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
     assert all(r.code_bytes < packed_length(spec.n_channels) // 2 for r in report.rounds)
 
 
-def _refused(spec: pb.ModelSpec, match: str, **fields: object) -> None:
-    """A copy of `spec` with `fields` replaced must be refused with a WireError like `match`."""
-    tampered = pb.ModelSpec()
-    tampered.CopyFrom(spec)
-    for name, value in fields.items():
-        setattr(tampered, name, value)
-    with pytest.raises(WireError, match=match):
-        spec_from_proto(tampered)
-
-
-def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
+def test_tampered_reference_is_refused(server: EmbeddedServer, tmp_path: Path) -> None:
     spec, _ = _ask(server, "", "plain-3")
-    raw = bytearray(spec.reference_importance)
-    raw[5] ^= 0x10
-    _refused(spec, "do not match the reference_id", reference_importance=bytes(raw))
-    _refused(spec, "need", reference_importance=bytes(raw[:-2]))
+    dspec = _device_spec(server, spec, tmp_path)
+    assert dspec.reference is not None and dspec.level_cost is not None
+    n, layers = spec.n_channels, len(spec.layers)
+    importance, cost = dspec.reference.copy(), dspec.level_cost.to_bytes()
+
+    def refused(match: str, imp: np.ndarray, table: bytes, rid: str = spec.reference_id) -> None:
+        data = reference_to_artifact(imp, table, layers).data
+        with pytest.raises(ArtifactFormatError, match=match):
+            reference_from_artifact(data, rid, n, layers)
+
+    flipped = importance.copy()
+    flipped[5] = -flipped[5] + 1
+    refused("the spec names", flipped, cost)
+    refused(r"'importance' F16", importance[:-1], cost)
     # The level cost is covered too: a device with another table would derive other levels.
-    cost = bytearray(spec.level_cost)
-    cost[7] ^= 0x01
-    _refused(spec, "do not match the reference_id", level_cost=bytes(cost))
-    short = bytes(cost[:-4])
-    _refused(spec, r"level_cost: .*float32", level_cost=short,
-             reference_id=f"{zlib.crc32(spec.reference_importance + short):08x}")
-    _refused(spec, "layers covering all", n_channels=spec.n_channels + 1,
-             reference_importance=b"")
+    bumped = bytearray(cost)
+    bumped[7] ^= 0x01
+    refused("the spec names", importance, bytes(bumped))
+    short = cost[: 4 * 8 * (layers - 1)]
+    with pytest.raises(ValueError, match="layers need"):
+        reference_to_artifact(importance, short, layers)
+    with pytest.raises(WireError, match="layers covering all"):
+        level_cost_for(dataclasses.replace(dspec, n_channels=n + 1), cost)
