@@ -18,7 +18,7 @@ class ArtifactStore:
     """Every artifact a device of the served run may fetch, at most one per kind, in memory.
 
     Artifacts are small next to the server's memory (a 64-wide SASRec is 0.6 MB of weights);
-    chunks are views into them, so a stream holds no copy. Thread-safe.
+    a stream copies out one chunk at a time, as it is sent. Thread-safe.
     """
 
     def __init__(self, artifacts: tuple[Artifact, ...] = ()) -> None:
