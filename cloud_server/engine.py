@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from chord.artifacts import Artifact, ArtifactRef, backbone_to_artifact, reference_to_artifact
-from chord.budget import (
+from chord.codes import encode_levels, reference_levels
+from chord.levels import (
     DEFAULT_TIERS,
     BudgetError,
     Tier,
@@ -21,11 +22,10 @@ from chord.budget import (
     assign_levels_batch,
     budget_range,
 )
-from chord.codes import encode_levels, reference_levels
+from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.artifacts import ArtifactStore
 from cloud_server.errors import InvalidRequestError, ServiceError
-from cloud_server.spec import LayerSpec, ModelSpec, TierSpec
 
 if TYPE_CHECKING:
     from chord.hyper.runs import ChordRun
@@ -69,7 +69,7 @@ def _result(
     """Encode one request's levels into its result (a delta to `reference` when smaller)."""
     levels = levels.astype(np.uint8, copy=False)
     counts = np.bincount(levels, minlength=4)
-    # Integer-valued sums, so this equals chord.budget.average_bits exactly.
+    # Integer-valued sums, so this equals chord.levels.average_bits exactly.
     level_sizes = np.bincount(levels, weights=sizes, minlength=4)
     avg_bits = float((np.asarray(tier.level_bits, dtype=np.float64) * level_sizes).sum())
     return StrategyResult(
@@ -148,6 +148,8 @@ class StrategyEngine:
             n_items=int(run.backbone.n_items),
             reference_id=self._reference_id,
             artifacts=self.artifacts.refs(),
+            reference_importance=self._reference.astype("<f2").tobytes(),
+            level_cost=self._cost_bytes,
         )
 
     def _reference_for(self, req: StrategyRequest, tier: Tier) -> np.ndarray | None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from chord.artifacts import ArtifactChunk, ArtifactRequest
+from chord.spec import DeviceReport, ModelSpec, ReportOutcome
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.batching import Dispatcher, make_dispatcher
 from cloud_server.config import ServerConfig
@@ -16,7 +17,6 @@ from cloud_server.engine import EchoEngine, Engine, StrategyEngine
 from cloud_server.errors import ModelNotReadyError, OverloadedError
 from cloud_server.metrics import ServerMetrics
 from cloud_server.reports import ReportStore
-from cloud_server.spec import DeviceReport, ModelSpec, ReportOutcome
 from cloud_server.validation import (
     validate_artifact_request,
     validate_report,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 from chord.artifacts import ArtifactRequest, check_digest
+from chord.spec import DeviceReport, ModelSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
-from cloud_server.spec import DeviceReport, ModelSpec
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
 # FetchArtifactRequest.max_chunk_bytes: 0 (server default) or this range, as the .proto states.

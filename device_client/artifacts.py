@@ -29,19 +29,13 @@ from chord.artifacts import (
     ReferenceData,
     reference_from_artifact,
 )
+from chord.spec import ModelSpec, SpecError
 from device_client.transport import (
     RETRYABLE,
     CallStats,
     InjectedLoss,
     Transport,
     TransportError,
-)
-from device_client.wire import (
-    DeviceSpec,
-    WireError,
-    artifact_chunk_from_proto,
-    artifact_request_to_proto,
-    level_cost_for,
 )
 
 __all__ = [
@@ -231,12 +225,11 @@ def _download(
         before = offset
         try:
             transport.inject(CallStats(), remaining)
-            req = artifact_request_to_proto(ArtifactRequest(ref.digest, offset, chunk))
+            req = ArtifactRequest(ref.digest, offset, chunk)
             stream = transport.fetch_artifact(req, min(policy.call_timeout_s, remaining))
             with part.open("ab") as out:
-                for msg in stream:
-                    stats.bytes_received += msg.ByteSize()
-                    c = artifact_chunk_from_proto(msg)
+                for c, wire_bytes in stream:
+                    stats.bytes_received += wire_bytes
                     try:
                         _check_chunk(ref, offset, c.offset, len(c.data), c.total_size)
                     except ArtifactRefused:
@@ -273,7 +266,7 @@ def _download(
 class FetchedArtifacts:
     """The decoded artifacts of a spec and what fetching them cost."""
 
-    spec: DeviceSpec  # with reference and level_cost filled in when the spec offers them
+    spec: ModelSpec  # with the reference (importance, level cost) held once it is fetched
     weights: bytes | None  # BACKBONE_WEIGHTS bytes (pretrained mode), verified, not yet loaded
     shared_mask: bytes | None  # SHARED_MASK bytes, verified; its decoder lands with random mode
     stats: DownloadStats
@@ -281,7 +274,7 @@ class FetchedArtifacts:
 
 def fetch_spec_artifacts(
     transport: Transport,
-    spec: DeviceSpec,
+    spec: ModelSpec,
     cache: ArtifactCache,
     *,
     tag: str = "device",
@@ -289,7 +282,7 @@ def fetch_spec_artifacts(
 ) -> FetchedArtifacts:
     """Fetch every artifact the spec lists and decode the reference data into the spec.
 
-    Raises WireError when a pretrained spec lists no weights or a reference id comes without
+    Raises SpecError when a pretrained spec lists no weights or a reference id comes without
     its artifact, ArtifactRefused / TransportError from the downloads.
     """
     total = DownloadStats()
@@ -299,9 +292,9 @@ def fetch_spec_artifacts(
         total.add(stats)
         blobs[ref.kind] = data
     if spec.mode == "pretrained" and "backbone_weights" not in blobs:
-        raise WireError("a pretrained ModelSpec must list a backbone_weights artifact; none found")
+        raise SpecError("a pretrained ModelSpec must list a backbone_weights artifact; none found")
     if spec.reference_id and "reference_data" not in blobs:
-        raise WireError(
+        raise SpecError(
             f"ModelSpec names reference {spec.reference_id!r} but lists no reference_data artifact"
         )
     if "reference_data" in blobs:
@@ -311,14 +304,18 @@ def fetch_spec_artifacts(
     )
 
 
-def _with_reference(spec: DeviceSpec, data: bytes) -> DeviceSpec:
-    """The spec with the decoded reference importance and level-cost table."""
+def _with_reference(spec: ModelSpec, data: bytes) -> ModelSpec:
+    """The spec holding the decoded reference importance and level-cost table (checked)."""
     try:
         ref: ReferenceData = reference_from_artifact(
             data, spec.reference_id, spec.n_channels, len(spec.layers)
         )
     except ArtifactFormatError as exc:
         raise ArtifactRefused("content", f"reference data: {exc}") from exc
-    return dataclasses.replace(
-        spec, reference=ref.importance, level_cost=level_cost_for(spec, ref.level_cost)
+    held = dataclasses.replace(
+        spec,
+        reference_importance=ref.importance.astype("<f2").tobytes(),
+        level_cost=ref.level_cost,
     )
+    held.check()  # SpecError when the table does not fit the spec's layers
+    return held

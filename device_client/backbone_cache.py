@@ -13,7 +13,7 @@ from chord.checkpoint import weights_version
 from chord.config import config_from_json
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
-from device_client.wire import DeviceSpec
+from chord.spec import ModelSpec
 
 
 class BackboneMismatchError(RuntimeError):
@@ -57,7 +57,7 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return int(int8), int(duet)
 
 
-def _obtain(spec: DeviceSpec, weights: bytes | None) -> CachedBackbone:
+def _obtain(spec: ModelSpec, weights: bytes | None) -> CachedBackbone:
     """Build (random) or decode from the downloaded weights artifact (pretrained) the
     backbone, and verify its version hash. Raises BackboneMismatchError or, for weights that
     are not the spec's, chord.artifacts.ArtifactFormatError."""
@@ -93,7 +93,7 @@ def _obtain(spec: DeviceSpec, weights: bytes | None) -> CachedBackbone:
     )
 
 
-def get_backbone(spec: DeviceSpec, weights: bytes | None = None) -> tuple[CachedBackbone, bool]:
+def get_backbone(spec: ModelSpec, weights: bytes | None = None) -> tuple[CachedBackbone, bool]:
     """The process's backbone for spec.version and whether it came from the cache.
 
     weights: the verified BACKBONE_WEIGHTS artifact (pretrained mode); unused on a cache hit.

@@ -29,6 +29,7 @@ from chord.artifacts import (
 )
 from chord.config import config_from_json
 from chord.models import build_backbone
+from chord.spec import ModelSpec
 from cloud_server import EmbeddedServer, ServerConfig
 from cloud_server.artifacts import ArtifactStore
 from device_client.artifacts import (
@@ -38,7 +39,6 @@ from device_client.artifacts import (
 )
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import NetworkFaults, RetryPolicy, Transport
-from device_client.wire import DeviceSpec, spec_from_proto, spec_request_to_proto
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from simulator.config import FaultConfig, FleetConfig, TransportConfig
@@ -59,13 +59,13 @@ def server(smoke_run_dir: Path) -> Iterator[EmbeddedServer]:
     srv.stop()
 
 
-def _spec(address: str) -> DeviceSpec:
-    """The device's view of the served spec (artifacts not fetched)."""
-    msg, _ = Transport(address, FAST).get_model_spec(spec_request_to_proto("dev-a"))
-    return spec_from_proto(msg)
+def _spec(address: str) -> ModelSpec:
+    """The served spec as a device receives it (artifacts not fetched)."""
+    spec, _ = Transport(address, FAST).get_model_spec("dev-a")
+    return spec
 
 
-def _weights(spec: DeviceSpec) -> Any:
+def _weights(spec: ModelSpec) -> Any:
     """The spec's weights reference."""
     ref = spec.artifact("backbone_weights")
     assert ref is not None and ref.format == BACKBONE_FORMAT
