@@ -200,7 +200,7 @@ def _download(
     policy = transport.policy
     deadline = time.perf_counter() + policy.overall_timeout_s
     cut = transport.faults.stream_cut_bytes
-    stalled, last = 0, "no attempt made"
+    stalled, last, last_code = 0, "no attempt made", ""
     while True:
         offset = part.stat().st_size if part.exists() else 0
         if offset > ref.size_bytes:  # not ours to trust: start over
@@ -215,11 +215,13 @@ def _download(
                 stats.attempts,
             )
         if stalled >= policy.max_attempts:
-            raise ArtifactRefused(
-                "truncated",
+            message = (
                 f"{ref.digest}: {offset} of {ref.size_bytes} bytes after {stalled} attempts "
-                f"in a row that brought nothing ({last})",
+                f"in a row that brought nothing ({last})"
             )
+            if last_code:  # the link failed, not the server's bytes
+                raise TransportError(last_code, message, stats.attempts)
+            raise ArtifactRefused("truncated", message)
         stats.attempts += 1
         stats.resumes += offset > 0
         before = offset
@@ -242,15 +244,15 @@ def _download(
                     if cut and offset - before >= cut and offset < ref.size_bytes:
                         stream.cancel()
                         raise _StreamCut
-            last = f"the stream ended at byte {offset} of {ref.size_bytes}"
+            last, last_code = f"the stream ended (OK) at byte {offset} of {ref.size_bytes}", ""
         except InjectedLoss:
-            last = "attempt dropped by the fault injector"
+            last, last_code = "attempt dropped by the fault injector", "unavailable"
         except _StreamCut:
-            last = f"stream cut by the fault injector at byte {offset}"
+            last, last_code = f"stream cut by the fault injector at byte {offset}", "cancelled"
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             detail = exc.details() if hasattr(exc, "details") else str(exc)
-            last = f"{code.name}: {detail}"
+            last, last_code = f"{code.name}: {detail}", code.name.lower()
             if code not in RETRYABLE:
                 raise TransportError(code.name.lower(), last, stats.attempts) from exc
         if offset > before:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -38,11 +39,14 @@ from device_client.artifacts import (
     fetch_artifact,
 )
 from device_client.device import DeviceJob, VirtualDevice
-from device_client.transport import NetworkFaults, RetryPolicy, Transport
+from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from simulator.config import FaultConfig, FleetConfig, TransportConfig
 from simulator.runner import load_users, run_simulation
+from tests.server_fixtures import run_dir
+
+__all__ = ["run_dir"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "chord.v1.StrategyService"
@@ -228,6 +232,20 @@ def test_truncated_artifact_is_refused(server: EmbeddedServer, tmp_path: Path) -
         proxy.close()
 
 
+def test_unreachable_server_is_a_transport_error_not_a_bad_artifact(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    ref = _weights(_spec(server.address))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    policy = RetryPolicy(call_timeout_s=2.0, overall_timeout_s=20.0, max_attempts=2,
+                         backoff_base_s=0.01)
+    with pytest.raises(TransportError) as err:
+        fetch_artifact(Transport(dead, policy), ref, ArtifactCache(tmp_path))
+    assert err.value.reason == "unavailable" and "0 of" in str(err.value)
+
+
 def test_truncated_cache_entry_is_dropped_and_fetched_again(
     server: EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -295,6 +313,25 @@ def test_store_refuses_bytes_that_do_not_match_their_reference() -> None:
     newer = store.register("shared_mask", "test.mask.v0+raw", b"\x07")
     assert store.refs() == (newer,)
     assert [a.kind for a in store.refs()] == ["shared_mask"]
+
+
+def test_random_mode_device_fetches_the_reference_and_no_weights(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    with EmbeddedServer(ServerConfig(run_dir=run_dir, grace_s=0.2)) as srv:
+        spec = _spec(srv.address)
+        assert spec.mode == "random" and [a.kind for a in spec.artifacts] == ["reference_data"]
+        users = load_users("ml-100k")[0]
+        job = DeviceJob("dev-rand", 4, users[4], "mid", 3.0, request_tag="rand")
+        cache = ArtifactCache(tmp_path)
+        report = VirtualDevice(job, Transport(srv.address, FAST), cache).run()
+    assert (report.status, report.reason) == ("completed", ""), report.detail
+    ref = spec.artifacts[0]
+    # The reference came over FetchArtifact (and was counted); the weights were rebuilt.
+    assert ref.size_bytes < report.artifact_bytes < ref.size_bytes + 200
+    assert (report.artifact_attempts, report.artifact_cache_hits) == (1, 0)
+    assert cache.read(ref) is not None
+    assert all(r.strategy_source == "cloud" for r in report.rounds)
 
 
 # --------------------------------------------- a fleet against `chord serve` in another process
