@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -300,6 +304,29 @@ def test_weights_of_another_version_or_altered_tensors_are_refused(
         backbone_from_artifact(save_tensors(tensors, metadata=meta), spec.config_json, spec.version)
     with pytest.raises(ArtifactFormatError, match="safetensors header"):
         backbone_from_artifact(b"\xff" * 64, spec.config_json, spec.version)
+
+
+def test_the_documented_rules_alone_check_the_served_artifacts(server: EmbeddedServer) -> None:
+    """What strategy.proto states, applied with hashlib, zlib and a safetensors parser only."""
+    spec = _spec(server.address)
+    weights = _served(server, _weights(spec).digest)
+    assert "sha256:" + hashlib.sha256(weights).hexdigest() == _weights(spec).digest
+    (header_len,) = struct.unpack("<Q", weights[:8])  # the container as the .proto states it
+    meta = json.loads(weights[8 : 8 + header_len])["__metadata__"]
+    tensors = load_tensors(weights)
+    digest = hashlib.sha256()
+    for name in json.loads(meta["order"]):
+        t = tensors[name]
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    assert digest.hexdigest()[:16] == spec.version == meta["version"]
+    ref = spec.artifact("reference_data")
+    assert ref is not None
+    reference = load_tensors(_served(server, ref.digest))
+    raw = reference["importance"].numpy().tobytes() + reference["level_cost"].numpy().tobytes()
+    assert f"{zlib.crc32(raw):08x}" == spec.reference_id
 
 
 def test_store_refuses_bytes_that_do_not_match_their_reference() -> None:

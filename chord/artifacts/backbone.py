@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -19,14 +21,16 @@ BACKBONE_FORMAT = f"{BACKBONE_LAYOUT}+safetensors"
 def backbone_to_artifact(model: Backbone) -> Artifact:
     """The BACKBONE_WEIGHTS artifact of `model`: every state-dict tensor by name, as stored.
 
-    __metadata__ carries "format", "version" (weights_version of the model) and "config"
-    (config_to_json), so the bytes say what they are even outside a model spec.
+    __metadata__ carries "format", "version" (weights_version of the model), "config"
+    (config_to_json) and "order" (JSON list of the state-dict names, the order the version
+    hash uses), so the bytes say what they are even outside a model spec.
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": BACKBONE_LAYOUT,
         "version": weights_version(model),
         "config": config_to_json(model.config),
+        "order": json.dumps(list(tensors)),  # the version hash runs over entries in this order
     }
     return Artifact.of("backbone_weights", BACKBONE_FORMAT, save_tensors(tensors, metadata=meta))
 
