@@ -48,3 +48,6 @@ def expect_layout(meta: dict[str, str], layout: str) -> None:
             f"artifact holds layout {found or 'none'!r}, this device reads {layout!r}; "
             "update the device or serve a run in that layout"
         )
+
+
+__all__ = ["MAX_HEADER_BYTES", "ArtifactFormatError", "expect_layout", "read_metadata"]

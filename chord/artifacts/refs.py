@@ -82,3 +82,16 @@ class ArtifactChunk:
     offset: int
     data: bytes
     total_size: int
+
+
+__all__ = [
+    "DIGEST_PREFIX",
+    "KINDS",
+    "MAX_ARTIFACT_BYTES",
+    "Artifact",
+    "ArtifactChunk",
+    "ArtifactRef",
+    "ArtifactRequest",
+    "check_digest",
+    "sha256_digest",
+]
