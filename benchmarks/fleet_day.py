@@ -361,7 +361,7 @@ def _bookkeeping_child(devices: int, out: Path, result: Path) -> int:
                 job.user_index,
                 rounds=rounds,
                 spec_bytes=2_000,
-                weights_download_bytes=1_000_000 if rounds else 0,
+                artifact_bytes=1_000_000 if rounds else 0,
                 fp32_model_bytes=2_000_000,
             )
         )

@@ -69,7 +69,7 @@ def group_summary(store: ReportStore, tier: str | None = None) -> dict[str, Any]
     per_device_up = g.one("SELECT SUM(bytes_up) FROM rounds WHERE {g}") or 0
     rounds_down = g.one("SELECT SUM(bytes_down) FROM rounds WHERE {g}") or 0
     spec = g.one("SELECT SUM(spec_bytes) FROM devices WHERE {g}") or 0
-    weights_sum = g.one("SELECT SUM(weights_download_bytes) FROM devices WHERE {g}") or 0
+    artifacts = g.one("SELECT SUM(artifact_bytes) FROM devices WHERE {g}") or 0
     reply_mean = g.one(f"SELECT AVG(reply_bytes) FROM rounds WHERE {{g}} AND {ok} AND reply_bytes")
     code_mean = g.one(f"SELECT AVG(code_bytes) FROM rounds WHERE {{g}} AND {ok} AND code_bytes")
     fp32 = g.one("SELECT MAX(fp32_model_bytes) FROM devices WHERE {g}") or 0
@@ -99,9 +99,14 @@ def group_summary(store: ReportStore, tier: str | None = None) -> dict[str, Any]
         "ndcg10": weighted("ndcg10"),
         "avg_bits": g.one(f"SELECT AVG(avg_bits) FROM rounds WHERE {{g}} AND {ok}"),
         "bytes_up_per_device": per_device(per_device_up),
-        "bytes_down_per_device": per_device(spec + rounds_down + weights_sum),
+        "bytes_down_per_device": per_device(spec + rounds_down + artifacts),
         "bytes_down_strategy_per_device": per_device(spec + rounds_down),
-        "weights_download_bytes": g.one("SELECT MAX(weights_download_bytes) FROM devices WHERE {g}")
+        # FetchArtifact chunks each device received (weights, reference, mask): bytes that came
+        # over the wire, not artifact sizes, so cache hits count 0 and resumed bytes count once.
+        "artifact_bytes_per_device": per_device(artifacts),
+        "artifact_bytes_max": g.one("SELECT MAX(artifact_bytes) FROM devices WHERE {g}") or 0,
+        "artifact_resumes": g.one("SELECT SUM(artifact_resumes) FROM devices WHERE {g}") or 0,
+        "artifact_cache_hits": g.one("SELECT SUM(artifact_cache_hits) FROM devices WHERE {g}")
         or 0,
         "reply_bytes_mean": reply_mean,
         "code_bytes_mean": code_mean,

@@ -58,7 +58,8 @@ def timeline_series(store: ReportStore, online: OnlineCounter, duration_s: float
 
     requests_per_minute: strategy requests started in each virtual minute; `rpm_*` over every
     minute of the span (idle minutes count as 0). bytes_per_hour: serialized protobuf bytes by
-    kind: one-time (GetModelSpec + the backbone download, placed at the device's first request),
+    kind: one-time (GetModelSpec + the FetchArtifact downloads, placed at the device's first
+    request),
     strategies (GetStrategy request + reply) and reports (ReportMetrics request + reply).
     staleness_per_hour: on the staleness sample, NDCG@10 and HR@10 of the strategy a device
     holds vs a fresh one fetched for the same target (means over probed targets).
@@ -71,8 +72,8 @@ def timeline_series(store: ReportStore, online: OnlineCounter, duration_s: float
     )  # fmt: skip
     one_time = _per_bin(
         store,
-        "SELECT CAST(first / 3600 AS INTEGER), SUM(spec_bytes + weights_download_bytes) FROM "
-        "(SELECT d.spec_bytes, d.weights_download_bytes, MIN(r.t_s) AS first FROM devices d "
+        "SELECT CAST(first / 3600 AS INTEGER), SUM(spec_bytes + artifact_bytes) FROM "
+        "(SELECT d.spec_bytes, d.artifact_bytes, MIN(r.t_s) AS first FROM devices d "
         "JOIN rounds r ON r.device_id = d.device_id "
         "WHERE r.trigger != '' AND r.status IN ('ok', 'failed') "
         "GROUP BY d.device_id) GROUP BY 1",
