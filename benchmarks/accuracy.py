@@ -324,7 +324,7 @@ def rule_note(metas: list[dict[str, Any]]) -> str:
     parts = []
     if "rd" in rules:
         parts.append(
-            "Level rule `rd` (chord/level_cost.py): each layer's loss growth at widths 1..8 is "
+            "Level rule `rd` (chord/levels/rd.py): each layer's loss growth at widths 1..8 is "
             "measured on 1,024 training examples, and bits go where they remove the most loss; "
             "mixed-static is that rule with the measured population prior, CHORD adds the "
             "per-user hypernetwork correction, and mixed-random is a random ranking under the "

@@ -117,8 +117,8 @@ def _synthetic_levels(
     model: nn.Module, kind: str, cfg: CommunicationConfig, version: str
 ) -> Levels:
     """Levels from assign_levels over a plausible importance: channel weight norm x user noise."""
-    from chord.budget import DEFAULT_TIERS, assign_levels
     from chord.codes import reference_levels
+    from chord.levels import DEFAULT_TIERS, assign_levels
     from chord.quant import channel_layout
 
     layout = channel_layout(model)
@@ -141,11 +141,11 @@ def _synthetic_levels(
 
 def _run_levels(run_dir: str, cfg: CommunicationConfig) -> Levels:
     """Levels from a real run's hypernetwork over real users' recent items."""
-    from chord.budget import assign_levels
     from chord.codes import reference_levels
     from chord.data import load_dataset
     from chord.hyper.reference import reference_importance
     from chord.hyper.runs import load_run
+    from chord.levels import assign_levels
 
     run = load_run(Path(run_dir))
     data = load_dataset(run.dataset)
@@ -207,7 +207,7 @@ def reply_bytes(
     """(serialized GetStrategyReply bytes, code payload bytes) as the server would send them."""
     from chord.codes import encode_levels
     from chord.strategy import StrategyResult
-    from cloud_server.serde import strategy_result_to_proto
+    from protos.serde import strategy_result_to_proto
 
     code = encode_levels(levels, version, allow_deflate=allow_deflate, reference=reference)
     counts = np.bincount(levels, minlength=4)
@@ -223,23 +223,24 @@ def reply_bytes(
 
 def request_bytes(profile_dim: int, version: str, tier: str, budget: float) -> int:
     """Serialized GetStrategyRequest bytes carrying one profile (the upload per adaptation)."""
-    from protos.chord.v1 import strategy_pb2 as pb
+    from chord.strategy import StrategyRequest
+    from protos.serde import strategy_request_to_proto
 
-    req = pb.GetStrategyRequest(
+    req = StrategyRequest(
         device_id="device-000001",
         request_id=FLEET_REQUEST_ID,
         backbone_version=version,
         tier=tier,
         budget_bits=budget,
-        profile=[0.123456] * profile_dim,
+        profile=np.full(profile_dim, 0.123456, dtype=np.float32),
     )
-    return req.ByteSize()
+    return strategy_request_to_proto(req).ByteSize()
 
 
 def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dict[str, Any]:
     """Every byte count of one (dataset, backbone) pair."""
-    from chord.budget import DEFAULT_TIERS
     from chord.checkpoint import weights_version
+    from chord.levels import DEFAULT_TIERS
     from chord.quant import channel_layout, packed_model_bytes
 
     run_dir = _match_run(cfg, dataset, kind)
