@@ -42,7 +42,7 @@ from chord.quant import (
     quantize_int,
     to_lowbit,
 )
-from chord.quant.adapt import DEVICE_WIDTHS
+from chord.quant.adapt import DEVICE_TABLES, DEVICE_WIDTHS
 from chord.quant.lowbit import LowBitBackbone, QLinear, QWeight
 from chord.quant.onnx_runtime import (
     build_onnx,
@@ -56,7 +56,7 @@ from chord.quant.onnx_runtime import (
 CATALOGUES = {"ml-100k": 1682, "ml-1m": 3706}  # item counts of the two MovieLens sets
 N_CANDIDATES = 101  # the target plus 100 sampled negatives
 VERSION = "benchmark0000000"
-DEVICE_PATH = "CHORD ORT 4/8"  # what chord.quant.build_runtime gives the device by default
+DEVICE_PATH = "CHORD ORT nibbles"  # what chord.quant.build_runtime gives the device by default
 # The runtimes measured at commit b6ba73f, before the move off TorchScript and quantized ops.
 BEFORE_JSON = RESULTS_DIR / "inference_b6ba73f.json"
 
@@ -321,11 +321,17 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
                 "GatherBlockQuantized), other layers at their widest row's width, ORT CPU",
                 packed_model_bytes(layout, chord_bits) + others,
             ),
+            "CHORD ORT 4/8": (
+                chord_bits,
+                {"widths": (4, 8)},
+                "as CHORD ORT with 4/8-bit storage only (1..4-bit rows held in 4 bits), ORT CPU",
+                packed_model_bytes(layout, chord_bits) + others,
+            ),
             DEVICE_PATH: (
                 chord_bits,
-                {"widths": DEVICE_WIDTHS},
-                "device default (chord.quant.build_runtime): as CHORD ORT with 4/8-bit storage "
-                "only (1..4-bit rows held in 4 bits), ORT CPU",
+                {"widths": DEVICE_WIDTHS, "tables": DEVICE_TABLES},
+                "device default (chord.quant.build_runtime): layers as CHORD ORT 4/8, item "
+                "tables in 4-bit units (5..8-bit rows as two), ORT CPU",
                 packed_model_bytes(layout, chord_bits) + others,
             ),
             "CHORD ORT split": (
@@ -369,6 +375,7 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
             "fp32 ORT": (None, {"kind": "fp32"}),
             "CHORD ORT": (chord_bits, {}),
             "CHORD ORT split": (chord_bits, {"split_layers": True}),
+            DEVICE_PATH: (chord_bits, {"widths": DEVICE_WIDTHS, "tables": DEVICE_TABLES}),
         }
         for name, (bits_or_none, kw) in profiled.items():
             ort_extra[name]["ort_profile_us_per_call"] = ort_profile(
@@ -526,7 +533,11 @@ with `GatherBlockQuantized` from the same bytes; **CHORD ORT** stores each item-
 smallest of 2/4/8 bits holding its CHORD bits (one MatMulNBits per width for the catalogue, an
 int16 row map, per-width GatherBlockQuantized + Where for gathers) and every other layer at its
 widest row's width (one MatMulNBits each); **CHORD ORT 4/8** is the same without 2-bit storage
-(1..4-bit rows in 4 bits): the device's default runtime (`chord.quant.build_runtime`);
+(1..4-bit rows in 4 bits); **CHORD ORT nibbles**, the device's default runtime
+(`chord.quant.build_runtime`), stores layers as CHORD ORT 4/8 and item tables in 4-bit units
+with zero points: a 1..4-bit row is one unit, a 5..8-bit row two (high nibble at 16x the scale
+plus low nibble, exact), so one GatherBlockQuantized per unit column gathers any mix of widths
+and one MatMulNBits scores the catalogue, with no row map and no merging by width;
 **CHORD ORT split** splits every layer by width (Concat + Gather back to channel order after
 each). MatMulNBits runs with accuracy_level 4
 (activations quantized to int8 per block; accuracy_level 0 is
@@ -595,7 +606,7 @@ BEFORE_PATHS = {
     "CHORD int8": "fbgemm int8 + TorchScript trace/freeze (benchmark-only deployment form)",
 }
 AFTER_PATHS = {
-    DEVICE_PATH: "device runtime now: ORT MatMulNBits + GatherBlockQuantized, 4/8-bit storage",
+    DEVICE_PATH: "device runtime now: ORT MatMulNBits + GatherBlockQuantized, 4-bit units",
     "CHORD int8": "PyTorch weight-only int8, eager (to_lowbit)",
     "CHORD int8 compiled": "PyTorch weight-only int8 through torch.compile",
 }
@@ -686,6 +697,16 @@ def ort_findings(rows: list[dict[str, Any]]) -> list[str]:
             f"(Concat/Gather/Where/...) {_share(prof, REORDER_OPS):.0%}; split: MatMulNBits "
             f"{_share(sprof, ('MatMulNBits',)):.0%}, reordering {_share(sprof, REORDER_OPS):.0%}."
         )
+        device = group.get(DEVICE_PATH)
+        if device:
+            lines.append(
+                f"- {key[0]} {key[1]}, device default ({DEVICE_PATH}): "
+                f"{device['speedup_vs_fp32']:.2f}x fp32 eager on 101 candidates "
+                f"({fp32['latency_101_us'] / device['latency_101_us']:.2f}x fp32 ORT, "
+                f"{chord['latency_101_us'] / device['latency_101_us']:.2f}x CHORD ORT), "
+                f"initializers {device['ort_initializer_ratio_vs_fp32']:.3f} of fp32, "
+                f"{device['ort_nodes']} graph nodes."
+            )
     return lines
 
 

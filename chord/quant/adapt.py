@@ -20,10 +20,11 @@ from chord.quant.quantizer import QuantError
 RUNTIMES: tuple[str, ...] = ("ort", "int8", "packed", "fake")
 MODES = RUNTIMES  # the name adapt_backbone's argument had first
 # The device default: the fastest supported path that keeps each channel's bits in packed
-# storage (benchmarks/RESULTS.md, "inference": ORT with 4/8-bit storage beat 2/4/8-bit storage
-# and the PyTorch runtimes at batch 1 on one core).
+# storage (benchmarks/RESULTS.md, "inference": ORT with 4/8-bit layers and item tables in 4-bit
+# units beat 2/4/8-bit storage, tables split by width, and the PyTorch runtimes at batch 1).
 DEVICE_RUNTIME = "ort"
 DEVICE_WIDTHS: tuple[int, ...] = (4, 8)
+DEVICE_TABLES = "nibbles"
 
 
 class Scorer(Protocol):
@@ -56,18 +57,26 @@ def build_runtime(
 ) -> Scorer:
     """The scoring runtime of `model` quantized to `bits` (int [n_channels], 1..8 each).
 
-    runtime "ort": ONNX Runtime on the CPU provider, each channel stored packed at the smallest
-    of DEVICE_WIDTHS bits holding it (MatMulNBits, GatherBlockQuantized; `threads` intra-op
-    threads); "int8": the eager PyTorch runtime on int8 weights (`to_lowbit`); "packed": the
-    same with bit-packed item tables; "fake": a fake-quantized copy of the backbone
-    (`quantize_backbone`, the numerical reference). `model` is left untouched. Raises
-    QuantError for an unknown runtime or bits outside 1..8.
+    runtime "ort": ONNX Runtime on the CPU provider, each layer stored packed at the smallest of
+    DEVICE_WIDTHS bits holding its widest channel and item tables in 4-bit units (MatMulNBits,
+    GatherBlockQuantized; `threads` intra-op threads); "int8": the eager PyTorch runtime on
+    int8 weights (`to_lowbit`); "packed": the same with bit-packed item tables; "fake": a
+    fake-quantized copy of the backbone (`quantize_backbone`, the numerical reference).
+    `model` is left untouched. Raises QuantError for an unknown runtime or bits outside 1..8.
     """
     if runtime not in RUNTIMES:
         raise QuantError(f"unknown runtime {runtime!r}; use one of {RUNTIMES}")
     layout = layout or channel_layout(model)
     if runtime == "ort":
-        return to_ort(model, bits, clip=clip, layout=layout, widths=DEVICE_WIDTHS, threads=threads)
+        return to_ort(
+            model,
+            bits,
+            clip=clip,
+            layout=layout,
+            widths=DEVICE_WIDTHS,
+            tables=DEVICE_TABLES,
+            threads=threads,
+        )
     if runtime == "fake":
         if not isinstance(model, Backbone):
             raise QuantError(f"the fake runtime needs a Backbone, got {type(model).__name__}")
@@ -98,6 +107,7 @@ def adapt_backbone(
 
 __all__ = [
     "DEVICE_RUNTIME",
+    "DEVICE_TABLES",
     "DEVICE_WIDTHS",
     "MODES",
     "RUNTIMES",
