@@ -708,15 +708,12 @@ class OrtScorer:
 
     def _ids(self, x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
         """Validated int64 ids [B, n] within 0..n_items."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach()
-            arr = (x if x.device.type == "cpu" else x.cpu()).numpy()
-        else:
-            arr = np.asarray(x)
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         if arr.ndim != 2 or arr.dtype.kind not in "iu":
             raise ValueError(f"{what} must be an integer [batch, length] array, got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > self.n_items):
+        # One pass: negative ids read as uint64 are larger than any item id.
+        if (arr.view(np.uint64) > self.n_items).any():
             raise ValueError(f"{what} must hold item ids in 0..{self.n_items}")
         return arr
 
