@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.report import markdown_table, write_result
+from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
 
 GOAL_REDUCTION = 1000.0
 # Request ids as the simulated fleet sends them: an 8-hex simulation tag, ".", the round.
@@ -298,8 +298,9 @@ def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dic
     }
 
 
-def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
-    """Size every configuration, print the table and write the result; return the payload."""
+def run_benchmark(cfg: CommunicationConfig, store: ResultStore | None = None) -> dict[str, Any]:
+    """Size every configuration, print the table and write the result (to `store`, default
+    `ResultStore.default()`); return the payload."""
     rows = [size_configuration(d, k, cfg) for d in cfg.datasets for k in cfg.backbones]
     worst = min(r["reduction_vs_fp32"] for r in rows)
     payload: dict[str, Any] = {
@@ -354,7 +355,7 @@ def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
         f"(goal >= {GOAL_REDUCTION:.0f}x: {'met' if worst >= GOAL_REDUCTION else 'NOT met'})."
     )
     if cfg.write:
-        write_result("communication", payload, table, notes)
+        (store or ResultStore.default()).write("communication", payload, table, notes)
     return payload
 
 
@@ -371,6 +372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-auto-runs", action="store_true", help="do not look for runs in the run cache"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_output_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> CommunicationConfig:
@@ -390,7 +392,7 @@ def config_from_args(args: argparse.Namespace) -> CommunicationConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported in the output, not the exit status)."""
-    run_benchmark(config_from_args(args))
+    run_benchmark(config_from_args(args), ResultStore.default(args.results_dir))
     return 0
 
 
