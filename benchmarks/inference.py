@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +26,19 @@ import numpy as np
 import onnx
 import torch
 
-from benchmarks.report import RESULTS_DIR, machine_info, markdown_table, write_result
+from benchmarks.harness import (
+    RESULTS_DIR,
+    ResultStore,
+    Stats,
+    Stopwatch,
+    add_output_arguments,
+    load_average,
+    machine_info,
+    markdown_table,
+    repo_env,
+    time_calls,
+    time_interleaved,
+)
 from chord.codes import decode_levels, encode_levels
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig
 from chord.levels import DEFAULT_TIERS, assign_levels, average_bits, levels_to_bits
@@ -106,29 +116,12 @@ class CompiledScorer:
 def _interleaved_us(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, seed: int = 0
 ) -> dict[str, tuple[float, float]]:
-    """Median and p90 wall time (microseconds) of each function, timed in shuffled rounds.
-
-    Every round visits each function once in a fresh random order, so background load and
-    the cache damage one path does to the next fall evenly on all paths; each timed call
-    follows an untimed call of the same function (warm latency).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    names = list(fns)
-    rng = np.random.default_rng(seed)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        for i in rng.permutation(len(names)):
-            fn = fns[names[i]]
-            fn()
-            t0 = time.perf_counter_ns()
-            fn()
-            times[names[i]].append((time.perf_counter_ns() - t0) / 1e3)
+    """Median and p90 wall time (microseconds) of each function, timed in shuffled rounds
+    (`harness.time_interleaved`: warm latency, background load spread over all paths)."""
     out = {}
-    for name, ts in times.items():
-        ts.sort()
-        out[name] = (statistics.median(ts), ts[int(0.9 * (len(ts) - 1))])
+    for name, samples in time_interleaved(fns, repeats, warmup, seed).items():
+        stats = Stats.of(np.asarray(samples) * 1e6)
+        out[name] = (stats.median, stats.p90)
     return out
 
 
@@ -188,6 +181,7 @@ def ort_rss_bytes(
             capture_output=True,
             text=True,
             check=True,
+            env=repo_env(),
         )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -255,12 +249,7 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
         return to_lowbit(model, uniform8, layout=layout)
 
     def p50_ms(fn: Callable[[], Any], n: int) -> float:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        return Stats.of(time_calls(fn, n, warmup=0)).median * 1e3
 
     reference = quantize_backbone(model, chord_bits, layout=layout)
     runtimes: dict[str, tuple[Any, str, int, float | None]] = {
@@ -293,9 +282,9 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
     }
     compile_ms: dict[str, float] = {}
     if cfg.compile:
-        t0 = time.perf_counter()
-        compiled = CompiledScorer(adapt_chord(), seqs, cands)
-        compile_ms["CHORD int8 compiled"] = (time.perf_counter() - t0) * 1e3
+        with Stopwatch() as watch:
+            compiled = CompiledScorer(adapt_chord(), seqs, cands)
+        compile_ms["CHORD int8 compiled"] = watch.seconds * 1e3
         runtimes["CHORD int8 compiled"] = (
             compiled,
             "CHORD int8 (PyTorch) through torch.compile (inductor, fullgraph, static shapes); "
@@ -733,6 +722,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--note", default="", help="what else ran on the machine (for RESULTS)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_output_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceBenchConfig:
@@ -778,10 +768,10 @@ def ort_version() -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and write results/inference.json."""
     cfg = config_from_args(args)
-    load_before = os.getloadavg()
+    load_before = load_average()
     rows = run_benchmark(cfg)
     kernels = kernel_microbench(cfg)
-    load_after = os.getloadavg()
+    load_after = load_average()
     compared: list[dict[str, Any]] = []
     before_note = ""
     if args.before:
@@ -827,8 +817,8 @@ def run(args: argparse.Namespace) -> int:
             ort_version=ort_version(),
         )
         notes += (
-            f"\nLoad average (1 min) of this shared machine: {load_before[0]:.2f} at the start, "
-            f"{load_after[0]:.2f} at the end of the run"
+            f"\nLoad average (1/5/15 min) of this shared machine: {load_before} at the start, "
+            f"{load_after} at the end of the run"
             + (f"; {args.note}" if args.note else "")
             + ".\n\nReading:\n\n"
             + findings(rows, kernels)
@@ -837,10 +827,10 @@ def run(args: argparse.Namespace) -> int:
             "config": asdict(cfg),
             "rows": rows,
             "kernels": kernels,
-            "load_avg_1min": [load_before[0], load_after[0]],
+            "load_avg": [load_before, load_after],
             "before_after": compared,
         }
-        path = write_result("inference", payload, table, notes)
+        path = ResultStore.default(args.results_dir).write("inference", payload, table, notes)
         print(f"wrote {path}")
     return 0
 
