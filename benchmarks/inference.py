@@ -504,7 +504,8 @@ bits the same way; **CHORD packed** keeps the item tables bit-packed in memory (
 fp32 scale per row) and unpacks only the rows it gathers; its catalogue scoring unpacks the whole
 table per call. **CHORD int8 compiled** (only with `--compile`) is CHORD int8 through
 `torch.compile` (inductor, fullgraph, static shapes); its `adapt_ms_p50` is one adaptation plus
-the compilation of both scoring methods, paid again for every new strategy. `model_bytes` is the
+the compilation of both scoring methods, paid again for every new strategy (less when
+inductor's on-disk cache holds graphs from earlier runs on the machine). `model_bytes` is the
 model at rest: packed sub-byte payload plus one fp32 scale per channel plus fp32 biases and
 norms. `runtime_bytes` for PyTorch rows is what the runtime holds to execute: int8 codes (each
 table once) or the bit-packed tables with their metadata, plus scales and fp32 extras.
