@@ -767,7 +767,7 @@ def build_onnx(
 
     `kind="nbits"` stores each channel at the smallest of `widths` holding its bits (codes and
     scales exactly those of `quantize_backbone`); `accuracy_level=4` lets MatMulNBits quantize
-    activations to int8 per block (as fbgemm's dynamic linear does), 0 computes in fp32.
+    activations to int8 per block (dynamic activation quantization), 0 computes in fp32.
     `kind="fp32"` keeps float weights (`bits_per_channel=None`: unquantized). Item tables
     are always split by width; other layers only with `split_layers` (else each is stored
     at its widest row's width: fewer kernel calls, a few more bytes). `tables="nibbles"`
