@@ -5,9 +5,11 @@ the given candidates, or the whole catalogue when none are given), so every weig
 and every initializer keeps its storage type. A b-bit channel is stored at the smallest width of
 `widths` (2, 4, 8) holding b bits, exact because a symmetric b-bit grid fits any wider one; each
 width group is one `MatMulNBits` (com.microsoft: block-quantized uint8 codes, the channel's
-scale repeated per block). Item tables are split by width (catalogue scores concatenated and
-put back in item order by an int16 row map; rows gathered per width with
-`GatherBlockQuantized` from the same bytes and merged with Where); other layers are stored at
+scale repeated per block). Item tables are either split by width (catalogue scores
+concatenated and put back in item order by an int16 row map; rows gathered per width with
+`GatherBlockQuantized` from the same bytes and merged with Where) or held in 4-bit units with
+zero points (`tables="nibbles"`, the device default: a 5..8-bit row is two units that add up
+exactly, so one kernel serves every width; see `_Nibbles`); other layers are stored at
 their widest row's width unless `split_layers` (then Concat + Gather restore channel order).
 Norms, biases, SASRec's position table and Caser's item bias stay fp32. The graphs follow the
 lean rewrites of lowbit.py (SASRec's last block computes only the last position); Caser's
@@ -768,10 +770,10 @@ def build_onnx(
     `kind="nbits"` stores each channel at the smallest of `widths` holding its bits (codes and
     scales exactly those of `quantize_backbone`); `accuracy_level=4` lets MatMulNBits quantize
     activations to int8 per block (dynamic activation quantization), 0 computes in fp32.
-    `kind="fp32"` keeps float weights (`bits_per_channel=None`: unquantized). Item tables
-    are always split by width; other layers only with `split_layers` (else each is stored
-    at its widest row's width: fewer kernel calls, a few more bytes). `tables="nibbles"`
-    stores item tables in 4-bit units instead (1..4-bit rows one unit, 5..8-bit rows two that
+    `kind="fp32"` keeps float weights (`bits_per_channel=None`: unquantized). With
+    `tables="split"` item tables are split by width; other layers only with `split_layers`
+    (else each is stored at its widest row's width: fewer kernel calls, a few more bytes).
+    `tables="nibbles"` stores item tables in 4-bit units instead (1..4-bit rows one unit, 5..8-bit rows two that
     add up exactly, see `_Nibbles`): one gather or catalogue kernel per unit column, no row map
     and no merging by width. Raises QuantError on an unknown kind, layout or width, and
     LayoutError for a backbone other than SASRec and Caser.
