@@ -775,8 +775,8 @@ def build_onnx(
     (else each is stored at its widest row's width: fewer kernel calls, a few more bytes).
     `tables="nibbles"` stores item tables in 4-bit units instead (1..4-bit rows one unit,
     5..8-bit rows two that add up exactly, see `_Nibbles`): one gather or catalogue kernel per
-    unit column, no row map and no merging by width. Raises QuantError on an unknown kind, layout or width, and
-    LayoutError for a backbone other than SASRec and Caser.
+    unit column, no row map and no merging by width. Raises QuantError on an unknown kind,
+    layout or width, and LayoutError for a backbone other than SASRec and Caser.
     """
     if kind not in ORT_KINDS:
         raise QuantError(f"unknown ORT kind {kind!r}; use one of {ORT_KINDS}")
