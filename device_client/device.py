@@ -427,8 +427,8 @@ class VirtualDevice:
         history: np.ndarray,
         max_len: int,
         pos: int,
-    ) -> Any:
-        """The backbone quantized to a strategy fetched now for `history`; None if that fails."""
+    ) -> Scorer | None:
+        """The device runtime for a strategy fetched now for `history`; None if that fails."""
         job = self.job
         tier = spec.tier_map[job.tier]
         profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
@@ -453,7 +453,7 @@ class VirtualDevice:
             what = exc.reason if isinstance(exc, TransportError) else "code_rejected"
             rec.fault = (rec.fault + ";" if rec.fault else "") + f"probe:{what}"
             return None
-        return _quantize(backbone, levels_to_bits(levels, tier).astype(np.int64), layout)
+        return build_runtime(backbone, levels_to_bits(levels, tier).astype(np.int64), layout=layout)
 
     def _report(self, rec: RoundRecord) -> None:
         """Send the round's figures to the server; a failure here is a fault, not a failure."""
