@@ -16,6 +16,7 @@ A size that was not run is reported as modeled from the measured per-device CPU,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sqlite3
@@ -204,12 +205,19 @@ def notes(payload: dict[str, Any]) -> str:
         "row per device and the summary counts no missing or duplicate device. Memory growth "
         f"between {rows[0]['devices']:,} and {top['devices']:,} devices: "
         f"{num(f['mib_per_1k_devices_pss'], '.1f')} MiB PSS "
-        f"({num(f['mib_per_1k_devices_rss'], '.1f')} MiB RSS) per thousand devices, not yet "
-        "attributed: the device actors stay flat (about 470 MB each by ps during a "
-        "10,000-device fleet_scale run) and the driver grows; its candidates are the embedded "
-        "server's in-memory ReportMetrics store (every report kept for idempotency, about 630 B "
-        "each by tracemalloc, about 3 KB per device-day) and its request cache (bounded by a "
-        "300 s window or 100,000 entries, so it fills during a run rather than per device). "
+        f"({num(f['mib_per_1k_devices_rss'], '.1f')} MiB RSS) per thousand devices; step by "
+        "step, peak RSS "
+        + ", ".join(
+            f"{a['devices']:,} -> {b['devices']:,} devices "
+            f"{b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB"
+            for a, b in itertools.pairwise(rows)
+        )
+        + ". The growth is not yet attributed: the device actors stay flat (about 470 MB "
+        "each by ps during a 10,000-device fleet_scale run) and the driver grows; its "
+        "candidates are the embedded server's in-memory ReportMetrics store (every report kept "
+        "for idempotency, about 630 B each by tracemalloc, about 3 KB per device-day) and its "
+        "request cache (bounded by a 300 s window or 100,000 entries, so it fills during a run "
+        "rather than per device). "
         "CPU per device includes start-up (imports, Ray, the server), heaviest at the smallest "
         "size. "
         "By role, largest size: "
