@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from pathlib import Path
 from typing import Protocol, cast
 
 from benchmarks.loadgen import METHODS, LoadConfig, format_summary, run_load
+from chord.jsonfile import write_json
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -76,9 +75,7 @@ def run_load_command(args: argparse.Namespace) -> int:
     result = run_load(load_config_from_args(args))
     print(format_summary(result))
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(args.json_out, result.to_json())
     return 0 if result.errors == 0 and result.total > 0 else 1
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from chord.jsonfile import write_json
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -72,7 +73,7 @@ def write_result(name: str, payload: dict[str, Any], table_md: str, notes: str =
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     out = RESULTS_DIR / f"{name}.json"
-    out.write_text(json.dumps({"benchmark": name, "machine": machine, **payload}, indent=2) + "\n")
+    write_json(out, {"benchmark": name, "machine": machine, **payload})
     section = (
         f"<!-- {name}:start -->\n## {name}\n\n"
         f"Measured {machine['date']} on {machine.get('cpu', 'unknown CPU')}, "

@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+from chord.jsonfile import dumps
 from cloud_server.spec import DeviceReport, ReportOutcome
 
 __all__ = ["ReportStore"]
@@ -48,7 +49,7 @@ class ReportStore:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a") as f:
-                    f.write(json.dumps(dataclasses.asdict(report)) + "\n")
+                    f.write(dumps(dataclasses.asdict(report)) + "\n")
         return ReportOutcome(accepted=True, duplicate=False)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chord.jsonfile import write_json
+
 
 class FleetConfigError(ValueError):
     """A fleet config value (or TOML/JSON field) that cannot be used."""
@@ -190,7 +192,7 @@ def config_to_dict(cfg: FleetConfig) -> dict[str, Any]:
 
 def save_config(cfg: FleetConfig, path: str | Path) -> None:
     """Write the config as JSON (the copy `--resume` reads back)."""
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n")
+    write_json(path, config_to_dict(cfg), sort_keys=True)
 
 
 def read_saved_config(path: str | Path) -> FleetConfig:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from chord.jsonfile import write_json
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
@@ -177,7 +178,7 @@ def _state(out: Path, resume: bool) -> dict[str, Any]:
     if resume and path.exists():
         return dict(json.loads(path.read_text()))
     state = {"request_tag": uuid.uuid4().hex[:8], "created": time.time()}
-    path.write_text(json.dumps(state) + "\n")
+    write_json(path, state, indent=None)
     return state
 
 

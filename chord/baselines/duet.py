@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from chord.data import Split
+from chord.divergence import finite_loss
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import layout_layers
 from chord.hyper.personal import batched_call, module_device, sync
@@ -157,6 +158,8 @@ def train_duet(
         scores = batched_call(base_model, {key: gen(profiles)}, "score_candidates", seqs, cands)
         zeros = torch.zeros(len(targets), dtype=torch.long, device=device)
         loss = F.cross_entropy(scores, zeros)
+        finite_loss(loss, f"DUET generator step {step}",
+                    f"lower the DUET learning rate (lr={cfg.lr:g}) and train again")
         opt.zero_grad()
         loss.backward()
         opt.step()

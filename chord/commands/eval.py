@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 from chord.baselines.rows import COLUMNS
 from chord.baselines.suite import ALL_METHODS, EvalConfig, EvalError, run_eval
 from chord.data import DataError
 from chord.hyper.runs import RunError
+from chord.jsonfile import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +88,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"tier {meta['tier']} {meta['tier_level_bits']}, budget {args.budget}, "
           f"{meta['seconds']}s")
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json_out, result)
     return 0

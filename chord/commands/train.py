@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from chord.data import FORMATS, DataError
-from chord.train import BACKBONES, TrainConfig, TrainConfigError, run_training
+from chord.divergence import DivergedError
+from chord.jsonfile import dumps
+from chord.protocol import add_protocol_arguments
+from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=None, help="hidden/embedding width")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--min-interactions", type=int, default=5)
+    add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,14 +50,18 @@ def run(args: argparse.Namespace) -> int:
             min_interactions=args.min_interactions, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, loss=args.loss, patience=args.patience, seed=args.seed,
             max_len=args.max_len, hidden=args.hidden, dropout=args.dropout,
+            n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
             progress=not args.no_progress,
         )
         result = run_training(cfg, args.out)
     except (DataError, TrainConfigError) as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"chord train: error: {exc}", file=sys.stderr)
+        return 1
     m = result.metrics
-    print(json.dumps({k: m[k] for k in ("dataset", "backbone", "n_users", "n_items", "valid",
-                                        "test", "test_full", "train_seconds", "version")},
-                     indent=2))
+    keys = ("dataset", "backbone", "n_users", "n_items", "protocol", *METRIC_KEYS,
+            "train_seconds", "version")
+    print(dumps({k: m[k] for k in keys if k in m}, indent=2))
     return 0

@@ -37,7 +37,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         fh = path.open("rb")
     except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror}); send a readable file") from exc
+        message = f"{path}: cannot read ({exc.strerror}); send a readable file"
+        raise DataFormatError(message) from exc
     with fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):

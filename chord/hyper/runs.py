@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import module_device
 from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
+from chord.jsonfile import write_json
 from chord.level_cost import LevelCost, LevelCostError
 from chord.models import Backbone, build_backbone, fit_length
 
@@ -172,6 +172,7 @@ def restrict_split(split: Split, n_users: int | None) -> Split:
     return dataclasses.replace(
         split, train=split.train[:n_users], valid=split.valid.subset(keep),
         test=split.test.subset(keep), seen=split.seen[:n_users],
+        user_labels=None if split.user_labels is None else split.user_labels[:n_users],
     )
 
 
@@ -182,10 +183,7 @@ def load_split(cfg: RunConfig) -> Split:
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True)
 
 
 def obtain_backbone(

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from chord.budget import DEFAULT_TIERS, Tier
 from chord.data import Split
+from chord.divergence import finite_loss
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import (
@@ -197,6 +198,8 @@ def train_hypernet(
         bits = expected_bits(probs, sizes, tier)
         pen = ((bits - budget) ** 2).mean()
         loss = rec + cfg.budget_penalty * pen
+        finite_loss(loss, f"hypernetwork step {step}",
+                    f"lower the hypernetwork learning rate (lr={cfg.lr:g}) and train again")
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(hypernet.parameters(), 5.0)
