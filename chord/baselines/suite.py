@@ -28,6 +28,7 @@ from chord.hyper.personal import sync
 from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
+from chord.protocol import Protocol, check_protocol
 
 ALL_METHODS = (
     "fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2", "mixed-static", "mixed-random", "finetune",
@@ -65,6 +66,13 @@ class EvalConfig:
     fold: bool = True  # rewrite the backbone into its quantization-friendly form (RunConfig.fold)
     allocation: str = "rd"  # how levels follow importance (RunConfig.allocation): rd | quota
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
+    n_negatives: int = 100  # sampled negatives per test user (ranking="sampled")
+    ranking: str = "sampled"  # sampled | full: how the table's metrics rank the target
+
+    @property
+    def protocol(self) -> Protocol:
+        """The evaluation protocol of the table (raises ProtocolError when malformed)."""
+        return Protocol(self.ranking, self.n_negatives)
 
 
 def device_name(device: str) -> str:
@@ -100,10 +108,11 @@ def population_prior(run: ChordRun) -> np.ndarray:
 
 
 def _metrics(
-    score_fn: Any, split: Split, seed: int, users: np.ndarray | None = None
+    score_fn: Any, split: Split, seed: int, protocol: Protocol, users: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Test-split metrics of a backbone or score function (100 sampled negatives)."""
-    return evaluate(score_fn, split, "test", seed=seed, users=users)
+    """Test-split metrics of a backbone or score function under the table's protocol."""
+    return evaluate(score_fn, split, "test", full=protocol.full, seed=seed, users=users,
+                    n_negatives=protocol.n_negatives)
 
 
 def code_bytes(levels: np.ndarray, version: str) -> int:
@@ -118,14 +127,15 @@ def code_bytes(levels: np.ndarray, version: str) -> int:
 
 
 def _chord_row(
-    run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, log: LOG | None
+    run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, protocol: Protocol,
+    log: LOG | None,
 ) -> MethodRow:
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
     from chord.quant import quantize_backbone
 
     scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
                             cost=run.level_cost)
-    metrics = _metrics(scorer, split, seed)
+    metrics = _metrics(scorer, split, seed, protocol)
     levels = np.concatenate(scorer.level_rows)
     n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))
     # Per-user adaptation: cloud importance + levels + code, device quantization (20 users).
@@ -174,14 +184,14 @@ def _static_rows(
         RANDOM_MODE_METHODS
     )
     if "fp32" in wanted:
-        rows.append(MethodRow("fp32", run.mode, 32.0, _metrics(run.backbone, split, cfg.seed),
-                              notes=STATIC_NOTE))
+        fp32 = _metrics(run.backbone, split, cfg.seed, cfg.protocol)
+        rows.append(MethodRow("fp32", run.mode, 32.0, fp32, notes=STATIC_NOTE))
     for bits in (8, 4, 3, 2):
         if f"ptq-{bits}" in wanted:
             model = quantize_backbone(run.backbone, uniform_bits(run.layout, bits),
                                       layout=run.layout)
-            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits),
-                                  _metrics(model, split, cfg.seed), notes=STATIC_NOTE))
+            ptq = _metrics(model, split, cfg.seed, cfg.protocol)
+            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits), ptq, notes=STATIC_NOTE))
     for name in ("mixed-static", "mixed-random"):
         if name not in wanted:
             continue
@@ -196,8 +206,9 @@ def _static_rows(
             imp = random_importance(run.layout, cfg.seed)
         mixed = levels_bits(static_levels(imp, run.layout, tier, budget, cost), tier)
         model = quantize_backbone(run.backbone, mixed, layout=run.layout)
+        measured = _metrics(model, split, cfg.seed, cfg.protocol)
         rows.append(MethodRow(
-            name, run.mode, size_weighted_bits(mixed, sizes), _metrics(model, split, cfg.seed),
+            name, run.mode, size_weighted_bits(mixed, sizes), measured,
             notes=STATIC_NOTE,
             extra={"tier": tier.name, "budget": budget, "rule": "rd" if cost else "quota"},
         ))
@@ -218,7 +229,7 @@ def _finetune_row(
         users = np.sort(np.random.default_rng(cfg.seed).choice(
             len(split.test), cfg.finetune_users, replace=False))
         note += f"; evaluated on {cfg.finetune_users} random test users"
-    metrics = _metrics(scorer, split, cfg.seed, users)
+    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol, users)
     return MethodRow("finetune", run.mode, float(bits), metrics, 0.0, scorer.mean_adapt_ms(),
                      notes=note)
 
@@ -236,7 +247,7 @@ def _duet_row(
                       batch_size=32 if cfg.preset == "smoke" else 64)
     gen, key, info = train_duet(base, run.backbone, run.layout, split, dcfg, log)
     scorer = DuetScorer(base, run.backbone, gen, key)
-    metrics = _metrics(scorer, split, cfg.seed)
+    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol)
     sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
     per_channel = uniform_bits(run.layout, bits)
     sl = run.layout.slices()[key.removesuffix(".weight")]
@@ -256,6 +267,11 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
     if unknown:
         raise EvalError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
     tier = pick_tier(cfg.budget, cfg.tier)
+    protocol = cfg.protocol
+    first = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
+                             seed=cfg.seed, max_users=cfg.max_users)
+    split0 = load_split(first)
+    check_protocol(protocol, split0.n_items, split0.seen, split0.user_labels, split0.name)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rows: list[MethodRow] = []
@@ -288,13 +304,16 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         if mode == "pretrained" and "duet" in cfg.methods:
             rows.append(_duet_row(run, split, cfg.budget, cfg, log))
         if f"chord-{mode}" in cfg.methods:
-            rows.append(_chord_row(run, split, tier, cfg.budget, cfg.seed, log))
+            rows.append(_chord_row(run, split, tier, cfg.budget, cfg.seed, protocol, log))
         if log:
             log(f"{mode}: {len(rows)} rows after {time.perf_counter() - start:.0f}s")
     meta = {
         "config": asdict(cfg), "tier": tier.name, "tier_level_bits": list(tier.level_bits),
         "device": cfg.device, "device_name": device_name(cfg.device),
         "seconds": round(time.perf_counter() - start, 1), "runs": runs,
-        "protocol": "test split, target vs 100 sampled unseen negatives (seeded)",
+        "protocol": (
+            "test split, target vs the whole catalogue (history masked)" if protocol.full
+            else f"test split, target vs {protocol.n_negatives} sampled unseen negatives (seeded)"
+        ),
     }
     return {"rows": [r.to_dict() for r in rows], "meta": meta}

@@ -9,8 +9,10 @@ import time
 from chord.baselines.rows import COLUMNS
 from chord.baselines.suite import ALL_METHODS, EvalConfig, EvalError, run_eval
 from chord.data import DataError
+from chord.divergence import DivergedError
 from chord.hyper.runs import RunError
 from chord.jsonfile import write_json
+from chord.protocol import add_protocol_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on hypernetwork training steps (default: from the preset)")
     parser.add_argument("--backbone-path", default=None,
                         help="pretrained mode: reuse this trained backbone (chord train output)")
+    add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu",
@@ -78,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
             finetune_users=args.finetune_users or (200 if args.quick else 1000),
             hyper_steps=args.hyper_steps,
             backbone_path=args.backbone_path, device=args.device,
+            n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
         )
         result = run_eval(cfg, log)
     except (EvalError, RunError, DataError) as exc:
         print(f"chord eval: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"chord eval: error: {exc}", file=sys.stderr)
+        return 1
     print(format_table(result["rows"]))
     meta = result["meta"]
     print(f"tier {meta['tier']} {meta['tier_level_bits']}, budget {args.budget}, "
