@@ -46,6 +46,7 @@ class StrategyService:
         self.load_error: str | None = None
         self.load_task: asyncio.Task[None] | None = None
         self.health: object | None = None  # the health servicer create_server registered
+        self.drain: object | None = None  # the DrainGate create_server installed
 
     @property
     def ready(self) -> bool:
