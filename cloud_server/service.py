@@ -113,6 +113,5 @@ class StrategyService:
 
     def report(self, report: DeviceReport) -> ReportOutcome:
         """Store a device's report once per (device_id, round)."""
-        tiers = tuple(t.name for t in self.model_spec().tiers)
-        validate_report(report, tiers)
+        validate_report(report, self.model_spec().tiers)
         return self.reports.record(report)
