@@ -83,14 +83,21 @@ def check_address(address: str, source: str) -> tuple[str, int]:
     return host, check_port(int(port), f"{source} port", allow_zero=False)
 
 
-def check_seconds(value: float, source: str, *, allow_zero: bool = False) -> float:
-    """A finite duration in seconds, > 0 (or >= 0 when allow_zero)."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
-        value == 0 and not allow_zero
+def check_number(value: float, source: str, *, allow_zero: bool = False, unit: str = "") -> float:
+    """A finite number > 0 (or >= 0 when allow_zero); unit (e.g. "of seconds") for the message."""
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        or value < 0 or (value == 0 and not allow_zero)
     ):
         floor = ">= 0" if allow_zero else "> 0"
-        raise StartupError(f"{source} is {value!r}; send a finite number of seconds {floor}")
+        what = f"a finite number {unit} {floor}" if unit else f"a finite number {floor}"
+        raise StartupError(f"{source} is {value!r}; send {what}")
     return float(value)
+
+
+def check_seconds(value: float, source: str, *, allow_zero: bool = False) -> float:
+    """A finite duration in seconds, > 0 (or >= 0 when allow_zero)."""
+    return check_number(value, source, allow_zero=allow_zero, unit="of seconds")
 
 
 def check_file(path: str | Path, source: str) -> Path:
@@ -137,6 +144,7 @@ __all__ = [
     "check_dir",
     "check_file",
     "check_host",
+    "check_number",
     "check_port",
     "check_seconds",
     "check_token",

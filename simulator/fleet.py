@@ -99,6 +99,7 @@ def plan_fleet(cfg: FleetConfig, sequences: list[np.ndarray], request_tag: str) 
                 rounds=cfg.drift.rounds,
                 interactions_per_round=cfg.drift.interactions_per_round,
                 negatives=cfg.negatives,
+                ranking=cfg.ranking,
                 seed=cfg.seed,
                 compute_factor=factor,
                 bandwidth_kbps=bandwidth,

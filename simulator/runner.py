@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from chord.data.errors import DataError
 from chord.jsonfile import write_json
+from chord.protocol import Protocol, check_protocol
+from chord.startcheck import StartupError, wait_for_tcp
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
@@ -67,17 +70,44 @@ def embedded_run_dir(cfg: FleetConfig, verbose: bool = True) -> Path:
     return Path(cfg.run_dir) if cfg.run_dir else prepare_embedded_run(cfg, verbose=verbose)
 
 
-def load_users(dataset: str) -> tuple[list[np.ndarray], int]:
-    """Every test user's full timeline (test history + test target) and the catalogue size."""
+def load_users(dataset: str, protocol: Protocol | None = None) -> tuple[list[np.ndarray], int]:
+    """Every test user's full timeline (test history + test target) and the catalogue size.
+
+    With a protocol, checks it fits every user (ProtocolError names the raw user id).
+    """
     from chord.data import leave_one_out, load_dataset
 
     data = load_dataset(dataset)
-    test = leave_one_out(data).test
+    split = leave_one_out(data)
+    if protocol is not None:
+        check_protocol(protocol, split.n_items, split.seen, split.user_labels, split.name)
+    test = split.test
     seqs = [
         np.append(np.asarray(h, dtype=np.int64), int(t))
         for h, t in zip(test.histories, test.targets, strict=True)
     ]
     return seqs, int(data.n_items)
+
+
+# How long joining a Ray cluster at an address may take before the run gives up.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a Ray address nothing listens on within timeout_s (Ray itself retries for minutes).
+
+    'local', 'none' and 'auto' are not probed (auto finds a cluster from this machine's files).
+    """
+    if address in ("local", "none", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        wait_for_tcp(
+            host, int(port), timeout_s, "a Ray cluster",
+            f"start one there (`ray start --head --port {port}`) or pass --ray-address local",
+        )
+    except StartupError as exc:
+        raise SimulationError(str(exc)) from None
 
 
 @contextmanager
@@ -104,6 +134,7 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
             num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
         )
     else:
+        probe_ray(cfg.ray_address)
         try:
             ray.init(address=cfg.ray_address, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:
@@ -224,12 +255,15 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Run (or finish) a simulation into `out`; returns the summary also written to summary.json."""
     out = Path(out)
+    if not resume:
+        probe_ray(cfg.ray_address)  # before any work: a wrong address fails in seconds
     if resume:
         if not (out / CONFIG_FILE).exists():
             raise SimulationError(
                 f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
             )
         cfg = read_saved_config(out / CONFIG_FILE)
+        probe_ray(cfg.ray_address)
     else:
         out.mkdir(parents=True, exist_ok=True)
         if (out / DB_FILE).exists():
@@ -237,9 +271,12 @@ def run_simulation(
                 f"{out} already holds a simulation; use --resume {out} or another --out"
             )
         save_config(cfg, out / CONFIG_FILE)
+    try:
+        sequences, n_items = load_users(cfg.dataset, Protocol(cfg.ranking, cfg.negatives))
+    except DataError as exc:
+        raise SimulationError(str(exc)) from None
     state = _state(out, resume)
     start = time.perf_counter()
-    sequences, n_items = load_users(cfg.dataset)
     jobs = plan_fleet(cfg, sequences, state["request_tag"])
     store = ReportStore(out / DB_FILE)
     if resume:
