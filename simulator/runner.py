@@ -17,6 +17,7 @@ import numpy as np
 
 from chord.data.errors import DataError
 from chord.jsonfile import write_json
+from chord.process_env import apply_process_env
 from chord.protocol import Protocol, check_protocol
 from chord.startcheck import StartupError, wait_for_tcp
 from device_client.actor import HostConfig
@@ -124,6 +125,7 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
     if ray.is_initialized():
         yield True
         return
+    worker_env = apply_process_env()  # workers of a cluster joined by address need them too
     if cfg.ray_address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private cluster on this machine only
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -131,12 +133,16 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         if str(REPO_ROOT) not in path.split(os.pathsep):  # workers import device_client from here
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
         ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+            logging_level=logging.WARNING, runtime_env={"env_vars": worker_env},
         )
     else:
         probe_ray(cfg.ray_address)
         try:
-            ray.init(address=cfg.ray_address, log_to_driver=False)
+            ray.init(
+                address=cfg.ray_address, log_to_driver=False, logging_level=logging.WARNING,
+                runtime_env={"env_vars": worker_env},
+            )
         except (ConnectionError, RuntimeError) as exc:
             raise SimulationError(
                 f"cannot join Ray at {cfg.ray_address!r}: {exc}; start `ray start --head` there "
