@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from chord.startcheck import check_token
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 
@@ -132,6 +133,8 @@ class Transport:
         faults: NetworkFaults | None = None,
         seed: int = 0,
     ) -> None:
+        if token:
+            check_token(token, "token")  # StartupError (ValueError): metadata cannot carry it
         self.target = target
         self.policy = policy or RetryPolicy()
         self.faults = faults or NetworkFaults()

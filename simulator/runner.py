@@ -196,7 +196,11 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
     try:
         spec = spec_from_proto(transport.get_model_spec(spec_request_to_proto("simulator"))[0])
     except TransportError as exc:
-        raise SimulationError(f"cannot reach the strategy service at {target}: {exc}") from exc
+        raise SimulationError(
+            f"cannot reach the strategy service at {target} within "
+            f"{t.overall_timeout_s:g} s: {exc}; check that `chord serve` listens there (and "
+            "that --token / --tls-ca match its settings)"
+        ) from exc
     if spec.n_items != n_items:
         raise SimulationError(
             f"the server's backbone has {spec.n_items} items but dataset {cfg.dataset!r} has "
