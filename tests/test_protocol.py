@@ -51,3 +51,24 @@ def test_cli_eval_small_catalogue_refused_at_load(
         "chord eval: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
         "per user; pass --negatives 74 or fewer, or --full-ranking"
     ]
+
+
+@pytest.mark.parametrize("flags", [("--negatives", "50"), ("--full-ranking",)])
+def test_cli_eval_small_catalogue_with_a_fitting_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...]
+) -> None:
+    """Backbone early stopping, hypernetwork validation and the table all use the protocol."""
+    import json
+
+    lines = [f"u{u},{(u * 3 + s) % 75 + 1},{s}" for u in range(30) for s in range(10)]
+    path = tmp_path / "small.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval.json"
+    code = cli_main(["eval", "--dataset", str(path), "--smoke", "--quiet", "--methods",
+                     "fp32,chord-pretrained", "--hyper-steps", "4", *flags, "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    expect = "whole catalogue" if flags == ("--full-ranking",) else "50 sampled unseen negatives"
+    assert expect in result["meta"]["protocol"]
+    for row in result["rows"]:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("HR@10", "NDCG@10"))

@@ -34,6 +34,8 @@ class DuetConfig:
     eval_every: int = 100
     patience: int = 3
     valid_users: int = 400
+    valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
+    valid_ranking: str = "sampled"  # sampled | full
     seed: int = 0
 
 
@@ -140,7 +142,8 @@ def train_duet(
 
     def validate() -> float:
         gen.eval()
-        value = evaluate(scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len)
+        value = evaluate(scorer, split, "valid", full=cfg.valid_ranking == "full", seed=cfg.seed,
+                         users=vusers, max_len=max_len, n_negatives=cfg.valid_negatives)
         gen.train()
         return float(value["NDCG@10"])
 

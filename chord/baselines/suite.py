@@ -244,7 +244,8 @@ def _duet_row(
     base = quantize_backbone(run.backbone, uniform_bits(run.layout, bits), layout=run.layout)
     steps = cfg.duet_steps or {"smoke": 30, "quick": 150, "full": 1000}[cfg.preset]
     dcfg = DuetConfig(steps=steps, seed=cfg.seed, eval_every=max(10, min(100, steps // 3)),
-                      batch_size=32 if cfg.preset == "smoke" else 64)
+                      batch_size=32 if cfg.preset == "smoke" else 64,
+                      valid_negatives=cfg.n_negatives, valid_ranking=cfg.ranking)
     gen, key, info = train_duet(base, run.backbone, run.layout, split, dcfg, log)
     scorer = DuetScorer(base, run.backbone, gen, key)
     metrics = _metrics(scorer, split, cfg.seed, cfg.protocol)
@@ -269,7 +270,8 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
     tier = pick_tier(cfg.budget, cfg.tier)
     protocol = cfg.protocol
     first = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
-                             seed=cfg.seed, max_users=cfg.max_users)
+                             seed=cfg.seed, max_users=cfg.max_users,
+                             eval_negatives=cfg.n_negatives, eval_ranking=cfg.ranking)
     split0 = load_split(first)
     check_protocol(protocol, split0.n_items, split0.seen, split0.user_labels, split0.name)
     start = time.perf_counter()
@@ -286,6 +288,8 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         over["prior"] = cfg.prior
         over["fold"] = cfg.fold
         over["allocation"] = cfg.allocation
+        over["eval_negatives"] = cfg.n_negatives
+        over["eval_ranking"] = cfg.ranking
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,

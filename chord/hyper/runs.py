@@ -77,6 +77,11 @@ class RunConfig:
     # (chord.level_cost), importance scaling each channel's share; "quota" gives the
     # maximum-entropy level quotas to channels in importance order.
     allocation: str = "rd"
+    # The evaluation protocol of model selection (backbone early stopping, hypernetwork
+    # validation): chord.protocol. Left out of the cache keys at their defaults, so runs cached
+    # before these fields existed keep their directories.
+    eval_negatives: int = 100
+    eval_ranking: str = "sampled"
 
     def __post_init__(self) -> None:
         """Reject unknown modes and backbones with a message that says what to send."""
@@ -112,9 +117,21 @@ class RunConfig:
             raise RunError(f"unknown preset {name!r}; use one of {PRESETS}")
         return cls(**{**base[name], **overrides})
 
+    def _protocol_key(self) -> dict[str, Any]:
+        """The protocol fields that differ from their defaults (none: the key is unchanged)."""
+        out: dict[str, Any] = {}
+        if self.eval_ranking != "sampled":
+            out["eval_ranking"] = self.eval_ranking
+        elif self.eval_negatives != 100:
+            out["eval_negatives"] = self.eval_negatives
+        return out
+
     def key(self) -> str:
         """Short hash of the config, naming its cache directory."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        for name in ("eval_negatives", "eval_ranking"):
+            del fields[name]
+        text = json.dumps({**fields, **self._protocol_key()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def backbone_key(self) -> dict[str, Any]:
@@ -124,6 +141,7 @@ class RunConfig:
             "seed": self.seed, "max_users": self.max_users, "path": self.backbone_path,
             "epochs": self.backbone_epochs if self.mode == "pretrained" else 0,
             "patience": self.backbone_patience if self.mode == "pretrained" else 0,
+            **(self._protocol_key() if self.mode == "pretrained" else {}),
         }
 
 
@@ -198,7 +216,7 @@ def obtain_backbone(
     tcfg = TrainConfig(
         dataset=cfg.dataset, backbone=cfg.backbone, epochs=cfg.backbone_epochs,
         patience=cfg.backbone_patience, seed=cfg.seed, max_train_users=cfg.max_users,
-        progress=False,
+        n_negatives=cfg.eval_negatives, ranking=cfg.eval_ranking, progress=False,
     )
     if cfg.mode == "random":
         bcfg = backbone_config_for(tcfg, split.n_items, split.name)
@@ -229,7 +247,9 @@ def obtain_backbone(
                 log(f"training {cfg.backbone} on {cfg.dataset} (pretrained mode)")
             result = train_backbone(tcfg, split, device=device)
             model = result.model
-            info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
+            info = {k: result.metrics[k] for k in ("valid", "test", "valid_full", "test_full",
+                                                   "train_seconds", "epochs_run")
+                    if k in result.metrics}
             save_backbone(cached, model, {"train": info, "key": key})
     if cfg.fold and cfg.mode == "pretrained" and model.fold_for_quantization():
         info = {**info, "folded_for_quantization": True}
@@ -325,6 +345,7 @@ def prepare_run(
         steps=cfg.hyper_steps, batch_size=cfg.hyper_batch, lr=cfg.hyper_lr, tau=cfg.tau,
         eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
         valid_users=cfg.hyper_valid_users, seed=cfg.seed,
+        valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
     )
     report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log, cost)
     out.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ class HyperTrainConfig:
     eval_every: int = 100  # steps between validation checks
     patience: int = 4  # validation checks without improvement before stopping
     valid_users: int = 400  # validation users used for model selection
+    valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
+    valid_ranking: str = "sampled"  # sampled | full
     valid_tier: str = "mid"
     valid_budget: float = 3.0
     budget_sampling: tuple[tuple[str, float, float], ...] = DEFAULT_BUDGET_SAMPLING
@@ -158,7 +160,8 @@ def train_hypernet(
             bank=banks[cfg.valid_tier], exact=False, cost=cost,
         )
         value = evaluate(
-            scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len, device=device
+            scorer, split, "valid", full=cfg.valid_ranking == "full", seed=cfg.seed,
+            users=vusers, max_len=max_len, device=device, n_negatives=cfg.valid_negatives,
         )
         hypernet.train()
         return float(value["NDCG@10"])
