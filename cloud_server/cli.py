@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from chord.startcheck import StartupError, check_dir, check_host, check_port, check_token
+from chord.textfile import TextFileError
 from cloud_server.config import MIB, ServerConfig
 from cloud_server.logbudget import install_log_budget
 
@@ -121,6 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return serve(cfg, f"{args.host}:{args.port}", on_bound=bound)
-    except OSError as exc:
+    except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1

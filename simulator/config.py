@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from chord.startcheck import (
     check_seconds,
     check_token,
 )
+from chord.textfile import TextFileError, read_json, read_text
 
 
 class FleetConfigError(ValueError):
@@ -254,9 +254,11 @@ def config_from_dict(data: dict[str, Any]) -> FleetConfig:
 def load_config(path: str | Path) -> FleetConfig:
     """Read a fleet TOML file."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FleetConfigError(f"cannot read fleet config {path}: {exc}") from exc
+        data = tomllib.loads(read_text(path))
+    except TextFileError as exc:
+        raise FleetConfigError(f"fleet config {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetConfigError(f"fleet config {path}: {exc}") from None
     return config_from_dict(data)
 
 
@@ -275,9 +277,9 @@ def save_config(cfg: FleetConfig, path: str | Path) -> None:
 def read_saved_config(path: str | Path) -> FleetConfig:
     """Read a config written by save_config."""
     try:
-        return config_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FleetConfigError(f"cannot read saved fleet config {path}: {exc}") from exc
+        return config_from_dict(read_json(path))
+    except TextFileError as exc:
+        raise FleetConfigError(f"saved fleet config {exc}") from None
 
 
 def with_overrides(cfg: FleetConfig, **overrides: Any) -> FleetConfig:

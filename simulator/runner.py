@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from chord.jsonfile import write_json
 from chord.process_env import apply_process_env
 from chord.protocol import Protocol, check_protocol
 from chord.startcheck import StartupError, wait_for_tcp
+from chord.textfile import TextFileError, read_json
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
@@ -217,7 +217,10 @@ def _state(out: Path, resume: bool) -> dict[str, Any]:
     """The run's persistent state (its request tag); created at start, read back on resume."""
     path = out / STATE_FILE
     if resume and path.exists():
-        return dict(json.loads(path.read_text()))
+        try:
+            return dict(read_json(path))
+        except TextFileError as exc:
+            raise SimulationError(f"{exc}; resume needs the {STATE_FILE} this run wrote") from None
     state = {"request_tag": uuid.uuid4().hex[:8], "created": time.time()}
     write_json(path, state, indent=None)
     return state

@@ -29,6 +29,7 @@ from chord.hyper.training import HyperTrainConfig, train_hypernet
 from chord.jsonfile import write_json
 from chord.level_cost import LevelCost, LevelCostError
 from chord.models import Backbone, build_backbone, fit_length
+from chord.textfile import TextFileError, read_json
 
 RUN_FORMAT = "chord-run/1"
 HYPERNET_FORMAT = "chord-hypernet/1"
@@ -285,8 +286,8 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def run_matches(out: Path, cfg: RunConfig) -> bool:
     """Whether OUT already holds a complete run of exactly this config."""
     try:
-        meta = json.loads((out / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = read_json(out / "run.json")
+    except TextFileError:
         return False
     return (
         meta.get("format") == RUN_FORMAT
@@ -410,9 +411,9 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
             f"run directory {root} lacks {', '.join(missing)}; rerun prepare_run to complete it"
         )
     try:
-        meta = json.loads((root / "run.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{root / 'run.json'} is not valid JSON: {exc}") from exc
+        meta = read_json(root / "run.json")
+    except TextFileError as exc:
+        raise RunError(f"{exc}; rerun prepare_run to rewrite the run directory") from None
     if meta.get("format") != RUN_FORMAT:
         raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
     backbone, _ = load_backbone(root / "backbone.pt")
