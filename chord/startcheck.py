@@ -8,6 +8,7 @@ a model has loaded or a fleet has started.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import math
 import re
@@ -121,6 +122,19 @@ def check_dir(path: str | Path, source: str) -> Path:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse prints one `error: argument ...` line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; send 1 or more"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; send 1 or more")
+    return value
+
+
 def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
     """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
 
@@ -148,5 +162,6 @@ __all__ = [
     "check_port",
     "check_seconds",
     "check_token",
+    "positive_int",
     "wait_for_tcp",
 ]

@@ -72,6 +72,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise TrainConfigError(f"seed must be >= 0, got {self.seed}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise TrainConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from chord.hyper.personal import sync
 from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
-from chord.protocol import Protocol, check_protocol
+from chord.protocol import Protocol, ProtocolError, check_protocol
 
 ALL_METHODS = (
     "fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2", "mixed-static", "mixed-random", "finetune",
@@ -69,10 +71,53 @@ class EvalConfig:
     n_negatives: int = 100  # sampled negatives per test user (ranking="sampled")
     ranking: str = "sampled"  # sampled | full: how the table's metrics rank the target
 
+    def __post_init__(self) -> None:
+        """Reject options that can never work before any data is loaded (EvalError)."""
+        if not math.isfinite(self.budget) or self.budget <= 0:
+            raise EvalError(f"budget must be a finite number of bits > 0, got {self.budget}")
+        for name in ("max_users", "finetune_users", "hyper_steps", "duet_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EvalError(f"{name} must be >= 1, got {value}")
+        if self.seed < 0:
+            raise EvalError(f"seed must be >= 0, got {self.seed}")
+        if self.finetune_steps < 1:
+            raise EvalError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.preset not in ("smoke", "quick", "full"):
+            raise EvalError(f"preset must be smoke, quick or full, got {self.preset!r}")
+        if self.backbone_path is not None and not Path(self.backbone_path).is_file():
+            raise EvalError(f"--backbone-path {self.backbone_path!r} is not an existing file")
+        check_device(self.device)
+        try:
+            Protocol(self.ranking, self.n_negatives)
+        except ProtocolError as exc:
+            raise EvalError(str(exc)) from None
+
     @property
     def protocol(self) -> Protocol:
         """The evaluation protocol of the table (raises ProtocolError when malformed)."""
         return Protocol(self.ranking, self.n_negatives)
+
+
+def check_device(device: str) -> torch.device:
+    """A torch device this machine has; EvalError naming what to send otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EvalError(
+            f"--device {device!r} is not a torch device; send cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        index = dev.index or 0
+        if index >= count:
+            raise EvalError(
+                f"--device {device!r}: this machine has {count} CUDA devices; send cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise EvalError(f"--device {device!r} is not supported here; send cpu or cuda[:N]")
+    return dev
 
 
 def device_name(device: str) -> str:

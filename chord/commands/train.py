@@ -9,6 +9,7 @@ from chord.data import FORMATS, DataError
 from chord.divergence import DivergedError
 from chord.jsonfile import dumps
 from chord.protocol import add_protocol_arguments
+from chord.startcheck import positive_int
 from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-interactions", type=int, default=5)
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="output directory")
 
