@@ -30,6 +30,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# After the grace period, how long calls failed with UNAVAILABLE get to send that status.
+DRAIN_TAIL_S = 0.2
+
 # Health is reported for the whole server ("") and for the strategy service by name.
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
@@ -169,16 +172,19 @@ async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s
     if isinstance(service.health, _Health):
         await service.health.enter_graceful_shutdown()
     gate = service.drain
+    tail = 0.0
     if isinstance(gate, DrainGate) and grace_s > 0:
         await gate.close_admission(max_admit_s=min(1.0, grace_s / 2))
         if not await gate.wait_idle(deadline - loop.time()):
             log.warning(
-                "grace period of %.1f s spent with %d calls still running; they are cancelled",
+                "grace period of %.1f s spent with %d calls still running; they get UNAVAILABLE",
                 grace_s, gate.active,
             )
+            await service.close()  # fails every queued or computing strategy call: UNAVAILABLE
+            tail = DRAIN_TAIL_S
         if gate.refused:
             log.info("refused %d calls with UNAVAILABLE while draining", gate.refused)
-    await server.stop(max(0.0, deadline - loop.time()))
+    await server.stop(max(tail, deadline - loop.time()))
     if service.load_task is not None and not service.load_task.done():
         service.load_task.cancel()
     if service.load_task is not None:

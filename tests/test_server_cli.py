@@ -251,3 +251,31 @@ def test_serve_refuses_a_missing_run_directory(
 ) -> None:
     assert main(["serve", "--run", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert "--run" in capsys.readouterr().err
+
+
+def test_call_still_running_when_grace_ends_gets_unavailable() -> None:
+    """A call the server will not finish is answered UNAVAILABLE (retryable), not CANCELLED."""
+    # A 20 s batch window keeps the call waiting in the batcher past the 1 s grace period.
+    proc, port = _start("--echo", "--max-batch", "64", "--max-wait-ms", "20000", "--grace-s", "1")
+    address = f"127.0.0.1:{port}"
+    try:
+
+        async def scenario() -> tuple[grpc.StatusCode, str]:
+            await wait_serving(address)
+            spec = await call(address, "GetModelSpec", pb.GetModelSpecRequest(device_id="d"))
+            slow = asyncio.ensure_future(
+                status_of(call(address, "GetStrategy", strategy_request(spec, "slow"), timeout=30))
+            )
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            return await slow
+
+        code, details = asyncio.run(scenario())
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "retry" in details
+        assert proc.wait(timeout=30) == 0
+        assert "they get UNAVAILABLE" in proc.communicate()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
