@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
 
@@ -103,6 +104,7 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
 def run(args: argparse.Namespace) -> int:
     """Run or resume a simulation; exit status 0 when every device completed, 1 otherwise."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_budget()  # the embedded server's repeated warnings stay bounded here too
     try:
         if args.prepare_run is not None:
             path = prepare_embedded_run(build_config(args), args.prepare_run)
