@@ -258,3 +258,12 @@ def test_cli_train_small_catalogue_with_a_fitting_protocol(
     assert set(groups) <= set(metrics) and ("valid" in metrics) != full
     for group in groups:
         assert all(0.0 <= v <= 1.0 for v in metrics[group].values())
+
+
+def test_diverged_training_raises_instead_of_keeping_an_epoch(patterned: Path) -> None:
+    """Early stopping never sees a diverged epoch: the first non-finite loss or weight stops it."""
+    from chord.divergence import DivergedError
+
+    with pytest.raises(DivergedError, match=r"^training diverged: (loss is (nan|inf)|weight \S+ is "
+                       r"not finite) at (epoch \d+ batch \d+|the end of epoch \d+); lower the "):
+        train_backbone(tiny(patterned, "sasrec", lr=1e8, epochs=5, patience=5))
