@@ -26,6 +26,7 @@ from benchmarks.report import RESULTS_DIR, machine_info, markdown_table, write_r
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
+from chord.jsonfile import write_json
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
@@ -392,7 +393,7 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     payload = {"benchmark": name, "machine": machine, "rows": rows, "meta": metas}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(out / f"{name}.json", payload)
     (out / f"{name}.md").write_text(f"## {name}\n\n{table}\n\n{notes.strip()}\n")
 
 

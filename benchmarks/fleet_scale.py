@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import markdown_table, write_result
+from chord.jsonfile import write_json
 
 GOAL_DEVICES = 10_000
 GOAL_WALL_S = 600.0
@@ -227,7 +228,7 @@ def _child_main(args: argparse.Namespace) -> int:
         "summary": keep,
         "backend": summary.get("backend"),
     }
-    Path(args.result).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.result, result, default=str)
     return 0
 
 
