@@ -17,6 +17,7 @@ from benchmarks.loadgen import (
     run_load,
 )
 from chord.jsonfile import write_json
+from chord.startcheck import StartupError, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -86,8 +87,10 @@ def run_load_command(args: argparse.Namespace) -> int:
     `chord bench load: error:` line.
     """
     try:
+        if args.json_out:
+            check_out_file(args.json_out, "--json")
         result = run_load(load_config_from_args(args))
-    except LoadConfigError as exc:
+    except (LoadConfigError, StartupError) as exc:
         print(f"chord bench load: error: {exc}", file=sys.stderr)
         return 2
     except LoadRunError as exc:

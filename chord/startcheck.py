@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import re
 import socket
 from pathlib import Path
@@ -122,6 +123,44 @@ def check_dir(path: str | Path, source: str) -> Path:
     return p
 
 
+def _writable_ancestor(p: Path, source: str) -> None:
+    """The nearest existing ancestor of p must be a writable directory (p can be created)."""
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StartupError(
+            f"{source} {str(p)!r} cannot be created ({str(parent)!r} is not a writable "
+            "directory); send a path under a directory you can write"
+        )
+
+
+def check_out_dir(path: str | Path, source: str) -> Path:
+    """An output directory: an existing writable directory, or one that can be created."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise StartupError(f"{source} {str(path)!r} is a file; send a directory path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise StartupError(f"{source} {str(path)!r} is not writable; send another directory")
+        return p
+    _writable_ancestor(p, source)
+    return p
+
+
+def check_out_file(path: str | Path, source: str) -> Path:
+    """An output file: writable if it exists (not a directory), else creatable."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StartupError(f"{source} {str(path)!r} is a directory; send a file path")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise StartupError(f"{source} {str(path)!r} is not writable; send another file")
+        return p
+    _writable_ancestor(p, source)
+    return p
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (argparse prints one `error: argument ...` line)."""
     try:
@@ -159,6 +198,8 @@ __all__ = [
     "check_file",
     "check_host",
     "check_number",
+    "check_out_dir",
+    "check_out_file",
     "check_port",
     "check_seconds",
     "check_token",

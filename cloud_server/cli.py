@@ -9,7 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-from chord.startcheck import StartupError, check_dir, check_host, check_port, check_token
+from chord.startcheck import (
+    StartupError,
+    check_dir,
+    check_host,
+    check_out_file,
+    check_port,
+    check_token,
+)
 from chord.textfile import TextFileError
 from cloud_server.config import MIB, ServerConfig
 from cloud_server.logbudget import install_log_budget
@@ -74,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         token = check_token(env, "$CHORD_TOKEN") if env is not None else None
     if args.run is not None and not args.echo:
         check_dir(args.run, "--run")
+    if args.reports is not None:
+        check_out_file(args.reports, "--reports")
     check_host(args.host, "--host")
     check_port(args.port, "--port")
     if not math.isfinite(args.max_receive_mib):

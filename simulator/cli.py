@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from chord.startcheck import StartupError, check_out_dir
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
@@ -106,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_log_budget()  # the embedded server's repeated warnings stay bounded here too
     try:
+        for flag, value in (("--out", args.out), ("--prepare-run", args.prepare_run)):
+            if value is not None:
+                check_out_dir(value, flag)
         if args.prepare_run is not None:
             path = prepare_embedded_run(build_config(args), args.prepare_run)
             print(f"run directory ready: {path}")
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 raise SimulationError("--out DIR is required (or --resume DIR)")
             summary = run_simulation(build_config(args), args.out, progress=not args.quiet)
             out = args.out
-    except (FleetConfigError, SimulationError) as exc:
+    except (FleetConfigError, SimulationError, StartupError) as exc:
         print(f"chord simulate: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv")

@@ -267,3 +267,14 @@ def test_diverged_training_raises_instead_of_keeping_an_epoch(patterned: Path) -
     with pytest.raises(DivergedError, match=r"^training diverged: (loss is (nan|inf)|weight \S+ is "
                        r"not finite) at (epoch \d+ batch \d+|the end of epoch \d+); lower the "):
         train_backbone(tiny(patterned, "sasrec", lr=1e8, epochs=5, patience=5))
+
+
+def test_cli_train_out_that_is_a_file_is_refused(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "taken"
+    target.write_text("x")
+    assert _cli_train(patterned, target, "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"chord train: error: --out '{target}' is a file; send a directory path"
+    )

@@ -13,7 +13,7 @@ from chord.divergence import DivergedError
 from chord.hyper.runs import RunError
 from chord.jsonfile import write_json
 from chord.protocol import add_protocol_arguments
-from chord.startcheck import positive_int
+from chord.startcheck import StartupError, check_out_file, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,12 +84,18 @@ def run(args: argparse.Namespace) -> int:
             backbone_path=args.backbone_path, device=args.device,
             n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
         )
+        if args.json_out:
+            check_out_file(args.json_out, "--json")
         result = run_eval(cfg, log)
-    except (EvalError, RunError, DataError) as exc:
+    except (EvalError, RunError, DataError, StartupError) as exc:
         print(f"chord eval: error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:
         print(f"chord eval: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chord eval: error: cannot write the output ({exc}); pass a --json FILE you can "
+              "write", file=sys.stderr)
         return 1
     print(format_table(result["rows"]))
     meta = result["meta"]

@@ -9,7 +9,7 @@ from chord.data import FORMATS, DataError
 from chord.divergence import DivergedError
 from chord.jsonfile import dumps
 from chord.protocol import add_protocol_arguments
-from chord.startcheck import positive_int
+from chord.startcheck import StartupError, check_out_dir, positive_int
 from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
@@ -54,12 +54,17 @@ def run(args: argparse.Namespace) -> int:
             n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
             progress=not args.no_progress,
         )
+        check_out_dir(args.out, "--out")
         result = run_training(cfg, args.out)
-    except (DataError, TrainConfigError) as exc:
+    except (DataError, TrainConfigError, StartupError) as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chord train: error: cannot write the output ({exc}); pass a --out DIR you can "
+              "write", file=sys.stderr)
         return 1
     m = result.metrics
     keys = ("dataset", "backbone", "n_users", "n_items", "protocol", *METRIC_KEYS,
