@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Protocol, cast
 
+from benchmarks.harness import write_json
 from benchmarks.loadgen import (
     METHODS,
     LoadConfig,
@@ -16,7 +17,6 @@ from benchmarks.loadgen import (
     format_summary,
     run_load,
 )
-from chord.jsonfile import write_json
 from chord.startcheck import StartupError, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and

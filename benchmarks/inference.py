@@ -26,9 +26,9 @@ import onnx
 import torch
 
 from benchmarks.report import markdown_table, write_result
-from chord.budget import DEFAULT_TIERS, assign_levels, average_bits
-from chord.codes import decode_levels, encode_levels, levels_to_bits
+from chord.codes import decode_levels, encode_levels
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig
+from chord.levels import DEFAULT_TIERS, assign_levels, average_bits, levels_to_bits
 from chord.models import build_backbone
 from chord.quant import (
     channel_layout,

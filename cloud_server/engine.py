@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from chord.budget import (
+from chord.codes import encode_levels, reference_levels
+from chord.levels import (
     DEFAULT_TIERS,
     BudgetError,
     Tier,
@@ -19,10 +20,9 @@ from chord.budget import (
     assign_levels_batch,
     budget_range,
 )
-from chord.codes import encode_levels, reference_levels
+from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import InvalidRequestError, ServiceError
-from cloud_server.spec import LayerSpec, ModelSpec, TierSpec
 from cloud_server.validation import PROFILE_ABS_MAX
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _result(
     """Encode one request's levels into its result (a delta to `reference` when smaller)."""
     levels = levels.astype(np.uint8, copy=False)
     counts = np.bincount(levels, minlength=4)
-    # Integer-valued sums, so this equals chord.budget.average_bits exactly.
+    # Integer-valued sums, so this equals chord.levels.average_bits exactly.
     level_sizes = np.bincount(levels, weights=sizes, minlength=4)
     avg_bits = float((np.asarray(tier.level_bits, dtype=np.float64) * level_sizes).sum())
     return StrategyResult(

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 from chord.jsonfile import dumps
+from chord.spec import DeviceMetrics, DeviceReport, ReportOutcome
 from chord.textfile import TextFileError, loads_json, read_text
-from cloud_server.spec import DeviceReport, ReportOutcome
 
 __all__ = ["ReportStore"]
 
@@ -62,8 +62,6 @@ class ReportStore:
 
 def _from_row(row: dict) -> DeviceReport:
     """A report read back from its JSONL row."""
-    from cloud_server.spec import DeviceMetrics
-
     metrics = row.get("metrics")
     return DeviceReport(
         device_id=row["device_id"],

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
 from cloud_server.drain import DrainGate
-from cloud_server.serde import METHOD_CODECS, SERVICE_NAME
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
+from protos.serde import METHOD_CODECS, SERVICE_NAME
 
 __all__ = [
     "HEALTH_SERVICES",

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from chord.spec import DeviceReport, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
-from cloud_server.spec import DeviceReport, ModelSpec, TierSpec
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
 # |profile[i]| bound. The on-device profiler (the backbone's encoder, ending in a LayerNorm for

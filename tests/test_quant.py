@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from chord.budget import DEFAULT_TIERS, assign_levels
 from chord.codes import CodeError, encode_levels
 from chord.config import CaserConfig, SASRecConfig
+from chord.levels import DEFAULT_TIERS, assign_levels
 from chord.models import build_backbone
 from chord.quant import (
     LayoutError,

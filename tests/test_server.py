@@ -16,9 +16,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from chord.budget import DEFAULT_TIERS, budget_range
 from chord.codes import decode_levels
 from chord.hyper.runs import load_run
+from chord.levels import DEFAULT_TIERS, budget_range
 from chord.strategy import StrategyRequest
 from cloud_server import EmbeddedServer, ServerConfig, StrategyEngine, create_server, stop_server
 from cloud_server.batching import MicroBatcher
@@ -27,6 +27,7 @@ from cloud_server.errors import RequestExpiredError
 from cloud_server.reports import ReportStore
 from cloud_server.service import StrategyService
 from protos.chord.v1 import strategy_pb2 as pb
+from protos.serde import strategy_result_from_proto
 from tests.server_fixtures import arun, call, run_dir, spec_of, status_of, strategy_request
 
 __all__ = ["run_dir"]  # the fixture, imported for pytest
@@ -54,8 +55,6 @@ def server(
 
 def _levels(reply: pb.GetStrategyReply, spec: pb.ModelSpec) -> np.ndarray:
     """The levels a device decodes from a reply."""
-    from cloud_server.serde import strategy_result_from_proto
-
     code = strategy_result_from_proto(reply).code
     return decode_levels(code, spec.version, spec.n_channels)
 

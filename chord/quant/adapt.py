@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chord.budget import Tier
-from chord.codes import EncodedStrategy, decode_levels, levels_to_bits
+from chord.codes import EncodedStrategy, decode_levels
+from chord.levels import Tier, levels_to_bits
 from chord.models.base import Backbone
 from chord.quant.apply import quantize_backbone
 from chord.quant.layout import ChannelLayout, channel_layout

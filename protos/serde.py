@@ -1,4 +1,10 @@
-"""The one home of the wire format: domain types <-> chord.v1 protobuf messages, in pairs."""
+"""The one home of the wire format: domain types <-> chord.v1 protobuf messages, in pairs.
+
+Server, device, simulator and benchmarks all map messages here, and no other module imports
+the generated `protos.chord.v1` code (an import-linter contract checks it). Protobuf classes
+carry a `Proto` prefix so they are never mistaken for the domain types of `chord.spec` and
+`chord.strategy`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from chord.codes import EncodedStrategy
-from chord.strategy import StrategyRequest, StrategyResult
-from cloud_server.spec import (
+from chord.spec import (
     DeviceMetrics,
     DeviceReport,
     LayerSpec,
@@ -19,6 +24,7 @@ from cloud_server.spec import (
     ReportOutcome,
     TierSpec,
 )
+from chord.strategy import StrategyRequest, StrategyResult
 from protos.chord.v1.strategy_pb2 import DESCRIPTOR as ProtoFileDescriptor
 from protos.chord.v1.strategy_pb2 import BackboneKind as ProtoBackboneKind
 from protos.chord.v1.strategy_pb2 import BackboneMode as ProtoBackboneMode
@@ -33,11 +39,17 @@ from protos.chord.v1.strategy_pb2 import ReportMetricsReply as ProtoReportMetric
 from protos.chord.v1.strategy_pb2 import ReportMetricsRequest as ProtoReportMetricsRequest
 from protos.chord.v1.strategy_pb2 import ServerTimings as ProtoServerTimings
 from protos.chord.v1.strategy_pb2 import TierSpec as ProtoTierSpec
+from protos.chord.v1.strategy_pb2_grpc import (
+    StrategyServiceServicer as ProtoStrategyServiceServicer,
+)
+from protos.chord.v1.strategy_pb2_grpc import StrategyServiceStub as ProtoStrategyServiceStub
 
 __all__ = [
     "METHOD_CODECS",
     "SERVICE_NAME",
     "MalformedMessage",
+    "ProtoStrategyServiceServicer",
+    "ProtoStrategyServiceStub",
     "SerdeError",
     "device_report_from_proto",
     "device_report_to_proto",
