@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -59,37 +59,63 @@ class DrainGate(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap admitted unary calls to count them; answer the rest with UNAVAILABLE."""
+        """Wrap admitted calls to count them; after admission, answer new ones UNAVAILABLE."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_ALWAYS_OPEN):
             return handler
-        if handler.unary_unary is None:
-            return handler
-        if not self._admitting:
-            self.refused += 1
+        des, ser = handler.request_deserializer, handler.response_serializer
+        if handler.unary_unary is not None:
+            if not self._admitting:
+                self.refused += 1
+                return grpc.unary_unary_rpc_method_handler(_refuse, des, ser)
+            self._last_arrival = time.monotonic()
             return grpc.unary_unary_rpc_method_handler(
-                _refuse, handler.request_deserializer, handler.response_serializer
+                self._counted(handler.unary_unary), des, ser
             )
-        self._last_arrival = time.monotonic()
-        return grpc.unary_unary_rpc_method_handler(
-            self._counted(handler.unary_unary),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
+        if handler.unary_stream is not None:  # FetchArtifact
+            if not self._admitting:
+                self.refused += 1
+                return grpc.unary_stream_rpc_method_handler(_refuse_stream, des, ser)
+            self._last_arrival = time.monotonic()
+            return grpc.unary_stream_rpc_method_handler(
+                self._counted_stream(handler.unary_stream), des, ser
+            )
+        return handler
+
+    def _enter(self) -> None:
+        """One more admitted call running."""
+        self.active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        """One admitted call done."""
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
 
     def _counted(self, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:
-        """behavior, counted in `active` while it runs."""
+        """A unary behavior, counted in `active` while it runs."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self.active += 1
-            self._idle.clear()
+            self._enter()
             try:
                 return await behavior(request, context)
             finally:
-                self.active -= 1
-                if self.active == 0:
-                    self._idle.set()
+                self._leave()
+
+        return run
+
+    def _counted_stream(self, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+        """A response-streaming behavior (an async generator), counted while it streams."""
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self._enter()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self._leave()
 
         return run
 
@@ -121,3 +147,9 @@ class DrainGate(grpc.aio.ServerInterceptor):
 async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
     """Abort with UNAVAILABLE: the server is draining."""
     await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED)
+
+
+async def _refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    """Abort a response stream with UNAVAILABLE before its first message."""
+    await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED)
+    yield  # pragma: no cover - makes this an async generator

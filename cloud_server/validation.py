@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from chord.artifacts import ArtifactRequest, check_digest
 from chord.spec import DeviceReport, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
@@ -24,6 +25,9 @@ PROFILE_ABS_MAX = 1e4
 REFERENCE_ID = re.compile(r"[0-9a-f]{8}")  # a spec's reference_id: CRC32 as 8 lowercase hex
 MAX_REPORT_MS = 3_600_000.0  # adapt_ms / infer_ms / rpc_ms: at most one hour
 MAX_REPORT_BYTES = 1 << 40  # bytes_up / bytes_down: at most 1 TiB in one round
+# FetchArtifactRequest.max_chunk_bytes: 0 (server default) or this range, as the .proto states.
+MIN_REQUEST_CHUNK_BYTES = 1024
+MAX_REQUEST_CHUNK_BYTES = 4 << 20
 # Tolerance on the published budget range: assign_levels meets a budget within 0.1 bit.
 BUDGET_SLACK = 1e-9
 
@@ -165,3 +169,20 @@ def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
                 f"metrics.avg_bits is {avg:g}; send 0 (not measured) or bits per weight within "
                 f"{where} level widths [{lo:g}, {hi:g}]"
             )
+
+
+def validate_artifact_request(req: ArtifactRequest) -> None:
+    """Raise InvalidRequestError naming the field when a FetchArtifact request is malformed.
+
+    Whether the digest is held and the offset in range is the artifact store's to say.
+    """
+    try:
+        check_digest(req.digest)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    chunk = req.max_chunk_bytes
+    if chunk and not MIN_REQUEST_CHUNK_BYTES <= chunk <= MAX_REQUEST_CHUNK_BYTES:
+        raise InvalidRequestError(
+            f"max_chunk_bytes {chunk} is outside {MIN_REQUEST_CHUNK_BYTES}.."
+            f"{MAX_REQUEST_CHUNK_BYTES}; send 0 for the server's default or a value in that range"
+        )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
@@ -21,6 +22,12 @@ from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
 from chord.spec import DeviceReport as MetricsReport
 from chord.strategy import StrategyRequest
+from device_client.artifacts import (
+    ArtifactCache,
+    ArtifactRefused,
+    default_cache_dir,
+    fetch_spec_artifacts,
+)
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
 
@@ -100,14 +107,18 @@ class DeviceReport:
     reason: str = ""
     rounds: list[RoundRecord] = field(default_factory=list)
     spec_bytes: int = 0
-    weights_download_bytes: int = 0  # pretrained mode: the one-time backbone download
+    # FetchArtifact: serialized chunks received (weights, reference data, mask), resumes included
+    artifact_bytes: int = 0
+    artifact_attempts: int = 0  # streams opened
+    artifact_resumes: int = 0  # streams opened past byte 0 after a broken one
+    artifact_cache_hits: int = 0  # artifacts the device already held
     fp32_model_bytes: int = 0
     int8_model_bytes: int = 0
     duet_bytes: int = 0
     backbone_cache_hit: bool = False
     backbone_obtain_ms: float = 0.0
     setup_ms: float = 0.0
-    modeled_download_ms: float = 0.0  # modeled: weights download time at the tier's bandwidth
+    modeled_download_ms: float = 0.0  # modeled: artifact download time at the tier's bandwidth
     worker_pid: int = 0
     detail: str = ""  # the error text behind a failure reason
 
@@ -185,9 +196,20 @@ def round_targets(n_items: int, rounds: int, k: int) -> list[range]:
 class VirtualDevice:
     """One phone: runs all its rounds against the cloud through a Transport; no Ray here."""
 
-    def __init__(self, job: DeviceJob, transport: Transport) -> None:
+    def __init__(
+        self,
+        job: DeviceJob,
+        transport: Transport,
+        cache: ArtifactCache | None = None,
+        reuse_artifacts: bool = True,
+    ) -> None:
+        """cache: where downloaded artifacts live (default: default_cache_dir()); with
+        reuse_artifacts=False the device downloads them even when the cache holds them (a
+        fresh phone in a fleet whose devices share one disk)."""
         self.job = job
         self.transport = transport
+        self.cache = cache if cache is not None else ArtifactCache(default_cache_dir())
+        self.reuse_artifacts = reuse_artifacts
         self._rng = np.random.default_rng([job.seed, job.user_index, 7])
         self._levels: np.ndarray | None = None
         self._model: torch.nn.Module | None = None
@@ -208,19 +230,25 @@ class VirtualDevice:
                 raise SpecError(
                     f"tier {job.tier!r} is not served; the server has {sorted(spec.tier_map)}"
                 )
-            cached, hit = get_backbone(spec)
+            fetched = fetch_spec_artifacts(
+                self.transport, spec, self.cache, tag=job.device_id, reuse=self.reuse_artifacts
+            )
+            spec, got = fetched.spec, fetched.stats
+            report.artifact_bytes, report.artifact_attempts = got.bytes_received, got.attempts
+            report.artifact_resumes, report.artifact_cache_hits = got.resumes, got.cache_hits
+            report.modeled_download_ms = self._transfer_ms(got.bytes_received)
+            cached, hit = get_backbone(spec, fetched.weights)
         except TransportError as exc:
             return self._fail(report, f"spec:{exc.reason}", str(exc))
-        except (SpecError, BudgetError, BackboneMismatchError) as exc:
+        except ArtifactRefused as exc:
+            return self._fail(report, f"artifact:{exc.reason}", str(exc))
+        except (SpecError, BudgetError, BackboneMismatchError, ArtifactFormatError) as exc:
             return self._fail(report, f"setup:{type(exc).__name__}", str(exc))
         report.backbone_cache_hit = hit
         report.backbone_obtain_ms = 0.0 if hit else cached.obtain_ms
         report.fp32_model_bytes = cached.fp32_bytes
         report.int8_model_bytes, report.duet_bytes = cached.int8_bytes, cached.duet_bytes
         self._n_catalogue = spec.n_items or int(cached.model.n_items)
-        if spec.mode == "pretrained":
-            report.weights_download_bytes = spec.weights_bytes
-            report.modeled_download_ms = self._transfer_ms(spec.weights_bytes)
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
