@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from chord.data.errors import DataError
 from chord.startcheck import StartupError, check_out_dir
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 raise SimulationError("--out DIR is required (or --resume DIR)")
             summary = run_simulation(build_config(args), args.out, progress=not args.quiet)
             out = args.out
-    except (FleetConfigError, SimulationError, StartupError) as exc:
+    except (FleetConfigError, SimulationError, StartupError, DataError) as exc:
         print(f"chord simulate: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv")

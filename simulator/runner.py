@@ -25,7 +25,13 @@ from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from simulator.backend import Backend, InProcessBackend, RayBackend
 from simulator.cloud import Cloud
-from simulator.config import FleetConfig, read_saved_config, save_config
+from simulator.config import (
+    FleetConfig,
+    FleetConfigError,
+    check_ray_address,
+    read_saved_config,
+    save_config,
+)
 from simulator.fleet import plan_fleet
 from simulator.report import summary_table, write_outputs
 from simulator.store import ReportStore
@@ -96,15 +102,26 @@ RAY_CONNECT_TIMEOUT_S = 10.0
 def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
     """Refuse a Ray address nothing listens on within timeout_s (Ray itself retries for minutes).
 
-    'local', 'none' and 'auto' are not probed (auto finds a cluster from this machine's files).
+    'local' and 'none' are not probed; 'auto' is probed at $RAY_ADDRESS when that is set (Ray
+    joins it then), else left to Ray, which finds a cluster from this machine's files.
     """
+    source = "--ray-address"
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+        try:
+            check_ray_address(address)
+        except FleetConfigError as exc:
+            raise SimulationError(str(exc).replace("ray_address (--ray-address)", source)) from None
+        if address in ("local", "auto"):
+            return
     if address in ("local", "none", "auto"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         wait_for_tcp(
             host, int(port), timeout_s, "a Ray cluster",
-            f"start one there (`ray start --head --port {port}`) or pass --ray-address local",
+            f"start one there (`ray start --head --port {port}`) or pass --ray-address local"
+            + (" (and unset RAY_ADDRESS)" if source == "$RAY_ADDRESS" else ""),
         )
     except StartupError as exc:
         raise SimulationError(str(exc)) from None

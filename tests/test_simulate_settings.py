@@ -52,6 +52,22 @@ def test_ray_address_with_no_cluster_fails_in_one_line(
     assert not (tmp_path / "sim").exists()  # refused before any work
 
 
+def test_ray_address_from_the_environment_is_probed_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "auto")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(
+        f"chord simulate: error: cannot reach a Ray cluster at 127.0.0.1:{port}"
+    )
+    assert err[0].endswith("or pass --ray-address local (and unset RAY_ADDRESS)")
+    monkeypatch.setenv("RAY_ADDRESS", "not an address")
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "auto")
+    assert code == 2 and err[0].startswith("chord simulate: error: $RAY_ADDRESS 'not an address'")
+
+
 @pytest.mark.parametrize(
     ("flags", "env_token", "expect"),
     [

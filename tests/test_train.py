@@ -278,3 +278,17 @@ def test_cli_train_out_that_is_a_file_is_refused(
     assert capsys.readouterr().err.strip() == (
         f"chord train: error: --out '{target}' is a file; send a directory path"
     )
+
+
+def test_cli_train_cache_dir_that_is_a_file_is_refused(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache-file"
+    cache.write_text("x")
+    monkeypatch.setenv("CHORD_CACHE_DIR", str(cache))
+    assert _cli_train(patterned, tmp_path / "run", "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"chord train: error: $CHORD_CACHE_DIR '{cache}' is a file; set it to a directory (or "
+        "unset it for ~/.cache/chord)"
+    )
