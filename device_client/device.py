@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +14,7 @@ from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
+from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
 from chord.spec import DeviceReport as MetricsReport
@@ -123,27 +120,6 @@ class DeviceReport:
     detail: str = ""  # the error text behind a failure reason
 
 
-@functools.cache
-def _quantizer() -> Callable[..., Any]:
-    """B's real low-bit execution when present, else the fake-quantized copy."""
-    try:
-        from chord.quant import to_lowbit
-
-        return to_lowbit  # type: ignore[no-any-return]
-    except ImportError:
-        from chord.quant import quantize_backbone
-
-        return quantize_backbone  # type: ignore[no-any-return]
-
-
-def _quantize(backbone: torch.nn.Module, bits: np.ndarray, layout: ChannelLayout) -> Any:
-    """The backbone quantized to `bits`, reusing the process's channel layout when accepted."""
-    quantize = _quantizer()
-    if "layout" in inspect.signature(quantize).parameters:
-        return quantize(backbone, bits, layout=layout)
-    return quantize(backbone, bits)
-
-
 def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> EncodedStrategy:
     """A damaged copy of a code: one flipped bit that matters, a cut payload, a wrong checksum
     or version."""
@@ -212,7 +188,7 @@ class VirtualDevice:
         self.reuse_artifacts = reuse_artifacts
         self._rng = np.random.default_rng([job.seed, job.user_index, 7])
         self._levels: np.ndarray | None = None
-        self._model: torch.nn.Module | None = None
+        self._model: Scorer | None = None
         self._bits_avg = 0.0
         self._n_catalogue = 0
         self._reference: np.ndarray | None = None  # reference levels for this tier and budget
@@ -329,7 +305,7 @@ class VirtualDevice:
         t2 = time.thread_time()
         if levels is not None:
             bits = levels_to_bits(levels, tier).astype(np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            self._model = build_runtime(backbone, bits, layout=layout)
             self._levels = levels
             self._bits_avg = float((bits * sizes).sum() / sizes.sum())
             rec.strategy_source = "cloud"
@@ -337,7 +313,7 @@ class VirtualDevice:
             rec.strategy_source = "previous"
         else:
             bits = np.full(spec.n_channels, uniform_fallback_bits(tier, job.budget_bits), np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            self._model = build_runtime(backbone, bits, layout=layout)
             self._bits_avg = float(bits[0])
             rec.strategy_source = "uniform_fallback"
         rec.quantize_ms = (time.thread_time() - t2) * 1e3
@@ -379,7 +355,7 @@ class VirtualDevice:
             target = int(seq[pos])
             if full:
                 t0 = time.thread_time()
-                scores = self._model.score_candidates(hist, catalogue)  # type: ignore[operator]
+                scores = self._model.score_candidates(hist, catalogue)
                 times.append((time.thread_time() - t0) * 1e3)
                 padded = torch.cat([torch.zeros(1, 1), scores.float()], dim=1)
                 others = seen[0][seen[0] != target]
@@ -394,7 +370,7 @@ class VirtualDevice:
             negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
             cands = torch.from_numpy(np.concatenate([[target], negs])).unsqueeze(0)
             t0 = time.thread_time()
-            scores = self._model.score_candidates(hist, cands)  # type: ignore[operator]
+            scores = self._model.score_candidates(hist, cands)
             times.append((time.thread_time() - t0) * 1e3)
             ranks.append(int(target_ranks(scores)[0]))
         rec.n_targets = len(ranks)
