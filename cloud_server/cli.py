@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    install_log_budget()
+    budget = install_log_budget()
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
@@ -134,3 +134,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if budget.suppressed:
+            print(f"chord serve: {budget.suppressed} repeated log records were suppressed",
+                  file=sys.stderr)
