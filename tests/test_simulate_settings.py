@@ -146,3 +146,19 @@ def test_full_ranking_fleet_reports_metrics_in_range(tmp_path: Path, smoke_run_d
     summary = run_simulation(cfg, tmp_path / "sim", progress=False)
     assert summary["completed"] == 3
     assert 0.0 <= summary["hr10"] <= 1.0
+
+
+def test_unreachable_server_fails_in_one_line_within_the_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _free_port()
+    toml = tmp_path / "fleet.toml"
+    toml.write_text("[transport]\ncall_timeout_s = 0.5\noverall_timeout_s = 2.0\n")
+    code, err = _simulate(tmp_path, capsys, "--config", str(toml), "--server",
+                          f"127.0.0.1:{port}", "--ray-address", "none", "--devices", "2")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"chord simulate: error: cannot reach the strategy service at 127.0.0.1:{port} within 2 s"
+    )
+    assert err[0].endswith("check that `chord serve` listens there (and that --token / --tls-ca "
+                           "match its settings)")
