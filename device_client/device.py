@@ -13,7 +13,7 @@ import torch
 from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
-from chord.metrics import rank_metrics, sample_negatives, target_ranks
+from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
 from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
@@ -44,7 +44,8 @@ class DeviceJob:
     budget_bits: float
     rounds: int = 2
     interactions_per_round: int = 1
-    negatives: int = 100
+    negatives: int = 100  # sampled negatives per target (ranking "sampled")
+    ranking: str = "sampled"  # sampled | full: full ranks the target among the whole catalogue
     seed: int = 0
     compute_factor: float = 1.0  # modeled
     bandwidth_kbps: float = 10_000.0  # modeled
@@ -160,6 +161,15 @@ def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> 
     if kind == "bad_version":
         return EncodedStrategy(code.payload, code.n_channels, code.crc32, "0" * 16, code.encoding)
     raise ValueError(f"unknown corruption {kind!r}; use one of {CORRUPTIONS}")
+
+
+def _rank(scores: torch.Tensor, target: int, others: np.ndarray | None) -> int:
+    """The target's 1-based rank: among sampled candidates (target first; others None) or the
+    whole catalogue (scores [1, n_items] of items 1..n, the user's other items excluded)."""
+    if others is None:
+        return int(target_ranks(scores)[0])
+    padded = torch.cat([torch.zeros(1, 1), scores.float()], dim=1)
+    return int(full_ranks(padded, torch.tensor([target]), [others])[0])
 
 
 def uniform_fallback_bits(tier: Tier, budget_bits: float) -> int:
@@ -378,8 +388,10 @@ class VirtualDevice:
         backbone: torch.nn.Module,
         layout: ChannelLayout,
     ) -> None:
-        """Rank each target among sampled negatives with the quantized model, one at a time.
+        """Rank each target with the quantized model, one at a time.
 
+        Sampled ranking: the target against `job.negatives` seeded unseen negatives. Full
+        ranking: against every catalogue item but the user's other items (chord.metrics).
         A staleness-probe device also ranks every target after the round's first with a fresh
         strategy (profiled on the history just before that target); those extra requests are
         measurement, not fleet load, so their bytes and times stay out of the round's figures.
@@ -387,25 +399,34 @@ class VirtualDevice:
         assert self._model is not None
         seen = [np.fromiter(exclude, dtype=np.int64)]
         ranks, times, stale, fresh = [], [], [], []
+        full = self.job.ranking == "full"
+        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0)
         for pos in positions:
             hist = pad_history(seq[:pos], max_len)
-            # Negatives depend on (seed, user, position) only: a re-run scores the same items.
-            neg_seed = int(
-                np.random.SeedSequence([self.job.seed, self.job.user_index, pos]).generate_state(1)[
-                    0
-                ]
-            )
-            negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
-            cands = torch.from_numpy(np.concatenate([[seq[pos]], negs])).unsqueeze(0)
+            target = int(seq[pos])
+            others: np.ndarray | None = None
+            if full:
+                cands, others = catalogue, seen[0][seen[0] != target]
+            else:
+                # Negatives depend on (seed, user, position) only: a re-run scores the same items.
+                neg_seed = int(
+                    np.random.SeedSequence(
+                        [self.job.seed, self.job.user_index, pos]
+                    ).generate_state(1)[0]
+                )
+                negs = sample_negatives(
+                    self._n_catalogue, seen, self.job.negatives, seed=neg_seed
+                )[0]
+                cands = torch.from_numpy(np.concatenate([[target], negs])).unsqueeze(0)
             t0 = time.thread_time()
             scores = self._model.score_candidates(hist, cands)
             times.append((time.thread_time() - t0) * 1e3)
-            ranks.append(int(target_ranks(scores)[0]))
+            ranks.append(_rank(scores, target, others))
             if self.job.staleness_probe and pos > positions.start:
                 model = self._fresh_model(rec, spec, backbone, layout, seq[:pos], max_len, pos)
                 if model is not None:
                     stale.append(ranks[-1])
-                    fresh.append(int(target_ranks(model.score_candidates(hist, cands))[0]))
+                    fresh.append(_rank(model.score_candidates(hist, cands), target, others))
         rec.n_targets = len(ranks)
         if stale:
             s, f = rank_metrics(np.asarray(stale)), rank_metrics(np.asarray(fresh))

@@ -89,6 +89,7 @@ def iter_jobs(
             rounds=rounds,
             interactions_per_round=cfg.drift.interactions_per_round,
             negatives=cfg.negatives,
+            ranking=cfg.ranking,
             seed=cfg.seed,
             compute_factor=factor,
             bandwidth_kbps=bandwidth,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from chord.jsonfile import write_json
 from simulator.store import ReportStore
 
 
@@ -160,7 +161,7 @@ def write_outputs(
 ) -> None:
     """summary.json, rounds.csv, the plots and report.md (extra_md: more report sections)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json(out / "summary.json", summary, sort_keys=True)
     write_rounds_csv(out / "rounds.csv", store)
     has_rounds = store.query("SELECT 1 FROM rounds LIMIT 1").fetchone() is not None
     plots = _plots(out, summary, store) if has_rounds else []

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chord.textfile import TextFileError, read_json, read_text
+from simulator.config import FleetConfigError
+
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 CSV_SUFFIXES = (".csv",)
 
 
-class TraceError(ValueError):
+class TraceError(FleetConfigError):
     """A device trace file that cannot be read, or a client entry with a malformed field."""
 
 
@@ -121,31 +123,35 @@ def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]
 
 
 def _read_map(path: Path) -> dict[str, dict[str, Any]]:
-    """The client map of a pickle, JSON or CSV file (CSV: a `client_id` column, one row each)."""
+    """The client map of a pickle, JSON or CSV file (CSV: a `client_id` column, one row each).
+
+    Text files are read as strict UTF-8 with a leading BOM dropped, and JSON refuses NaN and
+    Infinity (chord.textfile); errors name the file and line.
+    """
     suffix = path.suffix.lower()
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TraceError(f"cannot read device trace {path}: {exc}") from exc
-    if suffix in PICKLE_SUFFIXES:
-        data = _load_pickle(raw, path)
-    elif suffix in CSV_SUFFIXES:
-        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"))))
-        if rows and "client_id" not in rows[0]:
-            raise TraceError(f"{path}: a CSV trace needs a 'client_id' column")
-        data = {}
-        for i, row in enumerate(rows):
-            client = row.pop("client_id")
-            if client in data:
-                raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
-            data[client] = row
-    else:
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TraceError(
-                f"{path}: not JSON ({exc}); send a .pkl, .csv or .json FedScale trace"
-            ) from exc
+        if suffix in PICKLE_SUFFIXES:
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise TraceError(
+                    f"{path}: cannot read ({exc.strerror}); send a readable file"
+                ) from None
+            data = _load_pickle(raw, path)
+        elif suffix in CSV_SUFFIXES:
+            rows = list(csv.DictReader(io.StringIO(read_text(path))))
+            if rows and "client_id" not in rows[0]:
+                raise TraceError(f"{path}: a CSV trace needs a 'client_id' column")
+            data = {}
+            for i, row in enumerate(rows):
+                client = row.pop("client_id")
+                if client in data:
+                    raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
+                data[client] = row
+        else:
+            data = read_json(path)
+    except TextFileError as exc:
+        raise TraceError(f"{exc}; send a FedScale trace as .pkl, .csv or .json") from None
     if not isinstance(data, dict) or not data:
         raise TraceError(f"{path}: expected a non-empty map of client id -> fields")
     out: dict[str, dict[str, Any]] = {}

@@ -155,9 +155,14 @@ def test_clock_from_toml_and_flags(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = ["--config", str(toml), "--clock", "virtual", "--duration-s", "43200"]
-    cfg = build_config(parser.parse_args([*args, "--behaviour-trace", "b.pkl"]))
+    trace = tmp_path / "b.pkl"
+    trace.write_bytes(b"")
+    cfg = build_config(parser.parse_args([*args, "--behaviour-trace", str(trace)]))
     assert (cfg.clock.mode, cfg.clock.duration_s, cfg.clock.drift_every) == ("virtual", 43200, 4)
-    assert cfg.clock.model_releases_s == (3600.0, 7200.0) and cfg.clock.behaviour_trace == "b.pkl"
+    assert cfg.clock.model_releases_s == (3600.0, 7200.0)
+    assert cfg.clock.behaviour_trace == str(trace)
+    with pytest.raises(FleetConfigError, match="behaviour_trace"):
+        build_config(parser.parse_args([*args, "--behaviour-trace", str(tmp_path / "none.pkl")]))
     save_config(cfg, tmp_path / "saved.json")
     assert read_saved_config(tmp_path / "saved.json") == cfg
 

@@ -136,7 +136,7 @@ def test_malformed_behaviour_names_client_and_field(
 def test_unreadable_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(TraceError, match="not JSON"):
+    with pytest.raises(TraceError, match="invalid JSON"):
         load_capacities(bad)
     cut = tmp_path / "cut.pkl"
     cut.write_bytes(pickle.dumps(CAPACITY)[:10])
@@ -144,6 +144,8 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_capacities(cut)
     with pytest.raises(TraceError, match="cannot read"):
         load_capacities(tmp_path / "missing.json")
+    with pytest.raises(TraceError, match="cannot read"):
+        load_capacities(tmp_path / "missing.pkl")
     headless = tmp_path / "h.csv"
     headless.write_text("id,computation,communication\n1,2,3\n")
     with pytest.raises(TraceError, match="client_id"):
