@@ -10,7 +10,7 @@ import numpy as np
 from device_client.device import DeviceJob
 from simulator.clock import OnlineCounter, plan_device, staleness_probe
 from simulator.config import FleetConfig, FleetConfigError, TierProfile
-from simulator.traces import load_behaviour, load_capacities
+from simulator.traces import BehaviourTrace, DeviceTrace, load_behaviour, load_capacities
 
 
 def tier_assignment(tiers: tuple[TierProfile, ...], n: int, seed: int) -> list[TierProfile]:
@@ -46,15 +46,30 @@ def iter_jobs(
     """One DeviceJob per device, planned lazily; devices cycle over users (and trace clients).
 
     With clock.mode "virtual" each job carries its day's schedule (simulator/clock.py) and, when
-    `online` is given, its online windows are counted there. Raises FleetConfigError without
-    users, TraceError for a malformed trace file.
+    `online` is given, its online windows are counted there. The trace files are read here, at
+    once: FleetConfigError without users, TraceError for a malformed trace, before any job.
     """
     if not sequences:
         raise FleetConfigError("the dataset has no test users to put on devices")
     traces = load_capacities(cfg.traces_file) if cfg.traces_file else []
+    virtual = cfg.clock.mode == "virtual"
+    behaviour = (
+        load_behaviour(cfg.clock.behaviour_trace) if virtual and cfg.clock.behaviour_trace else []
+    )
+    return _jobs(cfg, sequences, request_tag, online, traces, behaviour)
+
+
+def _jobs(
+    cfg: FleetConfig,
+    sequences: list[np.ndarray],
+    request_tag: str,
+    online: OnlineCounter | None,
+    traces: list[DeviceTrace],
+    behaviour: list[BehaviourTrace],
+) -> Iterator[DeviceJob]:
+    """The jobs of iter_jobs, one at a time, from the traces it read."""
     clock = cfg.clock
     virtual = clock.mode == "virtual"
-    behaviour = load_behaviour(clock.behaviour_trace) if virtual and clock.behaviour_trace else []
     ref_ms = cfg.trace_reference_ms or (
         float(np.median([t.computation_ms for t in traces])) if traces else 1.0
     )
