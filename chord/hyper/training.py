@@ -29,6 +29,7 @@ from chord.hyper.personal import (
 from chord.hyper.prior import PriorImportance
 from chord.hyper.scoring import PersonalScorer, fast_assign
 from chord.level_cost import LevelCost, TorchLevelCost, relaxed_rd_masks
+from chord.masks import MaskedSource
 
 # (tier, lowest budget, highest budget) sampled during training: one hypernetwork, all tiers.
 DEFAULT_BUDGET_SAMPLING: tuple[tuple[str, float, float], ...] = (
@@ -116,6 +117,7 @@ def train_hypernet(
     tiers: dict[str, Tier] | None = None,
     log: Callable[[str], None] | None = None,
     cost: LevelCost | None = None,
+    mask: MaskedSource | None = None,
 ) -> HyperTrainReport:
     """Train `hypernet` in place on training sequences; keep the best validation state.
 
@@ -125,7 +127,9 @@ def train_hypernet(
     builds per-user weights sum_k m_k Q_k(W) and minimises the next-item cross-entropy over
     the target and sampled negatives plus a penalty on expected bits minus the budget.
     Runs on the backbone's device (the hypernetwork is moved there); random draws are made on
-    the CPU, so a seed gives the same batches on every device.
+    the CPU, so a seed gives the same batches on every device. With `mask` (random mode) the
+    levels choose how much of each channel the learned mask keeps as well as its bits, and
+    `backbone` is the shared-mask model users are profiled with.
     """
     tiers = tiers or DEFAULT_TIERS
     start = time.perf_counter()
@@ -142,9 +146,11 @@ def train_hypernet(
     sizes_t = torch.from_numpy(sizes_np).to(device)
     sizes = sizes_t.float()
     rd = TorchLevelCost(cost, sizes_t) if cost is not None else None
-    banks = {name: LevelBank(backbone, layout, tiers[name]) for name, _, _ in cfg.budget_sampling}
+    banks = {
+        name: LevelBank(backbone, layout, tiers[name], mask) for name, _, _ in cfg.budget_sampling
+    }
     if cfg.valid_tier not in banks:
-        banks[cfg.valid_tier] = LevelBank(backbone, layout, tiers[cfg.valid_tier])
+        banks[cfg.valid_tier] = LevelBank(backbone, layout, tiers[cfg.valid_tier], mask)
     train_seqs = split.train
     vusers = np.arange(len(split.valid))
     if len(vusers) > cfg.valid_users:

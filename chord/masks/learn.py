@@ -18,6 +18,7 @@ from chord.evaluation import evaluate
 from chord.masks.ranks import layer_gain, top_fraction_mask
 from chord.models import Backbone
 from chord.quant.layout import ChannelLayout
+from chord.train import training_examples
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,6 @@ def learn_scores(
     fraction) of each layer's weights by score and minimises the next-item cross-entropy over
     the catalogue. The scores of the best validation NDCG@10 (shared fraction) are returned.
     """
-    from chord.train import training_examples
-
     start = time.perf_counter()
     device = next(backbone.parameters()).device
     for p in backbone.parameters():
