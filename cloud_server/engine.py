@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -116,7 +117,7 @@ class StrategyEngine:
             LayerSpec(str(x.name), int(x.n_channels), int(x.channel_size))
             for x in run.layout.layers
         )
-        return ModelSpec(
+        spec = ModelSpec(
             kind=str(run.backbone.kind),
             mode=str(run.mode),
             config_json=config_to_json(run.backbone_config),
@@ -133,6 +134,15 @@ class StrategyEngine:
             reference_importance=self._reference.astype("<f2").tobytes(),
             reference_id=self._reference_id,
             level_cost=self._cost_bytes,
+        )
+        if run.mask is None:
+            return spec
+        # Random mode with a learned mask: how a device rebuilds the weights, and the mask.
+        info, header = run.meta["mask"], run.mask.artifact.header
+        return dataclasses.replace(
+            spec, generator=header.generator, weights_checksum=header.weights_checksum,
+            mask_id=str(info["id"]), mask_bytes=int(info["bytes"]),
+            mask_uri=str(self.run_dir / info["file"]),
         )
 
     def _reference_for(self, req: StrategyRequest, tier: Tier) -> np.ndarray | None:

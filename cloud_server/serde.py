@@ -155,6 +155,11 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         reference_importance=spec.reference_importance,
         reference_id=spec.reference_id,
         level_cost=spec.level_cost,
+        generator=spec.generator,
+        weights_checksum=spec.weights_checksum,
+        mask_id=spec.mask_id,
+        mask_bytes=spec.mask_bytes,
+        mask_uri=spec.mask_uri,
     )
 
 
@@ -194,6 +199,11 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         reference_importance=bytes(msg.reference_importance),
         reference_id=msg.reference_id,
         level_cost=bytes(msg.level_cost),
+        generator=msg.generator,
+        weights_checksum=msg.weights_checksum,
+        mask_id=msg.mask_id,
+        mask_bytes=int(msg.mask_bytes),
+        mask_uri=msg.mask_uri,
     )
 
 

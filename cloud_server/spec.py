@@ -48,6 +48,12 @@ class ModelSpec:
     reference_importance: bytes = b""  # float16 LE per channel; b"" = no delta codes offered
     reference_id: str = ""  # CRC32 of reference_importance + level_cost, 8 hex digits
     level_cost: bytes = b""  # float32 LE [layers x 8] of the rate-distortion rule; b"" = quotas
+    # Random mode with a learned mask (chord.masks); all empty without one.
+    generator: str = ""  # named weight generator the device rebuilds the backbone with
+    weights_checksum: str = ""  # version hash of the rebuilt, unmasked weights
+    mask_id: str = ""  # hex SHA-256 of the mask artifact
+    mask_bytes: int = 0  # its size
+    mask_uri: str = ""  # where it lives until the artifact download serves it
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""

@@ -5,11 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from chord.checkpoint import load_backbone, weights_version
 from chord.config import config_from_json
+from chord.masks import (
+    MaskArtifact,
+    MaskError,
+    check_weights,
+    content_id,
+    decode_mask,
+    masked_backbone,
+    rebuild_backbone,
+)
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
 from device_client.wire import DeviceSpec
@@ -17,6 +27,42 @@ from device_client.wire import DeviceSpec
 
 class BackboneMismatchError(RuntimeError):
     """The backbone a device built or loaded does not hash to the version the server named."""
+
+
+def obtain_mask(spec: DeviceSpec) -> bytes:
+    """The bytes of the spec's mask artifact: the one place a device fetches it.
+
+    Today it reads ModelSpec.mask_uri, a path on the server's disk; the gRPC artifact download
+    replaces this body. Callers check the bytes against spec.mask_id.
+    """
+    try:
+        return Path(spec.mask_uri).read_bytes()
+    except OSError as exc:
+        raise BackboneMismatchError(
+            f"cannot read the mask artifact {spec.mask_uri!r}: {exc}; the device needs the "
+            "server's mask to run random mode"
+        ) from exc
+
+
+def load_mask(spec: DeviceSpec) -> tuple[MaskArtifact, int]:
+    """The verified mask of a spec and its size in bytes; BackboneMismatchError when it is
+    cut, tampered, of another format or not the artifact the spec names."""
+    data = obtain_mask(spec)
+    if content_id(data) != spec.mask_id:
+        raise BackboneMismatchError(
+            f"mask artifact hashes to {content_id(data)[:16]}..., the spec names "
+            f"{spec.mask_id[:16]}...: refusing a mask that is not the server's"
+        )
+    try:
+        artifact = decode_mask(data)
+    except MaskError as exc:
+        raise BackboneMismatchError(f"mask artifact refused: {exc}") from exc
+    if artifact.header.weights_checksum != spec.weights_checksum:
+        raise BackboneMismatchError(
+            f"mask was learned over weights {artifact.header.weights_checksum}, the spec "
+            f"rebuilds {spec.weights_checksum}"
+        )
+    return artifact, len(data)
 
 
 @dataclass(frozen=True)
@@ -29,8 +75,13 @@ class CachedBackbone:
     int8_bytes: int  # quantizable weights at 1 byte (+ a float32 scale per channel), rest fp32
     duet_bytes: int  # DUET-style: the generated non-embedding weights, fp32, sent per adaptation
     obtain_ms: float  # build (random mode) or load (pretrained mode) time in this process
-    source: str  # "built" or "loaded"
+    source: str  # "built", "built+mask" or "loaded"
     layout: ChannelLayout  # the quantizable channels, computed once instead of per strategy
+    # Random mode with a mask: the rebuilt unmasked weights and the mask; `model` is then the
+    # shared-mask model the device profiles with.
+    raw: Backbone | None = None
+    mask: MaskArtifact | None = None
+    mask_bytes: int = 0  # the mask artifact's size: the one-time download in this mode
 
 
 _cache: dict[str, CachedBackbone] = {}
@@ -59,7 +110,19 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
 def _obtain(spec: DeviceSpec) -> CachedBackbone:
     """Build (random) or load (pretrained) the backbone and verify its version hash."""
     start = time.perf_counter()
-    if spec.mode == "random":
+    raw: Backbone | None = None
+    mask: MaskArtifact | None = None
+    mask_bytes = 0
+    if spec.mode == "random" and spec.mask_id:
+        try:
+            raw = rebuild_backbone(spec.generator, config_from_json(spec.config_json), spec.seed)
+            check_weights(raw, spec.weights_checksum)
+        except MaskError as exc:
+            raise BackboneMismatchError(str(exc)) from exc
+        mask, mask_bytes = load_mask(spec)
+        model = masked_backbone(raw, mask)
+        source = "built+mask"
+    elif spec.mode == "random":
         model = build_backbone(config_from_json(spec.config_json), spec.seed)
         source = "built"
     else:
@@ -83,6 +146,9 @@ def _obtain(spec: DeviceSpec) -> CachedBackbone:
         obtain_ms=(time.perf_counter() - start) * 1e3,
         source=source,
         layout=channel_layout(model),
+        raw=raw,
+        mask=mask,
+        mask_bytes=mask_bytes,
     )
 
 

@@ -22,9 +22,10 @@ from chord.codes import (
     levels_to_bits,
     reference_levels,
 )
+from chord.masks import personal_model
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
-from device_client.backbone_cache import BackboneMismatchError, get_backbone
+from device_client.backbone_cache import BackboneMismatchError, CachedBackbone, get_backbone
 from device_client.transport import Transport, TransportError
 from device_client.wire import (
     METRIC_FIELDS,
@@ -207,6 +208,7 @@ class VirtualDevice:
         self._bits_avg = 0.0
         self._n_catalogue = 0
         self._reference: np.ndarray | None = None  # reference levels for this tier and budget
+        self._masked: CachedBackbone | None = None  # random mode with a mask: raw weights + mask
 
     def run(self) -> DeviceReport:
         """Set up, then play every round; a failed RPC ends the device with a reason."""
@@ -235,6 +237,10 @@ class VirtualDevice:
         if spec.mode == "pretrained":
             report.weights_download_bytes = spec.weights_bytes
             report.modeled_download_ms = self._transfer_ms(spec.weights_bytes)
+        elif cached.mask is not None:
+            report.weights_download_bytes = cached.mask_bytes
+            report.modeled_download_ms = self._transfer_ms(cached.mask_bytes)
+            self._masked = cached
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
@@ -316,15 +322,17 @@ class VirtualDevice:
         t2 = time.thread_time()
         if levels is not None:
             bits = levels_to_bits(levels, tier).astype(np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            self._model = self._adapt(backbone, levels, bits, tier, layout)
             self._levels = levels
             self._bits_avg = float((bits * sizes).sum() / sizes.sum())
             rec.strategy_source = "cloud"
         elif self._model is not None:
             rec.strategy_source = "previous"
         else:
-            bits = np.full(spec.n_channels, uniform_fallback_bits(tier, job.budget_bits), np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            width = uniform_fallback_bits(tier, job.budget_bits)
+            bits = np.full(spec.n_channels, width, np.int64)
+            flat = np.full(spec.n_channels, tier.level_bits.index(width), np.uint8)
+            self._model = self._adapt(backbone, flat, bits, tier, layout)
             self._bits_avg = float(bits[0])
             rec.strategy_source = "uniform_fallback"
         rec.quantize_ms = (time.thread_time() - t2) * 1e3
@@ -337,6 +345,21 @@ class VirtualDevice:
         ) * job.compute_factor
         if job.report_to_server:
             self._report(rec)
+
+    def _adapt(
+        self,
+        backbone: torch.nn.Module,
+        levels: np.ndarray,
+        bits: np.ndarray,
+        tier: Tier,
+        layout: ChannelLayout,
+    ) -> Any:
+        """The user's model: the quantized backbone, or with a mask the channels' masked and
+        quantized weights (chord.masks.personal_model: the same weights as the cloud's bank)."""
+        if self._masked is not None:
+            assert self._masked.raw is not None and self._masked.mask is not None
+            return personal_model(self._masked.raw, self._masked.mask, levels, tier)
+        return _quantize(backbone, bits, layout)
 
     def _reference_levels(
         self, reference: np.ndarray, sizes: np.ndarray, tier: Tier, cost: LevelCost | None

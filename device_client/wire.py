@@ -59,6 +59,11 @@ class DeviceSpec:
     reference: np.ndarray | None = None  # float16 [n_channels] reference importance, if offered
     reference_id: str = ""
     level_cost: LevelCost | None = None  # the server's rate-distortion table, if it uses one
+    generator: str = ""  # random mode with a mask: the named weight generator
+    weights_checksum: str = ""  # version hash of the rebuilt, unmasked weights
+    mask_id: str = ""  # hex SHA-256 of the mask artifact ("" = no mask)
+    mask_bytes: int = 0
+    mask_uri: str = ""  # where the artifact lives until the artifact download serves it
 
     def channel_sizes(self) -> np.ndarray:
         """Weights per channel, in channel order (int64 [n_channels])."""
@@ -110,6 +115,11 @@ def spec_from_proto(msg: pb.ModelSpec) -> DeviceSpec:
         reference=_reference_from_proto(msg),
         reference_id=msg.reference_id if msg.reference_importance else "",
         level_cost=_level_cost_from_proto(msg),
+        generator=msg.generator,
+        weights_checksum=msg.weights_checksum,
+        mask_id=msg.mask_id,
+        mask_bytes=int(msg.mask_bytes),
+        mask_uri=msg.mask_uri,
     )
 
 

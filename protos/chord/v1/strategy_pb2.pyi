@@ -67,7 +67,7 @@ class TierSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., level_bits: _Optional[_Iterable[int]] = ..., default_budget_bits: _Optional[float] = ..., min_budget_bits: _Optional[float] = ..., max_budget_bits: _Optional[float] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id", "level_cost")
+    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id", "level_cost", "generator", "weights_checksum", "mask_id", "mask_bytes", "mask_uri")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,11 @@ class ModelSpec(_message.Message):
     REFERENCE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     LEVEL_COST_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    MASK_ID_FIELD_NUMBER: _ClassVar[int]
+    MASK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MASK_URI_FIELD_NUMBER: _ClassVar[int]
     kind: BackboneKind
     mode: BackboneMode
     config_json: str
@@ -100,7 +105,12 @@ class ModelSpec(_message.Message):
     reference_importance: bytes
     reference_id: str
     level_cost: bytes
-    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ..., level_cost: _Optional[bytes] = ...) -> None: ...
+    generator: str
+    weights_checksum: str
+    mask_id: str
+    mask_bytes: int
+    mask_uri: str
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ..., level_cost: _Optional[bytes] = ..., generator: _Optional[str] = ..., weights_checksum: _Optional[str] = ..., mask_id: _Optional[str] = ..., mask_bytes: _Optional[int] = ..., mask_uri: _Optional[str] = ...) -> None: ...
 
 class GetStrategyRequest(_message.Message):
     __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items", "reference_id")
