@@ -101,6 +101,7 @@ class RunConfig:
     # (chord.masks); 0 keeps the unmasked random backbone (the chance-level baseline).
     mask_epochs: int = 60
     mask_lr: float = 0.01
+    mask_batch: int = 32  # sequences per step (32 learned faster per epoch than 128 on ML-100K)
     # Nested keep fractions of the rank classes (class >= j keeps the top fractions[j-1] of a
     # layer's weights), the lowest class each level keeps (len + 1 = channel pruned) and the
     # class of the shared mask. Default: one class, every level keeps the shared mask and
@@ -331,7 +332,7 @@ def learn_mask(
     """Learn the shared element mask of a random-mode run over its frozen seeded backbone."""
     layout = channel_layout(raw)
     mcfg = MaskTrainConfig(
-        epochs=cfg.mask_epochs, lr=cfg.mask_lr,
+        epochs=cfg.mask_epochs, lr=cfg.mask_lr, batch_size=cfg.mask_batch,
         keep=cfg.mask_fractions[cfg.mask_shared - 1] if cfg.mask_shared else 1.0,
         nested=tuple(f for i, f in enumerate(cfg.mask_fractions) if i != cfg.mask_shared - 1),
         seed=cfg.seed,

@@ -174,7 +174,9 @@ def train_hypernet(
     best_state = copy.deepcopy(hypernet.state_dict())
     report.best_ndcg10 = report.initial_ndcg10
     opt = torch.optim.AdamW(hypernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = np.array([hi - lo for _, lo, hi in cfg.budget_sampling])
+    weights = np.array([hi - lo for _, lo, hi in cfg.budget_sampling], dtype=np.float64)
+    if weights.sum() <= 0:  # fixed budgets only: every tier as often
+        weights = np.ones(len(weights))
     bad = 0
     hypernet.train()
     for step in range(1, cfg.steps + 1):
