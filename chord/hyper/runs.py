@@ -517,6 +517,11 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         mask = MaskedSource(backbone, artifact)
         backbone = masked_backbone(backbone, artifact)
         version = weights_version(backbone)
+    if version != meta.get("version"):
+        raise RunError(
+            f"{root}: the served model has version {version} but run.json says "
+            f"{meta.get('version')}"
+        )
     try:
         payload = torch.load(root / "hypernet.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
