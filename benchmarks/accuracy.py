@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--random-masks: backbone widths (the first gets the full table)")
     p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
                    help="--random-masks: epochs of learning the shared mask")
+    p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
+                   help="--random-masks: levels choose bits only, or also how much of a channel "
+                        "the mask keeps (results go to accuracy_random_nested)")
     return p.parse_args(argv)
 
 

@@ -41,6 +41,13 @@ from chord.masks import MaskArtifact, MaskedSource, personal_model, stored_bytes
 from chord.models import build_backbone
 
 NAME = "accuracy_random"
+# Mask variants: (keep fractions, level -> lowest class kept, shared class). "bits": every level
+# keeps the shared 50% mask and levels differ in bits only (RunConfig's default); "nested":
+# levels also choose how much of a channel survives (40%, 50%, 50%, 60% of its layer's ranks).
+VARIANTS: dict[str, tuple[tuple[float, ...], tuple[int, int, int, int], int]] = {
+    "bits": ((0.5,), (1, 1, 1, 1), 1),
+    "nested": ((0.6, 0.5, 0.4), (3, 2, 2, 1), 2),
+}
 BOOTSTRAP = 2000
 PRETRAINED_CHORD_3 = ("ml-100k", "sasrec", 3.0)  # the comparison the lead asked for
 LOG = Callable[[str], None]
@@ -107,9 +114,11 @@ def train_diet(run: ChordRun, split: Split, steps: int, seed: int, log: LOG) -> 
 
 def run_config(args: Any, dataset: str, backbone: str, width: int) -> RunConfig:
     """The random-mode run of one (dataset, backbone, width)."""
+    fractions, levels, shared = VARIANTS[args.mask_variant]
     return RunConfig(
         dataset=dataset, backbone=backbone, mode="random", seed=args.seed, width=width,
         hyper_steps=args.hyper_steps, mask_epochs=args.mask_epochs, max_users=args.max_users,
+        mask_fractions=fractions, mask_levels=levels, mask_shared=shared,
     )
 
 
@@ -146,7 +155,8 @@ def measure_pair(
     assert run.mask is not None
     split = load_split(cfg)
     seed = args.seed
-    base = {"dataset": dataset, "backbone": backbone, "width": width}
+    base = {"dataset": dataset, "backbone": backbone, "width": width,
+            "variant": args.mask_variant}
     one_time = mask_bytes(run)
     per_user: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
@@ -333,20 +343,21 @@ def main(args: Any) -> int:
                     fp32_h64[(dataset, backbone)] = int(
                         sum(p.numel() for p in model.parameters()) * 4)
                 add_intervals(rows, per_user, args.seed)
-                write(rows, metas, fp32_h64, time.perf_counter() - start)
+                name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
+                write(rows, metas, fp32_h64, time.perf_counter() - start, name)
     log("done")
     return 0
 
 
-COLUMNS = ["dataset", "backbone", "width", "budget", "method", "avg_bits", "HR@10", "NDCG@10",
-           "vs", "diff", "ci95", "win", "one_time_bytes", "bytes_per_adaptation", "device_bytes",
+COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_bits", "HR@10",
+           "NDCG@10", "vs", "diff", "ci95", "win", "one_time_bytes", "bytes_per_adaptation", "device_bytes",
            "infer_ms"]
 
 
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
-          fp32_h64: dict[tuple[str, str], int], seconds: float) -> None:
+          fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME) -> None:
     """JSON, the RESULTS.md section and the bytes plot of everything measured so far."""
-    plot_bytes(rows, fp32_h64, RESULTS_DIR / f"{NAME}_bytes.png")
+    plot_bytes(rows, fp32_h64, RESULTS_DIR / f"{name}_bytes.png")
     table = markdown_table(rows, COLUMNS)
     notes = (
         "Random mode: the backbone is rebuilt on the device from a named generator "
@@ -371,7 +382,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         f"bits. This invocation took {seconds / 60:.0f} min on a 2-core machine shared with "
         "other jobs.\n\n" + goal_lines(rows, fp32_h64)
     )
-    write_result(NAME, {"rows": rows, "meta": metas}, table, notes)
+    write_result(name, {"rows": rows, "meta": metas}, table, notes)
 
 
 __all__ = ["main", "paired_interval"]
