@@ -350,8 +350,8 @@ def main(args: Any) -> int:
 
 
 COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_bits", "HR@10",
-           "NDCG@10", "vs", "diff", "ci95", "win", "one_time_bytes", "bytes_per_adaptation", "device_bytes",
-           "infer_ms"]
+           "NDCG@10", "vs", "diff", "ci95", "win", "one_time_bytes", "bytes_per_adaptation",
+           "device_bytes", "infer_ms"]
 
 
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
