@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
-from pathlib import Path
 from typing import Protocol, cast
 
+from benchmarks.harness import write_json
 from benchmarks.loadgen import METHODS, LoadConfig, format_summary, run_load
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
@@ -76,9 +75,7 @@ def run_load_command(args: argparse.Namespace) -> int:
     result = run_load(load_config_from_args(args))
     print(format_summary(result))
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(args.json_out, result.to_json())
     return 0 if result.errors == 0 and result.total > 0 else 1
 
 

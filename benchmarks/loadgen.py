@@ -16,6 +16,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from chord.strategy import StrategyRequest
+from protos import serde
+
 __all__ = [
     "METHODS",
     "LoadConfig",
@@ -154,18 +157,20 @@ def _metadata(cfg: LoadConfig) -> tuple[tuple[str, str], ...] | None:
 
 async def _strategy_requests(stub: Any, cfg: LoadConfig, index: int, metadata: Any) -> list[Any]:
     """Ask the target for its model spec, then build seeded random GetStrategy requests."""
-    from protos.chord.v1 import strategy_pb2 as pb
-
     try:
-        spec = await stub.GetModelSpec(
-            pb.GetModelSpecRequest(device_id=f"loadgen-{index}"),
-            timeout=cfg.timeout_s,
-            metadata=metadata,
+        spec = serde.model_spec_from_proto(
+            await stub.GetModelSpec(
+                serde.model_spec_request_to_proto(f"loadgen-{index}"),
+                timeout=cfg.timeout_s,
+                metadata=metadata,
+            )
         )
     except grpc.aio.AioRpcError as err:
         raise LoadRunError(
             f"GetModelSpec on {cfg.target} failed with {err.code().name}: {err.details()}"
         ) from err
+    except serde.SerdeError as err:
+        raise LoadRunError(f"GetModelSpec on {cfg.target} sent an unusable spec: {err}") from err
     tiers = {t.name: t for t in spec.tiers}
     tier_name = cfg.tier or (spec.tiers[0].name if spec.tiers else "")
     if tiers and tier_name not in tiers:
@@ -176,18 +181,22 @@ async def _strategy_requests(stub: Any, cfg: LoadConfig, index: int, metadata: A
     rng = np.random.default_rng([cfg.seed, index])
     requests = []
     for k in range(cfg.n_profiles):
-        req = pb.GetStrategyRequest(
+        profile = items = None
+        if spec.profile_dim > 0:
+            profile = rng.standard_normal(spec.profile_dim).astype(np.float32)
+        else:  # a server that profiles recent items itself
+            n = max(1, spec.max_recent_items or 20)
+            items = rng.integers(1, max(2, spec.n_items + 1), n)
+        req = StrategyRequest(
             device_id=f"loadgen-{index}-{k}",
+            request_id="",
             backbone_version=spec.version,
             tier=tier_name,
             budget_bits=budget,
+            profile=profile,
+            recent_items=items,
         )
-        if spec.profile_dim > 0:
-            req.profile.extend(rng.standard_normal(spec.profile_dim).astype(np.float32).tolist())
-        else:  # a server that profiles recent items itself
-            n = max(1, spec.max_recent_items or 20)
-            req.recent_items.extend(rng.integers(1, max(2, spec.n_items + 1), n).tolist())
-        requests.append(req)
+        requests.append(serde.strategy_request_to_proto(req))
     return requests
 
 
@@ -195,17 +204,14 @@ async def _drive(
     cfg: LoadConfig, index: int, n_workers: int, barrier: Any, run_tag: str
 ) -> dict[str, Any]:
     """Run one process's workers: warmup, then the measured window; return its raw figures."""
-    from protos.chord.v1 import strategy_pb2 as pb
-    from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
-
     channels = [_channel(cfg) for _ in range(cfg.channels_per_process)]
     metadata = _metadata(cfg)
     try:
-        stubs = [pb_grpc.StrategyServiceStub(ch) for ch in channels]
+        stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
         if cfg.method == "strategy":
             pool = await _strategy_requests(stubs[0], cfg, index, metadata)
         elif cfg.method == "spec":
-            pool = [pb.GetModelSpecRequest(device_id=f"loadgen-{index}")]
+            pool = [serde.model_spec_request_to_proto(f"loadgen-{index}")]
         else:
             from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -224,7 +230,7 @@ async def _drive(
         codes: Counter[str] = Counter()
         messages: Counter[str] = Counter()
         batch_sizes: list[int] = []
-        server_us = [0, 0, 0]  # sums of model_us, queue_us, total_us
+        server_ms = [0.0, 0.0, 0.0]  # sums of model, queue and total ms
         sent = 0
         last_done = t_measure
 
@@ -273,12 +279,13 @@ async def _drive(
                     key = f"{code}: {detail}"
                     if key in messages or len(messages) < _MAX_ERROR_MESSAGES:
                         messages[key] += 1
-                elif cfg.method == "strategy" and reply is not None and reply.HasField("timings"):
-                    t = reply.timings
-                    batch_sizes.append(t.batch_size)
-                    server_us[0] += t.model_us
-                    server_us[1] += t.queue_us
-                    server_us[2] += t.total_us
+                elif cfg.method == "strategy" and reply is not None:
+                    t = serde.strategy_result_from_proto(reply).timings
+                    if t:
+                        batch_sizes.append(int(t["batch_size"]))
+                        server_ms[0] += t["model_ms"]
+                        server_ms[1] += t["queue_ms"]
+                        server_ms[2] += t["total_ms"]
 
         marks: dict[str, float] = {}
 
@@ -297,7 +304,7 @@ async def _drive(
             "elapsed_s": elapsed,
             "batch_sum": float(sum(batch_sizes)),
             "batch_n": len(batch_sizes),
-            "server_us": server_us,
+            "server_ms": server_ms,
             "cpu_s": cpu_s,
             "window": window,
         }
@@ -406,7 +413,7 @@ def _aggregate(
     pct = np.percentile(lat_ms, [50, 90, 99]) if total else np.zeros(3)
     batch_n = sum(f["batch_n"] for f in figures)
     server_ms = [
-        sum(f["server_us"][k] for f in figures) / batch_n / 1e3 if batch_n else None
+        sum(f["server_ms"][k] for f in figures) / batch_n if batch_n else None
         for k in range(3)
     ]
     return LoadResult(

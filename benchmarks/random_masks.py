@@ -32,11 +32,11 @@ import torch
 
 from benchmarks.report import RESULTS_DIR, markdown_table, write_result
 from chord.baselines.suite import code_bytes
-from chord.budget import DEFAULT_TIERS, Tier
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
 from chord.hyper import HyperNetwork, HyperTrainConfig, PersonalScorer, train_hypernet
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
+from chord.levels import DEFAULT_TIERS, Tier
 from chord.masks import MaskArtifact, MaskedSource, personal_model, stored_bytes
 from chord.models import build_backbone
 

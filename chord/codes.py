@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from chord.budget import Tier, assign_levels
+from chord.levels import N_LEVELS, LevelCost, Tier, assign_levels
 
-if TYPE_CHECKING:
-    from chord.level_cost import LevelCost
-
-N_LEVELS = 4
 ENCODING_PACKED = "packed2"
 ENCODING_DEFLATE = "packed2+deflate"
 # (levels - reference levels) mod 4, PACKED2, raw DEFLATE: small when a user's levels differ from
@@ -210,28 +205,15 @@ def reference_levels(
     return np.asarray(assign_levels(ref, sizes, tier, budget_bits, cost)).astype(np.uint8)
 
 
-def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:
-    """Bit-width per channel (uint8): the tier's `level_bits[level]`."""
-    level_bits = np.asarray(tier.level_bits, dtype=np.uint8)
-    if level_bits.shape != (N_LEVELS,):
-        raise CodeError(f"a tier maps 4 levels to bits, got {level_bits.tolist()}")
-    lv = np.asarray(levels)
-    if lv.size and (lv.min() < 0 or lv.max() >= N_LEVELS):
-        raise CodeError(f"levels must lie in 0..3, got range [{lv.min()}, {lv.max()}]")
-    return level_bits[lv.astype(np.int64)]
-
-
 __all__ = [
     "ENCODINGS",
     "ENCODING_DEFLATE",
     "ENCODING_DELTA",
     "ENCODING_PACKED",
-    "N_LEVELS",
     "CodeError",
     "EncodedStrategy",
     "decode_levels",
     "encode_levels",
-    "levels_to_bits",
     "pack_levels",
     "packed_length",
     "reference_levels",

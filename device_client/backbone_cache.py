@@ -5,64 +5,43 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from chord.checkpoint import load_backbone, weights_version
+from chord.artifacts import backbone_from_artifact
+from chord.checkpoint import weights_version
 from chord.config import config_from_json
 from chord.masks import (
     MaskArtifact,
     MaskError,
     check_weights,
-    content_id,
     decode_mask,
     masked_backbone,
     rebuild_backbone,
 )
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
-from device_client.wire import DeviceSpec
+from chord.spec import ModelSpec
 
 
 class BackboneMismatchError(RuntimeError):
     """The backbone a device built or loaded does not hash to the version the server named."""
 
 
-def obtain_mask(spec: DeviceSpec) -> bytes:
-    """The bytes of the spec's mask artifact: the one place a device fetches it.
-
-    Today it reads ModelSpec.mask_uri, a path on the server's disk; the gRPC artifact download
-    replaces this body. Callers check the bytes against spec.mask_id.
-    """
-    try:
-        return Path(spec.mask_uri).read_bytes()
-    except OSError as exc:
-        raise BackboneMismatchError(
-            f"cannot read the mask artifact {spec.mask_uri!r}: {exc}; the device needs the "
-            "server's mask to run random mode"
-        ) from exc
-
-
-def load_mask(spec: DeviceSpec) -> tuple[MaskArtifact, int]:
-    """The verified mask of a spec and its size in bytes; BackboneMismatchError when it is
-    cut, tampered, of another format or not the artifact the spec names."""
-    data = obtain_mask(spec)
-    if content_id(data) != spec.mask_id:
-        raise BackboneMismatchError(
-            f"mask artifact hashes to {content_id(data)[:16]}..., the spec names "
-            f"{spec.mask_id[:16]}...: refusing a mask that is not the server's"
-        )
+def load_mask(spec: ModelSpec, data: bytes) -> MaskArtifact:
+    """The mask of a spec from its downloaded SHARED_MASK artifact (digest already verified by
+    the download); BackboneMismatchError when it is cut, tampered, of another layout version
+    or learned over other weights than the spec rebuilds."""
     try:
         artifact = decode_mask(data)
     except MaskError as exc:
-        raise BackboneMismatchError(f"mask artifact refused: {exc}") from exc
+        raise BackboneMismatchError(f"shared mask artifact refused: {exc}") from exc
     if artifact.header.weights_checksum != spec.weights_checksum:
         raise BackboneMismatchError(
-            f"mask was learned over weights {artifact.header.weights_checksum}, the spec "
-            f"rebuilds {spec.weights_checksum}"
+            f"the shared mask was learned over weights {artifact.header.weights_checksum}, the "
+            f"spec rebuilds {spec.weights_checksum}"
         )
-    return artifact, len(data)
+    return artifact
 
 
 @dataclass(frozen=True)
@@ -74,14 +53,13 @@ class CachedBackbone:
     fp32_bytes: int  # every parameter at 4 bytes: what shipping the fp32 weights would cost
     int8_bytes: int  # quantizable weights at 1 byte (+ a float32 scale per channel), rest fp32
     duet_bytes: int  # DUET-style: the generated non-embedding weights, fp32, sent per adaptation
-    obtain_ms: float  # build (random mode) or load (pretrained mode) time in this process
+    obtain_ms: float  # build (random mode) or decode (pretrained mode) time in this process
     source: str  # "built", "built+mask" or "loaded"
     layout: ChannelLayout  # the quantizable channels, computed once instead of per strategy
     # Random mode with a mask: the rebuilt unmasked weights and the mask; `model` is then the
     # shared-mask model the device profiles with.
     raw: Backbone | None = None
     mask: MaskArtifact | None = None
-    mask_bytes: int = 0  # the mask artifact's size: the one-time download in this mode
 
 
 _cache: dict[str, CachedBackbone] = {}
@@ -107,26 +85,34 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return int(int8), int(duet)
 
 
-def _obtain(spec: DeviceSpec) -> CachedBackbone:
-    """Build (random) or load (pretrained) the backbone and verify its version hash."""
+def _obtain(spec: ModelSpec, weights: bytes | None, shared_mask: bytes | None) -> CachedBackbone:
+    """Build (random), build and mask (random with a SHARED_MASK artifact) or decode from the
+    downloaded weights artifact (pretrained) the backbone, and verify its version hash. Raises
+    BackboneMismatchError or, for weights that are not the spec's,
+    chord.artifacts.ArtifactFormatError."""
     start = time.perf_counter()
     raw: Backbone | None = None
     mask: MaskArtifact | None = None
-    mask_bytes = 0
-    if spec.mode == "random" and spec.mask_id:
+    if spec.mode == "random" and spec.artifact("shared_mask") is not None:
+        if shared_mask is None:
+            raise BackboneMismatchError("a masked random backbone needs its shared mask; fetch it")
         try:
             raw = rebuild_backbone(spec.generator, config_from_json(spec.config_json), spec.seed)
             check_weights(raw, spec.weights_checksum)
         except MaskError as exc:
             raise BackboneMismatchError(str(exc)) from exc
-        mask, mask_bytes = load_mask(spec)
+        mask = load_mask(spec, shared_mask)
         model = masked_backbone(raw, mask)
         source = "built+mask"
     elif spec.mode == "random":
         model = build_backbone(config_from_json(spec.config_json), spec.seed)
         source = "built"
     else:
-        model, _meta = load_backbone(spec.weights_uri)
+        if weights is None:
+            raise BackboneMismatchError(
+                "a pretrained backbone needs its weights artifact; fetch it first"
+            )
+        model = backbone_from_artifact(weights, spec.config_json, spec.version)
         source = "loaded"
     model.eval()
     model.requires_grad_(False)
@@ -148,17 +134,22 @@ def _obtain(spec: DeviceSpec) -> CachedBackbone:
         layout=channel_layout(model),
         raw=raw,
         mask=mask,
-        mask_bytes=mask_bytes,
     )
 
 
-def get_backbone(spec: DeviceSpec) -> tuple[CachedBackbone, bool]:
-    """The process's backbone for spec.version and whether it came from the cache."""
+def get_backbone(
+    spec: ModelSpec, weights: bytes | None = None, shared_mask: bytes | None = None
+) -> tuple[CachedBackbone, bool]:
+    """The process's backbone for spec.version and whether it came from the cache.
+
+    weights: the verified BACKBONE_WEIGHTS artifact (pretrained mode); shared_mask: the
+    verified SHARED_MASK artifact (random mode with a mask); both unused on a cache hit.
+    """
     with _lock:
         cached = _cache.get(spec.version)
         if cached is not None:
             return cached, True
-        cached = _obtain(spec)
+        cached = _obtain(spec, weights, shared_mask)
         _cache[spec.version] = cached
         return cached, False
 

@@ -2,46 +2,36 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from chord.budget import Tier
-from chord.codes import (
-    ENCODING_DELTA,
-    CodeError,
-    EncodedStrategy,
-    decode_levels,
-    levels_to_bits,
-    reference_levels,
-)
+from chord.artifacts import ArtifactFormatError
+from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
+from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.masks import personal_model
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
+from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
+from chord.spec import DeviceMetrics, ModelSpec, SpecError
+from chord.spec import DeviceReport as MetricsReport
+from chord.strategy import StrategyRequest
+from device_client.artifacts import (
+    ArtifactCache,
+    ArtifactRefused,
+    default_cache_dir,
+    fetch_spec_artifacts,
+)
 from device_client.backbone_cache import BackboneMismatchError, CachedBackbone, get_backbone
 from device_client.transport import Transport, TransportError
-from device_client.wire import (
-    METRIC_FIELDS,
-    DeviceSpec,
-    WireError,
-    metrics_report_to_proto,
-    spec_from_proto,
-    spec_request_to_proto,
-    strategy_reply_from_proto,
-    strategy_request_to_proto,
-)
-
-if TYPE_CHECKING:
-    from chord.level_cost import LevelCost
 
 CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
+# The figures a round reports: every field of the wire's DeviceMetrics, each read off RoundRecord.
+_METRIC_FIELDS = dataclasses.fields(DeviceMetrics)
 
 
 @dataclass(frozen=True)
@@ -114,37 +104,20 @@ class DeviceReport:
     reason: str = ""
     rounds: list[RoundRecord] = field(default_factory=list)
     spec_bytes: int = 0
-    weights_download_bytes: int = 0  # pretrained mode: the one-time backbone download
+    # FetchArtifact: serialized chunks received (weights, reference data, mask), resumes included
+    artifact_bytes: int = 0
+    artifact_attempts: int = 0  # streams opened
+    artifact_resumes: int = 0  # streams opened past byte 0 after a broken one
+    artifact_cache_hits: int = 0  # artifacts the device already held
     fp32_model_bytes: int = 0
     int8_model_bytes: int = 0
     duet_bytes: int = 0
     backbone_cache_hit: bool = False
     backbone_obtain_ms: float = 0.0
     setup_ms: float = 0.0
-    modeled_download_ms: float = 0.0  # modeled: weights download time at the tier's bandwidth
+    modeled_download_ms: float = 0.0  # modeled: artifact download time at the tier's bandwidth
     worker_pid: int = 0
     detail: str = ""  # the error text behind a failure reason
-
-
-@functools.cache
-def _quantizer() -> Callable[..., Any]:
-    """B's real low-bit execution when present, else the fake-quantized copy."""
-    try:
-        from chord.quant import to_lowbit
-
-        return to_lowbit  # type: ignore[no-any-return]
-    except ImportError:
-        from chord.quant import quantize_backbone
-
-        return quantize_backbone  # type: ignore[no-any-return]
-
-
-def _quantize(backbone: torch.nn.Module, bits: np.ndarray, layout: ChannelLayout) -> Any:
-    """The backbone quantized to `bits`, reusing the process's channel layout when accepted."""
-    quantize = _quantizer()
-    if "layout" in inspect.signature(quantize).parameters:
-        return quantize(backbone, bits, layout=layout)
-    return quantize(backbone, bits)
 
 
 def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> EncodedStrategy:
@@ -199,12 +172,23 @@ def round_targets(n_items: int, rounds: int, k: int) -> list[range]:
 class VirtualDevice:
     """One phone: runs all its rounds against the cloud through a Transport; no Ray here."""
 
-    def __init__(self, job: DeviceJob, transport: Transport) -> None:
+    def __init__(
+        self,
+        job: DeviceJob,
+        transport: Transport,
+        cache: ArtifactCache | None = None,
+        reuse_artifacts: bool = True,
+    ) -> None:
+        """cache: where downloaded artifacts live (default: default_cache_dir()); with
+        reuse_artifacts=False the device downloads them even when the cache holds them (a
+        fresh phone in a fleet whose devices share one disk)."""
         self.job = job
         self.transport = transport
+        self.cache = cache if cache is not None else ArtifactCache(default_cache_dir())
+        self.reuse_artifacts = reuse_artifacts
         self._rng = np.random.default_rng([job.seed, job.user_index, 7])
         self._levels: np.ndarray | None = None
-        self._model: torch.nn.Module | None = None
+        self._model: Scorer | None = None
         self._bits_avg = 0.0
         self._n_catalogue = 0
         self._reference: np.ndarray | None = None  # reference levels for this tier and budget
@@ -216,31 +200,34 @@ class VirtualDevice:
         report = DeviceReport(job.device_id, job.tier, job.user_index, worker_pid=os.getpid())
         start = time.perf_counter()
         try:
-            spec_req = spec_request_to_proto(job.device_id)
-            spec_msg, _ = self.transport.get_model_spec(spec_req)
-            spec = spec_from_proto(spec_msg)
-            report.spec_bytes = spec_req.ByteSize() + spec_msg.ByteSize()
-            if job.tier not in spec.tiers:
-                raise WireError(
-                    f"tier {job.tier!r} is not served; the server has {sorted(spec.tiers)}"
+            spec, stats = self.transport.get_model_spec(job.device_id)
+            report.spec_bytes = stats.request_bytes + stats.reply_bytes
+            spec.check()
+            if job.tier not in spec.tier_map:
+                raise SpecError(
+                    f"tier {job.tier!r} is not served; the server has {sorted(spec.tier_map)}"
                 )
-            cached, hit = get_backbone(spec)
+            fetched = fetch_spec_artifacts(
+                self.transport, spec, self.cache, tag=job.device_id, reuse=self.reuse_artifacts
+            )
+            spec, got = fetched.spec, fetched.stats
+            report.artifact_bytes, report.artifact_attempts = got.bytes_received, got.attempts
+            report.artifact_resumes, report.artifact_cache_hits = got.resumes, got.cache_hits
+            report.modeled_download_ms = self._transfer_ms(got.bytes_received)
+            cached, hit = get_backbone(spec, fetched.weights, fetched.shared_mask)
         except TransportError as exc:
             return self._fail(report, f"spec:{exc.reason}", str(exc))
-        except (WireError, BackboneMismatchError) as exc:
+        except ArtifactRefused as exc:
+            return self._fail(report, f"artifact:{exc.reason}", str(exc))
+        except (SpecError, BudgetError, BackboneMismatchError, ArtifactFormatError) as exc:
             return self._fail(report, f"setup:{type(exc).__name__}", str(exc))
         report.backbone_cache_hit = hit
         report.backbone_obtain_ms = 0.0 if hit else cached.obtain_ms
         report.fp32_model_bytes = cached.fp32_bytes
         report.int8_model_bytes, report.duet_bytes = cached.int8_bytes, cached.duet_bytes
         self._n_catalogue = spec.n_items or int(cached.model.n_items)
-        if spec.mode == "pretrained":
-            report.weights_download_bytes = spec.weights_bytes
-            report.modeled_download_ms = self._transfer_ms(spec.weights_bytes)
-        elif cached.mask is not None:
-            report.weights_download_bytes = cached.mask_bytes
-            report.modeled_download_ms = self._transfer_ms(cached.mask_bytes)
-            self._masked = cached
+        if cached.mask is not None:
+            self._masked = cached  # random mode with a mask: strategies pick masked channels
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
@@ -271,7 +258,7 @@ class VirtualDevice:
     def _round(
         self,
         rec: RoundRecord,
-        spec: DeviceSpec,
+        spec: ModelSpec,
         backbone: torch.nn.Module,
         layout: ChannelLayout,
         seq: np.ndarray,
@@ -280,27 +267,26 @@ class VirtualDevice:
     ) -> None:
         """Profile, ask, decode, quantize, score this round's targets, and fill the record."""
         job = self.job
-        tier = spec.tiers[job.tier]
+        tier = spec.tier_map[job.tier]
         history = seq[: positions.start] if len(positions) else seq
         max_len = int(getattr(backbone, "max_len", spec.max_recent_items or 50))
         t0 = time.thread_time()
         profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
         rec.profile_ms = (time.thread_time() - t0) * 1e3
-        req = strategy_request_to_proto(
-            job.device_id,
-            f"{job.request_tag}.{rec.round}",
-            spec.version,
-            job.tier,
-            job.budget_bits,
-            profile,
-            reference_id=spec.reference_id,
+        req = StrategyRequest(
+            device_id=job.device_id,
+            request_id=f"{job.request_tag}.{rec.round}",
+            backbone_version=spec.version,
+            tier=job.tier,
+            budget_bits=float(job.budget_bits),
+            profile=np.asarray(profile, dtype=np.float32).ravel(),
+            reference_id=spec.offered_reference_id,
         )
-        reply_msg, stats = self.transport.get_strategy(req)
+        reply, stats = self.transport.get_strategy(req)
         rec.rpc_ms, rec.rpc_attempts = stats.elapsed_ms, stats.attempts
         rec.injected_losses = stats.injected_losses
-        rec.bytes_up, rec.bytes_down = req.ByteSize(), reply_msg.ByteSize()
-        rec.reply_bytes = reply_msg.ByteSize()
-        reply = strategy_reply_from_proto(reply_msg)
+        rec.bytes_up, rec.bytes_down = stats.request_bytes, stats.reply_bytes
+        rec.reply_bytes = stats.reply_bytes
         rec.code_bytes = len(reply.code.payload)
         rec.server_avg_bits = reply.avg_bits
         code = reply.code
@@ -313,7 +299,7 @@ class VirtualDevice:
         try:
             reference = None
             if code.encoding == ENCODING_DELTA and spec.reference is not None:
-                reference = self._reference_levels(spec.reference, sizes, tier, spec.level_cost)
+                reference = self._reference_levels(spec.reference, sizes, tier, spec.cost)
             levels = decode_levels(code, spec.version, spec.n_channels, reference)
         except CodeError:
             levels = None
@@ -353,13 +339,13 @@ class VirtualDevice:
         bits: np.ndarray,
         tier: Tier,
         layout: ChannelLayout,
-    ) -> Any:
+    ) -> Scorer:
         """The user's model: the quantized backbone, or with a mask the channels' masked and
         quantized weights (chord.masks.personal_model: the same weights as the cloud's bank)."""
         if self._masked is not None:
             assert self._masked.raw is not None and self._masked.mask is not None
             return personal_model(self._masked.raw, self._masked.mask, levels, tier)
-        return _quantize(backbone, bits, layout)
+        return build_runtime(backbone, bits, layout=layout)
 
     def _reference_levels(
         self, reference: np.ndarray, sizes: np.ndarray, tier: Tier, cost: LevelCost | None
@@ -389,7 +375,7 @@ class VirtualDevice:
             negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
             cands = torch.from_numpy(np.concatenate([[seq[pos]], negs])).unsqueeze(0)
             t0 = time.thread_time()
-            scores = self._model.score_candidates(hist, cands)  # type: ignore[operator]
+            scores = self._model.score_candidates(hist, cands)
             times.append((time.thread_time() - t0) * 1e3)
             ranks.append(int(target_ranks(scores)[0]))
         rec.n_targets = len(ranks)
@@ -401,16 +387,13 @@ class VirtualDevice:
 
     def _report(self, rec: RoundRecord) -> None:
         """Send the round's figures to the server; a failure here is a fault, not a failure."""
-        req = metrics_report_to_proto(
-            rec.device_id,
-            rec.round,
-            rec.tier,
-            {k: float(getattr(rec, k)) for k in METRIC_FIELDS},
-        )
+        metrics = DeviceMetrics(**{f.name: getattr(rec, f.name) for f in _METRIC_FIELDS})
         try:
-            reply, _ = self.transport.report_metrics(req)
+            _, stats = self.transport.report_metrics(
+                MetricsReport(rec.device_id, rec.round, rec.tier, metrics)
+            )
         except TransportError as exc:
             rec.fault = (rec.fault + ";" if rec.fault else "") + f"report:{exc.reason}"
             return
-        rec.bytes_up += req.ByteSize()
-        rec.bytes_down += reply.ByteSize()
+        rec.bytes_up += stats.request_bytes
+        rec.bytes_down += stats.reply_bytes

@@ -1,19 +1,26 @@
-"""gRPC client of the strategy service: deadlines, jittered retries, shared channels, faults."""
+"""gRPC client of the strategy service: deadlines, jittered retries, shared channels, faults.
+
+It speaks the domain types of `chord.spec` and `chord.strategy`; messages are mapped by
+`protos.serde`, and each call's CallStats carries the serialized sizes of what was sent and
+received.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
-from protos.chord.v1 import strategy_pb2 as pb
-from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
+from chord.artifacts import ArtifactChunk, ArtifactRequest
+from chord.spec import DeviceReport, ModelSpec, ReportOutcome
+from chord.strategy import StrategyRequest, StrategyResult
+from protos import serde
 
 # Every method is safe to repeat (GetStrategy is deduplicated by request id, ReportMetrics by
 # device and round, GetModelSpec reads). CANCELLED is retried because this client never cancels
@@ -34,11 +41,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 
-Reply = TypeVar("Reply")
+Domain = TypeVar("Domain")
 
 
 class TransportError(RuntimeError):
-    """An RPC that failed for good; `reason` is the lower-case status name or 'overall_deadline'."""
+    """An RPC that failed for good; `reason` is the lower-case status name, 'overall_deadline',
+    or 'malformed_reply' for a reply that has no domain meaning (an unknown enum, say)."""
 
     def __init__(self, reason: str, message: str, attempts: int) -> None:
         super().__init__(f"{reason} after {attempts} attempt(s): {message}")
@@ -63,15 +71,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class NetworkFaults:
-    """Client-side injected network trouble: a delay before each attempt and dropped attempts."""
+    """Client-side injected network trouble: a delay before each attempt, dropped attempts, and
+    download streams broken after some bytes."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
+    stream_cut_bytes: int = 0  # cancel a FetchArtifact stream once it delivered this many bytes
 
     @property
     def active(self) -> bool:
-        """True when any fault is configured."""
+        """True when a per-attempt fault is configured (stream cuts are the downloader's)."""
         return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
 
 
@@ -84,6 +94,8 @@ class CallStats:
     injected_losses: int = 0
     injected_delay_ms: float = 0.0
     retried: dict[str, int] = field(default_factory=dict)
+    request_bytes: int = 0  # serialized request (protobuf ByteSize, gRPC framing excluded)
+    reply_bytes: int = 0  # serialized reply, likewise
 
 
 _channels: dict[tuple[str, str], grpc.Channel] = {}
@@ -115,8 +127,25 @@ def close_channels() -> None:
         _channels.clear()
 
 
-class _InjectedLoss(Exception):
+class InjectedLoss(Exception):
     """An attempt dropped by the fault injector; handled like UNAVAILABLE."""
+
+
+class ArtifactStream:
+    """One FetchArtifact stream in domain terms; grpc.RpcError when it breaks."""
+
+    def __init__(self, call: Any) -> None:
+        """Wrap the stub's response iterator."""
+        self._call = call
+
+    def __iter__(self) -> Iterator[tuple[ArtifactChunk, int]]:
+        """Each chunk with its serialized size (protobuf ByteSize, gRPC framing excluded)."""
+        for msg in self._call:
+            yield serde.artifact_chunk_from_proto(msg), msg.ByteSize()
+
+    def cancel(self) -> None:
+        """Stop the stream (the server sees CANCELLED)."""
+        self._call.cancel()
 
 
 class Transport:
@@ -135,26 +164,41 @@ class Transport:
         self.target = target
         self.policy = policy or RetryPolicy()
         self.faults = faults or NetworkFaults()
-        self._stub = pb_grpc.StrategyServiceStub(shared_channel(target, tls_root_ca))
+        self._stub = serde.ProtoStrategyServiceStub(shared_channel(target, tls_root_ca))
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._rng = random.Random(seed)
         self._fault_rng = random.Random(seed ^ 0x5EED)
 
-    def get_model_spec(self, req: pb.GetModelSpecRequest) -> tuple[pb.ModelSpec, CallStats]:
-        """GetModelSpec with retries."""
-        return self._call(self._stub.GetModelSpec, req)
+    def get_model_spec(self, device_id: str) -> tuple[ModelSpec, CallStats]:
+        """GetModelSpec with retries; TransportError ('malformed_reply') for an unusable spec."""
+        msg = serde.model_spec_request_to_proto(device_id)
+        reply, stats = self._call(self._stub.GetModelSpec, msg)
+        return _mapped(serde.model_spec_from_proto, reply, stats), stats
 
-    def get_strategy(self, req: pb.GetStrategyRequest) -> tuple[pb.GetStrategyReply, CallStats]:
+    def get_strategy(self, req: StrategyRequest) -> tuple[StrategyResult, CallStats]:
         """GetStrategy with retries (the request id stays the same across attempts)."""
-        return self._call(self._stub.GetStrategy, req)
+        reply, stats = self._call(self._stub.GetStrategy, serde.strategy_request_to_proto(req))
+        return _mapped(serde.strategy_result_from_proto, reply, stats), stats
 
-    def report_metrics(
-        self, req: pb.ReportMetricsRequest
-    ) -> tuple[pb.ReportMetricsReply, CallStats]:
+    def report_metrics(self, report: DeviceReport) -> tuple[ReportOutcome, CallStats]:
         """ReportMetrics with retries (idempotent on the server by device and round)."""
-        return self._call(self._stub.ReportMetrics, req)
+        reply, stats = self._call(self._stub.ReportMetrics, serde.device_report_to_proto(report))
+        return _mapped(serde.report_outcome_from_proto, reply, stats), stats
 
-    def _inject(self, stats: CallStats, remaining: float) -> None:
+    def fetch_artifact(self, req: ArtifactRequest, timeout_s: float) -> ArtifactStream:
+        """One FetchArtifact attempt: the server's chunk stream, within timeout_s.
+
+        No retry here: device_client.artifacts resumes a broken stream from the bytes it kept.
+        """
+        msg = serde.artifact_request_to_proto(req)
+        call = self._stub.FetchArtifact(msg, timeout=timeout_s, metadata=self._metadata)
+        return ArtifactStream(call)
+
+    def backoff(self, attempt: int) -> float:
+        """This device's jittered pause before retry `attempt` (1-based), in seconds."""
+        return self.policy.backoff(attempt, self._rng)
+
+    def inject(self, stats: CallStats, remaining: float) -> None:
         """Apply the configured delay (bounded by the time left) and maybe drop the attempt."""
         if not self.faults.active:
             return
@@ -165,7 +209,7 @@ class Transport:
             stats.injected_delay_ms += delay * 1e3
         if self._fault_rng.random() < self.faults.loss:
             stats.injected_losses += 1
-            raise _InjectedLoss
+            raise InjectedLoss
 
     def _call(self, method: Callable[..., Any], req: Any) -> tuple[Any, CallStats]:
         """Run one logical call: attempts with deadlines until success, a fatal code or time out."""
@@ -179,7 +223,7 @@ class Transport:
                 break
             stats.attempts += 1
             try:
-                self._inject(stats, remaining)
+                self.inject(stats, remaining)
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -187,8 +231,9 @@ class Transport:
                     req, timeout=min(self.policy.call_timeout_s, remaining), metadata=self._metadata
                 )
                 stats.elapsed_ms = (time.perf_counter() - start) * 1e3
+                stats.request_bytes, stats.reply_bytes = req.ByteSize(), reply.ByteSize()
                 return reply, stats
-            except _InjectedLoss:
+            except InjectedLoss:
                 code_name, last = "unavailable", "attempt dropped by the fault injector"
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
@@ -207,3 +252,11 @@ class Transport:
         # Out of attempts: the last status says why; out of time: the overall deadline does.
         reason = last_code if stats.attempts >= self.policy.max_attempts else "overall_deadline"
         raise TransportError(reason, last, stats.attempts)
+
+
+def _mapped(from_proto: Callable[[Any], Domain], reply: Any, stats: CallStats) -> Domain:
+    """A reply in domain terms; one the wire mapping refuses is a failed call, not a crash."""
+    try:
+        return from_proto(reply)
+    except serde.SerdeError as exc:
+        raise TransportError("malformed_reply", str(exc), stats.attempts) from exc

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from chord.baselines import ALL_METHODS, METRICS, EvalConfig, EvalError, pick_tier, run_eval
-from chord.budget import DEFAULT_TIERS
+from chord.levels import DEFAULT_TIERS
 from tests.hyper_fixtures import synthetic_csv  # noqa: F401
 
 

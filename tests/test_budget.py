@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chord.budget import (
+from chord.levels import (
     BUDGET_TOLERANCE,
     DEFAULT_TIERS,
     BudgetError,

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chord.budget import DEFAULT_TIERS
 from chord.codes import (
     ENCODING_DEFLATE,
     ENCODING_DELTA,
@@ -18,10 +17,10 @@ from chord.codes import (
     CodeError,
     decode_levels,
     encode_levels,
-    levels_to_bits,
     pack_levels,
     packed_length,
 )
+from chord.levels import DEFAULT_TIERS, levels_to_bits
 
 VERSION = "0123456789abcdef"
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from chord.codes import CodeError, decode_levels, encode_levels
+from chord.strategy import StrategyRequest
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.actor import DeviceHost, HostConfig
@@ -23,7 +24,6 @@ from device_client.device import (
     uniform_fallback_bits,
 )
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
-from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.runner import load_users
 
 FAST = RetryPolicy(
@@ -72,7 +72,7 @@ def test_round_targets_end_at_the_last_item() -> None:
 
 
 def test_uniform_fallback_fits_the_budget() -> None:
-    from chord.budget import DEFAULT_TIERS
+    from chord.levels import DEFAULT_TIERS
 
     assert uniform_fallback_bits(DEFAULT_TIERS["mid"], 3.0) == 3
     assert uniform_fallback_bits(DEFAULT_TIERS["high"], 2.0) == 4  # nothing fits: narrowest
@@ -106,10 +106,12 @@ def test_device_runs_all_rounds_and_measures(
         assert rec.adapt_ms > 0 and rec.infer_ms > 0 and rec.rpc_ms > 0
         assert rec.modeled_transfer_ms > job.rtt_ms
     assert report.fp32_model_bytes > 100 * report.rounds[0].reply_bytes
-    assert report.weights_download_bytes > 0  # pretrained: the one-time download is counted
+    # Pretrained: the weights (and reference) came over FetchArtifact, and were counted.
+    assert report.artifact_bytes > report.fp32_model_bytes and report.artifact_cache_hits == 0
     # Same job again: same negatives and strategy, so the same accuracy; backbone from the cache.
     again = VirtualDevice(job, Transport(server.address, FAST)).run()
     assert again.backbone_cache_hit
+    assert again.artifact_bytes == 0 and again.artifact_cache_hits == 2  # held on disk: no bytes
     assert [r.ndcg10 for r in again.rounds] == [r.ndcg10 for r in report.rounds]
 
 
@@ -169,17 +171,15 @@ def test_unreachable_server_fails_with_a_reason(users: list[np.ndarray]) -> None
 
 
 def test_fatal_status_is_not_retried(server: EmbeddedServer) -> None:
-    from protos.chord.v1 import strategy_pb2 as pb
-
     t = Transport(server.address, FAST)
-    spec = spec_from_proto(t.get_model_spec(spec_request_to_proto("x"))[0])
-    bad = pb.GetStrategyRequest(
+    spec, _ = t.get_model_spec("x")
+    bad = StrategyRequest(
         device_id="x",
         request_id="r",
         backbone_version="0" * 16,
         tier="mid",
         budget_bits=3.0,
-        profile=[0.0] * spec.profile_dim,
+        profile=np.zeros(spec.profile_dim, dtype=np.float32),
     )
     with pytest.raises(TransportError) as err:
         t.get_strategy(bad)

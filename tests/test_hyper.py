@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from chord.budget import DEFAULT_TIERS, assign_levels
 from chord.config import CaserConfig, SASRecConfig
 from chord.hyper import (
     HyperNetError,
@@ -18,8 +17,9 @@ from chord.hyper import (
     load_run,
     prepare_run,
 )
-from chord.hyper.personal import relaxed_masks
 from chord.hyper.scoring import fast_assign
+from chord.levels import DEFAULT_TIERS, assign_levels
+from chord.levels.relaxed import relaxed_masks
 from chord.models import build_backbone
 from chord.quant import channel_layout, quantize_backbone
 from tests.hyper_fixtures import synthetic_csv  # noqa: F401

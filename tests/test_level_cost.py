@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from chord.budget import DEFAULT_TIERS, BudgetError, Tier, assign_levels, average_bits
-from chord.level_cost import (
+from chord.levels import (
+    DEFAULT_TIERS,
     MAX_WIDTH,
+    BudgetError,
     LevelCost,
     LevelCostError,
-    TorchLevelCost,
+    Tier,
+    assign_levels,
     assign_levels_rd,
-    relaxed_rd_masks,
+    average_bits,
 )
+from chord.levels.relaxed import TorchLevelCost, relaxed_rd_masks
 
 LAYERS = (40, 25, 60)  # channels per layer
 WIDTHS = (16, 32, 8)  # weights per channel

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from chord.budget import DEFAULT_TIERS
 from chord.checkpoint import weights_version
 from chord.config import SASRecConfig, config_to_json
-from chord.hyper.personal import LevelBank, one_hot_levels
+from chord.hyper.personal import LevelBank
+from chord.levels import DEFAULT_TIERS
+from chord.levels.relaxed import one_hot_levels
 from chord.masks import (
     TORCH_XAVIER,
     MaskedSource,

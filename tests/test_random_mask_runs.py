@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from chord.artifacts import MASK_FORMAT
 from chord.checkpoint import weights_version
 from chord.evaluation import evaluate
 from chord.hyper import PersonalScorer, RunConfig, load_run, prepare_run
-from chord.hyper.personal import LevelBank, one_hot_levels
+from chord.hyper.personal import LevelBank
 from chord.hyper.runs import MASK_FILE, RunError, load_split
+from chord.levels.relaxed import one_hot_levels
 from chord.masks import decode_mask, personal_weights, rebuild_backbone
 from chord.models import build_backbone
+from chord.spec import ModelSpec
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
-from device_client.backbone_cache import clear_cache, get_backbone
+from device_client.artifacts import ArtifactCache
+from device_client.backbone_cache import BackboneMismatchError, clear_cache, get_backbone
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport
-from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.runner import load_users
 from tests.hyper_fixtures import synthetic_csv  # noqa: F401  (pytest fixture)
 
@@ -81,51 +84,59 @@ def test_a_mask_for_other_weights_is_refused(masked_run: Path, tmp_path: Path) -
         load_run(copy)
 
 
-def _device(address: str, users: list[np.ndarray], i: int) -> VirtualDevice:
+def _device(address: str, users: list[np.ndarray], i: int, cache: Path) -> VirtualDevice:
     job = DeviceJob(device_id=f"m-{i}", user_index=i, sequence=users[i], tier="mid",
                     budget_bits=3.0, rounds=2, interactions_per_round=2, request_tag="mask")
-    return VirtualDevice(job, Transport(address, RetryPolicy(call_timeout_s=10.0)))
+    transport = Transport(address, RetryPolicy(call_timeout_s=10.0))
+    return VirtualDevice(job, transport, ArtifactCache(cache), reuse_artifacts=False)
 
 
-def test_a_device_rebuilds_the_masked_model_and_counts_the_mask_download(
-    masked_run: Path, synthetic_csv: str  # noqa: F811
+def test_a_device_downloads_the_mask_and_rebuilds_the_masked_model(
+    masked_run: Path, synthetic_csv: str, tmp_path: Path  # noqa: F811
 ) -> None:
     clear_cache()
     users = load_users(synthetic_csv)[0]
     srv = EmbeddedServer(ServerConfig(run_dir=masked_run, grace_s=0.5)).start()
     try:
-        report = _device(srv.address, users, 1).run()
+        report = _device(srv.address, users, 1, tmp_path / "cache").run()
         assert report.status == "completed", report.detail
-        assert report.weights_download_bytes == (masked_run / MASK_FILE).stat().st_size
+        spec = _spec(srv.address)
+        ref = spec.artifact("shared_mask")
+        assert ref is not None and ref.format == MASK_FORMAT and spec.artifact(
+            "backbone_weights") is None  # random mode ships no weights
+        assert ref.size_bytes == (masked_run / MASK_FILE).stat().st_size
+        assert report.artifact_bytes > ref.size_bytes  # counted as received (plus framing)
         assert all(r.strategy_source == "cloud" and r.n_targets == 2 for r in report.rounds)
-        cached, hit = get_backbone(spec_from_proto(_spec(srv.address)))
+        cached, hit = get_backbone(spec)
         assert hit and cached.mask is not None and cached.source == "built+mask"
-        assert weights_version(cached.model) == load_run(masked_run).version
+        assert weights_version(cached.model) == spec.version == load_run(masked_run).version
     finally:
         srv.stop()
         clear_cache()
 
 
-def test_a_device_refuses_a_tampered_mask(
-    masked_run: Path, synthetic_csv: str, tmp_path: Path  # noqa: F811
+def test_a_device_refuses_other_weights_and_a_damaged_mask(
+    masked_run: Path,
 ) -> None:
-    clear_cache()
-    copy = tmp_path / "run"
-    shutil.copytree(masked_run, copy)
-    users = load_users(synthetic_csv)[0]
-    srv = EmbeddedServer(ServerConfig(run_dir=copy, grace_s=0.5)).start()
+    srv = EmbeddedServer(ServerConfig(run_dir=masked_run, grace_s=0.5)).start()
     try:
-        data = bytearray((copy / MASK_FILE).read_bytes())
-        data[-40] ^= 0x01  # after the server published its id: what a device receives differs
-        (copy / MASK_FILE).write_bytes(bytes(data))
-        report = _device(srv.address, users, 2).run()
-        assert report.status == "failed"
-        assert report.reason == "setup:BackboneMismatchError" and "mask" in report.detail
+        spec = _spec(srv.address)
     finally:
         srv.stop()
+    data = (masked_run / MASK_FILE).read_bytes()
+    clear_cache()
+    try:
+        other = dataclasses.replace(spec, weights_checksum="0" * 16)
+        with pytest.raises(BackboneMismatchError, match="must not run"):
+            get_backbone(other, shared_mask=data)
+        cut = data[:-7]
+        with pytest.raises(BackboneMismatchError, match="truncated"):
+            get_backbone(spec, shared_mask=cut)
+        with pytest.raises(BackboneMismatchError, match="needs its shared mask"):
+            get_backbone(spec)
+    finally:
         clear_cache()
 
 
-def _spec(address: str) -> Any:
-    return Transport(address, RetryPolicy(call_timeout_s=10.0)).get_model_spec(
-        spec_request_to_proto("probe"))[0]
+def _spec(address: str) -> ModelSpec:
+    return Transport(address, RetryPolicy(call_timeout_s=10.0)).get_model_spec("probe")[0]

@@ -4,7 +4,6 @@ from chord.baselines.duet import DuetConfig, DuetGenerator, DuetScorer, train_du
 from chord.baselines.finetune import FinetuneConfig, FinetuneScorer
 from chord.baselines.rows import COLUMNS, METRICS, MethodRow, size_weighted_bits
 from chord.baselines.static import (
-    fisher_importance,
     random_importance,
     static_levels,
     uniform_bits,
@@ -23,7 +22,6 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneScorer",
     "MethodRow",
-    "fisher_importance",
     "pick_tier",
     "random_importance",
     "run_eval",

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from chord.hyper.deps import quantize_per_channel
 from chord.hyper.hypernet import layout_layers
 from chord.hyper.personal import MethodShim, module_device, sync
 from chord.models import Backbone
+from chord.quant import quantize_per_channel
+from chord.train import training_examples
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,6 @@ class FinetuneScorer:
 
     def adapt(self, history: np.ndarray) -> dict[str, torch.Tensor]:
         """Fine-tune a copy of the parameters on one history, then quantize its weights."""
-        from chord.train import training_examples
-
         params = {k: v.clone().requires_grad_(True) for k, v in self.base.items()}
         inputs, targets = training_examples([history], self.backbone.config)
         inputs, targets = inputs.to(self.device), targets.to(self.device)

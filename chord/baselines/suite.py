@@ -14,20 +14,20 @@ from chord.baselines.duet import DuetConfig, DuetScorer, train_duet
 from chord.baselines.finetune import FinetuneConfig, FinetuneScorer
 from chord.baselines.rows import MethodRow, size_weighted_bits
 from chord.baselines.static import (
-    fisher_importance,
-    levels_bits,
     random_importance,
     static_levels,
     uniform_bits,
 )
-from chord.budget import DEFAULT_TIERS, Tier
-from chord.data import Split
+from chord.codes import encode_levels
+from chord.data import Split, pad_sequences
 from chord.evaluation import evaluate
-from chord.hyper.deps import budget_range
+from chord.hyper.fisher import fisher_importance
 from chord.hyper.personal import sync
 from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
+from chord.levels import DEFAULT_TIERS, Tier, assign_levels, budget_range, levels_to_bits
+from chord.quant import quantize_backbone
 
 ALL_METHODS = (
     "fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2", "mixed-static", "mixed-random", "finetune",
@@ -109,20 +109,13 @@ def _metrics(
 def code_bytes(levels: np.ndarray, version: str) -> int:
     """Bytes of one encoded strategy: payload + a small header (length, CRC32, version)."""
     header = 4 + 4 + 8 + 1
-    try:
-        from chord.codes import encode_levels
-
-        return len(encode_levels(levels, version).payload) + header
-    except NotImplementedError:
-        return (len(levels) + 3) // 4 + header
+    return len(encode_levels(levels, version).payload) + header
 
 
 def _chord_row(
     run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, log: LOG | None
 ) -> MethodRow:
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
-    from chord.quant import quantize_backbone
-
     scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
                             cost=run.level_cost, mask=run.mask)
     metrics = _metrics(scorer, split, seed)
@@ -132,9 +125,6 @@ def _chord_row(
     times = []
     sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
     hist = split.test.histories[:20]
-    from chord.data import pad_sequences
-    from chord.hyper.deps import assign_levels
-
     seqs = pad_sequences(hist, run.backbone.max_len)
     device = scorer.device
     for i in range(len(hist)):
@@ -143,7 +133,8 @@ def _chord_row(
         imp = run.importance_model.importance(run.profile(seqs[i : i + 1]))[0].cpu().numpy()
         lv = assign_levels(imp, sizes, tier, budget, run.level_cost)
         code_bytes(lv, run.version)
-        quantize_backbone(run.backbone, levels_bits(lv, tier), layout=run.layout)
+        bits = levels_to_bits(lv, tier).astype(np.int64)
+        quantize_backbone(run.backbone, bits, layout=run.layout)
         sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     counts = np.stack([np.bincount(r, minlength=4) for r in levels]).mean(0)
@@ -166,8 +157,6 @@ def _static_rows(
     run: ChordRun, split: Split, tier: Tier, budget: float, cfg: EvalConfig, log: LOG | None
 ) -> list[MethodRow]:
     """fp32, uniform PTQ and the two non-personalized mixed-precision baselines."""
-    from chord.quant import quantize_backbone
-
     rows: list[MethodRow] = []
     sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
     wanted = set(cfg.methods) if run.mode == "pretrained" else set(cfg.methods) & set(
@@ -194,7 +183,9 @@ def _static_rows(
             imp = fisher_importance(run.backbone, run.layout, split, tier, seed=cfg.seed)
         else:  # random ranking under the quota rule: no measured sensitivity at all
             imp = random_importance(run.layout, cfg.seed)
-        mixed = levels_bits(static_levels(imp, run.layout, tier, budget, cost), tier)
+        mixed = levels_to_bits(
+            static_levels(imp, run.layout, tier, budget, cost), tier
+        ).astype(np.int64)
         model = quantize_backbone(run.backbone, mixed, layout=run.layout)
         rows.append(MethodRow(
             name, run.mode, size_weighted_bits(mixed, sizes), _metrics(model, split, cfg.seed),
@@ -227,8 +218,6 @@ def _duet_row(
     run: ChordRun, split: Split, budget: float, cfg: EvalConfig, log: LOG | None
 ) -> MethodRow:
     """DUET-style generated last Linear layer (fp32) over a uniformly quantized backbone."""
-    from chord.quant import quantize_backbone
-
     bits = round(budget)
     base = quantize_backbone(run.backbone, uniform_bits(run.layout, bits), layout=run.layout)
     steps = cfg.duet_steps or {"smoke": 30, "quick": 150, "full": 1000}[cfg.preset]

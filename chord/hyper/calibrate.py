@@ -10,11 +10,12 @@ import torch
 from torch.nn import functional as F
 
 from chord.data import Split
-from chord.hyper.deps import quantize_per_channel
 from chord.hyper.hypernet import layout_layers
 from chord.hyper.personal import module_device
-from chord.level_cost import MAX_WIDTH
+from chord.levels import MAX_WIDTH
 from chord.models import Backbone
+from chord.quant import quantize_per_channel
+from chord.train import training_examples
 
 SHARE_BITS = 3  # width whose quantization error splits a layer's loss among its channels
 
@@ -23,8 +24,6 @@ def calibration_batch(
     backbone: Backbone, split: Split, n_examples: int, n_negatives: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (history, candidates) pairs from training sequences; candidate 0 is the target."""
-    from chord.train import training_examples
-
     inputs, targets = training_examples(split.train, backbone.config)
     if targets.dim() == 2:  # sequence models: the item after the last position
         targets = targets[:, -1]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from chord.budget import Tier
 from chord.hyper.hypernet import layout_layers, weight_param_name
+from chord.levels import Tier
 from chord.masks import MaskedSource
+from chord.quant import level_weights
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -45,8 +45,6 @@ class LevelBank:
         With `mask` (random mode with a learned mask) level k is instead the raw weight masked
         as the mask's level k keeps it, quantized at its bits (chord.masks.level_bank_weights).
         """
-        from chord.hyper.deps import level_weights
-
         self.tier = tier
         self.mask = mask
         state = dict(backbone.state_dict())
@@ -120,44 +118,6 @@ def compact_items(
     return ids, local_seqs.contiguous(), local_cands
 
 
-def one_hot_levels(levels: torch.Tensor) -> torch.Tensor:
-    """Levels [B, C] (0..3) -> float one-hot [B, C, 4]."""
-    return torch.nn.functional.one_hot(levels.long(), 4).float()
-
-
-def relaxed_masks(
-    importance: torch.Tensor, hard: torch.Tensor, tau: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Straight-through level masks and their soft probabilities, both [B, C, 4].
-
-    The hard levels (from assign_levels, which meets the budget) fix three thresholds per user
-    between adjacent levels; p(level >= k) = sigmoid((s - t_k) / (tau * std(s))). The forward
-    pass uses the hard one-hot, the backward pass the soft probabilities.
-    """
-    s = importance
-    scale = s.detach().std(dim=1, keepdim=True).clamp_min(1e-6) * tau
-    big = torch.finfo(s.dtype).max / 4
-    ge = [torch.ones_like(s)]
-    for k in (1, 2, 3):
-        hi = torch.where(hard >= k, s.detach(), torch.full_like(s, big)).amin(1, keepdim=True)
-        lo = torch.where(hard < k, s.detach(), torch.full_like(s, -big)).amax(1, keepdim=True)
-        # Empty sides put the threshold just beyond the other side's extreme.
-        inner = torch.where(lo <= -big, hi - scale * 8, (hi + lo) / 2)
-        t = torch.where(hi >= big, lo + scale * 8, inner)
-        ge.append(torch.sigmoid((s - t) / scale))
-    ge.append(torch.zeros_like(s))
-    probs = torch.stack([ge[k] - ge[k + 1] for k in range(4)], dim=-1).clamp_min(0.0)
-    hard_1h = one_hot_levels(hard)
-    return hard_1h + probs - probs.detach(), probs
-
-
-def expected_bits(probs: torch.Tensor, sizes: torch.Tensor, tier: Tier) -> torch.Tensor:
-    """Size-weighted expected bits per weight of soft level choices [B, C, 4] -> [B]."""
-    bits = torch.tensor(tier.level_bits, dtype=probs.dtype, device=probs.device)
-    per_channel = probs @ bits
-    return (per_channel * sizes).sum(1) / sizes.sum()
-
-
 class MethodShim(nn.Module):
     """Routes forward() to a named method of a backbone so functional_call can swap its weights."""
 
@@ -190,8 +150,3 @@ def batched_call(
         return res.squeeze(0)
 
     return torch.func.vmap(one, randomness="different")(params, *args)
-
-
-def levels_to_bits(levels: np.ndarray, tier: Tier) -> np.ndarray:
-    """Per-channel bit-widths of a level assignment under a tier."""
-    return np.asarray(tier.level_bits, dtype=np.int64)[levels]

@@ -17,17 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from chord.budget import DEFAULT_TIERS, Tier
 from chord.checkpoint import load_backbone, save_backbone, weights_version
 from chord.config import BackboneConfig, config_to_dict
 from chord.data import Split, leave_one_out, load_dataset
 from chord.data.interactions import default_cache_dir
-from chord.hyper.deps import channel_layout
+from chord.hyper.calibrate import calibrate
+from chord.hyper.fisher import fisher_importance
 from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import module_device
 from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
-from chord.level_cost import LevelCost, LevelCostError
+from chord.levels import DEFAULT_TIERS, LevelCost, LevelCostError, Tier
 from chord.masks import (
     TORCH_XAVIER,
     MaskArtifact,
@@ -44,7 +44,8 @@ from chord.masks import (
 )
 from chord.masks.build import build_artifact
 from chord.models import Backbone, build_backbone, fit_length
-from chord.quant import quantize_per_channel
+from chord.quant import channel_layout, quantize_per_channel
+from chord.train import TrainConfig, backbone_config_for, train_backbone
 
 RUN_FORMAT = "chord-run/1"
 HYPERNET_FORMAT = "chord-hypernet/1"
@@ -89,9 +90,9 @@ class RunConfig:
     # anything sees it (Backbone.fold_for_quantization; Caser centres its output item table).
     # Random-mode backbones stay as built: devices rebuild them from seed and config.
     fold: bool = True
-    # How levels follow importance (chord.budget.assign_levels): "rd" measures each layer's
+    # How levels follow importance (chord.levels.assign_levels): "rd" measures each layer's
     # loss at every width on training data and places bits where they remove the most loss
-    # (chord.level_cost), importance scaling each channel's share; "quota" gives the
+    # (chord.levels.rd), importance scaling each channel's share; "quota" gives the
     # maximum-entropy level quotas to channels in importance order.
     allocation: str = "rd"
     # Backbone width (SASRec hidden, Caser embed); None: the model's default. Random mode can
@@ -239,8 +240,6 @@ def obtain_backbone(
     device: torch.device | str = "cpu",
 ) -> tuple[Backbone, dict[str, Any]]:
     """The frozen backbone of a run on `device`: rebuilt from seed (random) or trained once."""
-    from chord.train import TrainConfig, backbone_config_for, train_backbone
-
     tcfg = TrainConfig(
         dataset=cfg.dataset, backbone=cfg.backbone, epochs=cfg.backbone_epochs,
         patience=cfg.backbone_patience, seed=cfg.seed, max_train_users=cfg.max_users,
@@ -392,8 +391,6 @@ def prepare_run(
     hyper: HyperNetwork | PriorImportance = net
     cost: LevelCost | None = None
     if cfg.allocation == "rd":
-        from chord.hyper.calibrate import calibrate
-
         quantize = quantize_keep_zeros if mask is not None else quantize_per_channel
         table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize)
         cost = LevelCost.from_layout(table, layout)
@@ -404,8 +401,6 @@ def prepare_run(
         if log:
             log(f"calibrated the level cost of {len(layout.layers)} layers")
     elif cfg.prior == "fisher":
-        from chord.baselines.static import fisher_importance
-
         mid = DEFAULT_TIERS["mid"]
         prior = standardize_prior(fisher_importance(backbone, layout, split, mid, seed=cfg.seed))
         hyper = PriorImportance(net, prior).to(device)

@@ -9,16 +9,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from chord.budget import BudgetError, Tier, assign_levels_batch
-from chord.hyper.deps import average_bits
-from chord.hyper.personal import (
-    LevelBank,
-    batched_call,
-    compact_items,
-    module_device,
-    one_hot_levels,
+from chord.hyper.personal import LevelBank, batched_call, compact_items, module_device
+from chord.levels import (
+    BudgetError,
+    LevelCost,
+    Tier,
+    assign_levels_batch,
+    average_bits,
+    max_entropy_distribution,
 )
-from chord.level_cost import LevelCost, TorchLevelCost
+from chord.levels.relaxed import TorchLevelCost, one_hot_levels
 from chord.masks import MaskedSource
 from chord.models import fit_length
 
@@ -30,7 +30,7 @@ def assign_batch(
     budget_bits: float,
     cost: LevelCost | None = None,
 ) -> np.ndarray:
-    """Levels [B, C] (uint8) for a batch of importance rows, by chord.budget's exact rule."""
+    """Levels [B, C] (uint8) for a batch of importance rows, by chord.levels' exact rule."""
     imp = importance.detach().cpu().numpy()
     rows = assign_levels_batch(imp, sizes, [tier] * len(imp), [budget_bits] * len(imp), cost)
     for row in rows:
@@ -42,15 +42,13 @@ def assign_batch(
 def fast_assign(
     importance: torch.Tensor, sizes: torch.Tensor, tier: Tier, budget_bits: float
 ) -> torch.Tensor:
-    """Batched levels [B, C] by chord.budget's quota rule, without its boundary fix-up.
+    """Batched levels [B, C] by chord.levels.quota's rule, without its boundary fix-up.
 
     Same order and level shares as assign_levels (maximum-entropy level distribution, level 3
     to the most important weight mass); only the final one-channel residual correction is
     skipped, so the mean can differ from the budget by a fraction of one channel. Used in
     training, where one call per user would dominate the step time.
     """
-    from chord.budget import max_entropy_distribution
-
     p = max_entropy_distribution(tier.level_bits, budget_bits)
     dev = importance.device
     bounds = torch.tensor(np.cumsum(p[::-1])[:-1], dtype=torch.float64, device=dev)

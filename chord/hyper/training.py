@@ -14,21 +14,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from chord.budget import DEFAULT_TIERS, Tier
 from chord.data import Split
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import HyperNetwork
-from chord.hyper.personal import (
-    LevelBank,
-    batched_call,
-    compact_items,
-    expected_bits,
-    module_device,
-    relaxed_masks,
-)
+from chord.hyper.personal import LevelBank, batched_call, compact_items, module_device
 from chord.hyper.prior import PriorImportance
 from chord.hyper.scoring import PersonalScorer, fast_assign
-from chord.level_cost import LevelCost, TorchLevelCost, relaxed_rd_masks
+from chord.levels import DEFAULT_TIERS, LevelCost, Tier
+from chord.levels.relaxed import TorchLevelCost, expected_bits, relaxed_masks, relaxed_rd_masks
 from chord.masks import MaskedSource
 
 # (tier, lowest budget, highest budget) sampled during training: one hypernetwork, all tiers.

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from chord.budget import Tier
+from chord.levels import Tier
 from chord.masks.artifact import MaskArtifact, MaskHeader
 from chord.masks.ranks import MaskError, layer_gain
 from chord.models import Backbone

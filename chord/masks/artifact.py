@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from chord.artifacts.mask import MASK_FORMAT
 from chord.masks.ranks import MaskError, check_fractions
 
 MAGIC = b"CHMK"
@@ -212,6 +213,7 @@ def content_id(data: bytes) -> str:
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "MASK_FORMAT",
     "MaskArtifact",
     "MaskHeader",
     "content_id",
