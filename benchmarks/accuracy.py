@@ -218,6 +218,8 @@ def plot_importance(run_path: str, path: Path, n_users: int = 4, seed: int = 0) 
 def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
+    if args.random_masks:
+        return random_masks.main(args)
     store = ResultStore.default(args.results_dir)
     if args.replot:
         data = read_json(store.path(args.name))
@@ -228,8 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.import_json:
         return import_results(args, store)
-    if args.random_masks:
-        return random_masks.main(args)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print(f"--device {args.device}: torch {torch.__version__} sees no CUDA device",
               file=sys.stderr)
