@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Protocol, cast
 
 from benchmarks.harness import write_json
-from benchmarks.loadgen import METHODS, LoadConfig, format_summary, run_load
+from benchmarks.loadgen import (
+    METHODS,
+    LoadConfig,
+    LoadConfigError,
+    LoadRunError,
+    format_summary,
+    run_load,
+)
+from chord.startcheck import StartupError, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -41,7 +50,8 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
     parser.add_argument("--tls-ca", default=None, help="PEM CA certificate: use TLS")
     parser.add_argument("--tls-server-name", default=None, help="TLS name to verify")
-    parser.add_argument("--token", default=None, help="bearer token for the server")
+    parser.add_argument("--token", default=None,
+                        help="bearer token for the server (default: $CHORD_TOKEN)")
     parser.add_argument("--tier", default="", help="device tier (default: the spec's first)")
     parser.add_argument("--budget-bits", type=float, default=0.0, help="0 = the tier default")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random profiles")
@@ -62,7 +72,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeout_s=args.timeout,
         tls_ca=args.tls_ca,
         tls_server_name=args.tls_server_name,
-        token=args.token,
+        token=args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None,
         seed=args.seed,
         tier=args.tier,
         budget_bits=args.budget_bits,
@@ -71,8 +81,21 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 
 def run_load_command(args: argparse.Namespace) -> int:
-    """`chord bench load`: run, print the summary, optionally write JSON; 1 if any error."""
-    result = run_load(load_config_from_args(args))
+    """`chord bench load`: run, print the summary, optionally write JSON; 1 if any error.
+
+    A configuration that cannot work exits 2 and a run that cannot start exits 1, each with one
+    `chord bench load: error:` line.
+    """
+    try:
+        if args.json_out:
+            check_out_file(args.json_out, "--json")
+        result = run_load(load_config_from_args(args))
+    except (LoadConfigError, StartupError) as exc:
+        print(f"chord bench load: error: {exc}", file=sys.stderr)
+        return 2
+    except LoadRunError as exc:
+        print(f"chord bench load: error: {exc}", file=sys.stderr)
+        return 1
     print(format_summary(result))
     if args.json_out:
         write_json(args.json_out, result.to_json())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from chord.startcheck import StartupError, check_address, check_seconds, check_token
 from chord.strategy import StrategyRequest
 from protos import serde
 
@@ -67,11 +69,17 @@ class LoadConfig:
 
     def validate(self) -> None:
         """Raise LoadConfigError naming the first field that is out of range."""
-        host, sep, port = self.target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise LoadConfigError(
-                f"target {self.target!r} is not HOST:PORT; send e.g. 127.0.0.1:50051"
-            )
+        try:
+            check_address(self.target, "target (--target)")
+            if self.token is not None:
+                check_token(self.token, "token (--token or $CHORD_TOKEN)")
+            check_seconds(self.timeout_s, "timeout_s (--timeout)")
+            check_seconds(self.duration_s, "duration_s (--duration)")
+            check_seconds(self.warmup_s, "warmup_s (--warmup)", allow_zero=True)
+        except StartupError as exc:
+            raise LoadConfigError(str(exc)) from None
+        if not math.isfinite(self.budget_bits):
+            raise LoadConfigError(f"budget_bits {self.budget_bits} must be a finite number")
         if self.method not in METHODS:
             raise LoadConfigError(f"method {self.method!r} is unknown; send one of {METHODS}")
         if self.concurrency < 1:
@@ -207,6 +215,14 @@ async def _drive(
     channels = [_channel(cfg) for _ in range(cfg.channels_per_process)]
     metadata = _metadata(cfg)
     try:
+        for ch in channels:
+            try:
+                await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
+                    "`chord serve` listens there (and pass --tls-ca for a TLS server)"
+                ) from None
         stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
         if cfg.method == "strategy":
             pool = await _strategy_requests(stubs[0], cfg, index, metadata)
@@ -217,8 +233,6 @@ async def _drive(
 
             pool = [health_pb2.HealthCheckRequest(service="")]
             stubs = [health_pb2_grpc.HealthStub(ch) for ch in channels]  # type: ignore[misc]
-        for ch in channels:
-            await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
         # Every process starts its clock together, after connecting.
         await asyncio.to_thread(barrier.wait, 120.0)
 

@@ -33,6 +33,7 @@ from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.artifacts import ArtifactStore
 from cloud_server.errors import InvalidRequestError, ServiceError
+from cloud_server.validation import PROFILE_ABS_MAX
 
 if TYPE_CHECKING:
     from chord.hyper.runs import ChordRun
@@ -223,7 +224,15 @@ class StrategyEngine:
             self._cost,
         )
         out: BatchOutcome = []
-        for req, tier, levels in zip(requests, tiers, assigned, strict=True):
+        finite = np.isfinite(importance.numpy()).all(axis=1)
+        for row, (req, tier, levels) in enumerate(zip(requests, tiers, assigned, strict=True)):
+            if not finite[row]:
+                field = "profile" if req.profile is not None else "recent_items"
+                out.append(InvalidRequestError(
+                    f"{field} gives non-finite channel importance; send profile values in "
+                    f"[-{PROFILE_ABS_MAX:g}, {PROFILE_ABS_MAX:g}] (the on-device profiler output)"
+                ))
+                continue
             if isinstance(levels, BudgetError):
                 out.append(InvalidRequestError(f"{levels}; send a budget this tier can reach"))
                 continue
