@@ -352,6 +352,7 @@ def learn_mask(
     layout = channel_layout(raw)
     mcfg = MaskTrainConfig(
         epochs=cfg.mask_epochs, lr=cfg.mask_lr, batch_size=cfg.mask_batch,
+        valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
         keep=cfg.mask_fractions[cfg.mask_shared - 1] if cfg.mask_shared else 1.0,
         nested=tuple(f for i, f in enumerate(cfg.mask_fractions) if i != cfg.mask_shared - 1),
         seed=cfg.seed,

@@ -35,6 +35,8 @@ class MaskTrainConfig:
     eval_every: int = 5  # epochs between validation checks
     patience: int = 4  # validation checks without improvement before stopping
     valid_users: int = 500  # validation users used for model selection
+    valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
+    valid_ranking: str = "sampled"  # sampled | full
     seed: int = 0
 
 
@@ -123,15 +125,16 @@ def learn_scores(
             def score_fn(
                 seqs: torch.Tensor, cands: torch.Tensor | None, users: torch.Tensor
             ) -> torch.Tensor:
+                named = {f"inner.{k}": v for k, v in params.items()}
                 if cands is None:
-                    return functional_call(backbone, params, (seqs,), strict=False)
-                return functional_call(
-                    _Candidates(backbone), {f"inner.{k}": v for k, v in params.items()},
-                    (seqs, cands), strict=False,
-                )
+                    return functional_call(_Method(backbone, "score_all"), named, (seqs,),
+                                           strict=False)
+                return functional_call(_Method(backbone, "score_candidates"), named,
+                                       (seqs, cands), strict=False)
 
-            res = evaluate(score_fn, split, "valid", seed=cfg.seed, users=vusers,
-                           max_len=backbone.max_len, device=device)
+            res = evaluate(score_fn, split, "valid", full=cfg.valid_ranking == "full",
+                           seed=cfg.seed, users=vusers, max_len=backbone.max_len, device=device,
+                           n_negatives=cfg.valid_negatives)
         return float(res["NDCG@10"])
 
     report = MaskTrainReport()
@@ -146,7 +149,7 @@ def learn_scores(
             keep = float(fractions[int(rng.integers(len(fractions)))])
             params = masked_params(backbone, layout, scores, keep)
             loss = functional_call(
-                _Loss(backbone), {f"inner.{k}": v for k, v in params.items()},
+                _Method(backbone, "training_loss"), {f"inner.{k}": v for k, v in params.items()},
                 (inputs[idx].to(device), targets[idx].to(device)), strict=False,
             )
             opt.zero_grad(set_to_none=True)
@@ -170,28 +173,18 @@ def learn_scores(
     return [copy.deepcopy(s) for s in best], report
 
 
-class _Loss(torch.nn.Module):
-    """backbone.training_loss as forward(), so functional_call can swap the weights."""
+class _Method(torch.nn.Module):
+    """A backbone method as forward(), so functional_call can swap the backbone's weights."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, method: str) -> None:
         super().__init__()
         self.inner = backbone
+        self.method = method
 
-    def forward(self, seqs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-item cross-entropy."""
-        return self.inner.training_loss(seqs, targets)
-
-
-class _Candidates(torch.nn.Module):
-    """backbone.score_candidates as forward()."""
-
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.inner = backbone
-
-    def forward(self, seqs: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-        """Scores [B, C]."""
-        return self.inner.score_candidates(seqs, cands)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """backbone.METHOD(*args)."""
+        out: torch.Tensor = getattr(self.inner, self.method)(*args)
+        return out
 
 
 __all__ = ["MaskTrainConfig", "MaskTrainReport", "learn_scores", "masked_params"]
