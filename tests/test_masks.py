@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from chord.masks import (
     personal_weights,
     quantize_keep_zeros,
     rebuild_backbone,
+    stored_bytes,
 )
 from chord.masks.artifact import decode_classes, encode_classes, payload_bits
 from chord.masks.build import build_artifact
@@ -139,3 +141,23 @@ def test_paired_bootstrap_interval_excludes_zero_only_for_a_real_difference() ->
     assert lo > 0 and lo < mean < hi
     mean, lo, hi = paired_interval(base + rng.normal(0, 0.05, 500), base, seed=1, n=500)
     assert lo < 0 < hi
+
+
+def test_stored_bytes_count_kept_weights_at_their_bits() -> None:
+    _, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
+    tier = DEFAULT_TIERS["mid"]
+    zeros = np.zeros(layout.n_channels, dtype=np.uint8)  # level 0 prunes every channel here
+    threes = np.full(layout.n_channels, 3, dtype=np.uint8)
+    overhead = (layout.n_channels * 32 + layout.n_weights + 7) // 8  # scales and keep map
+    assert stored_bytes(art, zeros, tier) == overhead
+    kept = int((art.classes >= 1).sum())  # level 3 keeps class >= 1 at 8 bits
+    assert stored_bytes(art, threes, tier) == (kept * 8 + layout.n_channels * 32
+                                               + layout.n_weights + 7) // 8
+
+
+def test_mask_header_rejects_levels_that_name_no_class() -> None:
+    _, _, art = _artifact()
+    with pytest.raises(MaskError, match="level_min_class"):
+        dataclasses.replace(art.header, level_min_class=(5, 1, 1, 1))
+    with pytest.raises(MaskError, match="strictly decreasing"):
+        dataclasses.replace(art.header, keep_fractions=(0.5, 0.6, 0.4))
