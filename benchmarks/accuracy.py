@@ -1,12 +1,14 @@
 """Accuracy table: CHORD (random and pretrained backbones) against every baseline, per budget.
 
 Run: `python -m benchmarks.accuracy [--datasets ml-100k ml-1m] [--backbones sasrec caser]
-[--budgets 2 3 4] [--device cuda]`. Writes results/accuracy.json, its section of RESULTS.md, a
-plot of NDCG@10 against average bits (results/accuracy_ndcg_vs_bits.png) and one of how
-importance varies across layers and channels for a few users (results/importance.png). Results
-are rewritten after every (dataset, backbone, budget), so a long run leaves a usable partial
-table. With --results-dir the files go there (NAME.json, RESULTS.md, plots) and the committed
-ones are left alone; --import-json later folds such files into results/NAME.json and RESULTS.md.
+[--budgets 2 3 4] [--device cuda]`; `--random-masks [--widths 64 128 256]` measures random mode
+with learned masks instead (benchmarks/random_masks.py). Writes results/accuracy.json, its
+section of RESULTS.md, a plot of NDCG@10 against average bits
+(results/accuracy_ndcg_vs_bits.png) and one of how importance varies across layers and channels
+for a few users (results/importance.png). Results are rewritten after every (dataset, backbone,
+budget), so a long run leaves a usable partial table. With --results-dir the files go there
+(NAME.json, RESULTS.md, plots) and the committed ones are left alone; --import-json later folds
+such files into results/NAME.json and RESULTS.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks import random_masks
 from benchmarks.harness import (
     ResultStore,
     Stopwatch,
@@ -77,6 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on cpu; on cuda half the cores, at most 8)")
+    p.add_argument("--random-masks", action="store_true",
+                   help="measure random mode with learned masks instead (benchmarks.random_masks:"
+                        " random fp32, shared mask, DIET-style, CHORD; bootstrap intervals)")
+    p.add_argument("--widths", nargs="+", type=int, default=[64],
+                   help="--random-masks: backbone widths (the first gets the full table)")
+    p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
+                   help="--random-masks: epochs of learning the shared mask")
+    p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
+                   help="--random-masks: levels choose bits only, or also how much of a channel "
+                        "the mask keeps (results go to accuracy_random_nested)")
     return p.parse_args(argv)
 
 
@@ -205,6 +218,8 @@ def plot_importance(run_path: str, path: Path, n_users: int = 4, seed: int = 0) 
 def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
+    if args.random_masks:
+        return random_masks.main(args)
     store = ResultStore.default(args.results_dir)
     if args.replot:
         data = read_json(store.path(args.name))

@@ -87,11 +87,38 @@ def evaluate(
 ) -> dict[str, float]:
     """HR@5/10 and NDCG@5/10 of `stage` ("valid" or "test").
 
-    Accepts a Backbone (put in eval mode for the call, then restored) or any ScoreFn, so
-    quantized or personalized models are evaluated the same way. Histories are left-padded to
-    `max_len` (default: the backbone's, else 50). `users` restricts evaluation to those user
-    indices. Negatives depend only on (split, stage, seed, n_negatives). Inputs are put on
-    `device` (default: the backbone's, or the score function's `.device`, else CPU).
+    The mean over users of what `stage_ranks` returns. Accepts a Backbone (put in eval mode
+    for the call, then restored) or any ScoreFn, so quantized or personalized models are
+    evaluated the same way. Histories are left-padded to `max_len` (default: the backbone's,
+    else 50). `users` restricts evaluation to those user indices. Negatives depend only on
+    (split, stage, seed, n_negatives). Inputs are put on `device` (default: the backbone's,
+    or the score function's `.device`, else CPU).
+    """
+    return rank_metrics(
+        stage_ranks(
+            model_or_score_fn, split, stage, full, seed, n_negatives=n_negatives,
+            batch_size=batch_size, max_len=max_len, users=users, device=device,
+        )
+    )
+
+
+def stage_ranks(
+    model_or_score_fn: Backbone | ScoreFn,
+    split: Split,
+    stage: str = "valid",
+    full: bool = False,
+    seed: int = 0,
+    *,
+    n_negatives: int = 100,
+    batch_size: int = 256,
+    max_len: int | None = None,
+    users: np.ndarray | None = None,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """The 0-based rank of each evaluated user's target (int64 [n_users], stage order).
+
+    Per-user ranks are what paired comparisons (e.g. a bootstrap over users) need; arguments
+    as in `evaluate`.
     """
     eval_set: EvalSet = split.stage(stage)
     if users is not None:
@@ -126,7 +153,14 @@ def evaluate(
     finally:
         if model is not None:
             model.train(was_training)
-    return rank_metrics(np.concatenate(ranks))
+    return np.concatenate(ranks)
 
 
-__all__ = ["ScoreFn", "backbone_score_fn", "eval_negatives", "evaluate", "score_device"]
+__all__ = [
+    "ScoreFn",
+    "backbone_score_fn",
+    "eval_negatives",
+    "evaluate",
+    "score_device",
+    "stage_ranks",
+]

@@ -64,6 +64,10 @@ class ModelSpec:
     # from the REFERENCE_DATA artifact once fetched (chord.artifacts.reference_from_artifact).
     reference_importance: bytes = b""  # float16 LE per channel; b"" = none held
     level_cost: bytes = b""  # float32 LE [layers x 8] of the rate-distortion rule; b"" = quotas
+    # Random mode with a learned mask (chord.masks; the mask is the SHARED_MASK artifact): the
+    # named generator a device rebuilds the weights with, and their version hash before masking.
+    generator: str = ""
+    weights_checksum: str = ""
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""

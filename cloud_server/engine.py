@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from chord.artifacts import Artifact, ArtifactRef, backbone_to_artifact, reference_to_artifact
+from chord.artifacts import (
+    MASK_FORMAT,
+    Artifact,
+    ArtifactRef,
+    backbone_to_artifact,
+    reference_to_artifact,
+)
 from chord.codes import encode_levels, reference_levels
 from chord.levels import (
     DEFAULT_TIERS,
@@ -22,6 +28,7 @@ from chord.levels import (
     assign_levels_batch,
     budget_range,
 )
+from chord.masks import encode_mask
 from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.artifacts import ArtifactStore
@@ -112,10 +119,14 @@ class StrategyEngine:
         return cls(load_run(Path(run_dir)))
 
     def _run_artifacts(self) -> tuple[Artifact, ...]:
-        """What a device of this run downloads: pretrained weights, and the reference data."""
+        """What a device of this run downloads: pretrained weights or the shared mask, and the
+        reference data."""
         out = []
         if self.run.mode == "pretrained":
             out.append(backbone_to_artifact(self.run.backbone))
+        if self.run.mask is not None:  # random mode with a learned mask: its rank classes
+            mask = encode_mask(self.run.mask.artifact)
+            out.append(Artifact.of("shared_mask", MASK_FORMAT, mask))
         n_layers = len(self.run.layout.layers)
         out.append(reference_to_artifact(self._reference, self._cost_bytes, n_layers))
         return tuple(out)
@@ -135,7 +146,7 @@ class StrategyEngine:
             LayerSpec(str(x.name), int(x.n_channels), int(x.channel_size))
             for x in run.layout.layers
         )
-        return ModelSpec(
+        spec = ModelSpec(
             kind=str(run.backbone.kind),
             mode=str(run.mode),
             config_json=config_to_json(run.backbone_config),
@@ -151,6 +162,13 @@ class StrategyEngine:
             artifacts=self.artifacts.refs(),
             reference_importance=self._reference.astype("<f2").tobytes(),
             level_cost=self._cost_bytes,
+        )
+        if run.mask is None:
+            return spec
+        # Random mode with a learned mask: how a device rebuilds the weights before masking.
+        header = run.mask.artifact.header
+        return dataclasses.replace(
+            spec, generator=header.generator, weights_checksum=header.weights_checksum
         )
 
     def _reference_for(self, req: StrategyRequest, tier: Tier) -> np.ndarray | None:

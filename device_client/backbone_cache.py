@@ -11,6 +11,14 @@ import torch
 from chord.artifacts import backbone_from_artifact
 from chord.checkpoint import weights_version
 from chord.config import config_from_json
+from chord.masks import (
+    MaskArtifact,
+    MaskError,
+    check_weights,
+    decode_mask,
+    masked_backbone,
+    rebuild_backbone,
+)
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
 from chord.spec import ModelSpec
@@ -18,6 +26,22 @@ from chord.spec import ModelSpec
 
 class BackboneMismatchError(RuntimeError):
     """The backbone a device built or loaded does not hash to the version the server named."""
+
+
+def load_mask(spec: ModelSpec, data: bytes) -> MaskArtifact:
+    """The mask of a spec from its downloaded SHARED_MASK artifact (digest already verified by
+    the download); BackboneMismatchError when it is cut, tampered, of another layout version
+    or learned over other weights than the spec rebuilds."""
+    try:
+        artifact = decode_mask(data)
+    except MaskError as exc:
+        raise BackboneMismatchError(f"shared mask artifact refused: {exc}") from exc
+    if artifact.header.weights_checksum != spec.weights_checksum:
+        raise BackboneMismatchError(
+            f"the shared mask was learned over weights {artifact.header.weights_checksum}, the "
+            f"spec rebuilds {spec.weights_checksum}"
+        )
+    return artifact
 
 
 @dataclass(frozen=True)
@@ -30,8 +54,12 @@ class CachedBackbone:
     int8_bytes: int  # quantizable weights at 1 byte (+ a float32 scale per channel), rest fp32
     duet_bytes: int  # DUET-style: the generated non-embedding weights, fp32, sent per adaptation
     obtain_ms: float  # build (random mode) or decode (pretrained mode) time in this process
-    source: str  # "built" or "loaded"
+    source: str  # "built", "built+mask" or "loaded"
     layout: ChannelLayout  # the quantizable channels, computed once instead of per strategy
+    # Random mode with a mask: the rebuilt unmasked weights and the mask; `model` is then the
+    # shared-mask model the device profiles with.
+    raw: Backbone | None = None
+    mask: MaskArtifact | None = None
 
 
 _cache: dict[str, CachedBackbone] = {}
@@ -57,12 +85,26 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return int(int8), int(duet)
 
 
-def _obtain(spec: ModelSpec, weights: bytes | None) -> CachedBackbone:
-    """Build (random) or decode from the downloaded weights artifact (pretrained) the
-    backbone, and verify its version hash. Raises BackboneMismatchError or, for weights that
-    are not the spec's, chord.artifacts.ArtifactFormatError."""
+def _obtain(spec: ModelSpec, weights: bytes | None, shared_mask: bytes | None) -> CachedBackbone:
+    """Build (random), build and mask (random with a SHARED_MASK artifact) or decode from the
+    downloaded weights artifact (pretrained) the backbone, and verify its version hash. Raises
+    BackboneMismatchError or, for weights that are not the spec's,
+    chord.artifacts.ArtifactFormatError."""
     start = time.perf_counter()
-    if spec.mode == "random":
+    raw: Backbone | None = None
+    mask: MaskArtifact | None = None
+    if spec.mode == "random" and spec.artifact("shared_mask") is not None:
+        if shared_mask is None:
+            raise BackboneMismatchError("a masked random backbone needs its shared mask; fetch it")
+        try:
+            raw = rebuild_backbone(spec.generator, config_from_json(spec.config_json), spec.seed)
+            check_weights(raw, spec.weights_checksum)
+        except MaskError as exc:
+            raise BackboneMismatchError(str(exc)) from exc
+        mask = load_mask(spec, shared_mask)
+        model = masked_backbone(raw, mask)
+        source = "built+mask"
+    elif spec.mode == "random":
         model = build_backbone(config_from_json(spec.config_json), spec.seed)
         source = "built"
     else:
@@ -90,19 +132,24 @@ def _obtain(spec: ModelSpec, weights: bytes | None) -> CachedBackbone:
         obtain_ms=(time.perf_counter() - start) * 1e3,
         source=source,
         layout=channel_layout(model),
+        raw=raw,
+        mask=mask,
     )
 
 
-def get_backbone(spec: ModelSpec, weights: bytes | None = None) -> tuple[CachedBackbone, bool]:
+def get_backbone(
+    spec: ModelSpec, weights: bytes | None = None, shared_mask: bytes | None = None
+) -> tuple[CachedBackbone, bool]:
     """The process's backbone for spec.version and whether it came from the cache.
 
-    weights: the verified BACKBONE_WEIGHTS artifact (pretrained mode); unused on a cache hit.
+    weights: the verified BACKBONE_WEIGHTS artifact (pretrained mode); shared_mask: the
+    verified SHARED_MASK artifact (random mode with a mask); both unused on a cache hit.
     """
     with _lock:
         cached = _cache.get(spec.version)
         if cached is not None:
             return cached, True
-        cached = _obtain(spec, weights)
+        cached = _obtain(spec, weights, shared_mask)
         _cache[spec.version] = cached
         return cached, False
 

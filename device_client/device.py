@@ -13,6 +13,7 @@ import torch
 from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
+from chord.masks import personal_model
 from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
 from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
@@ -25,7 +26,7 @@ from device_client.artifacts import (
     default_cache_dir,
     fetch_spec_artifacts,
 )
-from device_client.backbone_cache import BackboneMismatchError, get_backbone
+from device_client.backbone_cache import BackboneMismatchError, CachedBackbone, get_backbone
 from device_client.transport import Transport, TransportError
 
 CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
@@ -218,6 +219,7 @@ class VirtualDevice:
         self._bits_avg = 0.0
         self._n_catalogue = 0
         self._reference: np.ndarray | None = None  # reference levels for this tier and budget
+        self._masked: CachedBackbone | None = None  # random mode with a mask: raw weights + mask
 
     def run(self) -> DeviceReport:
         """Set up, then play every round; a failed RPC ends the device with a reason."""
@@ -242,7 +244,7 @@ class VirtualDevice:
             report.artifact_bytes, report.artifact_attempts = got.bytes_received, got.attempts
             report.artifact_resumes, report.artifact_cache_hits = got.resumes, got.cache_hits
             report.modeled_download_ms = self._transfer_ms(got.bytes_received)
-            cached, hit = get_backbone(spec, fetched.weights)
+            cached, hit = get_backbone(spec, fetched.weights, fetched.shared_mask)
         except TransportError as exc:
             return self._fail(report, f"spec:{exc.reason}", str(exc))
         except ArtifactRefused as exc:
@@ -254,6 +256,8 @@ class VirtualDevice:
         report.fp32_model_bytes = cached.fp32_bytes
         report.int8_model_bytes, report.duet_bytes = cached.int8_bytes, cached.duet_bytes
         self._n_catalogue = spec.n_items or int(cached.model.n_items)
+        if cached.mask is not None:
+            self._masked = cached  # random mode with a mask: strategies pick masked channels
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
@@ -345,15 +349,17 @@ class VirtualDevice:
         t2 = time.thread_time()
         if levels is not None:
             bits = levels_to_bits(levels, tier).astype(np.int64)
-            self._model = build_runtime(backbone, bits, layout=layout)
+            self._model = self._adapt(backbone, levels, bits, tier, layout)
             self._levels = levels
             self._bits_avg = float((bits * sizes).sum() / sizes.sum())
             rec.strategy_source = "cloud"
         elif self._model is not None:
             rec.strategy_source = "previous"
         else:
-            bits = np.full(spec.n_channels, uniform_fallback_bits(tier, job.budget_bits), np.int64)
-            self._model = build_runtime(backbone, bits, layout=layout)
+            width = uniform_fallback_bits(tier, job.budget_bits)
+            bits = np.full(spec.n_channels, width, np.int64)
+            flat = np.full(spec.n_channels, tier.level_bits.index(width), np.uint8)
+            self._model = self._adapt(backbone, flat, bits, tier, layout)
             self._bits_avg = float(bits[0])
             rec.strategy_source = "uniform_fallback"
         rec.quantize_ms = (time.thread_time() - t2) * 1e3
@@ -366,6 +372,21 @@ class VirtualDevice:
         ) * job.compute_factor
         if job.report_to_server:
             self._report(rec)
+
+    def _adapt(
+        self,
+        backbone: torch.nn.Module,
+        levels: np.ndarray,
+        bits: np.ndarray,
+        tier: Tier,
+        layout: ChannelLayout,
+    ) -> Scorer:
+        """The user's model: the quantized backbone, or with a mask the channels' masked and
+        quantized weights (chord.masks.personal_model: the same weights as the cloud's bank)."""
+        if self._masked is not None:
+            assert self._masked.raw is not None and self._masked.mask is not None
+            return personal_model(self._masked.raw, self._masked.mask, levels, tier)
+        return build_runtime(backbone, bits, layout=layout)
 
     def _reference_levels(
         self, reference: np.ndarray, sizes: np.ndarray, tier: Tier, cost: LevelCost | None

@@ -226,6 +226,8 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         n_items=spec.n_items,
         reference_id=spec.reference_id,
         artifacts=[artifact_ref_to_proto(a) for a in spec.artifacts],
+        generator=spec.generator,
+        weights_checksum=spec.weights_checksum,
     )
 
 
@@ -262,6 +264,8 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         n_items=int(msg.n_items),
         reference_id=msg.reference_id,
         artifacts=tuple(artifact_ref_from_proto(a) for a in msg.artifacts),
+        generator=msg.generator,
+        weights_checksum=msg.weights_checksum,
     )
 
 

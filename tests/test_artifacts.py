@@ -342,22 +342,24 @@ def test_store_refuses_bytes_that_do_not_match_their_reference() -> None:
     assert [a.kind for a in store.refs()] == ["shared_mask"]
 
 
-def test_random_mode_device_fetches_the_reference_and_no_weights(
+def test_random_mode_device_fetches_the_mask_and_reference_and_no_weights(
     run_dir: Path, tmp_path: Path
 ) -> None:
     with EmbeddedServer(ServerConfig(run_dir=run_dir, grace_s=0.2)) as srv:
         spec = _spec(srv.address)
-        assert spec.mode == "random" and [a.kind for a in spec.artifacts] == ["reference_data"]
+        kinds = [a.kind for a in spec.artifacts]
+        assert spec.mode == "random" and kinds == ["shared_mask", "reference_data"]
         users = load_users("ml-100k")[0]
         job = DeviceJob("dev-rand", 4, users[4], "mid", 3.0, request_tag="rand")
         cache = ArtifactCache(tmp_path)
         report = VirtualDevice(job, Transport(srv.address, FAST), cache).run()
     assert (report.status, report.reason) == ("completed", ""), report.detail
-    ref = spec.artifacts[0]
-    # The reference came over FetchArtifact (and was counted); the weights were rebuilt.
-    assert ref.size_bytes < report.artifact_bytes < ref.size_bytes + 200
-    assert (report.artifact_attempts, report.artifact_cache_hits) == (1, 0)
-    assert cache.read(ref) is not None
+    sizes = sum(a.size_bytes for a in spec.artifacts)
+    # The mask and the reference came over FetchArtifact (and were counted); the weights were
+    # rebuilt.
+    assert sizes < report.artifact_bytes < sizes + 400
+    assert (report.artifact_attempts, report.artifact_cache_hits) == (2, 0)
+    assert all(cache.read(ref) is not None for ref in spec.artifacts)
     assert all(r.strategy_source == "cloud" for r in report.rounds)
 
 
@@ -421,8 +423,8 @@ def test_fleet_downloads_everything_from_another_process(
         sizes = sum(a.size_bytes for a in spec.artifacts)
         if spec.mode == "pretrained":
             assert _weights(spec).size_bytes > 100_000
-        else:  # random mode: weights are rebuilt on the device, only the reference travels
-            assert [a.kind for a in spec.artifacts] == ["reference_data"]
+        else:  # random mode: weights are rebuilt on the device; the mask and reference travel
+            assert [a.kind for a in spec.artifacts] == ["shared_mask", "reference_data"]
         cfg = FleetConfig(
             devices=6, server=address, actors=2, batch_size=3, lanes=2,
             device_cache_dir=str(tmp_path / "device-disk"),

@@ -72,6 +72,8 @@ model_specs = st.builds(
     n_items=u32,
     reference_id=text,
     artifacts=st.lists(artifact_refs, max_size=3).map(tuple),
+    generator=text,
+    weights_checksum=text,
 )
 
 

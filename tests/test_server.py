@@ -122,8 +122,11 @@ def test_model_spec_describes_the_run(server: EmbeddedServer, run_dir: Path) -> 
     run = load_run(run_dir)
     assert spec.version == run.version
     assert spec.mode == pb.BACKBONE_MODE_RANDOM and spec.kind == pb.BACKBONE_KIND_SASREC
-    # Random mode ships no weights: the only artifact is the reference data.
-    assert [a.kind for a in spec.artifacts] == [pb.ARTIFACT_KIND_REFERENCE_DATA]
+    # Random mode ships no weights: the learned shared mask and the reference data.
+    assert [a.kind for a in spec.artifacts] == [
+        pb.ARTIFACT_KIND_SHARED_MASK, pb.ARTIFACT_KIND_REFERENCE_DATA
+    ]
+    assert spec.generator and spec.weights_checksum and spec.weights_checksum != spec.version
     assert spec.n_channels == run.layout.n_channels == sum(x.n_channels for x in spec.layers)
     assert spec.profile_dim == run.profile_dim and spec.n_items == run.backbone.n_items
     assert spec.max_recent_items == run.backbone.max_len
@@ -378,7 +381,7 @@ def test_prometheus_metrics_are_exported(run_dir: Path, engine: StrategyEngine) 
     finally:
         srv.stop()
     assert 'chord_requests_total{code="OK",method="GetStrategy"} 1.0' in text
-    assert 'chord_requests_total{code="INVALID_ARGUMENT",method="GetStrategy"} 1.0' in text
+    assert 'chord_requests_total{code="INVALID_ARGUMENT",method="GetStrategy"} 1.0' in text, text
     assert "chord_batch_size_count 1.0" in text
     assert "chord_in_flight 0.0" in text
     assert 'chord_bytes_out_total{method="GetStrategy"}' in text

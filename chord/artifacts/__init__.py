@@ -2,6 +2,7 @@
 
 from chord.artifacts.backbone import BACKBONE_FORMAT, backbone_from_artifact, backbone_to_artifact
 from chord.artifacts.container import ArtifactFormatError, read_metadata
+from chord.artifacts.mask import MASK_FORMAT
 from chord.artifacts.reference import (
     REFERENCE_FORMAT,
     ReferenceData,
@@ -21,9 +22,9 @@ from chord.artifacts.refs import (
 )
 
 # The layout a device reads for each kind it knows; anything else it refuses before fetching.
-# The shared mask of random mode has no layout yet (issue 13, item 1): add it here when it lands.
 FORMATS: dict[str, str] = {
     "backbone_weights": BACKBONE_FORMAT,
+    "shared_mask": MASK_FORMAT,
     "reference_data": REFERENCE_FORMAT,
 }
 
@@ -32,6 +33,7 @@ __all__ = [
     "DIGEST_PREFIX",
     "FORMATS",
     "KINDS",
+    "MASK_FORMAT",
     "MAX_ARTIFACT_BYTES",
     "REFERENCE_FORMAT",
     "Artifact",

@@ -172,7 +172,7 @@ def _chord_row(
 ) -> MethodRow:
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
     scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
-                            cost=run.level_cost)
+                            cost=run.level_cost, mask=run.mask)
     metrics = _metrics(scorer, split, seed, protocol)
     levels = np.concatenate(scorer.level_rows)
     n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))

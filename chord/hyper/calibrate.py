@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,7 @@ def calibrate(
     seed: int = 0,
     n_examples: int = 1024,
     n_negatives: int = 100,
+    quantize: Callable[[torch.Tensor, int], torch.Tensor] = quantize_per_channel,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(layer_loss float32 [n_layers, 8], channel prior float32 [n_channels]).
 
@@ -92,6 +94,8 @@ def calibrate(
     layer L alone is quantized at b bits (the others stay fp32). The prior is each channel's log
     share of its layer's score-weighted quantization error at 3 bits, relative to an even split
     by size, so exp(prior) * layer_loss * n_c / N_L estimates what the channel alone costs.
+    `quantize(w, bits)` is the per-channel quantizer (a masked backbone passes one that keeps
+    pruned weights at zero).
     """
     seqs, cands = calibration_batch(backbone, split, n_examples, n_negatives, seed)
     base = _loss(backbone, seqs, cands)
@@ -103,7 +107,7 @@ def calibrate(
         original = weight.detach().clone()
         try:
             for b in range(1, MAX_WIDTH + 1):
-                weight.copy_(quantize_per_channel(original, b))
+                weight.copy_(quantize(original, b))
                 table[i, b - 1] = max(_loss(backbone, seqs, cands) - base, 0.0)
         finally:
             weight.copy_(original)
@@ -111,7 +115,7 @@ def calibrate(
     prior = []
     for layer, s in zip(layers, sens, strict=True):
         w = params[f"{layer.name}.weight"].detach()
-        err = (s * (quantize_per_channel(w, SHARE_BITS) - w) ** 2).reshape(w.shape[0], -1)
+        err = (s * (quantize(w, SHARE_BITS) - w) ** 2).reshape(w.shape[0], -1)
         per_weight = err.mean(1).double().cpu().numpy()
         mean = float(per_weight.mean())
         if mean <= 0:

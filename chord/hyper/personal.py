@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from chord.hyper.hypernet import layout_layers, weight_param_name
 from chord.levels import Tier
+from chord.masks import MaskedSource
 from chord.quant import level_weights
 
 
@@ -36,9 +37,16 @@ class LevelBank:
     such as Caser's output bias) can be mixed for a few rows per user only: see compact_items.
     """
 
-    def __init__(self, backbone: nn.Module, layout: Any, tier: Tier) -> None:
-        """Precompute Q_{b_k}(W) for the four levels of `tier` (B's level_weights)."""
+    def __init__(
+        self, backbone: nn.Module, layout: Any, tier: Tier, mask: MaskedSource | None = None
+    ) -> None:
+        """Precompute Q_{b_k}(W) for the four levels of `tier` (B's level_weights).
+
+        With `mask` (random mode with a learned mask) level k is instead the raw weight masked
+        as the mask's level k keeps it, quantized at its bits (chord.masks.level_bank_weights).
+        """
         self.tier = tier
+        self.mask = mask
         state = dict(backbone.state_dict())
         self.item_rows = int(getattr(backbone, "n_items", -2)) + 1
         self.names: list[str] = []
@@ -47,7 +55,10 @@ class LevelBank:
             key = weight_param_name(layer.name)
             w = state[key].detach().float()
             self.names.append(key)
-            self.banks.append(level_weights(w, tier.level_bits).float())
+            if mask is not None:
+                self.banks.append(mask.level_weights(key, tier.level_bits).float().to(w.device))
+            else:
+                self.banks.append(level_weights(w, tier.level_bits).float())
         self.splits = [b.shape[1] for b in self.banks]
         self.item_tables = {
             k for k, b in zip(self.names, self.banks, strict=True)

@@ -28,8 +28,23 @@ from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
 from chord.jsonfile import write_json
 from chord.levels import DEFAULT_TIERS, LevelCost, LevelCostError, Tier
+from chord.masks import (
+    TORCH_XAVIER,
+    MaskArtifact,
+    MaskedSource,
+    MaskError,
+    MaskTrainConfig,
+    MaskTrainReport,
+    content_id,
+    decode_mask,
+    encode_mask,
+    learn_scores,
+    masked_backbone,
+    quantize_keep_zeros,
+)
+from chord.masks.build import build_artifact
 from chord.models import Backbone, build_backbone, fit_length
-from chord.quant import channel_layout
+from chord.quant import channel_layout, quantize_per_channel
 from chord.textfile import TextFileError, read_json
 from chord.train import TrainConfig, backbone_config_for, train_backbone
 
@@ -39,6 +54,7 @@ MODES = ("random", "pretrained")
 PRIORS = ("fisher", "none")
 ALLOCATIONS = ("rd", "quota")
 PRESETS = ("smoke", "quick", "full")
+MASK_FILE = "mask.chmk"  # random mode: the shared mask artifact (chord.masks.artifact)
 
 
 class RunError(ValueError):
@@ -80,6 +96,21 @@ class RunConfig:
     # (chord.levels.rd), importance scaling each channel's share; "quota" gives the
     # maximum-entropy level quotas to channels in importance order.
     allocation: str = "rd"
+    # Backbone width (SASRec hidden, Caser embed); None: the model's default. Random mode can
+    # trade width for accuracy since no weight is shipped (the mask grows with it).
+    width: int | None = None
+    # Random mode: epochs of learning the shared element mask over the seeded weights
+    # (chord.masks); 0 keeps the unmasked random backbone (the chance-level baseline).
+    mask_epochs: int = 60
+    mask_lr: float = 0.01
+    mask_batch: int = 32  # sequences per step (32 learned faster per epoch than 128 on ML-100K)
+    # Nested keep fractions of the rank classes (class >= j keeps the top fractions[j-1] of a
+    # layer's weights), the lowest class each level keeps (len + 1 = channel pruned) and the
+    # class of the shared mask. Default: one class, every level keeps the shared mask and
+    # levels differ in bits only.
+    mask_fractions: tuple[float, ...] = (0.5,)
+    mask_levels: tuple[int, int, int, int] = (1, 1, 1, 1)
+    mask_shared: int = 1
     # The evaluation protocol of model selection (backbone early stopping, hypernetwork
     # validation): chord.protocol. Left out of the cache keys at their defaults, so runs cached
     # before these fields existed keep their directories.
@@ -96,6 +127,10 @@ class RunConfig:
             raise RunError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if self.allocation not in ALLOCATIONS:
             raise RunError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.mask_epochs < 0:
+            raise RunError(f"mask_epochs must be >= 0, got {self.mask_epochs}")
+        object.__setattr__(self, "mask_fractions", tuple(float(f) for f in self.mask_fractions))
+        object.__setattr__(self, "mask_levels", tuple(int(c) for c in self.mask_levels))
         if self.allocation == "rd" and self.prior != "none":
             raise RunError(
                 f"prior {self.prior!r} belongs to the quota rule; the rd rule measures its own "
@@ -108,11 +143,11 @@ class RunConfig:
         base: dict[str, dict[str, Any]] = {
             "smoke": {
                 "max_users": 200, "backbone_epochs": 3, "hyper_steps": 40, "hyper_batch": 32,
-                "hyper_eval_every": 20, "hyper_valid_users": 100, "hidden": 32,
+                "hyper_eval_every": 20, "hyper_valid_users": 100, "hidden": 32, "mask_epochs": 2,
             },
             "quick": {
                 "backbone_epochs": 15, "hyper_steps": 150, "hyper_eval_every": 50,
-                "hyper_valid_users": 300,
+                "hyper_valid_users": 300, "mask_epochs": 30,
             },
             "full": {},
         }
@@ -144,8 +179,13 @@ class RunConfig:
             "seed": self.seed, "max_users": self.max_users, "path": self.backbone_path,
             "epochs": self.backbone_epochs if self.mode == "pretrained" else 0,
             "patience": self.backbone_patience if self.mode == "pretrained" else 0,
+            **({"width": self.width} if self.width is not None else {}),
             **(self._protocol_key() if self.mode == "pretrained" else {}),
         }
+
+    def masked(self) -> bool:
+        """Whether this run learns a shared mask over a seeded random backbone."""
+        return self.mode == "random" and self.mask_epochs > 0
 
 
 @dataclass
@@ -165,6 +205,9 @@ class ChordRun:
     dataset: str
     meta: dict[str, Any] = field(default_factory=dict)
     level_cost: LevelCost | None = None  # the rate-distortion rule's table; None: quota rule
+    # Random mode with a learned mask: the raw rebuilt backbone and the mask; `backbone` is then
+    # the shared-mask fp32 model (profiles, hypernetwork) and `version` its hash.
+    mask: MaskedSource | None = None
 
     @torch.no_grad()
     def profile(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -217,7 +260,8 @@ def obtain_backbone(
     tcfg = TrainConfig(
         dataset=cfg.dataset, backbone=cfg.backbone, epochs=cfg.backbone_epochs,
         patience=cfg.backbone_patience, seed=cfg.seed, max_train_users=cfg.max_users,
-        n_negatives=cfg.eval_negatives, ranking=cfg.eval_ranking, progress=False,
+        hidden=cfg.width, n_negatives=cfg.eval_negatives, ranking=cfg.eval_ranking,
+        progress=False,
     )
     if cfg.mode == "random":
         bcfg = backbone_config_for(tcfg, split.n_items, split.name)
@@ -291,10 +335,35 @@ def run_matches(out: Path, cfg: RunConfig) -> bool:
         return False
     return (
         meta.get("format") == RUN_FORMAT
-        and meta.get("run_config") == asdict(cfg)
+        and meta.get("run_config") == json.loads(json.dumps(asdict(cfg)))
         and (out / "backbone.pt").is_file()
         and (out / "hypernet.pt").is_file()
+        and (not cfg.masked() or (out / MASK_FILE).is_file())
     )
+
+
+def learn_mask(
+    cfg: RunConfig,
+    raw: Backbone,
+    split: Split,
+    log: Callable[[str], None] | None = None,
+) -> tuple[MaskArtifact, MaskTrainReport]:
+    """Learn the shared element mask of a random-mode run over its frozen seeded backbone."""
+    layout = channel_layout(raw)
+    mcfg = MaskTrainConfig(
+        epochs=cfg.mask_epochs, lr=cfg.mask_lr, batch_size=cfg.mask_batch,
+        valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
+        keep=cfg.mask_fractions[cfg.mask_shared - 1] if cfg.mask_shared else 1.0,
+        nested=tuple(f for i, f in enumerate(cfg.mask_fractions) if i != cfg.mask_shared - 1),
+        seed=cfg.seed,
+    )
+    scores, report = learn_scores(raw, layout, split, mcfg, log)
+    artifact = build_artifact(
+        raw, layout, scores, generator=TORCH_XAVIER, seed=cfg.seed,
+        keep_fractions=cfg.mask_fractions, level_min_class=cfg.mask_levels,
+        shared_min_class=cfg.mask_shared,
+    )
+    return artifact, report
 
 
 def prepare_run(
@@ -318,6 +387,23 @@ def prepare_run(
     torch.manual_seed(cfg.seed)
     split = load_split(cfg)
     backbone, backbone_info = obtain_backbone(cfg, split, log, device)
+    raw = backbone
+    mask: MaskedSource | None = None
+    mask_info: dict[str, Any] = {}
+    mask_bytes = b""
+    if cfg.masked():
+        if log:
+            log(f"learning the shared mask over the seeded backbone ({cfg.mask_epochs} epochs)")
+        artifact, mask_report = learn_mask(cfg, raw, split, log)
+        mask_bytes = encode_mask(artifact)
+        backbone = masked_backbone(raw, artifact)
+        mask = MaskedSource(raw, artifact)
+        mask_info = {
+            "file": MASK_FILE, "id": content_id(mask_bytes), "bytes": len(mask_bytes),
+            "generator": artifact.header.generator,
+            "weights_checksum": artifact.header.weights_checksum,
+            "train": mask_report.to_dict(),
+        }
     layout = channel_layout(backbone)
     net = HyperNetwork(
         layout, backbone.state_dim, dict(backbone.state_dict()), rank=cfg.rank,
@@ -326,7 +412,8 @@ def prepare_run(
     hyper: HyperNetwork | PriorImportance = net
     cost: LevelCost | None = None
     if cfg.allocation == "rd":
-        table, share = calibrate(backbone, layout, split, seed=cfg.seed)
+        quantize = quantize_keep_zeros if mask is not None else quantize_per_channel
+        table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize)
         cost = LevelCost.from_layout(table, layout)
         # Gate open from the start: a fresh hypernetwork moves log-costs by a few hundredths,
         # so training starts near the population rule and the heads get gradients at once.
@@ -344,11 +431,15 @@ def prepare_run(
         valid_users=cfg.hyper_valid_users, seed=cfg.seed,
         valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
     )
-    report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log, cost)
+    report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log, cost, mask)
     out.mkdir(parents=True, exist_ok=True)
     version = save_backbone(
-        out / "backbone.pt", backbone, {"dataset": split.name, "mode": cfg.mode, "seed": cfg.seed}
+        out / "backbone.pt", raw, {"dataset": split.name, "mode": cfg.mode, "seed": cfg.seed}
     )
+    weights_checksum = version
+    if mask is not None:
+        (out / MASK_FILE).write_bytes(mask_bytes)
+        version = weights_version(backbone)  # the shared-mask model: covers weights and mask
     save_hypernet(out / "hypernet.pt", hyper, version, cost)
     meta = {
         "format": RUN_FORMAT,
@@ -357,6 +448,7 @@ def prepare_run(
         "mode": cfg.mode,
         "seed": cfg.seed,
         "version": version,
+        "weights_checksum": weights_checksum,
         "profile_dim": int(backbone.state_dim),
         "n_channels": int(layout.n_channels),
         "n_items": int(split.n_items),
@@ -367,6 +459,7 @@ def prepare_run(
         "run_config": asdict(cfg),
         "backbone_train": backbone_info,
         "hyper_train": report.to_dict(),
+        "mask": mask_info,
         "prepare_seconds": round(time.perf_counter() - start, 2),
         "prepare_device": str(torch.device(device)),
     }
@@ -414,10 +507,9 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
     backbone, _ = load_backbone(root / "backbone.pt")
     version = weights_version(backbone)
-    if version != meta.get("version"):
-        raise RunError(
-            f"{root}: backbone.pt has version {version} but run.json says {meta.get('version')}"
-        )
+    expected = meta.get("weights_checksum", meta.get("version"))
+    if version != expected:
+        raise RunError(f"{root}: backbone.pt has version {version} but run.json says {expected}")
     if meta["mode"] == "random":
         rebuilt = build_backbone(backbone.config, int(meta["seed"]))
         if weights_version(rebuilt) != version:
@@ -428,6 +520,25 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
+    mask: MaskedSource | None = None
+    if meta.get("mask"):
+        try:
+            artifact = decode_mask((root / MASK_FILE).read_bytes())
+        except (OSError, MaskError) as exc:
+            raise RunError(f"{root / MASK_FILE}: {exc}; rerun prepare_run to rewrite it") from exc
+        if artifact.header.weights_checksum != version:
+            raise RunError(
+                f"{root / MASK_FILE} was learned over weights {artifact.header.weights_checksum},"
+                f" backbone.pt is {version}"
+            )
+        mask = MaskedSource(backbone, artifact)
+        backbone = masked_backbone(backbone, artifact)
+        version = weights_version(backbone)
+    if version != meta.get("version"):
+        raise RunError(
+            f"{root}: the served model has version {version} but run.json says "
+            f"{meta.get('version')}"
+        )
     try:
         payload = torch.load(root / "hypernet.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
@@ -461,13 +572,15 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         except LevelCostError as exc:
             raise RunError(f"{root / 'hypernet.pt'}: {exc}") from exc
     backbone.to(device)
+    if mask is not None:
+        mask.raw.to(device)
     hyper.to(device)
     hyper.eval()
     return ChordRun(
         path=root, backbone=backbone, backbone_config=backbone.config, mode=meta["mode"],
         seed=int(meta["seed"]), version=version, layout=layout, importance_model=hyper,
         profile_dim=int(meta["profile_dim"]), tiers=_tiers_from_json(meta["tiers"]),
-        dataset=meta["dataset"], meta=meta, level_cost=cost,
+        dataset=meta["dataset"], meta=meta, level_cost=cost, mask=mask,
     )
 
 

@@ -19,6 +19,7 @@ from chord.levels import (
     max_entropy_distribution,
 )
 from chord.levels.relaxed import TorchLevelCost, one_hot_levels
+from chord.masks import MaskedSource
 from chord.models import fit_length
 
 
@@ -80,14 +81,19 @@ class PersonalScorer:
         chunk: int = 128,
         exact: bool = True,
         cost: LevelCost | None = None,
+        mask: MaskedSource | None = None,
     ) -> None:
-        """Bind a frozen backbone, an importance source and a (tier, budget)."""
+        """Bind a frozen backbone, an importance source and a (tier, budget).
+
+        With `mask` (random mode) levels also choose how much of each channel the learned mask
+        keeps (chord.masks); `backbone` is then the shared-mask model users are profiled with.
+        """
         self.backbone = backbone
         self.importance_fn = importance_fn
         self.tier = tier
         self.budget_bits = float(budget_bits)
         self.bank = bank if bank is not None and bank.tier == tier else LevelBank(
-            backbone, layout, tier
+            backbone, layout, tier, mask
         )
         self.sizes = np.asarray(layout.channel_sizes(), dtype=np.int64)
         self.chunk = chunk

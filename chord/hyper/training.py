@@ -23,6 +23,7 @@ from chord.hyper.prior import PriorImportance
 from chord.hyper.scoring import PersonalScorer, fast_assign
 from chord.levels import DEFAULT_TIERS, LevelCost, Tier
 from chord.levels.relaxed import TorchLevelCost, expected_bits, relaxed_masks, relaxed_rd_masks
+from chord.masks import MaskedSource
 
 # (tier, lowest budget, highest budget) sampled during training: one hypernetwork, all tiers.
 DEFAULT_BUDGET_SAMPLING: tuple[tuple[str, float, float], ...] = (
@@ -112,6 +113,7 @@ def train_hypernet(
     tiers: dict[str, Tier] | None = None,
     log: Callable[[str], None] | None = None,
     cost: LevelCost | None = None,
+    mask: MaskedSource | None = None,
 ) -> HyperTrainReport:
     """Train `hypernet` in place on training sequences; keep the best validation state.
 
@@ -121,7 +123,9 @@ def train_hypernet(
     builds per-user weights sum_k m_k Q_k(W) and minimises the next-item cross-entropy over
     the target and sampled negatives plus a penalty on expected bits minus the budget.
     Runs on the backbone's device (the hypernetwork is moved there); random draws are made on
-    the CPU, so a seed gives the same batches on every device.
+    the CPU, so a seed gives the same batches on every device. With `mask` (random mode) the
+    levels choose how much of each channel the learned mask keeps as well as its bits, and
+    `backbone` is the shared-mask model users are profiled with.
     """
     tiers = tiers or DEFAULT_TIERS
     start = time.perf_counter()
@@ -138,9 +142,11 @@ def train_hypernet(
     sizes_t = torch.from_numpy(sizes_np).to(device)
     sizes = sizes_t.float()
     rd = TorchLevelCost(cost, sizes_t) if cost is not None else None
-    banks = {name: LevelBank(backbone, layout, tiers[name]) for name, _, _ in cfg.budget_sampling}
+    banks = {
+        name: LevelBank(backbone, layout, tiers[name], mask) for name, _, _ in cfg.budget_sampling
+    }
     if cfg.valid_tier not in banks:
-        banks[cfg.valid_tier] = LevelBank(backbone, layout, tiers[cfg.valid_tier])
+        banks[cfg.valid_tier] = LevelBank(backbone, layout, tiers[cfg.valid_tier], mask)
     train_seqs = split.train
     vusers = np.arange(len(split.valid))
     if len(vusers) > cfg.valid_users:
@@ -165,7 +171,9 @@ def train_hypernet(
     best_state = copy.deepcopy(hypernet.state_dict())
     report.best_ndcg10 = report.initial_ndcg10
     opt = torch.optim.AdamW(hypernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = np.array([hi - lo for _, lo, hi in cfg.budget_sampling])
+    weights = np.array([hi - lo for _, lo, hi in cfg.budget_sampling], dtype=np.float64)
+    if weights.sum() <= 0:  # fixed budgets only: every tier as often
+        weights = np.ones(len(weights))
     bad = 0
     hypernet.train()
     for step in range(1, cfg.steps + 1):

@@ -90,7 +90,7 @@ class ArtifactRef(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "mode", "config_json", "seed", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_id", "artifacts")
+    __slots__ = ("kind", "mode", "config_json", "seed", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_id", "artifacts", "generator", "weights_checksum")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class ModelSpec(_message.Message):
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     kind: BackboneKind
     mode: BackboneMode
     config_json: str
@@ -117,7 +119,9 @@ class ModelSpec(_message.Message):
     n_items: int
     reference_id: str
     artifacts: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
-    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_id: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ...) -> None: ...
+    generator: str
+    weights_checksum: str
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_id: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., generator: _Optional[str] = ..., weights_checksum: _Optional[str] = ...) -> None: ...
 
 class GetStrategyRequest(_message.Message):
     __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items", "reference_id")

@@ -1,0 +1,163 @@
+"""Random-init masks: generator checksums, the artifact format, and device-side rebuilding."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from chord.checkpoint import weights_version
+from chord.config import SASRecConfig, config_to_json
+from chord.hyper.personal import LevelBank
+from chord.levels import DEFAULT_TIERS
+from chord.levels.relaxed import one_hot_levels
+from chord.masks import (
+    TORCH_XAVIER,
+    MaskedSource,
+    MaskError,
+    WeightsMismatchError,
+    check_weights,
+    decode_mask,
+    encode_mask,
+    personal_weights,
+    quantize_keep_zeros,
+    rebuild_backbone,
+    stored_bytes,
+)
+from chord.masks.artifact import decode_classes, encode_classes, payload_bits
+from chord.masks.build import build_artifact
+from chord.quant import channel_layout
+
+CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
+
+
+def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1)):
+    raw = rebuild_backbone(TORCH_XAVIER, CFG, seed)
+    layout = channel_layout(raw)
+    gen = torch.Generator().manual_seed(5)
+    scores = [torch.rand(dict(raw.named_parameters())[x.weight_name].shape, generator=gen)
+              for x in layout.layers]
+    art = build_artifact(raw, layout, scores, generator=TORCH_XAVIER, seed=seed,
+                         keep_fractions=(0.6, 0.5, 0.4), level_min_class=level_min_class,
+                         shared_min_class=2)
+    return raw, layout, art
+
+
+def test_rebuilt_weights_match_across_processes_and_differ_for_another_seed() -> None:
+    code = (
+        "from chord.masks import rebuild_backbone, TORCH_XAVIER\n"
+        "from chord.checkpoint import weights_version\n"
+        "from chord.config import config_from_json\n"
+        f"m = rebuild_backbone(TORCH_XAVIER, config_from_json({config_to_json(CFG)!r}), 3)\n"
+        "print(weights_version(m))\n"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=120).stdout.strip()
+    assert other == weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 3))
+    assert other != weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 4))
+
+
+def test_a_device_that_builds_other_weights_refuses() -> None:
+    model = rebuild_backbone(TORCH_XAVIER, CFG, 3)
+    check_weights(model, weights_version(model))
+    with pytest.raises(WeightsMismatchError, match="must not run"):
+        check_weights(model, weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 4)))
+    with pytest.raises(MaskError, match="unknown weight generator"):
+        rebuild_backbone("numpy/1", CFG, 0)
+
+
+def test_class_planes_round_trip_and_cost_what_they_cover() -> None:
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 4, 1001).astype(np.uint8)
+    data = encode_classes(classes, 3)
+    assert len(data) == (payload_bits(classes, 3) + 7) // 8
+    assert np.array_equal(decode_classes(data, classes.size, 3), classes)
+    with pytest.raises(MaskError, match="ends before"):
+        decode_classes(data[:-20], classes.size, 3)
+    with pytest.raises(MaskError, match="beyond"):
+        decode_classes(data + b"\x01", classes.size, 3)
+
+
+def test_mask_artifact_round_trips_and_refuses_tampered_truncated_or_foreign_bytes() -> None:
+    _, _, art = _artifact()
+    data = encode_mask(art)
+    back = decode_mask(data)
+    assert back.header == art.header and np.array_equal(back.classes, art.classes)
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 0x10
+    with pytest.raises(MaskError, match="SHA-256"):
+        decode_mask(bytes(tampered))
+    with pytest.raises(MaskError, match="truncated"):
+        decode_mask(data[:-5])
+    wrong = bytearray(data)
+    wrong[4] = 9
+    with pytest.raises(MaskError, match="version 9"):
+        decode_mask(bytes(wrong))
+
+
+def test_rank_classes_are_nested_top_fractions() -> None:
+    _, layout, art = _artifact()
+    for layer, cls in zip(layout.layers, art.layer_classes().values(), strict=True):
+        n = layer.n_weights
+        for j, f in enumerate((0.6, 0.5, 0.4), start=1):
+            assert int((cls >= j).sum()) == int(np.floor(f * n + 0.5))
+
+
+def test_quantize_keep_zeros_leaves_pruned_weights_at_zero() -> None:
+    w = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))
+    w[:, ::3] = 0.0
+    for bits in (1, 2, 3, 8):
+        q = quantize_keep_zeros(w, bits)
+        assert bool((q[w == 0] == 0).all())
+        assert bool((q * w >= 0).all())  # rounding may reach 0, never the other sign
+    assert bool((quantize_keep_zeros(w, 1)[w != 0] != 0).all())
+
+
+@pytest.mark.parametrize("tier", ["low", "mid"])
+def test_device_reconstruction_equals_the_clouds_level_bank(tier: str) -> None:
+    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
+    levels = np.random.default_rng(3).integers(0, 4, layout.n_channels).astype(np.uint8)
+    bank = LevelBank(raw, layout, DEFAULT_TIERS[tier], mask=MaskedSource(raw, decode_mask(
+        encode_mask(art))))
+    cloud = bank.mix(one_hot_levels(torch.from_numpy(levels).long())[None])
+    device = personal_weights(raw, art, levels, DEFAULT_TIERS[tier])
+    assert set(cloud) == set(device)
+    for key, value in device.items():
+        assert torch.equal(cloud[key][0], value), key
+    pruned = layout.split(levels)["blocks.0.ffn.fc1"] == 0
+    assert bool((device["blocks.0.ffn.fc1.weight"][torch.from_numpy(pruned)] == 0).all())
+
+
+def test_paired_bootstrap_interval_excludes_zero_only_for_a_real_difference() -> None:
+    from benchmarks.random_masks import paired_interval
+
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    mean, lo, hi = paired_interval(base + 0.05 + rng.normal(0, 0.05, 500), base, seed=1, n=500)
+    assert lo > 0 and lo < mean < hi
+    mean, lo, hi = paired_interval(base + rng.normal(0, 0.05, 500), base, seed=1, n=500)
+    assert lo < 0 < hi
+
+
+def test_stored_bytes_count_kept_weights_at_their_bits() -> None:
+    _, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
+    tier = DEFAULT_TIERS["mid"]
+    zeros = np.zeros(layout.n_channels, dtype=np.uint8)  # level 0 prunes every channel here
+    threes = np.full(layout.n_channels, 3, dtype=np.uint8)
+    overhead = (layout.n_channels * 32 + layout.n_weights + 7) // 8  # scales and keep map
+    assert stored_bytes(art, zeros, tier) == overhead
+    kept = int((art.classes >= 1).sum())  # level 3 keeps class >= 1 at 8 bits
+    assert stored_bytes(art, threes, tier) == (kept * 8 + layout.n_channels * 32
+                                               + layout.n_weights + 7) // 8
+
+
+def test_mask_header_rejects_levels_that_name_no_class() -> None:
+    _, _, art = _artifact()
+    with pytest.raises(MaskError, match="level_min_class"):
+        dataclasses.replace(art.header, level_min_class=(5, 1, 1, 1))
+    with pytest.raises(MaskError, match="strictly decreasing"):
+        dataclasses.replace(art.header, keep_fractions=(0.5, 0.6, 0.4))
