@@ -15,7 +15,7 @@ from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_level
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.masks import personal_model
 from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
-from chord.quant.adapt import Scorer, build_runtime
+from chord.quant.adapt import DEVICE_RUNTIME, Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
 from chord.spec import DeviceReport as MetricsReport
@@ -47,6 +47,7 @@ class DeviceJob:
     interactions_per_round: int = 1
     negatives: int = 100  # sampled negatives per target (ranking "sampled")
     ranking: str = "sampled"  # sampled | full: full ranks the target among the whole catalogue
+    runtime: str = DEVICE_RUNTIME  # chord.quant.adapt runtime the device scores with
     seed: int = 0
     compute_factor: float = 1.0  # modeled
     bandwidth_kbps: float = 10_000.0  # modeled
@@ -386,7 +387,7 @@ class VirtualDevice:
         if self._masked is not None:
             assert self._masked.raw is not None and self._masked.mask is not None
             return personal_model(self._masked.raw, self._masked.mask, levels, tier)
-        return build_runtime(backbone, bits, layout=layout)
+        return build_runtime(backbone, bits, self.job.runtime, layout=layout)
 
     def _reference_levels(
         self, reference: np.ndarray, sizes: np.ndarray, tier: Tier, cost: LevelCost | None
@@ -495,7 +496,8 @@ class VirtualDevice:
             what = exc.reason if isinstance(exc, TransportError) else "code_rejected"
             rec.fault = (rec.fault + ";" if rec.fault else "") + f"probe:{what}"
             return None
-        return build_runtime(backbone, levels_to_bits(levels, tier).astype(np.int64), layout=layout)
+        bits = levels_to_bits(levels, tier).astype(np.int64)
+        return build_runtime(backbone, bits, self.job.runtime, layout=layout)
 
     def _report(self, rec: RoundRecord) -> None:
         """Send the round's figures to the server; a failure here is a fault, not a failure."""

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full-ranking", action="store_true",
         help="rank each target against the whole catalogue instead of sampled negatives",
     )
+    parser.add_argument(
+        "--device-runtime", dest="runtime",
+        help="device scoring runtime: ort (default, the phones' ONNX Runtime), int8, packed, fake",
+    )
     parser.add_argument("--token", help="bearer token for the server (default: $CHORD_TOKEN)")
     parser.add_argument(
         "--tls-ca", "--tls-root-ca", dest="tls_root_ca",
@@ -127,6 +131,7 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         traces_file=args.traces,
         negatives=args.negatives,
         ranking="full" if args.full_ranking else None,
+        runtime=args.runtime,
         transport=transport,
     )
 

@@ -105,6 +105,7 @@ def _jobs(
             interactions_per_round=cfg.drift.interactions_per_round,
             negatives=cfg.negatives,
             ranking=cfg.ranking,
+            runtime=cfg.runtime,
             seed=cfg.seed,
             compute_factor=factor,
             bandwidth_kbps=bandwidth,

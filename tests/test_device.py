@@ -196,3 +196,28 @@ def test_bearer_token_is_sent(smoke_run_dir: Path, users: list[np.ndarray]) -> N
         srv.stop()
     assert ok.status == "completed"
     assert (denied.status, denied.reason) == ("failed", "spec:unauthenticated")
+
+
+def test_every_runtime_scores_the_same_strategy_alike(
+    server: EmbeddedServer, users: list[np.ndarray]
+) -> None:
+    """A fleet may pick the device runtime; each adapts to the cloud's strategy and ranks
+    like the fake-quantized reference (ranks of two targets, so small score noise may differ)."""
+    reports = {
+        rt: VirtualDevice(_job(users, 4, runtime=rt), Transport(server.address, FAST)).run()
+        for rt in ("fake", "int8", "ort")
+    }
+    for rt, report in reports.items():
+        assert report.status == "completed", (rt, report.detail)
+        assert [r.strategy_source for r in report.rounds] == ["cloud", "cloud"], rt
+    bits = {rt: [r.avg_bits for r in rep.rounds] for rt, rep in reports.items()}
+    assert bits["int8"] == bits["fake"] == bits["ort"]
+    hr = {rt: [r.hr10 for r in rep.rounds] for rt, rep in reports.items()}
+    assert hr["int8"] == hr["fake"]  # the same weights, widened exactly
+
+
+def test_fleet_refuses_an_unknown_runtime() -> None:
+    from simulator.config import FleetConfig, FleetConfigError
+
+    with pytest.raises(FleetConfigError, match=r"runtime must be one of \('ort', 'int8'"):
+        FleetConfig(runtime="tflite")
