@@ -87,7 +87,8 @@ def random_case(
     budgets = []
     for t in tiers:
         lo, hi = min(t.level_bits), max(t.level_bits)
-        budgets.append(float(rng.choice([lo, hi, rng.uniform(lo, hi), round(rng.uniform(lo, hi), 1)])))
+        choices = [lo, hi, rng.uniform(lo, hi), round(rng.uniform(lo, hi), 1)]
+        budgets.append(float(rng.choice(choices)))
     return imp, sizes, tiers, budgets, cost
 
 
