@@ -231,7 +231,7 @@ def strategy_request_from_proto(msg: ProtoGetStrategyRequest) -> StrategyRequest
 
 
 def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
-    """Domain StrategyResult -> wire GetStrategyReply (timings: *_ms and batch_size)."""
+    """Domain StrategyResult -> wire GetStrategyReply (timings: *_ms, batch_size, worker)."""
     code = result.code
     if code.encoding not in _ENCODING_TO_PROTO:
         raise SerdeError(
@@ -256,6 +256,7 @@ def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
                 model_us=_micros(t.get("model_ms", 0.0)),
                 total_us=_micros(t.get("total_ms", 0.0)),
                 batch_size=int(t.get("batch_size", 0)),
+                worker=int(t.get("worker", 0)),
             )
         )
     return msg
@@ -270,6 +271,7 @@ def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
     if msg.HasField("timings"):
         timings = {k: getattr(msg.timings, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
         timings["batch_size"] = float(msg.timings.batch_size)
+        timings["worker"] = float(msg.timings.worker)
     return StrategyResult(
         request_id=msg.request_id,
         code=EncodedStrategy(
