@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/simulate
 DEVICES ?= 200
 
-.PHONY: setup run train test lint codegen-check check bench clean
+.PHONY: setup run train test lint imports codegen-check check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,12 +32,15 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy chord cloud_server device_client simulator benchmarks protos/codegen.py
+	$(BIN)/mypy chord cloud_server device_client simulator benchmarks protos
+
+imports: setup
+	$(BIN)/lint-imports --no-cache
 
 codegen-check: setup
 	$(BIN)/python -m protos.codegen --check
 
-check: test lint codegen-check
+check: test lint imports codegen-check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

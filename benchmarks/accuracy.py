@@ -5,8 +5,8 @@ Run: `python -m benchmarks.accuracy [--datasets ml-100k ml-1m] [--backbones sasr
 plot of NDCG@10 against average bits (results/accuracy_ndcg_vs_bits.png) and one of how
 importance varies across layers and channels for a few users (results/importance.png). Results
 are rewritten after every (dataset, backbone, budget), so a long run leaves a usable partial
-table. With --results-dir the files go there (NAME.json, NAME.md) and RESULTS.md is left alone;
---import-json later folds such files into results/NAME.json and RESULTS.md.
+table. With --results-dir the files go there (NAME.json, RESULTS.md, plots) and the committed
+ones are left alone; --import-json later folds such files into results/NAME.json and RESULTS.md.
 """
 
 from __future__ import annotations
@@ -15,14 +15,19 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.report import RESULTS_DIR, machine_info, markdown_table, write_result
+from benchmarks.harness import (
+    ResultStore,
+    Stopwatch,
+    add_output_arguments,
+    markdown_table,
+    read_json,
+)
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
@@ -52,9 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=NAME, help="result name (results/NAME.json)")
     p.add_argument("--merge", action="store_true",
                    help="keep rows of other (dataset, backbone) pairs from results/NAME.json")
-    p.add_argument("--results-dir", default=None,
-                   help="write NAME.json, NAME.md and plots here instead of results/ (RESULTS.md "
-                        "untouched)")
+    add_output_arguments(p)
     p.add_argument("--import-json", nargs="+", default=None, metavar="FILE",
                    help="run nothing: fold these result files into results/NAME.json and "
                         "RESULTS.md (their (dataset, backbone) pairs replace existing ones; "
@@ -92,8 +95,8 @@ def pair_key(entry: dict[str, Any]) -> tuple[str, str]:
     return str(c["dataset"]), str(c["backbone"])
 
 
-def import_results(args: argparse.Namespace) -> int:
-    """Fold result files (e.g. from a GPU run) into results/NAME.json and RESULTS.md."""
+def import_results(args: argparse.Namespace, store: ResultStore) -> int:
+    """Fold result files (e.g. from a GPU run) into the store's NAME.json and Markdown."""
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
     seconds = 0.0
@@ -105,14 +108,13 @@ def import_results(args: argparse.Namespace) -> int:
         metas += data["meta"]
         seconds += sum(float(m.get("seconds", 0.0)) for m in data["meta"])
     ours = {pair_key(r) for r in rows}
-    previous = RESULTS_DIR / f"{args.name}.json"
-    if args.merge and previous.is_file():
-        old = json.loads(previous.read_text())
+    old = store.read(args.name) if args.merge else None
+    if old is not None:
         rows = [r for r in old["rows"] if pair_key(r) not in ours] + rows
         metas = [m for m in old["meta"] if pair_key(m) not in ours] + metas
-    write(args.name, rows, metas, seconds, machine=machine)
-    plot_ndcg_vs_bits(rows, RESULTS_DIR / f"{args.name}_ndcg_vs_bits.png")
-    print(f"wrote {previous} ({len(rows)} rows)")
+    path = write(store, args.name, rows, metas, seconds, machine=machine)
+    plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
+    print(f"wrote {path} ({len(rows)} rows)")
     return 0
 
 
@@ -203,34 +205,33 @@ def plot_importance(run_path: str, path: Path, n_users: int = 4, seed: int = 0) 
 def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
-    out_dir = Path(args.results_dir) if args.results_dir else RESULTS_DIR
+    store = ResultStore.default(args.results_dir)
     if args.replot:
-        data = json.loads((out_dir / f"{args.name}.json").read_text())
-        plot_ndcg_vs_bits(data["rows"], out_dir / f"{args.name}_ndcg_vs_bits.png")
+        data = read_json(store.path(args.name))
+        if data is None:
+            print(f"--replot: no result at {store.path(args.name)}", file=sys.stderr)
+            return 2
+        plot_ndcg_vs_bits(data["rows"], store.path(args.name, "_ndcg_vs_bits.png"))
         return 0
     if args.import_json:
-        return import_results(args)
+        return import_results(args, store)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print(f"--device {args.device}: torch {torch.__version__} sees no CUDA device",
               file=sys.stderr)
         return 2
     torch.set_num_threads(thread_count(args.threads, args.device))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    store.folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
-    previous = out_dir / f"{args.name}.json"
-    if args.merge and previous.is_file():
-        old = json.loads(previous.read_text())
+    old = store.read(args.name) if args.merge else None
+    if old is not None:
         ours = {(d, b) for d in args.datasets for b in args.backbones}
         rows = [r for r in old["rows"] if (r["dataset"], r["backbone"]) not in ours]
         metas = [m for m in old["meta"]
                  if (m["config"]["dataset"], m["config"]["backbone"]) not in ours]
-    start = time.perf_counter()
+    clock = Stopwatch()
+    log = clock.log
     importance_run: str | None = None
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:7.0f}s] {msg}", flush=True)
-
     for dataset in args.datasets:
         for backbone in args.backbones:
             trained = Path(args.trained_backbones) / f"{dataset}-{backbone}" / "backbone.pt"
@@ -255,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                 metas.append(result["meta"])
                 if importance_run is None:
                     importance_run = result["meta"]["runs"]["pretrained"]["path"]
-                write(args.name, rows, metas, time.perf_counter() - start, args.results_dir)
-                plot_ndcg_vs_bits(rows, out_dir / f"{args.name}_ndcg_vs_bits.png")
-    if importance_run is not None and not (args.merge and previous.is_file()):
+                write(store, args.name, rows, metas, clock.seconds)
+                plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
+    if importance_run is not None and old is None:
         name = "importance" if args.name == NAME else f"{args.name}_importance"
-        plot_importance(importance_run, out_dir / f"{name}.png")
+        plot_importance(importance_run, store.path(name, ".png"))
     log("done")
     return 0
 
@@ -324,7 +325,7 @@ def rule_note(metas: list[dict[str, Any]]) -> str:
     parts = []
     if "rd" in rules:
         parts.append(
-            "Level rule `rd` (chord/level_cost.py): each layer's loss growth at widths 1..8 is "
+            "Level rule `rd` (chord/levels/rd.py): each layer's loss growth at widths 1..8 is "
             "measured on 1,024 training examples, and bits go where they remove the most loss; "
             "mixed-static is that rule with the measured population prior, CHORD adds the "
             "per-user hypernetwork correction, and mixed-random is a random ranking under the "
@@ -356,14 +357,17 @@ def device_note(metas: list[dict[str, Any]]) -> str:
 
 
 def write(
+    store: ResultStore,
     name: str,
     rows: list[dict[str, Any]],
     metas: list[dict[str, Any]],
     seconds: float,
-    results_dir: str | None = None,
     machine: dict[str, Any] | None = None,
-) -> None:
-    """JSON + Markdown of everything measured so far (to RESULTS.md, or to RESULTS_DIR/NAME.md)."""
+) -> Path:
+    """JSON + Markdown section of everything measured so far; returns the JSON's path.
+
+    machine: the machine imported results were measured on (named in the notes), None when this
+    process measured them."""
     columns = ["dataset", "backbone", "budget", *COLUMNS]
     table = markdown_table(rows, columns)
     notes = (
@@ -385,15 +389,7 @@ def write(
         + training_notes(metas)
         + goal_lines(rows)
     )
-    if results_dir is None:
-        write_result(name, {"rows": rows, "meta": metas}, table, notes)
-        return
-    out = Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
-    payload = {"benchmark": name, "machine": machine, "rows": rows, "meta": metas}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"{name}.md").write_text(f"## {name}\n\n{table}\n\n{notes.strip()}\n")
+    return store.write(name, {"rows": rows, "meta": metas}, table, notes)
 
 
 if __name__ == "__main__":

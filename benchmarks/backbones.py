@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
+from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
 from chord.train import TrainConfig, run_training
 
 NAME = "backbones"
@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/chord_bench_backbones", help="where models go")
     p.add_argument("--fresh", action="store_true", help="drop rows of earlier invocations")
+    add_output_arguments(p)
     return p.parse_args(argv)
 
 
@@ -56,16 +57,13 @@ def _row(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _previous_runs() -> list[dict[str, Any]]:
+def _previous_runs(store: ResultStore) -> list[dict[str, Any]]:
     """Runs stored by earlier invocations (empty if none)."""
-    path = RESULTS_DIR / f"{NAME}.json"
-    if not path.exists():
-        return []
-    runs: list[dict[str, Any]] = json.loads(path.read_text()).get("runs", [])
+    runs: list[dict[str, Any]] = (store.read(NAME) or {}).get("runs", [])
     return runs
 
 
-def write_report(runs: list[dict[str, Any]]) -> None:
+def write_report(runs: list[dict[str, Any]], store: ResultStore) -> None:
     """Write JSON and the Markdown section for all runs so far."""
     rows = [_row(r["metrics"]) for r in runs]
     columns = ["dataset", "backbone", "max_len", "epochs", "best_epoch", "HR@5", "HR@10",
@@ -90,13 +88,14 @@ def write_report(runs: list[dict[str, Any]]) -> None:
         "`train s` is wall time on a CPU shared with other jobs (one torch thread).",
         *checks,
     ])
-    write_result(NAME, {"runs": runs}, markdown_table(rows, columns), notes)
+    store.write(NAME, {"runs": runs}, markdown_table(rows, columns), notes)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train and evaluate every requested (dataset, backbone) pair; write the report."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    store = ResultStore.default(args.results_dir)
     mine: list[dict[str, Any]] = []
     for dataset in args.datasets:
         for backbone in args.backbones:
@@ -112,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_row(result.metrics)), flush=True)
             mine.append({"metrics": result.metrics, "history": result.history})
             # Re-read before writing: another invocation may have added rows meanwhile.
-            prior = [] if args.fresh and len(mine) == 1 else _previous_runs()
+            prior = [] if args.fresh and len(mine) == 1 else _previous_runs(store)
             keys = {(r["metrics"]["dataset"], r["metrics"]["backbone"]) for r in mine}
             kept = [r for r in prior
                     if (r["metrics"]["dataset"], r["metrics"]["backbone"]) not in keys]
-            write_report(kept + mine)
+            write_report(kept + mine, store)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Chaos run of the fleet: every simulator fault at once with a fixed seed; nothing lost or doubled.
 
-    python -m benchmarks.chaos [--devices 100] [--run-preset quick] [--out DIR]
+    python -m benchmarks.chaos [--devices 100] [--run-preset quick] [--out DIR] [--results-dir DIR]
 
 Faults: a device actor killed mid-run (ray.kill), the embedded server restarted mid-run on the
 same port, client-side network delay and loss, corrupted strategy codes, and churn. The table
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import markdown_table, write_result
+from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
 from simulator.config import ChurnConfig, DriftConfig, FaultConfig, FleetConfig, TransportConfig
 from simulator.runner import run_simulation
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-preset", default="quick", choices=["smoke", "quick", "full"])
     parser.add_argument("--run-dir", default="", help="serve this run directory instead")
     parser.add_argument("--out", type=Path, help="simulation folder (default: a temporary one)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     cfg = chaos_config(args.devices, args.run_preset, args.run_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Devices lost: {lost}, duplicated: {dup} (goal 0 and 0). A killed actor's batch is re-run "
         "on a replacement actor; reports are stored idempotently by (device_id, round)."
     )
-    write_result("chaos", payload, md, notes)
+    ResultStore.default(args.results_dir).write("chaos", payload, md, notes)
     print(md)
     return 0 if lost == 0 and dup == 0 else 1
 

@@ -6,9 +6,9 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Any, Protocol, cast
 
+from benchmarks.harness import write_json
 from benchmarks.loadgen import (
     METHODS,
     LoadConfig,
@@ -143,13 +143,10 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
 
 def _write(path: str | None, payload: Any) -> None:
     """JSON to path (or stdout when path is None)."""
-    text = json.dumps(payload, indent=2) + "\n"
     if path is None:
-        sys.stdout.write(text)
-        return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        write_json(path, payload)
 
 
 def _report(args: argparse.Namespace, result: LoadResult) -> None:

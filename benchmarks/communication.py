@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.report import markdown_table, write_result
+from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
 
 GOAL_REDUCTION = 1000.0
 # Request ids as the simulated fleet sends them: an 8-hex simulation tag, ".", the round.
@@ -207,7 +207,7 @@ def reply_bytes(
     """(serialized GetStrategyReply bytes, code payload bytes) as the server would send them."""
     from chord.codes import encode_levels
     from chord.strategy import StrategyResult
-    from cloud_server.serde import strategy_result_to_proto
+    from protos.serde import strategy_result_to_proto
 
     code = encode_levels(levels, version, allow_deflate=allow_deflate, reference=reference)
     counts = np.bincount(levels, minlength=4)
@@ -223,17 +223,18 @@ def reply_bytes(
 
 def request_bytes(profile_dim: int, version: str, tier: str, budget: float) -> int:
     """Serialized GetStrategyRequest bytes carrying one profile (the upload per adaptation)."""
-    from protos.chord.v1 import strategy_pb2 as pb
+    from chord.strategy import StrategyRequest
+    from protos.serde import strategy_request_to_proto
 
-    req = pb.GetStrategyRequest(
+    req = StrategyRequest(
         device_id="device-000001",
         request_id=FLEET_REQUEST_ID,
         backbone_version=version,
         tier=tier,
         budget_bits=budget,
-        profile=[0.123456] * profile_dim,
+        profile=np.full(profile_dim, 0.123456, dtype=np.float32),
     )
-    return req.ByteSize()
+    return strategy_request_to_proto(req).ByteSize()
 
 
 def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dict[str, Any]:
@@ -297,8 +298,9 @@ def size_configuration(dataset: str, kind: str, cfg: CommunicationConfig) -> dic
     }
 
 
-def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
-    """Size every configuration, print the table and write the result; return the payload."""
+def run_benchmark(cfg: CommunicationConfig, store: ResultStore | None = None) -> dict[str, Any]:
+    """Size every configuration, print the table and write the result (to `store`, default
+    `ResultStore.default()`); return the payload."""
     rows = [size_configuration(d, k, cfg) for d in cfg.datasets for k in cfg.backbones]
     worst = min(r["reduction_vs_fp32"] for r in rows)
     payload: dict[str, Any] = {
@@ -353,7 +355,7 @@ def run_benchmark(cfg: CommunicationConfig) -> dict[str, Any]:
         f"(goal >= {GOAL_REDUCTION:.0f}x: {'met' if worst >= GOAL_REDUCTION else 'NOT met'})."
     )
     if cfg.write:
-        write_result("communication", payload, table, notes)
+        (store or ResultStore.default()).write("communication", payload, table, notes)
     return payload
 
 
@@ -370,6 +372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-auto-runs", action="store_true", help="do not look for runs in the run cache"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_output_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> CommunicationConfig:
@@ -389,7 +392,7 @@ def config_from_args(args: argparse.Namespace) -> CommunicationConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported in the output, not the exit status)."""
-    run_benchmark(config_from_args(args))
+    run_benchmark(config_from_args(args), ResultStore.default(args.results_dir))
     return 0
 
 

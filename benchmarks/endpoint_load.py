@@ -84,7 +84,7 @@ _PROFILE_PARTS = (
     ("  epoll wait (idle)", "EpollSelector.select ("),
     ("  servicer GetStrategy", "StrategyServicer.GetStrategy ("),
     ("  batcher loop", "MicroBatcher._loop ("),
-    ("  serde (cloud_server/serde.py)", "cloud_server/serde.py"),
+    ("  serde (protos/serde.py)", "protos/serde.py"),
     ("  prometheus metrics", "prometheus_client/"),
     ("  dedup (RequestCache.run)", "RequestCache.run ("),
     ("  validation", "cloud_server/validation.py"),

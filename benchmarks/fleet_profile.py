@@ -100,7 +100,7 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("simulator: SQLite store", "ReportStore."),
     ("simulator: wait for Ray results (ray.wait/get)", "RayBackend.collect ("),
     ("simulator: start Ray / server / data", "run_simulation ("),
-    ("benchmark: memory/CPU sampler", "TreeMemorySampler._loop ("),
+    ("benchmark: memory/CPU sampler", "Sampler._loop ("),  # TreeMemory- or ProcessTree-
     ("ray worker: idle loop / other", "Worker.main_loop ("),
 )
 

@@ -4,27 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import markdown_table, write_result
+import psutil
 
+from benchmarks.harness import (
+    RESULTS_DIR,
+    BenchProcessError,
+    ChildProcess,
+    ProcessTreeSampler,
+    ResultStore,
+    Stopwatch,
+    add_output_arguments,
+    load_average,
+    markdown_table,
+    python_module,
+    read_json,
+    repo_env,
+    write_json,
+)
+
+NAME = "fleet_scale"
 GOAL_DEVICES = 10_000
 GOAL_WALL_S = 600.0
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class FleetScaleError(RuntimeError):
-    """A fleet-scale run failed or timed out; the message carries the child's stderr tail."""
+class FleetScaleError(BenchProcessError):
+    """A fleet-scale run failed or timed out; the message carries the child's log tail."""
 
 
 @dataclass(frozen=True)
@@ -42,50 +54,13 @@ class FleetScaleConfig:
     write: bool = True
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of pid (from /proc/PID/task/*/children)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.append(p)
-        todo += _children(p)
-    return seen
-
-
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far; 0 when it has exited."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def process_role(pid: int, root: int) -> str:
     """Which part of the simulation a process is: driver, device actor, raylet, gcs, ray-other."""
     if pid == root:
         return "driver"
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return "gone"
     if cmd.startswith("ray::"):
         return "device-actor" if "DeviceActor" in cmd else "ray-worker-other"
@@ -95,85 +70,12 @@ def process_role(pid: int, root: int) -> str:
     return "ray-other"
 
 
-def _loadavg() -> str:
-    """The 1/5/15-minute load averages, as /proc/loadavg writes them."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return ""
-
-
-_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def _rss_kb(pid: int) -> int:
-    """RSS of one process in KiB from /proc/PID/statm (cheap); 0 when it has exited."""
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KB
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _pss_kb(pid: int) -> int:
-    """PSS of one process in KiB from smaps_rollup (walks page tables: costly); 0 when gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-class TreeMemorySampler:
-    """Samples the summed RSS and PSS of a process tree and keeps the peaks."""
+class TreeMemorySampler(ProcessTreeSampler):
+    """The harness's process-tree sampler with simulation roles (a device actor stays one)."""
 
     def __init__(self, pid: int, period_s: float, pss_every: int = 10) -> None:
         """pid: root of the tree; period_s: RSS/CPU sampling period; PSS every pss_every-th."""
-        self.pid = pid
-        self.period_s = period_s
-        self.pss_every = max(1, pss_every)
-        self.samples = 0
-        self.sampler_cpu_s = 0.0  # CPU the sampling thread itself used (it competes with the run)
-        self.peak_rss_kb = 0
-        self.peak_pss_kb = 0
-        self.peak_procs = 0
-        self.cpu_s: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds last seen)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="mem-sampler", daemon=True)
-
-    def _loop(self) -> None:
-        t0 = time.thread_time()
-        while not self._stop.is_set():
-            pids = _tree(self.pid)
-            self.peak_rss_kb = max(self.peak_rss_kb, sum(_rss_kb(p) for p in pids))
-            if self.samples % self.pss_every == 0:
-                self.peak_pss_kb = max(self.peak_pss_kb, sum(_pss_kb(p) for p in pids))
-            self.samples += 1
-            self.peak_procs = max(self.peak_procs, len(pids))
-            for p in pids:
-                old_role, old_cpu = self.cpu_s.get(p, ("", 0.0))
-                role = old_role if old_role == "device-actor" else process_role(p, self.pid)
-                self.cpu_s[p] = (old_role if role == "gone" else role, max(_cpu_s(p), old_cpu))
-            self.sampler_cpu_s = time.thread_time() - t0
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> TreeMemorySampler:
-        """Start sampling."""
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop sampling."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def cpu_by_role(self) -> dict[str, float]:
-        """CPU seconds per process role, as last sampled (up to one period missed per process)."""
-        out: dict[str, float] = {}
-        for role, cpu in self.cpu_s.values():
-            out[role] = out.get(role, 0.0) + cpu
-        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        super().__init__(pid, period_s, pss_every, process_role, frozenset({"device-actor"}))
 
 
 def prepare_default_run() -> str:
@@ -201,9 +103,9 @@ def _child_main(args: argparse.Namespace) -> int:
         lanes=args.lanes or base.lanes,
         actors=args.actors or base.actors,
     )
-    t0 = time.perf_counter()
-    summary = run_simulation(cfg, Path(args.out), progress=False)
-    wall = time.perf_counter() - t0
+    with Stopwatch() as watch:
+        summary = run_simulation(cfg, Path(args.out), progress=False)
+    wall = watch.seconds
     ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     keep = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
@@ -227,7 +129,7 @@ def _child_main(args: argparse.Namespace) -> int:
         "summary": keep,
         "backend": summary.get("backend"),
     }
-    Path(args.result).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(args.result, result)
     return 0
 
 
@@ -235,37 +137,30 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
     """One fleet size in a child process, with the process tree's memory sampled."""
     out = work / f"fleet-{devices}"
     result = work / f"fleet-{devices}.json"
-    cmd = [
-        sys.executable, "-m", "benchmarks.fleet_scale", "--child",
+    cmd = python_module(
+        "benchmarks.fleet_scale", "--child",
         "--devices", str(devices), "--run-dir", run_dir, "--out", str(out),
         "--result", str(result), "--ray-address", cfg.ray_address,
         "--batch-size", str(cfg.batch_size), "--actors", str(cfg.actors),
         "--lanes", str(cfg.lanes),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    load_before = _loadavg()
-    t0 = time.perf_counter()
-    log = work / f"fleet-{devices}.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=_REPO_ROOT, env=env, stdout=err, stderr=err)
-        with TreeMemorySampler(proc.pid, cfg.sample_s) as sampler:
-            try:
-                rc = proc.wait(timeout=cfg.timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-                rc = None
-    total = time.perf_counter() - t0
+    )  # fmt: skip
+    child = ChildProcess(
+        cmd,
+        env=repo_env(RAY_USAGE_STATS_ENABLED="0"),
+        log=work / f"fleet-{devices}.log",
+        stop_timeout_s=30.0,
+    )
+    load_before = load_average()
+    with Stopwatch() as watch, child, TreeMemorySampler(child.pid, cfg.sample_s) as sampler:
+        rc = child.wait(cfg.timeout_s)
+    total = watch.seconds
     if rc != 0 or not result.exists():
-        tail = log.read_text()[-3000:]
         what = f"timed out after {cfg.timeout_s:g} s" if rc is None else f"exited with {rc}"
-        raise FleetScaleError(f"fleet of {devices} devices {what}; log tail:\n{tail}")
-    child = json.loads(result.read_text())
-    wall = float(child["wall_s"])
+        raise FleetScaleError(
+            f"fleet of {devices} devices {what}; log tail:\n{child.log_tail(3000)}"
+        )
+    figures = json.loads(result.read_text())
+    wall = float(figures["wall_s"])
     cpu = sampler.cpu_by_role()
     cpu_total = sum(cpu.values())
     return {
@@ -279,14 +174,14 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
         "cpu_s_by_role": cpu,
         "sampler_cpu_s": round(sampler.sampler_cpu_s, 2),
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": load_average(),
         "peak_rss_mb": sampler.peak_rss_kb / 1024,
         "peak_pss_mb": sampler.peak_pss_kb / 1024,
         "peak_processes": sampler.peak_procs,
-        "driver_maxrss_mb": child["ru_maxrss_self_mb"],
-        **{f"sim_{k}": v for k, v in child["summary"].items() if k != "wall_s"},
-        "config": child["config"],
-        "backend": child["backend"],
+        "driver_maxrss_mb": figures["ru_maxrss_self_mb"],
+        **{f"sim_{k}": v for k, v in figures["summary"].items() if k != "wall_s"},
+        "config": figures["config"],
+        "backend": figures["backend"],
     }
 
 
@@ -294,15 +189,6 @@ COLUMNS = [
     "devices", "wall_s", "devices_per_s", "cpu_ms_per_device", "cores_busy", "peak_rss_mb",
     "peak_pss_mb", "peak_processes", "driver_maxrss_mb", "process_wall_s", "loadavg_before",
 ]  # fmt: skip
-RESULT_JSON = _REPO_ROOT / "benchmarks" / "results" / "fleet_scale.json"
-
-
-def _previous_result(path: Path = RESULT_JSON) -> dict[str, Any] | None:
-    """The fleet-scale result a new run replaces (None when there is none)."""
-    try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def _limits(top: dict[str, Any]) -> str:
@@ -326,7 +212,7 @@ def _limits(top: dict[str, Any]) -> str:
 
 def _bucket_share(role: str, key: str, name: str = "after") -> str:
     """Summed share of the breakdown buckets naming `key` in a saved profile ("?" if none)."""
-    path = _REPO_ROOT / "benchmarks" / "results" / f"fleet_profile_{name}.txt"
+    path = RESULTS_DIR / f"fleet_profile_{name}.txt"
     try:
         block = path.read_text().split(f"=== {role}", 1)[1]
         lines = block.split("breakdown (exclusive buckets):\n", 1)[1].splitlines()
@@ -369,7 +255,7 @@ def fleet_notes(
         f"directory was prepared before timing. `wall_s` = the simulator's own wall time "
         f"(data, server start, Ray start, every device, report); `process_wall_s` adds the "
         f"child's interpreter start. CPU: user + system seconds of every process of the tree "
-        f"from /proc (sampled, so a process's last {sample_s:g} s can be missed); "
+        f"from /proc via psutil (sampled, so a process's last {sample_s:g} s can be missed); "
         f"`cpu_ms_per_device` = all of it / devices (start-up included), `cores_busy` = CPU / "
         f"process_wall_s (2 = both cores); `loadavg_before` = /proc/loadavg at the start "
         f"(other jobs on the machine compete for the same 2 cores). By role: "
@@ -396,8 +282,10 @@ def fleet_notes(
     )
 
 
-def run_benchmark(cfg: FleetScaleConfig) -> dict[str, Any]:
-    """Run every fleet size, print the table and write the result."""
+def run_benchmark(cfg: FleetScaleConfig, store: ResultStore | None = None) -> dict[str, Any]:
+    """Run every fleet size, print the table and write the result (to `store`, default
+    `ResultStore.default()`), comparing with the result it replaces."""
+    store = store or ResultStore.default()
     run_dir = cfg.run_dir or prepare_default_run()
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
@@ -428,25 +316,27 @@ def run_benchmark(cfg: FleetScaleConfig) -> dict[str, Any]:
     }
     table = markdown_table(rows, COLUMNS)
     print(table)
-    previous = _previous_result()
-    notes = fleet_notes(payload, cfg.sample_s, previous)
+    notes = fleet_notes(payload, cfg.sample_s, store.read(NAME))
     if cfg.write:
-        write_result("fleet_scale", payload, table, notes)
+        store.write(NAME, payload, table, notes)
     else:
         print(json.dumps(payload, indent=1, default=str))
     return payload
 
 
-def rewrite_notes(previous_path: Path, extra: str = "") -> None:
-    """Re-render the RESULTS.md section of the saved result, comparing with a previous JSON."""
-    saved = json.loads(RESULT_JSON.read_text())
+def rewrite_notes(previous_path: Path, extra: str = "", store: ResultStore | None = None) -> None:
+    """Re-render the Markdown section of the saved result, comparing with a previous JSON."""
+    store = store or ResultStore.default()
+    saved = store.read(NAME)
+    if saved is None:
+        raise FleetScaleError(f"no saved result to re-render: {store.path(NAME)} is missing")
     measured = saved.get("machine", {}).get("date", "?")
     payload = {k: v for k, v in saved.items() if k != "benchmark"}  # keeps the measured machine
     notes = f"Figures measured {measured}; note re-rendered from the JSON. " + fleet_notes(
-        payload, float(payload["config"]["sample_s"]), _previous_result(previous_path)
+        payload, float(payload["config"]["sample_s"]), read_json(previous_path)
     )
     notes += f" {extra}" if extra else ""
-    write_result("fleet_scale", payload, markdown_table(payload["rows"], COLUMNS), notes)
+    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), notes)
 
 
 PROFILES = ("before", "after")
@@ -456,7 +346,7 @@ def _profile_digest() -> str:
     """The device-actor and driver breakdowns of the saved py-spy summaries, as one sentence."""
     parts = []
     for name in PROFILES:
-        path = _REPO_ROOT / "benchmarks" / "results" / f"fleet_profile_{name}.txt"
+        path = RESULTS_DIR / f"fleet_profile_{name}.txt"
         if not path.exists():
             continue
         text = path.read_text()
@@ -495,6 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only re-render the RESULTS.md note of the saved result against a previous JSON",
     )  # fmt: skip
     parser.add_argument("--note", default="", help="with --rewrite-notes: a sentence to append")
+    add_output_arguments(parser)
     # Internal: the child process that runs one simulation.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, default=0, help=argparse.SUPPRESS)
@@ -520,10 +411,11 @@ def run(args: argparse.Namespace) -> int:
     """Run with parsed flags (a missed goal is reported, not turned into an exit status)."""
     if args.child:
         return _child_main(args)
+    store = ResultStore.default(args.results_dir)
     if args.rewrite_notes:
-        rewrite_notes(Path(args.rewrite_notes), args.note)
+        rewrite_notes(Path(args.rewrite_notes), args.note, store)
         return 0
-    run_benchmark(config_from_args(args))
+    run_benchmark(config_from_args(args), store)
     return 0
 
 

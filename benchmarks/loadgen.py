@@ -19,6 +19,8 @@ import grpc
 import numpy as np
 
 from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
+from chord.strategy import StrategyRequest
+from protos import serde
 
 __all__ = [
     "METHODS",
@@ -225,18 +227,20 @@ def _metadata(cfg: LoadConfig) -> tuple[tuple[str, str], ...] | None:
 
 async def _strategy_requests(stub: Any, cfg: LoadConfig, index: int, metadata: Any) -> list[Any]:
     """Ask the target for its model spec, then build seeded random GetStrategy requests."""
-    from protos.chord.v1 import strategy_pb2 as pb
-
     try:
-        spec = await stub.GetModelSpec(
-            pb.GetModelSpecRequest(device_id=f"loadgen-{index}"),
-            timeout=cfg.timeout_s,
-            metadata=metadata,
+        spec = serde.model_spec_from_proto(
+            await stub.GetModelSpec(
+                serde.model_spec_request_to_proto(f"loadgen-{index}"),
+                timeout=cfg.timeout_s,
+                metadata=metadata,
+            )
         )
     except grpc.aio.AioRpcError as err:
         raise LoadRunError(
             f"GetModelSpec on {cfg.target} failed with {err.code().name}: {err.details()}"
         ) from err
+    except serde.SerdeError as err:
+        raise LoadRunError(f"GetModelSpec on {cfg.target} sent an unusable spec: {err}") from err
     tiers = {t.name: t for t in spec.tiers}
     tier_name = cfg.tier or (spec.tiers[0].name if spec.tiers else "")
     if tiers and tier_name not in tiers:
@@ -247,18 +251,22 @@ async def _strategy_requests(stub: Any, cfg: LoadConfig, index: int, metadata: A
     rng = np.random.default_rng([cfg.seed, index])
     requests = []
     for k in range(cfg.n_profiles):
-        req = pb.GetStrategyRequest(
+        profile = items = None
+        if spec.profile_dim > 0:
+            profile = rng.standard_normal(spec.profile_dim).astype(np.float32)
+        else:  # a server that profiles recent items itself
+            n = max(1, spec.max_recent_items or 20)
+            items = rng.integers(1, max(2, spec.n_items + 1), n)
+        req = StrategyRequest(
             device_id=f"loadgen-{index}-{k}",
+            request_id="",
             backbone_version=spec.version,
             tier=tier_name,
             budget_bits=budget,
+            profile=profile,
+            recent_items=items,
         )
-        if spec.profile_dim > 0:
-            req.profile.extend(rng.standard_normal(spec.profile_dim).astype(np.float32).tolist())
-        else:  # a server that profiles recent items itself
-            n = max(1, spec.max_recent_items or 20)
-            req.recent_items.extend(rng.integers(1, max(2, spec.n_items + 1), n).tolist())
-        requests.append(req)
+        requests.append(serde.strategy_request_to_proto(req))
     return requests
 
 
@@ -274,14 +282,17 @@ class _Recorder:
         self.codes: dict[str, int] = {}
         self.messages: dict[str, int] = {}
         self.batch_sizes: list[int] = []
-        self.server_us = [0, 0, 0]  # sums of model_us, queue_us, total_us
+        self.server_ms = [0.0, 0.0, 0.0]  # sums of model, queue and total ms
         self.workers: Counter[str] = Counter()
         self.last_done = 0.0
 
     def record(
         self, offset: float, latency: float, lag: float, code: str, detail: str, reply: Any
     ) -> None:
-        """Count one call (offset and latency in seconds from the window's start)."""
+        """Count one call (offset and latency in seconds from the window's start).
+
+        reply: the GetStrategy reply (its server timings are summed), or None.
+        """
         self.offset.append(offset)
         self.latency.append(latency)
         self.lag.append(lag)
@@ -292,13 +303,14 @@ class _Recorder:
             key = f"{code}: {detail}"
             if key in self.messages or len(self.messages) < _MAX_ERROR_MESSAGES:
                 msg = self.messages.setdefault(key, len(self.messages))
-        elif reply is not None and hasattr(reply, "timings") and reply.HasField("timings"):
-            t = reply.timings
-            self.batch_sizes.append(t.batch_size)
-            self.server_us[0] += t.model_us
-            self.server_us[1] += t.queue_us
-            self.server_us[2] += t.total_us
-            self.workers[str(t.worker)] += 1
+        elif reply is not None:
+            t = serde.server_timings_from_reply(reply)
+            if t:
+                self.batch_sizes.append(int(t["batch_size"]))
+                self.server_ms[0] += t["model_ms"]
+                self.server_ms[1] += t["queue_ms"]
+                self.server_ms[2] += t["total_ms"]
+                self.workers[str(int(t["worker"]))] += 1
         self.message.append(msg)
 
 
@@ -306,16 +318,13 @@ async def _setup(
     cfg: LoadConfig, index: int, channels: list[grpc.aio.Channel]
 ) -> tuple[list[Any], Any]:
     """(one bound call per channel, the request pool) for cfg.method."""
-    from protos.chord.v1 import strategy_pb2 as pb
-    from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
-
     metadata = _metadata(cfg)
-    stubs = [pb_grpc.StrategyServiceStub(ch) for ch in channels]
+    stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
     if cfg.method == "strategy":
         pool = await _strategy_requests(stubs[0], cfg, index, metadata)
         calls = [s.GetStrategy for s in stubs]
     elif cfg.method == "spec":
-        pool = [pb.GetModelSpecRequest(device_id=f"loadgen-{index}")]
+        pool = [serde.model_spec_request_to_proto(f"loadgen-{index}")]
         calls = [s.GetModelSpec for s in stubs]
     else:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -372,7 +381,8 @@ async def _closed_loop(
                 reply, code, detail = None, err.code().name, err.details() or ""
             t1 = time.perf_counter()
             if measured:
-                rec.record(t0 - t_measure, t1 - t0, 0.0, code, detail, reply)
+                strategy = reply if cfg.method == "strategy" else None
+                rec.record(t0 - t_measure, t1 - t0, 0.0, code, detail, strategy)
 
     await asyncio.gather(*(worker(w) for w in range(n_workers)))
 
@@ -406,8 +416,9 @@ async def _open_loop(
                 reply, code, detail = None, err.code().name, err.details() or ""
             t1 = time.perf_counter()
         if scheduled >= t_measure:
+            strategy = reply if cfg.method == "strategy" else None
             rec.record(
-                scheduled - t_measure, t1 - scheduled, t0 - scheduled, code, detail, reply
+                scheduled - t_measure, t1 - scheduled, t0 - scheduled, code, detail, strategy
             )
 
     i = 0
@@ -472,7 +483,7 @@ async def _drive(
             "elapsed_s": elapsed,
             "batch_sum": float(sum(rec.batch_sizes)),
             "batch_n": len(rec.batch_sizes),
-            "server_us": rec.server_us,
+            "server_ms": rec.server_ms,
             "workers": dict(rec.workers),
             "cpu_s": cpu_s,
             "window": window,
@@ -662,7 +673,7 @@ def _aggregate(
     pct = np.percentile(lat_ms, [50, 90, 99]) if total else np.zeros(3)
     batch_n = sum(f["batch_n"] for f in figures)
     server_ms = [
-        sum(f["server_us"][k] for f in figures) / batch_n / 1e3 if batch_n else None
+        sum(f["server_ms"][k] for f in figures) / batch_n if batch_n else None
         for k in range(3)
     ]
     lag_ms = np.concatenate([p["lag"] for p in parts]) * 1e3 if parts else np.zeros(0)

@@ -6,23 +6,25 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from benchmarks.harness import (
+    BenchProcessError,
+    ChildProcess,
+    announce_ready,
+    python_module,
+    repo_env,
+)
 from cloud_server.config import ServerConfig
 
-_PORT_PREFIX = "SERVER_PORT "
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_READY = "SERVER_PORT"
 
 
-class ServerProcessError(RuntimeError):
-    """The server child did not start or report its port; the message carries its stderr."""
+class ServerProcessError(BenchProcessError):
+    """The server child did not start or report its port; the message carries its log's tail."""
 
 
 def config_to_json(cfg: ServerConfig) -> str:
@@ -41,101 +43,47 @@ def config_from_json(text: str) -> ServerConfig:
     return ServerConfig(**raw)
 
 
-class ServerProcess:
-    """Starts `python -m benchmarks.server_process` and learns its port; a context manager."""
+class ServerProcess(ChildProcess):
+    """`python -m benchmarks.server_process` as a ChildProcess that learns its port."""
 
     def __init__(self, cfg: ServerConfig, torch_threads: int = 1, start_timeout_s: float = 300.0):
         """cfg: the server's config; torch_threads: intra-op threads of the child's torch."""
+        super().__init__(
+            python_module(
+                "benchmarks.server_process",
+                "--config",
+                config_to_json(cfg),
+                "--torch-threads",
+                str(torch_threads),
+            ),
+            ready=_READY,
+            start_timeout_s=start_timeout_s,
+            env=repo_env(OMP_NUM_THREADS="1"),
+        )
         self.cfg = cfg
         self.torch_threads = torch_threads
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
+
+    @property
+    def port(self) -> int:
+        """The port the child bound (0 before it announced one)."""
+        return int(self.ready_value or 0)
 
     @property
     def target(self) -> str:
         """HOST:PORT of the running server."""
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        """Process id of the server child (for profilers)."""
-        if self.proc is None:
-            raise ServerProcessError("server process not started; call start() first")
-        return self.proc.pid
-
     def start(self) -> ServerProcess:
-        """Spawn the child and block until it prints its port."""
-        env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT), "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.server_process",
-                "--config",
-                config_to_json(self.cfg),
-                "--torch-threads",
-                str(self.torch_threads),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.PIPE,
-            text=True,
-            cwd=_REPO_ROOT,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(_PORT_PREFIX):
-                self.port = int(line[len(_PORT_PREFIX) :])
-                return self
-            if not line and self.proc.poll() is not None:
-                break
-        err = self._drain_stderr()
-        self.stop()
-        raise ServerProcessError(f"server child did not report its port; stderr:\n{err}")
-
-    def _drain_stderr(self) -> str:
-        """Whatever the child wrote to stderr, once it has exited (or been killed)."""
-        if self.proc is None or self.proc.stderr is None:
-            return ""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        return self.proc.stderr.read()[-4000:]
-
-    def stop(self) -> None:
-        """Ask the child to shut down gracefully (close stdin, then SIGTERM, then kill)."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr, proc.stdin):
-            if stream is not None and not stream.closed:
-                stream.close()
+        """Spawn the child and block until it prints its port (ServerProcessError if not)."""
+        try:
+            super().start()
+        except BenchProcessError as exc:
+            raise ServerProcessError(str(exc)) from exc
+        return self
 
     def __enter__(self) -> ServerProcess:
         """Start on entry."""
         return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop on exit."""
-        self.stop()
 
 
 async def _serve(cfg: ServerConfig) -> None:
@@ -148,7 +96,7 @@ async def _serve(cfg: ServerConfig) -> None:
     await server.start()
     assert service.load_task is not None
     await service.load_task  # raises (and the child exits non-zero) if the model cannot load
-    print(f"{_PORT_PREFIX}{port}", flush=True)
+    announce_ready(_READY, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -12,22 +12,16 @@ if TYPE_CHECKING:
     from cloud_server.errors import ServiceError
     from cloud_server.server import create_server, serve, serve_async, stop_server
     from cloud_server.service import StrategyService
-    from cloud_server.spec import DeviceMetrics, DeviceReport, ModelSpec, ReportOutcome, TierSpec
 
 # Public name -> defining module; imported on first use so `chord serve --help` stays fast.
 _EXPORTS = {
-    "DeviceMetrics": "cloud_server.spec",
-    "DeviceReport": "cloud_server.spec",
     "EchoEngine": "cloud_server.engine",
     "EmbeddedServer": "cloud_server.embedded",
     "Engine": "cloud_server.engine",
-    "ModelSpec": "cloud_server.spec",
-    "ReportOutcome": "cloud_server.spec",
     "ServerConfig": "cloud_server.config",
     "ServiceError": "cloud_server.errors",
     "StrategyEngine": "cloud_server.engine",
     "StrategyService": "cloud_server.service",
-    "TierSpec": "cloud_server.spec",
     "create_server": "cloud_server.server",
     "serve": "cloud_server.server",
     "serve_async": "cloud_server.server",
@@ -35,18 +29,13 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "DeviceMetrics",
-    "DeviceReport",
     "EchoEngine",
     "EmbeddedServer",
     "Engine",
-    "ModelSpec",
-    "ReportOutcome",
     "ServerConfig",
     "ServiceError",
     "StrategyEngine",
     "StrategyService",
-    "TierSpec",
     "create_server",
     "serve",
     "serve_async",

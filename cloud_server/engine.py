@@ -20,9 +20,9 @@ from chord.levels import (
     assign_levels_batch,
     budget_range,
 )
+from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import InvalidRequestError, ServiceError
-from cloud_server.spec import LayerSpec, ModelSpec, TierSpec
 
 if TYPE_CHECKING:
     from chord.hyper.runs import ChordRun
@@ -65,7 +65,7 @@ def _result(
     """Encode one request's levels into its result (a delta to `reference` when smaller)."""
     levels = levels.astype(np.uint8, copy=False)
     counts = np.bincount(levels, minlength=4)
-    # Integer-valued sums, so this equals chord.budget.average_bits exactly.
+    # Integer-valued sums, so this equals chord.levels.average_bits exactly.
     level_sizes = np.bincount(levels, weights=sizes, minlength=4)
     avg_bits = float((np.asarray(tier.level_bits, dtype=np.float64) * level_sizes).sum())
     return StrategyResult(

@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from cloud_server.spec import DeviceReport, ReportOutcome
+from chord.spec import DeviceMetrics, DeviceReport, ReportOutcome
 
 __all__ = ["ReportStore"]
 
@@ -54,8 +54,6 @@ class ReportStore:
 
 def _from_row(row: dict) -> DeviceReport:
     """A report read back from its JSONL row."""
-    from cloud_server.spec import DeviceMetrics
-
     metrics = row.get("metrics")
     return DeviceReport(
         device_id=row["device_id"],

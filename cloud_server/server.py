@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
-from cloud_server.serde import METHOD_CODECS, SERVICE_NAME
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
+from protos.serde import METHOD_CODECS, SERVICE_NAME
 
 __all__ = ["HEALTH_SERVICES", "create_server", "serve", "serve_async", "stop_server"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chord.spec import DeviceReport, ModelSpec, ReportOutcome
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.batching import Dispatcher, make_dispatcher
 from cloud_server.config import ServerConfig
@@ -13,7 +14,6 @@ from cloud_server.engine import EchoEngine, Engine, StrategyEngine
 from cloud_server.errors import ModelNotReadyError, OverloadedError
 from cloud_server.metrics import ServerMetrics
 from cloud_server.reports import ReportStore
-from cloud_server.spec import DeviceReport, ModelSpec, ReportOutcome
 from cloud_server.validation import validate_report, validate_strategy_request
 
 __all__ = ["StrategyService", "load_engine"]

@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 
-from cloud_server import serde
 from cloud_server.errors import (
     DuplicateRequestError,
     EngineError,
@@ -21,7 +20,7 @@ from cloud_server.errors import (
     StaleVersionError,
 )
 from cloud_server.service import StrategyService
-from protos.chord.v1.strategy_pb2_grpc import StrategyServiceServicer
+from protos import serde
 
 __all__ = ["StrategyServicer", "status_for"]
 
@@ -72,7 +71,7 @@ def _parsed(request: Any) -> Any:
     return request
 
 
-class StrategyServicer(StrategyServiceServicer):
+class StrategyServicer(serde.ProtoStrategyServiceServicer):
     """chord.v1.StrategyService on top of a StrategyService."""
 
     def __init__(self, service: StrategyService) -> None:

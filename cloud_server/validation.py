@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from chord.spec import DeviceReport, ModelSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
-from cloud_server.spec import DeviceReport, ModelSpec
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
 # Tolerance on the published budget range: assign_levels meets a budget within 0.1 bit.

@@ -12,7 +12,7 @@ from chord.checkpoint import load_backbone, weights_version
 from chord.config import config_from_json
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
-from device_client.wire import DeviceSpec
+from chord.spec import ModelSpec
 
 
 class BackboneMismatchError(RuntimeError):
@@ -56,7 +56,7 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return int(int8), int(duet)
 
 
-def _obtain(spec: DeviceSpec) -> CachedBackbone:
+def _obtain(spec: ModelSpec) -> CachedBackbone:
     """Build (random) or load (pretrained) the backbone and verify its version hash."""
     start = time.perf_counter()
     if spec.mode == "random":
@@ -86,7 +86,7 @@ def _obtain(spec: DeviceSpec) -> CachedBackbone:
     )
 
 
-def get_backbone(spec: DeviceSpec) -> tuple[CachedBackbone, bool]:
+def get_backbone(spec: ModelSpec) -> tuple[CachedBackbone, bool]:
     """The process's backbone for spec.version and whether it came from the cache."""
     with _lock:
         cached = _cache.get(spec.version)

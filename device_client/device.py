@@ -2,38 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
-from chord.levels import Tier, levels_to_bits
+from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
 from chord.quant.layout import ChannelLayout
+from chord.spec import DeviceMetrics, ModelSpec, SpecError
+from chord.spec import DeviceReport as MetricsReport
+from chord.strategy import StrategyRequest
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
-from device_client.wire import (
-    METRIC_FIELDS,
-    DeviceSpec,
-    WireError,
-    metrics_report_to_proto,
-    spec_from_proto,
-    spec_request_to_proto,
-    strategy_reply_from_proto,
-    strategy_request_to_proto,
-)
-
-if TYPE_CHECKING:
-    from chord.levels import LevelCost
 
 CORRUPTIONS = ("bit_flip", "truncate", "bad_crc", "bad_version")
+# The figures a round reports: every field of the wire's DeviceMetrics, each read off RoundRecord.
+_METRIC_FIELDS = dataclasses.fields(DeviceMetrics)
 
 
 @dataclass(frozen=True)
@@ -207,18 +200,17 @@ class VirtualDevice:
         report = DeviceReport(job.device_id, job.tier, job.user_index, worker_pid=os.getpid())
         start = time.perf_counter()
         try:
-            spec_req = spec_request_to_proto(job.device_id)
-            spec_msg, _ = self.transport.get_model_spec(spec_req)
-            spec = spec_from_proto(spec_msg)
-            report.spec_bytes = spec_req.ByteSize() + spec_msg.ByteSize()
-            if job.tier not in spec.tiers:
-                raise WireError(
-                    f"tier {job.tier!r} is not served; the server has {sorted(spec.tiers)}"
+            spec, stats = self.transport.get_model_spec(job.device_id)
+            report.spec_bytes = stats.request_bytes + stats.reply_bytes
+            spec.check()
+            if job.tier not in spec.tier_map:
+                raise SpecError(
+                    f"tier {job.tier!r} is not served; the server has {sorted(spec.tier_map)}"
                 )
             cached, hit = get_backbone(spec)
         except TransportError as exc:
             return self._fail(report, f"spec:{exc.reason}", str(exc))
-        except (WireError, BackboneMismatchError) as exc:
+        except (SpecError, BudgetError, BackboneMismatchError) as exc:
             return self._fail(report, f"setup:{type(exc).__name__}", str(exc))
         report.backbone_cache_hit = hit
         report.backbone_obtain_ms = 0.0 if hit else cached.obtain_ms
@@ -258,7 +250,7 @@ class VirtualDevice:
     def _round(
         self,
         rec: RoundRecord,
-        spec: DeviceSpec,
+        spec: ModelSpec,
         backbone: torch.nn.Module,
         layout: ChannelLayout,
         seq: np.ndarray,
@@ -267,27 +259,26 @@ class VirtualDevice:
     ) -> None:
         """Profile, ask, decode, quantize, score this round's targets, and fill the record."""
         job = self.job
-        tier = spec.tiers[job.tier]
+        tier = spec.tier_map[job.tier]
         history = seq[: positions.start] if len(positions) else seq
         max_len = int(getattr(backbone, "max_len", spec.max_recent_items or 50))
         t0 = time.thread_time()
         profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
         rec.profile_ms = (time.thread_time() - t0) * 1e3
-        req = strategy_request_to_proto(
-            job.device_id,
-            f"{job.request_tag}.{rec.round}",
-            spec.version,
-            job.tier,
-            job.budget_bits,
-            profile,
-            reference_id=spec.reference_id,
+        req = StrategyRequest(
+            device_id=job.device_id,
+            request_id=f"{job.request_tag}.{rec.round}",
+            backbone_version=spec.version,
+            tier=job.tier,
+            budget_bits=float(job.budget_bits),
+            profile=np.asarray(profile, dtype=np.float32).ravel(),
+            reference_id=spec.offered_reference_id,
         )
-        reply_msg, stats = self.transport.get_strategy(req)
+        reply, stats = self.transport.get_strategy(req)
         rec.rpc_ms, rec.rpc_attempts = stats.elapsed_ms, stats.attempts
         rec.injected_losses = stats.injected_losses
-        rec.bytes_up, rec.bytes_down = req.ByteSize(), reply_msg.ByteSize()
-        rec.reply_bytes = reply_msg.ByteSize()
-        reply = strategy_reply_from_proto(reply_msg)
+        rec.bytes_up, rec.bytes_down = stats.request_bytes, stats.reply_bytes
+        rec.reply_bytes = stats.reply_bytes
         rec.code_bytes = len(reply.code.payload)
         rec.server_avg_bits = reply.avg_bits
         code = reply.code
@@ -300,7 +291,7 @@ class VirtualDevice:
         try:
             reference = None
             if code.encoding == ENCODING_DELTA and spec.reference is not None:
-                reference = self._reference_levels(spec.reference, sizes, tier, spec.level_cost)
+                reference = self._reference_levels(spec.reference, sizes, tier, spec.cost)
             levels = decode_levels(code, spec.version, spec.n_channels, reference)
         except CodeError:
             levels = None
@@ -371,16 +362,13 @@ class VirtualDevice:
 
     def _report(self, rec: RoundRecord) -> None:
         """Send the round's figures to the server; a failure here is a fault, not a failure."""
-        req = metrics_report_to_proto(
-            rec.device_id,
-            rec.round,
-            rec.tier,
-            {k: float(getattr(rec, k)) for k in METRIC_FIELDS},
-        )
+        metrics = DeviceMetrics(**{f.name: getattr(rec, f.name) for f in _METRIC_FIELDS})
         try:
-            reply, _ = self.transport.report_metrics(req)
+            _, stats = self.transport.report_metrics(
+                MetricsReport(rec.device_id, rec.round, rec.tier, metrics)
+            )
         except TransportError as exc:
             rec.fault = (rec.fault + ";" if rec.fault else "") + f"report:{exc.reason}"
             return
-        rec.bytes_up += req.ByteSize()
-        rec.bytes_down += reply.ByteSize()
+        rec.bytes_up += stats.request_bytes
+        rec.bytes_down += stats.reply_bytes

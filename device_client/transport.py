@@ -1,4 +1,9 @@
-"""gRPC client of the strategy service: deadlines, jittered retries, shared channels, faults."""
+"""gRPC client of the strategy service: deadlines, jittered retries, shared channels, faults.
+
+It speaks the domain types of `chord.spec` and `chord.strategy`; messages are mapped by
+`protos.serde`, and each call's CallStats carries the serialized sizes of what was sent and
+received.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from protos.chord.v1 import strategy_pb2 as pb
-from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
+from chord.spec import DeviceReport, ModelSpec, ReportOutcome
+from chord.strategy import StrategyRequest, StrategyResult
+from protos import serde
 
 # Every method is safe to repeat (GetStrategy is deduplicated by request id, ReportMetrics by
 # device and round, GetModelSpec reads). CANCELLED is retried because this client never cancels
@@ -34,11 +40,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 
-Reply = TypeVar("Reply")
+Domain = TypeVar("Domain")
 
 
 class TransportError(RuntimeError):
-    """An RPC that failed for good; `reason` is the lower-case status name or 'overall_deadline'."""
+    """An RPC that failed for good; `reason` is the lower-case status name, 'overall_deadline',
+    or 'malformed_reply' for a reply that has no domain meaning (an unknown enum, say)."""
 
     def __init__(self, reason: str, message: str, attempts: int) -> None:
         super().__init__(f"{reason} after {attempts} attempt(s): {message}")
@@ -84,6 +91,8 @@ class CallStats:
     injected_losses: int = 0
     injected_delay_ms: float = 0.0
     retried: dict[str, int] = field(default_factory=dict)
+    request_bytes: int = 0  # serialized request (protobuf ByteSize, gRPC framing excluded)
+    reply_bytes: int = 0  # serialized reply, likewise
 
 
 _channels: dict[tuple[str, str], grpc.Channel] = {}
@@ -135,24 +144,26 @@ class Transport:
         self.target = target
         self.policy = policy or RetryPolicy()
         self.faults = faults or NetworkFaults()
-        self._stub = pb_grpc.StrategyServiceStub(shared_channel(target, tls_root_ca))
+        self._stub = serde.ProtoStrategyServiceStub(shared_channel(target, tls_root_ca))
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._rng = random.Random(seed)
         self._fault_rng = random.Random(seed ^ 0x5EED)
 
-    def get_model_spec(self, req: pb.GetModelSpecRequest) -> tuple[pb.ModelSpec, CallStats]:
-        """GetModelSpec with retries."""
-        return self._call(self._stub.GetModelSpec, req)
+    def get_model_spec(self, device_id: str) -> tuple[ModelSpec, CallStats]:
+        """GetModelSpec with retries; TransportError ('malformed_reply') for an unusable spec."""
+        msg = serde.model_spec_request_to_proto(device_id)
+        reply, stats = self._call(self._stub.GetModelSpec, msg)
+        return _mapped(serde.model_spec_from_proto, reply, stats), stats
 
-    def get_strategy(self, req: pb.GetStrategyRequest) -> tuple[pb.GetStrategyReply, CallStats]:
+    def get_strategy(self, req: StrategyRequest) -> tuple[StrategyResult, CallStats]:
         """GetStrategy with retries (the request id stays the same across attempts)."""
-        return self._call(self._stub.GetStrategy, req)
+        reply, stats = self._call(self._stub.GetStrategy, serde.strategy_request_to_proto(req))
+        return _mapped(serde.strategy_result_from_proto, reply, stats), stats
 
-    def report_metrics(
-        self, req: pb.ReportMetricsRequest
-    ) -> tuple[pb.ReportMetricsReply, CallStats]:
+    def report_metrics(self, report: DeviceReport) -> tuple[ReportOutcome, CallStats]:
         """ReportMetrics with retries (idempotent on the server by device and round)."""
-        return self._call(self._stub.ReportMetrics, req)
+        reply, stats = self._call(self._stub.ReportMetrics, serde.device_report_to_proto(report))
+        return _mapped(serde.report_outcome_from_proto, reply, stats), stats
 
     def _inject(self, stats: CallStats, remaining: float) -> None:
         """Apply the configured delay (bounded by the time left) and maybe drop the attempt."""
@@ -187,6 +198,7 @@ class Transport:
                     req, timeout=min(self.policy.call_timeout_s, remaining), metadata=self._metadata
                 )
                 stats.elapsed_ms = (time.perf_counter() - start) * 1e3
+                stats.request_bytes, stats.reply_bytes = req.ByteSize(), reply.ByteSize()
                 return reply, stats
             except _InjectedLoss:
                 code_name, last = "unavailable", "attempt dropped by the fault injector"
@@ -207,3 +219,11 @@ class Transport:
         # Out of attempts: the last status says why; out of time: the overall deadline does.
         reason = last_code if stats.attempts >= self.policy.max_attempts else "overall_deadline"
         raise TransportError(reason, last, stats.attempts)
+
+
+def _mapped(from_proto: Callable[[Any], Domain], reply: Any, stats: CallStats) -> Domain:
+    """A reply in domain terms; one the wire mapping refuses is a failed call, not a crash."""
+    try:
+        return from_proto(reply)
+    except serde.SerdeError as exc:
+        raise TransportError("malformed_reply", str(exc), stats.attempts) from exc

@@ -18,7 +18,6 @@ import numpy as np
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
-from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.backend import Backend, InProcessBackend, RayBackend
 from simulator.cloud import Cloud
 from simulator.config import FleetConfig, read_saved_config, save_config
@@ -99,8 +98,10 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         path = os.environ.get("PYTHONPATH", "")
         if str(REPO_ROOT) not in path.split(os.pathsep):  # workers import device_client from here
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
+        # address="local": always a new private cluster, never one a `ray start` left running.
         ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+            address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
+            log_to_driver=False,
         )
     else:
         try:
@@ -156,7 +157,7 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
         token=t.token,
     )
     try:
-        spec = spec_from_proto(transport.get_model_spec(spec_request_to_proto("simulator"))[0])
+        spec, _ = transport.get_model_spec("simulator")
     except TransportError as exc:
         raise SimulationError(f"cannot reach the strategy service at {target}: {exc}") from exc
     if spec.n_items != n_items:
@@ -164,10 +165,10 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
             f"the server's backbone has {spec.n_items} items but dataset {cfg.dataset!r} has "
             f"{n_items}; pass the --dataset the server's run was trained on"
         )
-    missing = sorted({tier.name for tier in cfg.tiers} - set(spec.tiers))
+    missing = sorted({tier.name for tier in cfg.tiers} - set(spec.tier_map))
     if missing:
         raise SimulationError(
-            f"tiers {missing} are not served; the server has {sorted(spec.tiers)}"
+            f"tiers {missing} are not served; the server has {sorted(spec.tier_map)}"
         )
 
 

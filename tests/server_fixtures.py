@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 import pytest
 
+from chord.spec import ModelSpec
+from chord.strategy import StrategyRequest
 from cloud_server import EmbeddedServer, ServerConfig
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
@@ -105,6 +108,21 @@ def strategy_request(spec: Any, request_id: str = "req-1", **overrides: Any) -> 
     }
     fields.update(overrides)
     return pb.GetStrategyRequest(**fields)
+
+
+def domain_request(spec: ModelSpec, request_id: str = "req-1", **overrides: Any) -> StrategyRequest:
+    """strategy_request's twin in domain terms, for the Transport (mid tier, profile of ones)."""
+    mid = spec.tier_map["mid"]
+    fields: dict[str, Any] = {
+        "device_id": "dev-1",
+        "request_id": request_id,
+        "backbone_version": spec.version,
+        "tier": "mid",
+        "budget_bits": mid.default_budget_bits,
+        "profile": np.full(spec.profile_dim, 0.5, dtype=np.float32),
+    }
+    fields.update(overrides)
+    return StrategyRequest(**fields)
 
 
 async def wait_serving(address: str, timeout_s: float = 60.0) -> None:

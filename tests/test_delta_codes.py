@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +12,14 @@ import pytest
 
 from chord.codes import ENCODING_DELTA, decode_levels, packed_length, reference_levels
 from chord.hyper.runs import RunConfig, prepare_run
+from chord.spec import ModelSpec, SpecError
+from chord.strategy import StrategyResult
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport
-from device_client.wire import WireError, spec_from_proto, strategy_reply_from_proto
-from protos.chord.v1 import strategy_pb2 as pb
 from simulator.runner import load_users
-from tests.server_fixtures import strategy_request
+from tests.server_fixtures import domain_request
 
 QUICK = RetryPolicy(call_timeout_s=5.0, overall_timeout_s=5.0, max_attempts=3)
 
@@ -41,12 +42,12 @@ def server(
 
 def _ask(
     server: EmbeddedServer, reference_id: str, rid: str
-) -> tuple[pb.ModelSpec, pb.GetStrategyReply]:
+) -> tuple[ModelSpec, StrategyResult]:
     """The spec, and one mid-tier strategy for a fixed profile naming `reference_id`."""
     t = Transport(server.address, QUICK)
-    spec, _ = t.get_model_spec(pb.GetModelSpecRequest())
-    profile = np.random.default_rng(3).normal(size=spec.profile_dim).tolist()
-    req = strategy_request(spec, rid, profile=profile, reference_id=reference_id)
+    spec, _ = t.get_model_spec("delta-test")
+    profile = np.random.default_rng(3).normal(size=spec.profile_dim).astype(np.float32)
+    req = domain_request(spec, rid, profile=profile, reference_id=reference_id)
     reply, _ = t.get_strategy(req)
     return spec, reply
 
@@ -56,29 +57,29 @@ def test_spec_publishes_a_checked_reference(server: EmbeddedServer) -> None:
     assert len(spec.reference_importance) == 2 * spec.n_channels
     assert len(spec.level_cost) == 4 * 8 * len(spec.layers)
     assert spec.reference_id == f"{zlib.crc32(spec.reference_importance + spec.level_cost):08x}"
-    device_spec = spec_from_proto(spec)
-    assert device_spec.reference is not None and device_spec.reference.shape == (spec.n_channels,)
-    assert device_spec.level_cost is not None
-    assert device_spec.level_cost.layer_channels == tuple(x.n_channels for x in spec.layers)
+    spec.check()
+    assert spec.reference is not None and spec.reference.shape == (spec.n_channels,)
+    assert spec.cost is not None
+    assert spec.cost.layer_channels == tuple(x.n_channels for x in spec.layers)
 
 
 def test_delta_reply_decodes_to_the_same_levels(server: EmbeddedServer) -> None:
     spec, plain = _ask(server, "", "plain-1")
     _, delta = _ask(server, spec.reference_id, "delta-1")
     _, stale = _ask(server, "0badc0de", "stale-1")
-    dspec = spec_from_proto(spec)
-    assert dspec.reference is not None
-    tier = dspec.tiers["mid"]
-    budget = next(t.default_budget_bits for t in spec.tiers if t.name == "mid")
-    ref = reference_levels(dspec.reference, dspec.channel_sizes(), tier, budget, dspec.level_cost)
-    want = decode_levels(strategy_reply_from_proto(plain).code, spec.version, spec.n_channels)
-    code = strategy_reply_from_proto(delta).code
+    assert spec.reference is not None
+    tier = spec.tier_map["mid"]
+    ref = reference_levels(
+        spec.reference, spec.channel_sizes(), tier, tier.default_budget_bits, spec.cost
+    )
+    want = decode_levels(plain.code, spec.version, spec.n_channels)
+    code = delta.code
     assert code.encoding == ENCODING_DELTA  # a prior-led smoke run stays close to its reference
-    assert len(code.payload) < min(len(plain.codes), packed_length(spec.n_channels))
+    assert len(code.payload) < min(len(plain.code.payload), packed_length(spec.n_channels))
     np.testing.assert_array_equal(decode_levels(code, spec.version, spec.n_channels, ref), want)
     # A reference the server does not know gets the plain code.
-    assert strategy_reply_from_proto(stale).code.encoding != ENCODING_DELTA
-    assert stale.codes == plain.codes
+    assert stale.code.encoding != ENCODING_DELTA
+    assert stale.code.payload == plain.code.payload
 
 
 def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
@@ -95,14 +96,11 @@ def test_device_uses_delta_codes(server: EmbeddedServer) -> None:
     assert all(r.code_bytes < packed_length(spec.n_channels) // 2 for r in report.rounds)
 
 
-def _refused(spec: pb.ModelSpec, match: str, **fields: object) -> None:
-    """A copy of `spec` with `fields` replaced must be refused with a WireError like `match`."""
-    tampered = pb.ModelSpec()
-    tampered.CopyFrom(spec)
-    for name, value in fields.items():
-        setattr(tampered, name, value)
-    with pytest.raises(WireError, match=match):
-        spec_from_proto(tampered)
+def _refused(spec: ModelSpec, match: str, **fields: object) -> None:
+    """A copy of `spec` with `fields` replaced must be refused with a SpecError like `match`."""
+    tampered = dataclasses.replace(spec, **fields)  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match=match):
+        tampered.check()
 
 
 def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from chord.codes import CodeError, decode_levels, encode_levels
+from chord.strategy import StrategyRequest
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.actor import DeviceHost, HostConfig
@@ -23,7 +24,6 @@ from device_client.device import (
     uniform_fallback_bits,
 )
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
-from device_client.wire import spec_from_proto, spec_request_to_proto
 from simulator.runner import load_users
 
 FAST = RetryPolicy(
@@ -169,17 +169,15 @@ def test_unreachable_server_fails_with_a_reason(users: list[np.ndarray]) -> None
 
 
 def test_fatal_status_is_not_retried(server: EmbeddedServer) -> None:
-    from protos.chord.v1 import strategy_pb2 as pb
-
     t = Transport(server.address, FAST)
-    spec = spec_from_proto(t.get_model_spec(spec_request_to_proto("x"))[0])
-    bad = pb.GetStrategyRequest(
+    spec, _ = t.get_model_spec("x")
+    bad = StrategyRequest(
         device_id="x",
         request_id="r",
         backbone_version="0" * 16,
         tier="mid",
         budget_bits=3.0,
-        profile=[0.0] * spec.profile_dim,
+        profile=np.zeros(spec.profile_dim, dtype=np.float32),
     )
     with pytest.raises(TransportError) as err:
         t.get_strategy(bad)

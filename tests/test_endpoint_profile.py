@@ -19,7 +19,7 @@ EpollSelector.select (selectors.py:468) 2
 Thread._bootstrap (threading.py:1002);StrategyEngine.compute (cloud_server/engine.py:150);\
 HyperNetwork.channel_scores (chord/hyper/hypernet.py:180) 9
 Thread._bootstrap (threading.py:1002);StrategyEngine.compute (cloud_server/engine.py:156);\
-assign_levels_batch (chord/budget.py:200) 3
+assign_levels_batch (chord/levels/assign.py:35) 3
 """
 
 

@@ -11,9 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chord.codes import EncodedStrategy
-from chord.strategy import StrategyRequest, StrategyResult
-from cloud_server import serde
-from cloud_server.spec import (
+from chord.spec import (
     DeviceMetrics,
     DeviceReport,
     LayerSpec,
@@ -21,6 +19,8 @@ from cloud_server.spec import (
     ReportOutcome,
     TierSpec,
 )
+from chord.strategy import StrategyRequest, StrategyResult
+from protos import serde
 from protos.chord.v1 import strategy_pb2 as pb
 
 M = TypeVar("M", bound=Message)

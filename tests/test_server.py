@@ -27,6 +27,7 @@ from cloud_server.errors import RequestExpiredError
 from cloud_server.reports import ReportStore
 from cloud_server.service import StrategyService
 from protos.chord.v1 import strategy_pb2 as pb
+from protos.serde import strategy_result_from_proto
 from tests.server_fixtures import arun, call, run_dir, spec_of, status_of, strategy_request
 
 __all__ = ["run_dir"]  # the fixture, imported for pytest
@@ -54,8 +55,6 @@ def server(
 
 def _levels(reply: pb.GetStrategyReply, spec: pb.ModelSpec) -> np.ndarray:
     """The levels a device decodes from a reply."""
-    from cloud_server.serde import strategy_result_from_proto
-
     code = strategy_result_from_proto(reply).code
     return decode_levels(code, spec.version, spec.n_channels)
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chord.strategy import StrategyResult
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport, TransportError, close_channels
-from protos.chord.v1 import strategy_pb2 as pb
 from simulator.config import FleetConfig, TransportConfig
 from simulator.runner import load_users, run_simulation
-from tests.server_fixtures import strategy_request
+from tests.server_fixtures import domain_request
 from tests.tls_certs import self_signed
 
 TOKEN = "device-s3cret"
@@ -117,18 +117,18 @@ def test_overloaded_clients_back_off_and_all_get_served(narrow_server: EmbeddedS
         call_timeout_s=5.0, overall_timeout_s=30.0, max_attempts=100, backoff_base_s=0.05,
         backoff_max_s=0.4,
     )
-    spec, _ = Transport(narrow_server.address, policy).get_model_spec(pb.GetModelSpecRequest())
+    spec, _ = Transport(narrow_server.address, policy).get_model_spec("busy")
     refused_before = narrow_server.service.metrics.count("GetStrategy", "RESOURCE_EXHAUSTED")
 
-    def ask(i: int) -> tuple[pb.GetStrategyReply, dict[str, int]]:
+    def ask(i: int) -> tuple[StrategyResult, dict[str, int]]:
         t = Transport(narrow_server.address, policy, seed=i)
-        reply, stats = t.get_strategy(strategy_request(spec, f"busy-{i}", device_id=f"d{i}"))
+        reply, stats = t.get_strategy(domain_request(spec, f"busy-{i}", device_id=f"d{i}"))
         return reply, stats.retried
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(ask, range(6)))
     assert sorted(r.request_id for r, _ in results) == sorted(f"busy-{i}" for i in range(6))
-    assert all(r.n_channels == spec.n_channels for r, _ in results)
+    assert all(r.code.n_channels == spec.n_channels for r, _ in results)
     retried = sum(s.get("resource_exhausted", 0) for _, s in results)
     refused = narrow_server.service.metrics.count("GetStrategy", "RESOURCE_EXHAUSTED")
     # Six callers against one slot: some were refused at once, and every refusal was retried.
@@ -141,11 +141,11 @@ def test_overload_past_the_deadline_gives_up_in_time(smoke_run_dir: Path) -> Non
         run_dir=smoke_run_dir, max_batch=64, max_wait_ms=1500, max_concurrency=1, grace_s=0.2
     )
     with EmbeddedServer(cfg) as srv:
-        spec, _ = Transport(srv.address, QUICK).get_model_spec(pb.GetModelSpecRequest())
+        spec, _ = Transport(srv.address, QUICK).get_model_spec("hog")
         # One request holds the only slot for its 1.5 s batch window.
         hog = threading.Thread(
             target=Transport(srv.address, QUICK, seed=99).get_strategy,
-            args=(strategy_request(spec, "hog", device_id="hog"),),
+            args=(domain_request(spec, "hog", device_id="hog"),),
         )
         hog.start()
         time.sleep(0.3)
@@ -156,7 +156,7 @@ def test_overload_past_the_deadline_gives_up_in_time(smoke_run_dir: Path) -> Non
         try:
             with pytest.raises(TransportError) as err:
                 Transport(srv.address, patient, seed=7).get_strategy(
-                    strategy_request(spec, "late", device_id="late")
+                    domain_request(spec, "late", device_id="late")
                 )
         finally:
             hog.join(timeout=10)

@@ -197,8 +197,9 @@ async def _burst_then_sigterm(group: Group, n: int) -> tuple[list[str], set[int]
 
 @pytest.mark.xfail(
     not (REPO / "cloud_server" / "drain.py").exists(),
-    reason="a single server's drain cancels queued calls until issue 11's drain gate lands",
-    strict=True,
+    reason="until issue 11's drain gate (cloud_server/drain.py) lands, a single server's "
+    "drain may cancel calls still queued for a batch (timing-dependent)",
+    strict=False,
 )
 def test_sigterm_drains_every_worker_without_losing_admitted_calls() -> None:
     """Calls sent before SIGTERM finish OK (or, if refused, UNAVAILABLE); the parent exits 0."""

@@ -74,9 +74,9 @@ class RunConfig:
     # anything sees it (Backbone.fold_for_quantization; Caser centres its output item table).
     # Random-mode backbones stay as built: devices rebuild them from seed and config.
     fold: bool = True
-    # How levels follow importance (chord.budget.assign_levels): "rd" measures each layer's
+    # How levels follow importance (chord.levels.assign_levels): "rd" measures each layer's
     # loss at every width on training data and places bits where they remove the most loss
-    # (chord.level_cost), importance scaling each channel's share; "quota" gives the
+    # (chord.levels.rd), importance scaling each channel's share; "quota" gives the
     # maximum-entropy level quotas to channels in importance order.
     allocation: str = "rd"
 

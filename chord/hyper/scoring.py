@@ -29,7 +29,7 @@ def assign_batch(
     budget_bits: float,
     cost: LevelCost | None = None,
 ) -> np.ndarray:
-    """Levels [B, C] (uint8) for a batch of importance rows, by chord.budget's exact rule."""
+    """Levels [B, C] (uint8) for a batch of importance rows, by chord.levels' exact rule."""
     imp = importance.detach().cpu().numpy()
     rows = assign_levels_batch(imp, sizes, [tier] * len(imp), [budget_bits] * len(imp), cost)
     for row in rows:
@@ -41,7 +41,7 @@ def assign_batch(
 def fast_assign(
     importance: torch.Tensor, sizes: torch.Tensor, tier: Tier, budget_bits: float
 ) -> torch.Tensor:
-    """Batched levels [B, C] by chord.budget's quota rule, without its boundary fix-up.
+    """Batched levels [B, C] by chord.levels.quota's rule, without its boundary fix-up.
 
     Same order and level shares as assign_levels (maximum-entropy level distribution, level 3
     to the most important weight mass); only the final one-channel residual correction is

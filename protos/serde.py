@@ -1,4 +1,10 @@
-"""The one home of the wire format: domain types <-> chord.v1 protobuf messages, in pairs."""
+"""The one home of the wire format: domain types <-> chord.v1 protobuf messages, in pairs.
+
+Server, device, simulator and benchmarks all map messages here, and no other module imports
+the generated `protos.chord.v1` code (an import-linter contract checks it). Protobuf classes
+carry a `Proto` prefix so they are never mistaken for the domain types of `chord.spec` and
+`chord.strategy`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from chord.codes import EncodedStrategy
-from chord.strategy import StrategyRequest, StrategyResult
-from cloud_server.spec import (
+from chord.spec import (
     DeviceMetrics,
     DeviceReport,
     LayerSpec,
@@ -19,6 +24,7 @@ from cloud_server.spec import (
     ReportOutcome,
     TierSpec,
 )
+from chord.strategy import StrategyRequest, StrategyResult
 from protos.chord.v1.strategy_pb2 import DESCRIPTOR as ProtoFileDescriptor
 from protos.chord.v1.strategy_pb2 import BackboneKind as ProtoBackboneKind
 from protos.chord.v1.strategy_pb2 import BackboneMode as ProtoBackboneMode
@@ -33,11 +39,17 @@ from protos.chord.v1.strategy_pb2 import ReportMetricsReply as ProtoReportMetric
 from protos.chord.v1.strategy_pb2 import ReportMetricsRequest as ProtoReportMetricsRequest
 from protos.chord.v1.strategy_pb2 import ServerTimings as ProtoServerTimings
 from protos.chord.v1.strategy_pb2 import TierSpec as ProtoTierSpec
+from protos.chord.v1.strategy_pb2_grpc import (
+    StrategyServiceServicer as ProtoStrategyServiceServicer,
+)
+from protos.chord.v1.strategy_pb2_grpc import StrategyServiceStub as ProtoStrategyServiceStub
 
 __all__ = [
     "METHOD_CODECS",
     "SERVICE_NAME",
     "MalformedMessage",
+    "ProtoStrategyServiceServicer",
+    "ProtoStrategyServiceStub",
     "SerdeError",
     "device_report_from_proto",
     "device_report_to_proto",
@@ -262,16 +274,26 @@ def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
     return msg
 
 
+def server_timings_from_reply(msg: ProtoGetStrategyReply) -> dict[str, float]:
+    """A reply's server timings ({} when absent): *_ms, batch_size and worker, as floats.
+
+    Cheap enough for a load generator to call on every reply (the code is not touched).
+    """
+    if not msg.HasField("timings"):
+        return {}
+    t = msg.timings
+    timings = {k: getattr(t, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
+    timings["batch_size"] = float(t.batch_size)
+    timings["worker"] = float(t.worker)
+    return timings
+
+
 def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
     """Wire GetStrategyReply -> domain StrategyResult (the code is not decoded here)."""
     counts = tuple(int(c) for c in msg.level_counts)
     if len(counts) != 4:
         raise SerdeError(f"reply has {len(counts)} level_counts; expected exactly 4")
-    timings: dict[str, float] = {}
-    if msg.HasField("timings"):
-        timings = {k: getattr(msg.timings, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
-        timings["batch_size"] = float(msg.timings.batch_size)
-        timings["worker"] = float(msg.timings.worker)
+    timings = server_timings_from_reply(msg)
     return StrategyResult(
         request_id=msg.request_id,
         code=EncodedStrategy(
