@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import multiprocessing as mp
+import os
 import time
 import uuid
 from collections import Counter
@@ -81,6 +82,7 @@ class LoadConfig:
     load_max_duration_s: float = 0.0  # step, line: the ramp holds after this (0 = never)
     arrivals: str | None = None  # CSV `t_s,device_id,reason` replayed open loop
     speedup: float = 1.0  # arrivals: virtual seconds per real second
+    cpus: tuple[int, ...] = ()  # cores the client processes are pinned to (() = any)
 
     @property
     def open_loop(self) -> bool:
@@ -127,6 +129,11 @@ class LoadConfig:
         if self.tls_ca is not None and not Path(self.tls_ca).is_file():
             raise LoadConfigError(
                 f"tls_ca {self.tls_ca!r} is not a file; send a PEM CA certificate"
+            )
+        if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
+            raise LoadConfigError(
+                f"cpus {sorted(self.cpus)} are not all available; this process may use "
+                f"{sorted(os.sched_getaffinity(0))}"
             )
         if self.rps < 0:
             raise LoadConfigError(f"rps {self.rps} must be >= 0 (0 = closed loop)")
@@ -502,8 +509,11 @@ def _process_main(
     times: np.ndarray | None,
 ) -> None:
     """Entry point of one client process: drive load, send figures back as JSON + raw arrays."""
-    cfg = LoadConfig(**json.loads(cfg_json))
+    raw = json.loads(cfg_json)
+    cfg = LoadConfig(**{**raw, "cpus": tuple(raw.get("cpus", ()))})
     try:
+        if cfg.cpus:
+            os.sched_setaffinity(0, set(cfg.cpus))
         figures = asyncio.run(_drive(cfg, index, n_workers, barrier, run_tag, times))
     except BaseException as exc:  # reported to the parent, which raises LoadRunError
         try:
