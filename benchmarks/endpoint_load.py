@@ -26,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import ProcessTreeSampler
+from benchmarks.harness import (
+    ProcessTreeSampler,
+    ResultStore,
+    add_output_arguments,
+    markdown_table,
+    write_result,
+)
 from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
 from benchmarks.server_process import ServerProcess
 from benchmarks.slo import Probe, find_capacity
 from cloud_server.config import ServerConfig
@@ -71,6 +76,7 @@ class EndpointConfig:
     probe_s: float = 3.0  # seconds of each constant-rate probe
     max_probes: int = 7
     open_loop_cap: int = 512  # calls in flight at most during a probe
+    results_dir: str | None = None  # None: $CHORD_BENCH_RESULTS_DIR, else benchmarks/
 
 
 def default_run_dir() -> Path:
@@ -349,7 +355,8 @@ def _measure_mode(
             results.append(res)
             extra["cpu"].append(cpu)
         if cfg.profile_s > 0:
-            out = RESULTS_DIR / f"endpoint_profile_{mode}.txt"
+            out = ResultStore.default(cfg.results_dir).path(f"endpoint_profile_{mode}", ".txt")
+            out.parent.mkdir(parents=True, exist_ok=True)
             holder: dict[str, Any] = {}
             t = threading.Thread(
                 target=lambda: holder.update(_profile(server.pid, cfg.profile_s, out, mode))
@@ -649,7 +656,10 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     if cfg.write:
         tables = "\n\n".join(t for t in (cap_table if cap_rows else "",
                                            ratio_table if cap_rows else "", head, table) if t)
-        write_result("endpoint_load", payload, tables, cap_note + notes)
+        write_result(
+            "endpoint_load", payload, tables, cap_note + notes,
+            store=ResultStore.default(cfg.results_dir),
+        )
     return payload
 
 
@@ -682,6 +692,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)
     parser.add_argument("--probe-s", type=float, default=3.0, help="seconds per search probe")
     parser.add_argument("--max-probes", type=int, default=7)
+    add_output_arguments(parser)
     parser.add_argument("--no-write", action="store_true", help="print only")
 
 
@@ -700,6 +711,7 @@ def config_from_args(args: argparse.Namespace) -> EndpointConfig:
         modes=tuple(args.modes),
         profile_s=args.profile,
         write=not args.no_write,
+        results_dir=args.results_dir,
         capacity_modes=tuple(args.capacity_modes),
         capacity_workers=tuple(args.capacity_workers),
         slo_p99_ms=args.slo_p99_ms,

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -284,3 +285,46 @@ def test_arrivals_exclude_a_rate() -> None:
     """A run names either a rate schedule or an arrivals file."""
     with pytest.raises(LoadConfigError, match="arrivals"):
         LoadConfig(target="127.0.0.1:1", rps=10, arrivals=__file__).validate()
+
+
+def _bench(argv: list[str]) -> int:
+    """Run `chord bench ARGV` in this process."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_capacity_search_prints_the_capacity(
+    slow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--slo-p99-ms` alone: one line per probe, the capacity line, and the JSON of the search."""
+    out = tmp_path / "cap.json"
+    status = _bench(["load", "--target", slow_server, "--method", "health", "--slo-p99-ms",
+                     "150", "--search-start-rps", "40", "--search-tolerance", "0.5",
+                     "--duration", "1.5", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert re.search(r"Capacity at p99 <= 150 ms: \d+\.\d rps", text)
+    data = json.loads(out.read_text())
+    assert data["slo_p99_ms"] == 150 and 0 < data["capacity_rps"] <= 1 / SERVICE_S
+    assert len(data["probes"]) == text.count("rps offered")
+
+
+def test_cli_replay_judges_the_peak(
+    echo_server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--arrivals F --speedup X`: the summary, then the verdict on the busiest window."""
+    path = _arrivals(tmp_path / "a.csv", [i * 0.5 for i in range(100)])
+    status = _bench(["load", "--target", echo_server.address, "--arrivals", str(path),
+                     "--speedup", "50", "--slo-p99-ms", "1000", "--peak-window", "10s"])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "Fleet peak: 20 requests in 10 virtual s" in text and "KEPT" in text
+
+
+def test_cli_refuses_a_bad_schedule(capsys: pytest.CaptureFixture[str]) -> None:
+    """A step schedule without a step duration exits 2 with one line naming the flag."""
+    status = _bench(["load", "--target", "127.0.0.1:9", "--load-schedule", "step",
+                     "--load-start", "10", "--load-step", "5"])
+    err = capsys.readouterr().err
+    assert status == 2 and "load-step-duration" in err and "Traceback" not in err

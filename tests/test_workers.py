@@ -225,3 +225,13 @@ def test_a_worker_that_dies_stops_the_group() -> None:
     finally:
         stop_group(group)
     assert status == 1
+
+
+def test_zero_workers_is_refused() -> None:
+    """`--workers 0` exits 2 with one line saying what to send."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "chord.cli", "serve", "--echo", "--workers", "0"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert proc.returncode == 2 and "--workers 0; use 1 or more" in proc.stderr
