@@ -445,6 +445,61 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
     }
 
 
+def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[str, float]:
+    """Process CPU ms per batch of `batch` random profiles: the engine's whole compute and its
+    parts (hypernetwork forward, level assignment, reply encoding), one torch thread, this
+    process. Per-request figures divide by `batch`."""
+    import torch
+
+    from chord.codes import encode_levels_batch
+    from chord.levels import assign_levels_batch
+    from chord.strategy import StrategyRequest
+    from cloud_server.engine import StrategyEngine
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = StrategyEngine.from_run_dir(run_dir)
+        run, spec = engine.run, engine.spec
+        tier = spec.tiers[0]
+        rng = np.random.default_rng(0)
+        profiles = rng.standard_normal((batch, spec.profile_dim)).astype(np.float32)
+        requests = [
+            StrategyRequest(f"d{i}", f"r{i}", spec.version, tier.name, tier.default_budget_bits,
+                            profile=profiles[i])
+            for i in range(batch)
+        ]
+        tiers = [run.tiers[tier.name]] * batch
+        budgets = [tier.default_budget_bits] * batch
+        sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+
+        def forward() -> np.ndarray:
+            with torch.inference_mode():
+                return run.importance_model.importance(torch.from_numpy(profiles)).numpy()
+
+        imp = forward()
+        levels = np.stack([np.asarray(x) for x in assign_levels_batch(
+            imp, sizes, tiers, budgets, run.level_cost)])
+        parts = {
+            "compute": lambda: engine.compute(requests),
+            "forward": forward,
+            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost),
+            "encode": lambda: encode_levels_batch(levels, spec.version),
+        }
+        out: dict[str, float] = {}
+        for name, fn in parts.items():
+            fn()
+            t0 = time.process_time()
+            for _ in range(repeats):
+                fn()
+            out[f"{name}_ms_per_batch"] = 1e3 * (time.process_time() - t0) / repeats
+        out["compute_ms_per_request"] = out["compute_ms_per_batch"] / batch
+        out["batch"] = float(batch)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _machine_load() -> dict[str, Any]:
     """Load average and the busiest processes right now (what else ran on the machine)."""
     top = subprocess.run(
@@ -518,6 +573,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     machine_before = _machine_load()
     capacity = run_capacity(cfg, run_dir) if cfg.capacity_modes else {"by_config": {},
                                                                       "ratios": {}}
+    engine = engine_breakdown(run_dir, cfg.max_batch) if run_dir is not None else {}
     modes: dict[str, Any] = {}
     for mode in cfg.modes:
         results, extra = _measure_mode(mode, cfg, run_dir)
@@ -541,6 +597,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         "machine_before": machine_before,
         "machine_after": _machine_load(),
         "capacity": capacity["by_config"],
+        "engine": engine,
         **capacity["ratios"],
     }
     e_cpu = modes.get("echo", {}).get("server_cpu_ms_per_req")
@@ -621,7 +678,9 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
             "p99_ms",
         ],
     )
-    print("\n" + cap_table + "\n\n" + ratio_table + "\n\n" + head + "\n\n" + table)
+    engine_table = markdown_table([engine], list(engine)) if engine else ""
+    print("\n" + "\n\n".join(
+        t for t in (cap_table, ratio_table, engine_table, head, table) if t))
     print("goals met:", met)
     pins = "; ".join(
         f"{key}: {c['pinning']}" for key, c in capacity["by_config"].items()
@@ -637,6 +696,12 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"{pinning(1)[1]}. Busiest processes before the run: "
         f"{', '.join(machine_before['top_cpu'][:5])}. "
     ) if capacity["by_config"] else ""
+    if engine:
+        cap_note += (
+            f"Engine table: process CPU per batch of {engine['batch']:.0f} in the benchmark's "
+            f"own process (one torch thread): the whole StrategyEngine.compute and its parts "
+            f"(hypernetwork forward, level assignment, reply encoding). "
+        )
     notes = (
         f"Concurrency {cfg.concurrency}, {cfg.processes} load-generator process(es), "
         f"{cfg.duration_s:g} s measured after {cfg.warmup_s:g} s warmup, medians of "
@@ -655,7 +720,8 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     )
     if cfg.write:
         tables = "\n\n".join(t for t in (cap_table if cap_rows else "",
-                                           ratio_table if cap_rows else "", head, table) if t)
+                                           ratio_table if cap_rows else "", engine_table, head,
+                                           table) if t)
         write_result(
             "endpoint_load", payload, tables, cap_note + notes,
             store=ResultStore.default(cfg.results_dir),
