@@ -65,11 +65,16 @@ def find_capacity(
     max_probes: int = 12,
     max_rps: float = 1e5,
     on_probe: Callable[[Probe, LoadResult], None] | None = None,
+    min_calls: int = 100,
+    min_rps: float | None = None,
 ) -> CapacityResult:
     """Highest open-loop rate with p99 <= slo_p99_ms and no errors (see module doc).
 
     base: target, method, concurrency cap, processes, warmup...; its rate fields are replaced.
-    Raises LoadConfigError for a non-positive SLO, start rate or tolerance.
+    A probe lasts probe_s (default base.duration_s) or long enough for min_calls calls, so its
+    p99 is not just its slowest call. Halving stops below min_rps (default start_rps / 16):
+    the capacity is then reported as 0 with the bracket's upper end. Raises LoadConfigError for
+    a non-positive SLO, start rate or tolerance.
     """
     if not slo_p99_ms > 0 or not start_rps > 0 or not tolerance > 0 or max_probes < 1:
         raise LoadConfigError(
@@ -77,12 +82,14 @@ def find_capacity(
             f"and max_probes {max_probes} >= 1"
         )
     duration = probe_s if probe_s is not None else base.duration_s
+    floor = min_rps if min_rps is not None else start_rps / 16
     probes: list[Probe] = []
     lo, hi = 0.0, math.inf
 
     def probe(rate: float) -> bool:
         cfg = dataclasses.replace(
-            base, rps=rate, load_schedule="const", arrivals=None, duration_s=duration
+            base, rps=rate, load_schedule="const", arrivals=None,
+            duration_s=max(duration, min_calls / rate),
         )
         res = run_load(cfg)
         expected = res.scheduled or 0
@@ -106,7 +113,7 @@ def find_capacity(
                 hi = rate
         elif lo == 0.0:  # nothing passed yet: halve
             rate = hi / 2
-            if rate < 1.0:
+            if rate < max(floor, 1e-3):
                 break
             if probe(rate):
                 lo = rate

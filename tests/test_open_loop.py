@@ -223,7 +223,7 @@ def test_capacity_search_finds_the_knee(slow_server: str) -> None:
     """The serial 20 ms server carries 50 calls/s; the search lands below and near it."""
     base = LoadConfig(target=slow_server, method="health", duration_s=2.0, timeout_s=30,
                       concurrency=256)
-    cap = find_capacity(base, slo_p99_ms=150, start_rps=10, tolerance=0.15)
+    cap = find_capacity(base, slo_p99_ms=150, start_rps=10, tolerance=0.15, min_calls=20)
     assert 25 <= cap.capacity_rps <= 1 / SERVICE_S * 1.1
     lo, hi = cap.bracket
     assert lo == cap.capacity_rps and hi <= 1 / SERVICE_S * 1.6
