@@ -503,10 +503,10 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
 def _machine_load() -> dict[str, Any]:
     """Load average and the busiest processes right now (what else ran on the machine)."""
     top = subprocess.run(
-        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
+        ["ps", "-eo", "pcpu,args", "--sort=-pcpu", "--no-headers"],
         capture_output=True, text=True, check=False,
     ).stdout.splitlines()[:8]
-    return {"loadavg": os.getloadavg(), "top_cpu": [line.strip() for line in top]}
+    return {"loadavg": os.getloadavg(), "top_cpu": [line.strip()[:90] for line in top]}
 
 
 def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
