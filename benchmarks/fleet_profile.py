@@ -83,8 +83,8 @@ def _relabel(key: str, stacks: list[tuple[list[str], int]]) -> str:
 
 # Exclusive buckets: a sample goes to the first bucket whose frame substring is in its stack.
 BUCKETS: tuple[tuple[str, str], ...] = (
-    ("device: quantize weights (to_lowbit: _quantized_weights)", "_quantized_weights ("),
-    ("device: build int8 runtime (to_lowbit: prepack, modules)", "to_lowbit ("),
+    ("device: build_runtime, quantize weights (_quantized_weights)", "_quantized_weights ("),
+    ("device: build_runtime, ONNX graph + ORT session", "build_runtime ("),
     ("device: score candidates (+ negatives, metrics)", "VirtualDevice._score ("),
     ("device: wait GetStrategy RPC", "Transport.get_strategy ("),
     ("device: wait ReportMetrics RPC", "Transport.report_metrics ("),

@@ -203,9 +203,9 @@ def _limits(top: dict[str, Any]) -> str:
         f"{top.get('loadavg_before')} before, {top.get('loadavg_after')} after); of its "
         f"{cpu:.0f} CPU-s the device actors used {share.get('device-actor', 0):.0f}%, the driver "
         f"(embedded server + simulator) {share.get('driver', 0):.0f}% and Ray's daemons "
-        f"{ray:.0f}%. Inside an actor {_bucket_share('ray-worker', 'to_lowbit')} of the py-spy "
-        f"samples are to_lowbit (per-layer quantize_int, then fbgemm prepacks, one of them the "
-        f"item-table scorer that candidate scoring never uses); in the driver "
+        f"{ray:.0f}%. Inside an actor {_bucket_share('ray-worker', 'build_runtime')} of the "
+        f"py-spy samples build the device runtime (per-layer quantize_int, then the ONNX graph "
+        f"and the ORT session); in the driver "
         f"{_bucket_share('driver', 'hypernetwork')} are the server's hypernetwork. "
     )
 
@@ -219,8 +219,8 @@ def _bucket_share(role: str, key: str, name: str = "after") -> str:
     except (OSError, IndexError):
         return "?"
     lines = lines[: next((i for i, ln in enumerate(lines) if not ln.startswith(" ")), len(lines))]
-    total = sum(float(ln.split("%")[0].split()[-1]) for ln in lines if "%" in ln and key in ln)
-    return f"{total:.0f}%"
+    shares = [float(ln.split("%")[0].split()[-1]) for ln in lines if "%" in ln and key in ln]
+    return f"{sum(shares):.0f}%" if shares else "?"
 
 
 def _before(previous: dict[str, Any] | None) -> str:

@@ -3,6 +3,8 @@
 Run as `python -m benchmarks.inference` (see `--help`). Latency is the median over many
 repeats after a warm-up, with torch limited to one thread to model one phone core. Weights are
 random (speed and size do not depend on training); catalogue sizes are ML-100K's and ML-1M's.
+`--before results/inference_<commit>.json` adds the device runtimes of an earlier run side by
+side with this run's.
 """
 
 from __future__ import annotations
@@ -14,18 +16,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from benchmarks.report import markdown_table, write_result
+from benchmarks.harness import (
+    RESULTS_DIR,
+    ResultStore,
+    Stats,
+    Stopwatch,
+    add_output_arguments,
+    load_average,
+    machine_info,
+    markdown_table,
+    repo_env,
+    time_calls,
+    time_interleaved,
+)
 from chord.codes import decode_levels, encode_levels
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig
 from chord.levels import DEFAULT_TIERS, assign_levels, average_bits, levels_to_bits
@@ -33,14 +46,14 @@ from chord.models import build_backbone
 from chord.quant import (
     channel_layout,
     fp32_model_bytes,
-    freeze_scorers,
     other_param_bytes,
     packed_model_bytes,
     quantize_backbone,
     quantize_int,
     to_lowbit,
 )
-from chord.quant.lowbit import QLinear, QWeight
+from chord.quant.adapt import DEVICE_TABLES, DEVICE_WIDTHS
+from chord.quant.lowbit import LowBitBackbone, QLinear, QWeight
 from chord.quant.onnx_runtime import (
     build_onnx,
     initializer_bytes,
@@ -53,6 +66,9 @@ from chord.quant.onnx_runtime import (
 CATALOGUES = {"ml-100k": 1682, "ml-1m": 3706}  # item counts of the two MovieLens sets
 N_CANDIDATES = 101  # the target plus 100 sampled negatives
 VERSION = "benchmark0000000"
+DEVICE_PATH = "CHORD ORT nibbles"  # what chord.quant.build_runtime gives the device by default
+# The runtimes measured at commit b6ba73f, before the move off TorchScript and quantized ops.
+BEFORE_JSON = RESULTS_DIR / "inference_b6ba73f.json"
 
 
 @dataclass(frozen=True)
@@ -70,34 +86,42 @@ class InferenceBenchConfig:
     backbones: tuple[str, ...] = ("sasrec", "caser")
     ort: bool = True  # also measure the ONNX Runtime paths
     profile_calls: int = 200  # calls per graph in the ORT per-op profile
+    compile: bool = False  # also measure torch.compile of the PyTorch runtime (slow to build)
+
+
+class CompiledScorer:
+    """A PyTorch runtime's scoring methods through torch.compile, built on the example shapes.
+
+    Inductor compiles each method once for the shapes of `seqs` [1, L] and `cands` [1, C]
+    (fullgraph, static shapes); the constructor runs both once so compile time is paid there.
+    """
+
+    def __init__(self, runtime: LowBitBackbone, seqs: torch.Tensor, cands: torch.Tensor) -> None:
+        """Compile `score_candidates` and `score_all` of `runtime` and run each once."""
+        self._cand = torch.compile(runtime.score_candidates, fullgraph=True, dynamic=False)
+        self._all = torch.compile(runtime.score_all, fullgraph=True, dynamic=False)
+        with torch.inference_mode():
+            self._cand(seqs, cands)
+            self._all(seqs)
+
+    def score_candidates(self, seqs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of the given items: [B, C]."""
+        return self._cand(seqs, candidates)  # type: ignore[no-any-return]
+
+    def score_all(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores of the catalogue: [B, n_items + 1]."""
+        return self._all(seqs)  # type: ignore[no-any-return]
 
 
 def _interleaved_us(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, seed: int = 0
 ) -> dict[str, tuple[float, float]]:
-    """Median and p90 wall time (microseconds) of each function, timed in shuffled rounds.
-
-    Every round visits each function once in a fresh random order, so background load and
-    the cache damage one path does to the next fall evenly on all paths; each timed call
-    follows an untimed call of the same function (warm latency).
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    names = list(fns)
-    rng = np.random.default_rng(seed)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        for i in rng.permutation(len(names)):
-            fn = fns[names[i]]
-            fn()
-            t0 = time.perf_counter_ns()
-            fn()
-            times[names[i]].append((time.perf_counter_ns() - t0) / 1e3)
+    """Median and p90 wall time (microseconds) of each function, timed in shuffled rounds
+    (`harness.time_interleaved`: warm latency, background load spread over all paths)."""
     out = {}
-    for name, ts in times.items():
-        ts.sort()
-        out[name] = (statistics.median(ts), ts[int(0.9 * (len(ts) - 1))])
+    for name, samples in time_interleaved(fns, repeats, warmup, seed).items():
+        stats = Stats.of(np.asarray(samples) * 1e6)
+        out[name] = (stats.median, stats.p90)
     return out
 
 
@@ -157,6 +181,7 @@ def ort_rss_bytes(
             capture_output=True,
             text=True,
             check=True,
+            env=repo_env(),
         )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -216,60 +241,57 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
         lv = decode_levels(code, VERSION, layout.n_channels)
         return to_lowbit(model, levels_to_bits(lv, tier), layout=layout)
 
-    def adapt_chord_frozen() -> Any:
-        return freeze_scorers(adapt_chord(), seqs, cands)
-
     def adapt_packed() -> Any:
         lv = decode_levels(code, VERSION, layout.n_channels)
-        runtime = to_lowbit(model, levels_to_bits(lv, tier), layout=layout, table="packed")
-        return freeze_scorers(runtime, seqs, cands, freeze_all=False)
+        return to_lowbit(model, levels_to_bits(lv, tier), layout=layout, table="packed")
 
     def adapt_uniform() -> Any:
-        return freeze_scorers(to_lowbit(model, uniform8, layout=layout), seqs, cands)
+        return to_lowbit(model, uniform8, layout=layout)
 
     def p50_ms(fn: Callable[[], Any], n: int) -> float:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        return Stats.of(time_calls(fn, n, warmup=0)).median * 1e3
 
     reference = quantize_backbone(model, chord_bits, layout=layout)
     runtimes: dict[str, tuple[Any, str, int, float | None]] = {
         # name -> (scorer, kernel description, bytes in memory, adaptation ms)
         "fp32 eager": (model, "fp32 eager PyTorch (the Backbone)", fp32_bytes, None),
-        "fp32 frozen": (
-            freeze_scorers(to_lowbit(model, None, kernel="fp32", layout=layout), seqs, cands),
-            "fp32, same lean graph, TorchScript-frozen",
+        "fp32 lean": (
+            to_lowbit(model, None, kernel="fp32", layout=layout),
+            "fp32, the lean inference graph, eager PyTorch",
             fp32_bytes,
             None,
         ),
         "uniform int8": (
             adapt_uniform(),
-            "int8 fbgemm, TorchScript-frozen",
+            "8-bit weights held int8, widened per call (weight-only), eager PyTorch",
             packed_model_bytes(layout, uniform8) + others,
-            p50_ms(adapt_uniform, max(3, cfg.adapt_repeats // 3)),
+            p50_ms(adapt_uniform, cfg.adapt_repeats),
         ),
-        "CHORD int8 (eager)": (
+        "CHORD int8": (
             adapt_chord(),
-            "CHORD bits on int8 fbgemm, Python",
+            "CHORD bits held int8, widened per call (weight-only), eager PyTorch",
             packed_model_bytes(layout, chord_bits) + others,
             p50_ms(adapt_chord, cfg.adapt_repeats),
         ),
-        "CHORD int8": (
-            adapt_chord_frozen(),
-            "CHORD bits on int8 fbgemm, TorchScript-frozen",
-            packed_model_bytes(layout, chord_bits) + others,
-            p50_ms(adapt_chord_frozen, max(3, cfg.adapt_repeats // 3)),
-        ),
         "CHORD packed": (
             adapt_packed(),
-            "CHORD bits: bit-packed item tables + int8 fbgemm; candidates frozen, catalogue eager",
+            "CHORD bits: bit-packed item tables + int8 weight-only layers, eager PyTorch",
             packed_model_bytes(layout, chord_bits) + others,
-            p50_ms(adapt_packed, max(3, cfg.adapt_repeats // 3)),
+            p50_ms(adapt_packed, cfg.adapt_repeats),
         ),
     }
+    compile_ms: dict[str, float] = {}
+    if cfg.compile:
+        with Stopwatch() as watch:
+            compiled = CompiledScorer(adapt_chord(), seqs, cands)
+        compile_ms["CHORD int8 compiled"] = watch.seconds * 1e3
+        runtimes["CHORD int8 compiled"] = (
+            compiled,
+            "CHORD int8 (PyTorch) through torch.compile (inductor, fullgraph, static shapes); "
+            "adapt_ms is one adaptation plus compiling both scoring methods",
+            packed_model_bytes(layout, chord_bits) + others,
+            compile_ms["CHORD int8 compiled"],
+        )
     ort_extra: dict[str, dict[str, Any]] = {}  # per ORT path: initializer and RSS bytes
     if cfg.ort:
         fp32_onnx = build_onnx(model, None, kind="fp32", layout=layout)
@@ -291,7 +313,14 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
             "CHORD ORT 4/8": (
                 chord_bits,
                 {"widths": (4, 8)},
-                "as CHORD ORT with 4/8-bit storage only (2-bit rows held in 4 bits), ORT CPU",
+                "as CHORD ORT with 4/8-bit storage only (1..4-bit rows held in 4 bits), ORT CPU",
+                packed_model_bytes(layout, chord_bits) + others,
+            ),
+            DEVICE_PATH: (
+                chord_bits,
+                {"widths": DEVICE_WIDTHS, "tables": DEVICE_TABLES},
+                "device default (chord.quant.build_runtime): layers as CHORD ORT 4/8, item "
+                "tables in 4-bit units (5..8-bit rows as two), ORT CPU",
                 packed_model_bytes(layout, chord_bits) + others,
             ),
             "CHORD ORT split": (
@@ -335,6 +364,7 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
             "fp32 ORT": (None, {"kind": "fp32"}),
             "CHORD ORT": (chord_bits, {}),
             "CHORD ORT split": (chord_bits, {"split_layers": True}),
+            DEVICE_PATH: (chord_bits, {"widths": DEVICE_WIDTHS, "tables": DEVICE_TABLES}),
         }
         for name, (bits_or_none, kw) in profiled.items():
             ort_extra[name]["ort_profile_us_per_call"] = ort_profile(
@@ -342,12 +372,13 @@ def _bench_one(dataset: str, backbone: str, cfg: InferenceBenchConfig) -> list[d
             )
     runtime_bytes = {
         "fp32 eager": fp32_bytes,
-        "fp32 frozen": fp32_bytes,
+        "fp32 lean": fp32_bytes,
         "uniform int8": to_lowbit(model, uniform8, layout=layout).runtime_bytes,
-        "CHORD int8 (eager)": to_lowbit(model, chord_bits, layout=layout).runtime_bytes,
         "CHORD int8": to_lowbit(model, chord_bits, layout=layout).runtime_bytes,
         "CHORD packed": to_lowbit(model, chord_bits, layout=layout, table="packed").runtime_bytes,
     }
+    if cfg.compile:
+        runtime_bytes["CHORD int8 compiled"] = runtime_bytes["CHORD int8"]
     for name, extra in ort_extra.items():
         runtime_bytes[name] = extra["ort_rss_running_bytes"]
     rows: list[dict[str, Any]] = []
@@ -416,8 +447,9 @@ def _ort_linear_us(w: torch.Tensor, x: torch.Tensor, cfg: InferenceBenchConfig) 
 
 
 def kernel_microbench(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
-    """One Linear at the shapes these models use: fp32 F.linear vs fbgemm int8 dynamic linear,
-    and (with `cfg.ort`) ORT's fp32 MatMul vs MatMulNBits (one session.run each)."""
+    """One Linear at the shapes these models use: fp32 F.linear vs the PyTorch runtime's
+    weight-only int8 linear, and (with `cfg.ort`) ORT's fp32 MatMul vs MatMulNBits (one
+    session.run each)."""
     torch.set_num_threads(cfg.threads)
     shapes = [(1, 64, 3707), (1, 50, 3707), (50, 64, 64), (50, 64, 128), (1, 250, 440)]
     rows = []
@@ -435,7 +467,7 @@ def kernel_microbench(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
         row = {
             "shape": f"[{m}x{k}] @ [{k}x{n}]",
             "fp32_us": timed["fp32"][0],
-            "int8_dynamic_us": timed["int8"][0],
+            "int8_weight_only_us": timed["int8"][0],
             "int8_over_fp32": timed["int8"][0] / timed["fp32"][0],
         }
         if cfg.ort:
@@ -447,7 +479,6 @@ def kernel_microbench(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
 def run_benchmark(cfg: InferenceBenchConfig) -> list[dict[str, Any]]:
     """Measure every dataset x backbone x path; returns one row each."""
     torch.set_num_threads(cfg.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)
     rows = []
     for dataset in cfg.datasets:
         for backbone in cfg.backbones:
@@ -460,24 +491,27 @@ Batch 1, torch limited to {threads} thread(s) to model one phone core; latency i
 {repeats} calls after {warmup} warm-up rounds (p90 in the JSON); paths are timed in rounds of a
 fresh random order, each timed call right after an untimed call of the same path (warm latency).
 `latency_101_us` scores 101 candidates, `latency_full_us` the whole catalogue; `speedup_vs_fp32`
-is against fp32 eager on 101 candidates (`speedup_full_vs_fp32` on the catalogue). Paths: **fp32
-eager** is the Backbone as written; **fp32 frozen** is the same lean inference graph the int8
-paths use (SASRec's last block computes only the last position; Caser's convolutions are one
-matrix) in fp32, TorchScript-frozen: it separates the gain of the graph rewrite and freezing from
-the gain of int8 kernels; **CHORD int8** runs a {tier}-tier, {budget}-bit assignment (random
-importance through `budget.assign_levels`) on fbgemm per-channel int8 dynamic linears (every
-1..8-bit grid is exact in int8), gathers int8 embedding rows and dequantizes them; **uniform
-int8** is every channel at 8 bits on the same kernels; **CHORD packed** keeps the item tables bit-
-packed in memory (bit-planes, one fp32 scale per row) and unpacks only the rows it gathers, other
-layers on int8 fbgemm; its catalogue scoring unpacks the whole table per call and is not frozen
-(freezing would fold the unpacked fp32 table into a constant). `model_bytes` is the model at rest:
-packed sub-byte payload plus one fp32 scale per channel plus fp32 biases and norms.
-`runtime_bytes` is what the runtime holds to execute: int8 weights (unpacked; the item table
-twice, once for gathers and once in fbgemm's packed copy), or the bit-packed tables with their
-metadata, plus fp32 extras. `adapt_ms_p50` is decode + quantize + build the int8 runtime (plus
-TorchScript freezing for the frozen rows). `max_abs_diff_vs_fake_quant` compares catalogue scores
-with the fake-quantized reference (the gap is the on-the-fly int8 quantization of activations).
-Weights are random; fidelity is tested in tests/test_quant.py.
+is against fp32 eager on 101 candidates (`speedup_full_vs_fp32` on the catalogue). No path uses
+TorchScript or PyTorch's quantized tensors and ops (deprecated in PyTorch 2.13). PyTorch paths
+(chord/quant/lowbit.py, eager): **fp32 eager** is the Backbone as written; **fp32 lean** is the
+lean inference graph the low-bit paths use (SASRec's last block computes only the last position;
+Caser's convolutions are one matrix) on fp32 weights: it separates the gain of the rewrite from
+that of low-bit weights; **CHORD int8** runs a {tier}-tier, {budget}-bit assignment (random
+importance through `assign_levels`) with every weight held as int8 codes (every 1..8-bit grid is
+exact in int8) and a float32 scale per channel, widened to fp32 per call (weight-only int8:
+public ops, exact against the fake-quantized reference); **uniform int8** is every channel at 8
+bits the same way; **CHORD packed** keeps the item tables bit-packed in memory (bit-planes, one
+fp32 scale per row) and unpacks only the rows it gathers; its catalogue scoring unpacks the whole
+table per call. **CHORD int8 compiled** (only with `--compile`) is CHORD int8 through
+`torch.compile` (inductor, fullgraph, static shapes); its `adapt_ms_p50` is one adaptation plus
+the compilation of both scoring methods, paid again for every new strategy (less when
+inductor's on-disk cache holds graphs from earlier runs on the machine). `model_bytes` is the
+model at rest: packed sub-byte payload plus one fp32 scale per channel plus fp32 biases and
+norms. `runtime_bytes` for PyTorch rows is what the runtime holds to execute: int8 codes (each
+table once) or the bit-packed tables with their metadata, plus scales and fp32 extras.
+`adapt_ms_p50` is decode + quantize + build the runtime. `max_abs_diff_vs_fake_quant` compares
+catalogue scores with the fake-quantized reference. Weights are random; fidelity is tested in
+tests/test_quant.py and tests/test_onnx_runtime.py (every width 1..8, SASRec and Caser).
 
 ONNX Runtime paths (chord/quant/onnx_runtime.py; onnxruntime {ort_version}, CPUExecutionProvider,
 intra-op threads {threads}, sequential; one graph built with `onnx.helper` and one session per
@@ -489,9 +523,14 @@ with `GatherBlockQuantized` from the same bytes; **CHORD ORT** stores each item-
 smallest of 2/4/8 bits holding its CHORD bits (one MatMulNBits per width for the catalogue, an
 int16 row map, per-width GatherBlockQuantized + Where for gathers) and every other layer at its
 widest row's width (one MatMulNBits each); **CHORD ORT 4/8** is the same without 2-bit storage
-(1..4-bit rows in 4 bits); **CHORD ORT split** splits every layer by width (Concat + Gather back
-to channel order after each). MatMulNBits runs with accuracy_level 4
-(activations quantized to int8 per block, like fbgemm's dynamic linear; accuracy_level 0 is
+(1..4-bit rows in 4 bits); **CHORD ORT nibbles**, the device's default runtime
+(`chord.quant.build_runtime`), stores layers as CHORD ORT 4/8 and item tables in 4-bit units
+with zero points: a 1..4-bit row is one unit, a 5..8-bit row two (high nibble at 16x the scale
+plus low nibble, exact), so one GatherBlockQuantized per unit column gathers any mix of widths
+and one MatMulNBits scores the catalogue, with no row map and no merging by width;
+**CHORD ORT split** splits every layer by width (Concat + Gather back to channel order after
+each). MatMulNBits runs with accuracy_level 4
+(activations quantized to int8 per block; accuracy_level 0 is
 exact against the fake-quantized reference, see tests/test_onnx_runtime.py). For ORT rows
 `runtime_bytes` is **measured**: RSS growth of a fresh process (after a throwaway fp32 session
 paid ORT's one-time start-up) from opening the session and scoring in both modes once; it
@@ -506,47 +545,117 @@ the If branch are also counted in the If node's own time).
 
 
 def findings(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> str:
-    """Plain-language reading of the measurements: fastest paths, and what int8 kernels add."""
+    """Plain-language reading of the measurements: fastest paths, fastest low-bit path, and
+    what the low-bit kernels add over fp32 at these shapes."""
     lines = []
     for key in sorted({(r["dataset"], r["backbone"]) for r in rows}):
         group = {r["path"]: r for r in rows if (r["dataset"], r["backbone"]) == key}
         fast_c = min(group.values(), key=lambda r: r["latency_101_us"])
         fast_a = min(group.values(), key=lambda r: r["latency_full_us"])
-        chord, ref = group.get("CHORD int8"), group.get("fp32 frozen")
-        kernel_gain = (
-            f"; CHORD int8 vs the same graph in fp32: "
-            f"{ref['latency_101_us'] / chord['latency_101_us']:.2f}x on 101 candidates"
-            if chord and ref
+        low = [r for r in group.values() if "CHORD" in r["path"]]
+        fast_low = min(low, key=lambda r: r["latency_101_us"]) if low else None
+        device, torch_rt = group.get(DEVICE_PATH), group.get("CHORD int8")
+        versus = (
+            f"; the device default ({DEVICE_PATH}) runs 101 candidates in "
+            f"{device['latency_101_us']:.0f} us, "
+            f"{torch_rt['latency_101_us'] / device['latency_101_us']:.2f}x "
+            f"faster than CHORD int8 in eager PyTorch"
+            if device and torch_rt
             else ""
         )
         lines.append(
             f"- {key[0]} {key[1]}: fastest on 101 candidates is {fast_c['path']} "
             f"({fast_c['speedup_vs_fp32']:.2f}x fp32 eager), on the catalogue {fast_a['path']} "
-            f"({fast_a['speedup_full_vs_fp32']:.2f}x){kernel_gain}."
+            f"({fast_a['speedup_full_vs_fp32']:.2f}x); fastest with CHORD's bits: "
+            f"{fast_low['path'] if fast_low else 'none measured'}{versus}."
         )
     lines.extend(ort_findings(rows))
     if kernels and "ort_fp32_us" in kernels[0]:
         ratios = {b: [k[f"ort_nbits{b}_us"] / k["ort_fp32_us"] for k in kernels] for b in (2, 4, 8)}
         spans = ", ".join(f"{b}-bit {min(r):.2f}-{max(r):.2f}x" for b, r in ratios.items())
+        typical = statistics.median(ratios[4] + ratios[8])
         lines.append(
             f"- One ORT MatMulNBits call (int8 activations per block) against one fp32 MatMul call "
-            f"at the same shapes (session.run included): {spans} the fp32 time, so on this CPU "
-            f"the n-bit kernels save memory, not time; the ORT paths' latency is mostly per-node "
-            f"dispatch, and splitting layers or tables by width adds nodes."
+            f"at the same shapes (session.run included): {spans} the fp32 time (4/8-bit median "
+            f"{typical:.2f}x), so on this CPU the 4/8-bit kernels "
+            + ("save memory at about fp32 speed" if typical < 1.25 else "save memory, not time")
+            + "; 2-bit storage is slower, and splitting layers or tables by width adds nodes."
         )
     slower = [k for k in kernels if k["int8_over_fp32"] > 1]
-    verdict = (
-        "so the speedups over fp32 eager come mostly from the lean graph and TorchScript "
-        "freezing removing per-op Python overhead (compare fp32 frozen), not from int8 arithmetic."
-        if len(slower) * 2 > len(kernels)
-        else "so int8 kernels contribute to the speedups at these sizes."
-    )
     lines.append(
-        f"- A lone fbgemm int8 dynamic Linear is slower than fp32 at {len(slower)} of "
-        f"{len(kernels)} shapes measured (per-call activation quantization dominates matrices "
-        f"this small), {verdict}"
+        f"- PyTorch's weight-only int8 Linear (codes widened per call) is slower than fp32 at "
+        f"{len(slower)} of {len(kernels)} shapes measured: without TorchScript and quantized "
+        f"ops, PyTorch has no fast low-bit CPU path here, so the low-bit device runtime is ORT."
     )
     return "\n".join(lines)
+
+
+BEFORE_PATHS = {
+    # path in the earlier run -> what it was
+    "CHORD int8 (eager)": "device runtime then: fbgemm int8 dynamic linears, eager (to_lowbit)",
+    "CHORD int8": "fbgemm int8 + TorchScript trace/freeze (benchmark-only deployment form)",
+}
+AFTER_PATHS = {
+    DEVICE_PATH: "device runtime now: ORT MatMulNBits + GatherBlockQuantized, 4-bit units",
+    "CHORD int8": "PyTorch weight-only int8, eager (to_lowbit)",
+    "CHORD int8 compiled": "PyTorch weight-only int8 through torch.compile",
+}
+SIDE_BY_SIDE_COLUMNS = [
+    "dataset",
+    "backbone",
+    "run",
+    "path",
+    "latency_101_us",
+    "latency_full_us",
+    "speedup_vs_fp32",
+    "fp32_eager_101_us",
+    "device_101_ratio",
+    "adapt_ms_p50",
+    "runtime_bytes",
+]
+
+
+def side_by_side(before: dict[str, Any], rows: list[dict[str, Any]], commit: str) -> list[dict]:
+    """The device runtimes of an earlier run (`before`, its JSON) next to this run's rows.
+
+    Each run's `speedup_vs_fp32` is against fp32 eager timed in the same run (the machine is
+    shared, so absolute medians drift between runs; ratios inside a run do not).
+    `device_101_ratio` is the old device runtime's speedup over this path's (both against
+    their own run's fp32 eager): above 1, this path is faster than the old device runtime.
+    """
+    out: list[dict[str, Any]] = []
+    old_commit = str(before.get("machine", {}).get("commit", "before"))
+    keys = sorted({(r["dataset"], r["backbone"]) for r in rows})
+    for key in keys:
+        old = {r["path"]: r for r in before["rows"] if (r["dataset"], r["backbone"]) == key}
+        new = {r["path"]: r for r in rows if (r["dataset"], r["backbone"]) == key}
+        if "CHORD int8 (eager)" not in old:
+            continue
+        old_device = old["CHORD int8 (eager)"]["speedup_vs_fp32"]
+        for run, group, paths, label in (
+            ("before", old, BEFORE_PATHS, old_commit),
+            ("after", new, AFTER_PATHS, commit),
+        ):
+            for path, what in paths.items():
+                if path not in group:
+                    continue
+                r = group[path]
+                out.append(
+                    {
+                        "dataset": key[0],
+                        "backbone": key[1],
+                        "run": f"{run} ({label})",
+                        "path": f"{path}: {what}",
+                        "latency_101_us": r["latency_101_us"],
+                        "latency_full_us": r["latency_full_us"],
+                        "speedup_vs_fp32": r["speedup_vs_fp32"],
+                        "fp32_eager_101_us": group["fp32 eager"]["latency_101_us"],
+                        "device_101_ratio": r["speedup_vs_fp32"] / old_device,
+                        "adapt_ms_p50": r["adapt_ms_p50"],
+                        "runtime_bytes": r["runtime_bytes"],
+                    }
+                )
+    return out
 
 
 REORDER_OPS = ("Concat", "Gather", "Where", "Cast", "Clip", "Less", "Sub")
@@ -578,6 +687,16 @@ def ort_findings(rows: list[dict[str, Any]]) -> list[str]:
             f"(Concat/Gather/Where/...) {_share(prof, REORDER_OPS):.0%}; split: MatMulNBits "
             f"{_share(sprof, ('MatMulNBits',)):.0%}, reordering {_share(sprof, REORDER_OPS):.0%}."
         )
+        device = group.get(DEVICE_PATH)
+        if device:
+            lines.append(
+                f"- {key[0]} {key[1]}, device default ({DEVICE_PATH}): "
+                f"{device['speedup_vs_fp32']:.2f}x fp32 eager on 101 candidates "
+                f"({fp32['latency_101_us'] / device['latency_101_us']:.2f}x fp32 ORT, "
+                f"{chord['latency_101_us'] / device['latency_101_us']:.2f}x CHORD ORT), "
+                f"initializers {device['ort_initializer_ratio_vs_fp32']:.3f} of fp32, "
+                f"{device['ort_nodes']} graph nodes."
+            )
     return lines
 
 
@@ -594,7 +713,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=CATALOGUES)
     parser.add_argument("--backbones", nargs="+", default=list(d.backbones))
     parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime paths")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (minutes to build)"
+    )
+    parser.add_argument(
+        "--before",
+        default=str(BEFORE_JSON) if BEFORE_JSON.exists() else "",
+        help="an earlier run's JSON whose device runtimes are shown beside this run's",
+    )
+    parser.add_argument("--note", default="", help="what else ran on the machine (for RESULTS)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    add_output_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceBenchConfig:
@@ -610,6 +739,7 @@ def config_from_args(args: argparse.Namespace) -> InferenceBenchConfig:
         datasets=tuple(args.datasets),
         backbones=tuple(args.backbones),
         ort=not args.no_ort,
+        compile=args.compile,
     )
 
 
@@ -639,14 +769,36 @@ def ort_version() -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and write results/inference.json."""
     cfg = config_from_args(args)
+    load_before = load_average()
     rows = run_benchmark(cfg)
     kernels = kernel_microbench(cfg)
-    table = (
+    load_after = load_average()
+    compared: list[dict[str, Any]] = []
+    before_note = ""
+    if args.before:
+        with open(args.before) as f:
+            before = json.load(f)
+        compared = side_by_side(before, rows, machine_info()["commit"])
+        bm = before.get("machine", {})
+        before_note = (
+            f"Device runtimes before and after (before: `results/{Path(args.before).name}`, "
+            f"measured "
+            f"{bm.get('date', '?')} at commit {bm.get('commit', '?')} on {bm.get('cpu', '?')}, "
+            f"{bm.get('cpu_count', '?')} cores, with {before['config']['repeats']} repeats; "
+            f"after: this run). Medians of one run each; `speedup_vs_fp32` and "
+            f"`device_101_ratio` are ratios against fp32 eager timed in the same run, so they "
+            f"compare across the two runs even where background load moved the medians. "
+            f"`runtime_bytes`: tensors held for PyTorch paths, measured RSS growth (session "
+            f"overhead included) for ORT paths:\n\n"
+            + markdown_table(compared, SIDE_BY_SIDE_COLUMNS)
+            + "\n\nAll paths of this run:\n\n"
+        )
+    table = before_note + (
         markdown_table(rows, COLUMNS)
         + "\n\nOne Linear alone (median us, same thread setting):\n\n"
         + markdown_table(
             kernels,
-            ["shape", "fp32_us", "int8_dynamic_us", "int8_over_fp32"]
+            ["shape", "fp32_us", "int8_weight_only_us", "int8_over_fp32"]
             + (
                 ["ort_fp32_us", "ort_nbits2_us", "ort_nbits4_us", "ort_nbits8_us"]
                 if cfg.ort
@@ -665,9 +817,21 @@ def run(args: argparse.Namespace) -> int:
             budget=cfg.budget_bits,
             ort_version=ort_version(),
         )
-        notes = notes + "\nReading:\n\n" + findings(rows, kernels)
-        payload = {"config": asdict(cfg), "rows": rows, "kernels": kernels}
-        path = write_result("inference", payload, table, notes)
+        notes += (
+            f"\nLoad average (1/5/15 min) of this shared machine: {load_before} at the start, "
+            f"{load_after} at the end of the run"
+            + (f"; {args.note}" if args.note else "")
+            + ".\n\nReading:\n\n"
+            + findings(rows, kernels)
+        )
+        payload = {
+            "config": asdict(cfg),
+            "rows": rows,
+            "kernels": kernels,
+            "load_avg": [load_before, load_after],
+            "before_after": compared,
+        }
+        path = ResultStore.default(args.results_dir).write("inference", payload, table, notes)
         print(f"wrote {path}")
     return 0
 

@@ -12,6 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
+from chord.artifacts import ArtifactRef
 from chord.levels import LevelCost, LevelCostError, Tier
 
 MODES = ("random", "pretrained")
@@ -50,8 +51,6 @@ class ModelSpec:
     mode: str  # "random" or "pretrained"
     config_json: str
     seed: int
-    weights_uri: str  # pretrained mode: absolute path of the frozen weights ("" in random mode)
-    weights_bytes: int  # pretrained mode: size of that file (0 in random mode)
     version: str
     layers: tuple[LayerSpec, ...]
     n_channels: int
@@ -59,13 +58,20 @@ class ModelSpec:
     profile_dim: int
     max_recent_items: int
     n_items: int
-    reference_importance: bytes = b""  # float16 LE per channel; b"" = no delta codes offered
-    reference_id: str = ""  # CRC32 of reference_importance + level_cost, 8 hex digits
+    reference_id: str = ""  # CRC32 of reference_importance + level_cost, 8 hex; "" = none offered
+    artifacts: tuple[ArtifactRef, ...] = ()  # what a device downloads with FetchArtifact
+    # The reference held, not sent in the spec: the server fills these from its run, a device
+    # from the REFERENCE_DATA artifact once fetched (chord.artifacts.reference_from_artifact).
+    reference_importance: bytes = b""  # float16 LE per channel; b"" = none held
     level_cost: bytes = b""  # float32 LE [layers x 8] of the rate-distortion rule; b"" = quotas
 
     def tier(self, name: str) -> TierSpec | None:
         """The published tier with this name, or None."""
         return next((t for t in self.tiers if t.name == name), None)
+
+    def artifact(self, kind: str) -> ArtifactRef | None:
+        """The listed artifact of this kind (chord.artifacts.KINDS), or None."""
+        return next((a for a in self.artifacts if a.kind == kind), None)
 
     @cached_property
     def tier_map(self) -> dict[str, Tier]:
@@ -84,7 +90,8 @@ class ModelSpec:
 
     @property
     def offered_reference_id(self) -> str:
-        """The reference a device names in GetStrategy: reference_id when one is offered."""
+        """The reference a device names in GetStrategy: reference_id when it holds that
+        reference (its artifact fetched), else ""."""
         return self.reference_id if self.reference_importance else ""
 
     @cached_property

@@ -28,6 +28,8 @@ class ServerConfig:
     dedup_window_s: float = 300.0  # how long a (device_id, request_id) reply is remembered
     dedup_max_entries: int = 100_000  # bound on remembered request ids
     reports_path: Path | None = None  # JSONL file that device reports are appended to
+    max_artifact_streams: int = 64  # FetchArtifact streams at once before RESOURCE_EXHAUSTED
+    artifact_stream_s: float = 120.0  # a FetchArtifact stream ends (DEADLINE_EXCEEDED) after this
 
     def __post_init__(self) -> None:
         """Reject configurations that cannot run, saying what to set instead."""
@@ -41,5 +43,9 @@ class ServerConfig:
             raise ValueError(f"max_concurrency={self.max_concurrency}; use 1 or more")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key (or neither)")
+        if self.max_artifact_streams < 1:
+            raise ValueError(f"max_artifact_streams={self.max_artifact_streams}; use 1 or more")
+        if not self.artifact_stream_s > 0:
+            raise ValueError(f"artifact_stream_s={self.artifact_stream_s}; use more than 0")
         if self.token is not None and not self.token:
             raise ValueError("empty token; pass a non-empty --token or none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from chord.artifacts import Artifact, ArtifactRef, backbone_to_artifact, reference_to_artifact
 from chord.codes import encode_levels, encode_levels_batch, reference_levels
 from chord.levels import (
     DEFAULT_TIERS,
@@ -22,6 +24,7 @@ from chord.levels import (
 )
 from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
+from cloud_server.artifacts import ArtifactStore
 from cloud_server.errors import InvalidRequestError, ServiceError
 
 if TYPE_CHECKING:
@@ -34,9 +37,10 @@ REFERENCE_CACHE = 256  # (tier, budget) pairs whose reference levels are kept
 
 
 class Engine(Protocol):
-    """What the service calls: a published spec and a batch computation."""
+    """What the service calls: a published spec, the artifacts it lists, a batch computation."""
 
     spec: ModelSpec
+    artifacts: ArtifactStore
     inline: bool  # True when compute is so cheap it may run on the event loop
 
     def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
@@ -129,6 +133,7 @@ class StrategyEngine:
         self._reference = reference_importance(run)
         self._reference_id = reference_id(self._reference, self._cost_bytes)
         self._reference_levels: OrderedDict[tuple[str, float], np.ndarray] = OrderedDict()
+        self.artifacts = ArtifactStore(self._run_artifacts())
         self.spec = self._build_spec()
 
     @classmethod
@@ -138,13 +143,26 @@ class StrategyEngine:
 
         return cls(load_run(Path(run_dir)))
 
+    def _run_artifacts(self) -> tuple[Artifact, ...]:
+        """What a device of this run downloads: pretrained weights, and the reference data."""
+        out = []
+        if self.run.mode == "pretrained":
+            out.append(backbone_to_artifact(self.run.backbone))
+        n_layers = len(self.run.layout.layers)
+        out.append(reference_to_artifact(self._reference, self._cost_bytes, n_layers))
+        return tuple(out)
+
+    def register_artifact(self, kind: str, fmt: str, data: bytes) -> ArtifactRef:
+        """Serve one more artifact (e.g. the run's shared mask) and list it in the spec."""
+        ref = self.artifacts.register(kind, fmt, data)
+        self.spec = dataclasses.replace(self.spec, artifacts=self.artifacts.refs())
+        return ref
+
     def _build_spec(self) -> ModelSpec:
-        """The spec devices fetch: backbone recipe, layout, tiers, profile size."""
+        """The spec devices fetch: backbone recipe, layout, tiers, profile size, artifacts."""
         from chord.config import config_to_json
 
         run = self.run
-        weights = self.run_dir / "backbone.pt"
-        pretrained = run.mode == "pretrained"
         layers = tuple(
             LayerSpec(str(x.name), int(x.n_channels), int(x.channel_size))
             for x in run.layout.layers
@@ -154,8 +172,6 @@ class StrategyEngine:
             mode=str(run.mode),
             config_json=config_to_json(run.backbone_config),
             seed=int(run.seed),
-            weights_uri=str(weights) if pretrained else "",
-            weights_bytes=weights.stat().st_size if pretrained and weights.exists() else 0,
             version=str(run.version),
             layers=layers,
             n_channels=int(run.layout.n_channels),
@@ -163,8 +179,9 @@ class StrategyEngine:
             profile_dim=int(run.profile_dim),
             max_recent_items=self._max_len,
             n_items=int(run.backbone.n_items),
-            reference_importance=self._reference.astype("<f2").tobytes(),
             reference_id=self._reference_id,
+            artifacts=self.artifacts.refs(),
+            reference_importance=self._reference.astype("<f2").tobytes(),
             level_cost=self._cost_bytes,
         )
 
@@ -252,8 +269,6 @@ def _synthetic_spec(tiers: Mapping[str, Tier]) -> ModelSpec:
         mode="random",
         config_json='{"kind": "sasrec", "n_items": 1000, "hidden": 64}',
         seed=0,
-        weights_uri="",
-        weights_bytes=0,
         version="ec40ec40ec40ec40",
         layers=layers,
         n_channels=sum(x.n_channels for x in layers),
@@ -270,9 +285,14 @@ class EchoEngine:
     inline = True
 
     def __init__(
-        self, spec: ModelSpec | None = None, tiers: Mapping[str, Tier] | None = None, seed: int = 0
+        self,
+        spec: ModelSpec | None = None,
+        tiers: Mapping[str, Tier] | None = None,
+        seed: int = 0,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
-        """Use a run's spec (and tiers) or a synthetic one; fixed levels come from the seed."""
+        """Use a run's spec, tiers and artifacts or a synthetic spec; fixed levels from the seed."""
+        self.artifacts = artifacts if artifacts is not None else ArtifactStore()
         self._tiers = dict(tiers if tiers is not None else DEFAULT_TIERS)
         self.spec = spec if spec is not None else _synthetic_spec(self._tiers)
         sizes = np.array(
@@ -295,7 +315,7 @@ class EchoEngine:
     def from_run_dir(cls, run_dir: Path | str) -> EchoEngine:
         """Echo with a run's spec, so devices can still decode the reply against its backbone."""
         real = StrategyEngine.from_run_dir(run_dir)
-        return cls(real.spec, real.run.tiers)
+        return cls(real.spec, real.run.tiers, artifacts=real.artifacts)
 
     def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
         """The fixed reply of each request's tier, under the request's id."""

@@ -33,3 +33,11 @@ class ModelNotReadyError(ServiceError):
 
 class EngineError(ServiceError):
     """The strategy engine failed on a batch (INTERNAL)."""
+
+
+class NotFoundError(ServiceError):
+    """A request naming something the server does not hold, e.g. an artifact digest (NOT_FOUND)."""
+
+
+class OutOfRangeError(ServiceError):
+    """A position past the end of what it indexes, e.g. an artifact offset (OUT_OF_RANGE)."""

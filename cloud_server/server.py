@@ -16,7 +16,7 @@ from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
-from protos.serde import METHOD_CODECS, SERVICE_NAME
+from protos.serde import METHOD_CODECS, SERVICE_NAME, STREAM_METHOD_CODECS
 
 __all__ = ["HEALTH_SERVICES", "create_server", "serve", "serve_async", "stop_server"]
 
@@ -59,6 +59,14 @@ def _add_strategy_service(server: grpc.aio.Server, servicer: StrategyServicer) -
         )
         for name, (parse, serialize) in METHOD_CODECS.items()
     }
+    handlers.update(
+        {
+            name: grpc.unary_stream_rpc_method_handler(
+                getattr(servicer, name), request_deserializer=parse, response_serializer=serialize
+            )
+            for name, (parse, serialize) in STREAM_METHOD_CODECS.items()
+        }
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from chord.artifacts import ArtifactChunk, ArtifactRequest
 from chord.spec import DeviceReport, ModelSpec, ReportOutcome
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.batching import Dispatcher, make_dispatcher
@@ -14,7 +17,11 @@ from cloud_server.engine import EchoEngine, Engine, StrategyEngine
 from cloud_server.errors import ModelNotReadyError, OverloadedError
 from cloud_server.metrics import ServerMetrics
 from cloud_server.reports import ReportStore
-from cloud_server.validation import validate_report, validate_strategy_request
+from cloud_server.validation import (
+    validate_artifact_request,
+    validate_report,
+    validate_strategy_request,
+)
 
 __all__ = ["StrategyService", "load_engine"]
 
@@ -52,6 +59,7 @@ class StrategyService:
         self.cache = RequestCache(cfg.dedup_window_s, cfg.dedup_max_entries)
         self.reports = ReportStore(cfg.reports_path)
         self.in_flight = 0
+        self.artifact_streams = 0
         self.load_error: str | None = None
         self.load_task: asyncio.Task[None] | None = None
         self.health: object | None = None  # the health servicer create_server registered
@@ -119,6 +127,31 @@ class StrategyService:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
+
+    def artifact_chunks(self, req: ArtifactRequest) -> Iterator[ArtifactChunk]:
+        """The chunks of one FetchArtifact call; every check runs before the first chunk.
+
+        Raises InvalidRequestError (digest or max_chunk_bytes malformed), NotFoundError (digest
+        not served), OutOfRangeError (offset past the end) or ModelNotReadyError.
+        """
+        if self.engine is None:
+            raise self._not_ready()
+        validate_artifact_request(req)
+        return self.engine.artifacts.chunks(req.digest, req.offset, req.max_chunk_bytes)
+
+    @contextmanager
+    def artifact_stream(self) -> Iterator[None]:
+        """Hold one of cfg.max_artifact_streams download slots; OverloadedError if none is free."""
+        if self.artifact_streams >= self.cfg.max_artifact_streams:
+            raise OverloadedError(
+                f"the server already serves {self.cfg.max_artifact_streams} artifact downloads; "
+                "retry after a backoff from the bytes already received"
+            )
+        self.artifact_streams += 1
+        try:
+            yield
+        finally:
+            self.artifact_streams -= 1
 
     def report(self, report: DeviceReport) -> ReportOutcome:
         """Store a device's report once per (device_id, round)."""

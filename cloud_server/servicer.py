@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -14,6 +15,8 @@ from cloud_server.errors import (
     EngineError,
     InvalidRequestError,
     ModelNotReadyError,
+    NotFoundError,
+    OutOfRangeError,
     OverloadedError,
     RequestExpiredError,
     ServiceError,
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _STATUS: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
     StaleVersionError: grpc.StatusCode.FAILED_PRECONDITION,
     DuplicateRequestError: grpc.StatusCode.ALREADY_EXISTS,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -134,6 +139,34 @@ class StrategyServicer(serde.ProtoStrategyServiceServicer):
             reply = serde.report_outcome_to_proto(outcome)
             call.bytes_out = reply.ByteSize()
             return reply
+        except Exception as exc:
+            await self._fail(call, context, exc)
+        finally:
+            call.done()
+
+    async def FetchArtifact(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Stream one artifact from the requested offset; every check runs before the first
+        chunk, and the stream ends with DEADLINE_EXCEEDED past cfg.artifact_stream_s."""
+        call = _Call(self, "FetchArtifact")
+        try:
+            req = serde.artifact_request_from_proto(_parsed(request))
+            with self.service.artifact_stream():
+                limit_s = self.service.cfg.artifact_stream_s
+                limit = time.perf_counter() + limit_s
+                for chunk in self.service.artifact_chunks(req):
+                    if time.perf_counter() > limit:
+                        raise RequestExpiredError(
+                            f"the download ran past the server's {limit_s:g} s limit at offset "
+                            f"{chunk.offset}; resume with offset={chunk.offset}"
+                        )
+                    reply = serde.artifact_chunk_to_proto(chunk)
+                    call.bytes_out += reply.ByteSize()
+                    yield reply  # flow control: waits while the client's window is full
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             await self._fail(call, context, exc)
         finally:

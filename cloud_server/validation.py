@@ -6,11 +6,15 @@ import math
 
 import numpy as np
 
+from chord.artifacts import ArtifactRequest, check_digest
 from chord.spec import DeviceReport, ModelSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
+# FetchArtifactRequest.max_chunk_bytes: 0 (server default) or this range, as the .proto states.
+MIN_REQUEST_CHUNK_BYTES = 1024
+MAX_REQUEST_CHUNK_BYTES = 4 << 20
 # Tolerance on the published budget range: assign_levels meets a budget within 0.1 bit.
 BUDGET_SLACK = 1e-9
 
@@ -116,3 +120,20 @@ def validate_report(report: DeviceReport, tiers: tuple[str, ...]) -> None:
             raise InvalidRequestError(f"metrics.{name} is {value}; send a value >= 0")
         if name in _PROBABILITY_FIELDS and value > 1:
             raise InvalidRequestError(f"metrics.{name} is {value}; send a rate in [0, 1]")
+
+
+def validate_artifact_request(req: ArtifactRequest) -> None:
+    """Raise InvalidRequestError naming the field when a FetchArtifact request is malformed.
+
+    Whether the digest is held and the offset in range is the artifact store's to say.
+    """
+    try:
+        check_digest(req.digest)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    chunk = req.max_chunk_bytes
+    if chunk and not MIN_REQUEST_CHUNK_BYTES <= chunk <= MAX_REQUEST_CHUNK_BYTES:
+        raise InvalidRequestError(
+            f"max_chunk_bytes {chunk} is outside {MIN_REQUEST_CHUNK_BYTES}.."
+            f"{MAX_REQUEST_CHUNK_BYTES}; send 0 for the server's default or a value in that range"
+        )

@@ -8,6 +8,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from device_client.artifacts import ArtifactCache, default_cache_dir
 from device_client.device import DeviceJob, DeviceReport, VirtualDevice
 from device_client.transport import NetworkFaults, RetryPolicy, Transport
 
@@ -25,6 +26,10 @@ class HostConfig:
     faults: NetworkFaults = field(default_factory=NetworkFaults)
     fault_seed: int = 0
     lanes: int = 1  # devices of a batch run at once (threads); >1 keeps the server batching
+    artifact_cache_dir: str = ""  # devices' artifact cache on this host; "" = default_cache_dir()
+    # False: every device downloads every artifact (a fresh phone; the shared cache only saves
+    # disk); True: a device uses what an earlier device of this host fetched (returning phones).
+    reuse_artifacts: bool = False
 
 
 class DeviceHost:
@@ -33,6 +38,8 @@ class DeviceHost:
     def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
         self._pool: ThreadPoolExecutor | None = None
+        root = cfg.artifact_cache_dir or default_cache_dir()
+        self.cache = ArtifactCache(root)
 
     def transport_for(self, job: DeviceJob) -> Transport:
         """A per-device transport (own jitter and fault streams) over the shared channel."""
@@ -49,7 +56,9 @@ class DeviceHost:
     def run_one(self, job: DeviceJob) -> DeviceReport:
         """Run one job; an unexpected error becomes a failed report naming the error type."""
         try:
-            return VirtualDevice(job, self.transport_for(job)).run()
+            return VirtualDevice(
+                job, self.transport_for(job), self.cache, self.cfg.reuse_artifacts
+            ).run()
         except Exception as exc:  # one broken device must not lose its batch-mates' reports
             log.exception("device %s crashed", job.device_id)
             return DeviceReport(

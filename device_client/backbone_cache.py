@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from chord.checkpoint import load_backbone, weights_version
+from chord.artifacts import backbone_from_artifact
+from chord.checkpoint import weights_version
 from chord.config import config_from_json
 from chord.models import Backbone, build_backbone
 from chord.quant.layout import ChannelLayout, channel_layout
@@ -28,7 +29,7 @@ class CachedBackbone:
     fp32_bytes: int  # every parameter at 4 bytes: what shipping the fp32 weights would cost
     int8_bytes: int  # quantizable weights at 1 byte (+ a float32 scale per channel), rest fp32
     duet_bytes: int  # DUET-style: the generated non-embedding weights, fp32, sent per adaptation
-    obtain_ms: float  # build (random mode) or load (pretrained mode) time in this process
+    obtain_ms: float  # build (random mode) or decode (pretrained mode) time in this process
     source: str  # "built" or "loaded"
     layout: ChannelLayout  # the quantizable channels, computed once instead of per strategy
 
@@ -56,14 +57,20 @@ def reference_bytes(model: torch.nn.Module) -> tuple[int, int]:
     return int(int8), int(duet)
 
 
-def _obtain(spec: ModelSpec) -> CachedBackbone:
-    """Build (random) or load (pretrained) the backbone and verify its version hash."""
+def _obtain(spec: ModelSpec, weights: bytes | None) -> CachedBackbone:
+    """Build (random) or decode from the downloaded weights artifact (pretrained) the
+    backbone, and verify its version hash. Raises BackboneMismatchError or, for weights that
+    are not the spec's, chord.artifacts.ArtifactFormatError."""
     start = time.perf_counter()
     if spec.mode == "random":
         model = build_backbone(config_from_json(spec.config_json), spec.seed)
         source = "built"
     else:
-        model, _meta = load_backbone(spec.weights_uri)
+        if weights is None:
+            raise BackboneMismatchError(
+                "a pretrained backbone needs its weights artifact; fetch it first"
+            )
+        model = backbone_from_artifact(weights, spec.config_json, spec.version)
         source = "loaded"
     model.eval()
     model.requires_grad_(False)
@@ -86,13 +93,16 @@ def _obtain(spec: ModelSpec) -> CachedBackbone:
     )
 
 
-def get_backbone(spec: ModelSpec) -> tuple[CachedBackbone, bool]:
-    """The process's backbone for spec.version and whether it came from the cache."""
+def get_backbone(spec: ModelSpec, weights: bytes | None = None) -> tuple[CachedBackbone, bool]:
+    """The process's backbone for spec.version and whether it came from the cache.
+
+    weights: the verified BACKBONE_WEIGHTS artifact (pretrained mode); unused on a cache hit.
+    """
     with _lock:
         cached = _cache.get(spec.version)
         if cached is not None:
             return cached, True
-        cached = _obtain(spec)
+        cached = _obtain(spec, weights)
         _cache[spec.version] = cached
         return cached, False
 

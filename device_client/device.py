@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
 from chord.metrics import rank_metrics, sample_negatives, target_ranks
+from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
 from chord.spec import DeviceReport as MetricsReport
 from chord.strategy import StrategyRequest
+from device_client.artifacts import (
+    ArtifactCache,
+    ArtifactRefused,
+    default_cache_dir,
+    fetch_spec_artifacts,
+)
 from device_client.backbone_cache import BackboneMismatchError, get_backbone
 from device_client.transport import Transport, TransportError
 
@@ -99,37 +103,20 @@ class DeviceReport:
     reason: str = ""
     rounds: list[RoundRecord] = field(default_factory=list)
     spec_bytes: int = 0
-    weights_download_bytes: int = 0  # pretrained mode: the one-time backbone download
+    # FetchArtifact: serialized chunks received (weights, reference data, mask), resumes included
+    artifact_bytes: int = 0
+    artifact_attempts: int = 0  # streams opened
+    artifact_resumes: int = 0  # streams opened past byte 0 after a broken one
+    artifact_cache_hits: int = 0  # artifacts the device already held
     fp32_model_bytes: int = 0
     int8_model_bytes: int = 0
     duet_bytes: int = 0
     backbone_cache_hit: bool = False
     backbone_obtain_ms: float = 0.0
     setup_ms: float = 0.0
-    modeled_download_ms: float = 0.0  # modeled: weights download time at the tier's bandwidth
+    modeled_download_ms: float = 0.0  # modeled: artifact download time at the tier's bandwidth
     worker_pid: int = 0
     detail: str = ""  # the error text behind a failure reason
-
-
-@functools.cache
-def _quantizer() -> Callable[..., Any]:
-    """B's real low-bit execution when present, else the fake-quantized copy."""
-    try:
-        from chord.quant import to_lowbit
-
-        return to_lowbit  # type: ignore[no-any-return]
-    except ImportError:
-        from chord.quant import quantize_backbone
-
-        return quantize_backbone  # type: ignore[no-any-return]
-
-
-def _quantize(backbone: torch.nn.Module, bits: np.ndarray, layout: ChannelLayout) -> Any:
-    """The backbone quantized to `bits`, reusing the process's channel layout when accepted."""
-    quantize = _quantizer()
-    if "layout" in inspect.signature(quantize).parameters:
-        return quantize(backbone, bits, layout=layout)
-    return quantize(backbone, bits)
 
 
 def corrupt_code(code: EncodedStrategy, kind: str, rng: np.random.Generator) -> EncodedStrategy:
@@ -184,12 +171,23 @@ def round_targets(n_items: int, rounds: int, k: int) -> list[range]:
 class VirtualDevice:
     """One phone: runs all its rounds against the cloud through a Transport; no Ray here."""
 
-    def __init__(self, job: DeviceJob, transport: Transport) -> None:
+    def __init__(
+        self,
+        job: DeviceJob,
+        transport: Transport,
+        cache: ArtifactCache | None = None,
+        reuse_artifacts: bool = True,
+    ) -> None:
+        """cache: where downloaded artifacts live (default: default_cache_dir()); with
+        reuse_artifacts=False the device downloads them even when the cache holds them (a
+        fresh phone in a fleet whose devices share one disk)."""
         self.job = job
         self.transport = transport
+        self.cache = cache if cache is not None else ArtifactCache(default_cache_dir())
+        self.reuse_artifacts = reuse_artifacts
         self._rng = np.random.default_rng([job.seed, job.user_index, 7])
         self._levels: np.ndarray | None = None
-        self._model: torch.nn.Module | None = None
+        self._model: Scorer | None = None
         self._bits_avg = 0.0
         self._n_catalogue = 0
         self._reference: np.ndarray | None = None  # reference levels for this tier and budget
@@ -207,19 +205,25 @@ class VirtualDevice:
                 raise SpecError(
                     f"tier {job.tier!r} is not served; the server has {sorted(spec.tier_map)}"
                 )
-            cached, hit = get_backbone(spec)
+            fetched = fetch_spec_artifacts(
+                self.transport, spec, self.cache, tag=job.device_id, reuse=self.reuse_artifacts
+            )
+            spec, got = fetched.spec, fetched.stats
+            report.artifact_bytes, report.artifact_attempts = got.bytes_received, got.attempts
+            report.artifact_resumes, report.artifact_cache_hits = got.resumes, got.cache_hits
+            report.modeled_download_ms = self._transfer_ms(got.bytes_received)
+            cached, hit = get_backbone(spec, fetched.weights)
         except TransportError as exc:
             return self._fail(report, f"spec:{exc.reason}", str(exc))
-        except (SpecError, BudgetError, BackboneMismatchError) as exc:
+        except ArtifactRefused as exc:
+            return self._fail(report, f"artifact:{exc.reason}", str(exc))
+        except (SpecError, BudgetError, BackboneMismatchError, ArtifactFormatError) as exc:
             return self._fail(report, f"setup:{type(exc).__name__}", str(exc))
         report.backbone_cache_hit = hit
         report.backbone_obtain_ms = 0.0 if hit else cached.obtain_ms
         report.fp32_model_bytes = cached.fp32_bytes
         report.int8_model_bytes, report.duet_bytes = cached.int8_bytes, cached.duet_bytes
         self._n_catalogue = spec.n_items or int(cached.model.n_items)
-        if spec.mode == "pretrained":
-            report.weights_download_bytes = spec.weights_bytes
-            report.modeled_download_ms = self._transfer_ms(spec.weights_bytes)
         report.setup_ms = (time.perf_counter() - start) * 1e3
         seq = np.asarray(job.sequence, dtype=np.int64)
         exclude = set(seq.tolist())
@@ -300,7 +304,7 @@ class VirtualDevice:
         t2 = time.thread_time()
         if levels is not None:
             bits = levels_to_bits(levels, tier).astype(np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            self._model = build_runtime(backbone, bits, layout=layout)
             self._levels = levels
             self._bits_avg = float((bits * sizes).sum() / sizes.sum())
             rec.strategy_source = "cloud"
@@ -308,7 +312,7 @@ class VirtualDevice:
             rec.strategy_source = "previous"
         else:
             bits = np.full(spec.n_channels, uniform_fallback_bits(tier, job.budget_bits), np.int64)
-            self._model = _quantize(backbone, bits, layout)
+            self._model = build_runtime(backbone, bits, layout=layout)
             self._bits_avg = float(bits[0])
             rec.strategy_source = "uniform_fallback"
         rec.quantize_ms = (time.thread_time() - t2) * 1e3
@@ -350,7 +354,7 @@ class VirtualDevice:
             negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
             cands = torch.from_numpy(np.concatenate([[seq[pos]], negs])).unsqueeze(0)
             t0 = time.thread_time()
-            scores = self._model.score_candidates(hist, cands)  # type: ignore[operator]
+            scores = self._model.score_candidates(hist, cands)
             times.append((time.thread_time() - t0) * 1e3)
             ranks.append(int(target_ranks(scores)[0]))
         rec.n_targets = len(ranks)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from chord.artifacts import ArtifactChunk, ArtifactRequest
 from chord.spec import DeviceReport, ModelSpec, ReportOutcome
 from chord.strategy import StrategyRequest, StrategyResult
 from protos import serde
@@ -70,15 +71,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class NetworkFaults:
-    """Client-side injected network trouble: a delay before each attempt and dropped attempts."""
+    """Client-side injected network trouble: a delay before each attempt, dropped attempts, and
+    download streams broken after some bytes."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss: float = 0.0
+    stream_cut_bytes: int = 0  # cancel a FetchArtifact stream once it delivered this many bytes
 
     @property
     def active(self) -> bool:
-        """True when any fault is configured."""
+        """True when a per-attempt fault is configured (stream cuts are the downloader's)."""
         return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
 
 
@@ -124,8 +127,25 @@ def close_channels() -> None:
         _channels.clear()
 
 
-class _InjectedLoss(Exception):
+class InjectedLoss(Exception):
     """An attempt dropped by the fault injector; handled like UNAVAILABLE."""
+
+
+class ArtifactStream:
+    """One FetchArtifact stream in domain terms; grpc.RpcError when it breaks."""
+
+    def __init__(self, call: Any) -> None:
+        """Wrap the stub's response iterator."""
+        self._call = call
+
+    def __iter__(self) -> Iterator[tuple[ArtifactChunk, int]]:
+        """Each chunk with its serialized size (protobuf ByteSize, gRPC framing excluded)."""
+        for msg in self._call:
+            yield serde.artifact_chunk_from_proto(msg), msg.ByteSize()
+
+    def cancel(self) -> None:
+        """Stop the stream (the server sees CANCELLED)."""
+        self._call.cancel()
 
 
 class Transport:
@@ -165,7 +185,20 @@ class Transport:
         reply, stats = self._call(self._stub.ReportMetrics, serde.device_report_to_proto(report))
         return _mapped(serde.report_outcome_from_proto, reply, stats), stats
 
-    def _inject(self, stats: CallStats, remaining: float) -> None:
+    def fetch_artifact(self, req: ArtifactRequest, timeout_s: float) -> ArtifactStream:
+        """One FetchArtifact attempt: the server's chunk stream, within timeout_s.
+
+        No retry here: device_client.artifacts resumes a broken stream from the bytes it kept.
+        """
+        msg = serde.artifact_request_to_proto(req)
+        call = self._stub.FetchArtifact(msg, timeout=timeout_s, metadata=self._metadata)
+        return ArtifactStream(call)
+
+    def backoff(self, attempt: int) -> float:
+        """This device's jittered pause before retry `attempt` (1-based), in seconds."""
+        return self.policy.backoff(attempt, self._rng)
+
+    def inject(self, stats: CallStats, remaining: float) -> None:
         """Apply the configured delay (bounded by the time left) and maybe drop the attempt."""
         if not self.faults.active:
             return
@@ -176,7 +209,7 @@ class Transport:
             stats.injected_delay_ms += delay * 1e3
         if self._fault_rng.random() < self.faults.loss:
             stats.injected_losses += 1
-            raise _InjectedLoss
+            raise InjectedLoss
 
     def _call(self, method: Callable[..., Any], req: Any) -> tuple[Any, CallStats]:
         """Run one logical call: attempts with deadlines until success, a fatal code or time out."""
@@ -190,7 +223,7 @@ class Transport:
                 break
             stats.attempts += 1
             try:
-                self._inject(stats, remaining)
+                self.inject(stats, remaining)
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -200,7 +233,7 @@ class Transport:
                 stats.elapsed_ms = (time.perf_counter() - start) * 1e3
                 stats.request_bytes, stats.reply_bytes = req.ByteSize(), reply.ByteSize()
                 return reply, stats
-            except _InjectedLoss:
+            except InjectedLoss:
                 code_name, last = "unavailable", "attempt dropped by the fault injector"
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN

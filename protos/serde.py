@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from chord.artifacts import ArtifactChunk, ArtifactRef, ArtifactRequest
 from chord.codes import EncodedStrategy
 from chord.spec import (
     DeviceMetrics,
@@ -26,10 +27,14 @@ from chord.spec import (
 )
 from chord.strategy import StrategyRequest, StrategyResult
 from protos.chord.v1.strategy_pb2 import DESCRIPTOR as ProtoFileDescriptor
+from protos.chord.v1.strategy_pb2 import ArtifactChunk as ProtoArtifactChunk
+from protos.chord.v1.strategy_pb2 import ArtifactKind as ProtoArtifactKind
+from protos.chord.v1.strategy_pb2 import ArtifactRef as ProtoArtifactRef
 from protos.chord.v1.strategy_pb2 import BackboneKind as ProtoBackboneKind
 from protos.chord.v1.strategy_pb2 import BackboneMode as ProtoBackboneMode
 from protos.chord.v1.strategy_pb2 import CodeEncoding as ProtoCodeEncoding
 from protos.chord.v1.strategy_pb2 import DeviceMetrics as ProtoDeviceMetrics
+from protos.chord.v1.strategy_pb2 import FetchArtifactRequest as ProtoFetchArtifactRequest
 from protos.chord.v1.strategy_pb2 import GetModelSpecRequest as ProtoGetModelSpecRequest
 from protos.chord.v1.strategy_pb2 import GetStrategyReply as ProtoGetStrategyReply
 from protos.chord.v1.strategy_pb2 import GetStrategyRequest as ProtoGetStrategyRequest
@@ -47,10 +52,17 @@ from protos.chord.v1.strategy_pb2_grpc import StrategyServiceStub as ProtoStrate
 __all__ = [
     "METHOD_CODECS",
     "SERVICE_NAME",
+    "STREAM_METHOD_CODECS",
     "MalformedMessage",
     "ProtoStrategyServiceServicer",
     "ProtoStrategyServiceStub",
     "SerdeError",
+    "artifact_chunk_from_proto",
+    "artifact_chunk_to_proto",
+    "artifact_ref_from_proto",
+    "artifact_ref_to_proto",
+    "artifact_request_from_proto",
+    "artifact_request_to_proto",
     "device_report_from_proto",
     "device_report_to_proto",
     "model_spec_from_proto",
@@ -81,6 +93,11 @@ _ENCODING_TO_PROTO = {
     "packed2": ProtoCodeEncoding.CODE_ENCODING_PACKED2,
     "packed2+deflate": ProtoCodeEncoding.CODE_ENCODING_PACKED2_DEFLATE,
     "delta2+deflate": ProtoCodeEncoding.CODE_ENCODING_DELTA2_DEFLATE,
+}
+_ARTIFACT_KIND_TO_PROTO = {
+    "backbone_weights": ProtoArtifactKind.ARTIFACT_KIND_BACKBONE_WEIGHTS,
+    "shared_mask": ProtoArtifactKind.ARTIFACT_KIND_SHARED_MASK,
+    "reference_data": ProtoArtifactKind.ARTIFACT_KIND_REFERENCE_DATA,
 }
 _TIMING_KEYS = ("queue_ms", "model_ms", "total_ms")
 
@@ -136,6 +153,51 @@ def model_spec_request_from_proto(msg: ProtoGetModelSpecRequest) -> str:
     return str(msg.device_id)
 
 
+def artifact_ref_to_proto(ref: ArtifactRef) -> ProtoArtifactRef:
+    """Domain ArtifactRef -> wire ArtifactRef."""
+    return ProtoArtifactRef(
+        digest=ref.digest,
+        kind=_ARTIFACT_KIND_TO_PROTO[ref.kind],
+        size_bytes=ref.size_bytes,
+        format=ref.format,
+    )
+
+
+def artifact_ref_from_proto(msg: ProtoArtifactRef) -> ArtifactRef:
+    """Wire ArtifactRef -> domain ArtifactRef; SerdeError for an unknown kind or a bad field."""
+    kind = _inverse(_ARTIFACT_KIND_TO_PROTO, msg.kind, "artifact kind")
+    try:
+        return ArtifactRef(msg.digest, kind, int(msg.size_bytes), msg.format)
+    except ValueError as exc:
+        raise SerdeError(f"ModelSpec.artifacts: {exc}") from exc
+
+
+def artifact_request_to_proto(req: ArtifactRequest) -> ProtoFetchArtifactRequest:
+    """Domain ArtifactRequest -> wire FetchArtifactRequest."""
+    return ProtoFetchArtifactRequest(
+        digest=req.digest, offset=req.offset, max_chunk_bytes=req.max_chunk_bytes
+    )
+
+
+def artifact_request_from_proto(msg: ProtoFetchArtifactRequest) -> ArtifactRequest:
+    """Wire FetchArtifactRequest -> domain ArtifactRequest (checked later by validation)."""
+    return ArtifactRequest(
+        digest=msg.digest, offset=int(msg.offset), max_chunk_bytes=int(msg.max_chunk_bytes)
+    )
+
+
+def artifact_chunk_to_proto(chunk: ArtifactChunk) -> ProtoArtifactChunk:
+    """Domain ArtifactChunk -> wire ArtifactChunk."""
+    return ProtoArtifactChunk(offset=chunk.offset, data=chunk.data, total_size=chunk.total_size)
+
+
+def artifact_chunk_from_proto(msg: ProtoArtifactChunk) -> ArtifactChunk:
+    """Wire ArtifactChunk -> domain ArtifactChunk (the downloader checks offsets and sizes)."""
+    return ArtifactChunk(
+        offset=int(msg.offset), data=bytes(msg.data), total_size=int(msg.total_size)
+    )
+
+
 def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
     """Domain ModelSpec -> wire ModelSpec."""
     return ProtoModelSpec(
@@ -143,8 +205,6 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         mode=_MODE_TO_PROTO[spec.mode],
         config_json=spec.config_json,
         seed=spec.seed,
-        weights_uri=spec.weights_uri,
-        weights_bytes=spec.weights_bytes,
         version=spec.version,
         layers=[
             ProtoLayerSpec(name=x.name, n_channels=x.n_channels, channel_size=x.channel_size)
@@ -164,9 +224,8 @@ def model_spec_to_proto(spec: ModelSpec) -> ProtoModelSpec:
         profile_dim=spec.profile_dim,
         max_recent_items=spec.max_recent_items,
         n_items=spec.n_items,
-        reference_importance=spec.reference_importance,
         reference_id=spec.reference_id,
-        level_cost=spec.level_cost,
+        artifacts=[artifact_ref_to_proto(a) for a in spec.artifacts],
     )
 
 
@@ -191,8 +250,6 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         mode=_inverse(_MODE_TO_PROTO, msg.mode, "mode"),
         config_json=msg.config_json,
         seed=int(msg.seed),
-        weights_uri=msg.weights_uri,
-        weights_bytes=int(msg.weights_bytes),
         version=msg.version,
         layers=tuple(
             LayerSpec(name=x.name, n_channels=int(x.n_channels), channel_size=int(x.channel_size))
@@ -203,9 +260,8 @@ def model_spec_from_proto(msg: ProtoModelSpec) -> ModelSpec:
         profile_dim=int(msg.profile_dim),
         max_recent_items=int(msg.max_recent_items),
         n_items=int(msg.n_items),
-        reference_importance=bytes(msg.reference_importance),
         reference_id=msg.reference_id,
-        level_cost=bytes(msg.level_cost),
+        artifacts=tuple(artifact_ref_from_proto(a) for a in msg.artifacts),
     )
 
 
@@ -362,5 +418,13 @@ METHOD_CODECS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]] 
     "ReportMetrics": (
         _tolerant(ProtoReportMetricsRequest),
         ProtoReportMetricsReply.SerializeToString,
+    ),
+}
+
+# Server-streaming methods: name -> (tolerant request parser, serializer of each streamed message).
+STREAM_METHOD_CODECS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes]]] = {
+    "FetchArtifact": (
+        _tolerant(ProtoFetchArtifactRequest),
+        ProtoArtifactChunk.SerializeToString,
     ),
 }

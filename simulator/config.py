@@ -52,6 +52,7 @@ class FaultConfig:
     net_jitter_ms: float = 0.0  # uniform extra delay in [0, jitter]
     net_loss: float = 0.0  # chance an RPC attempt is dropped (seen as UNAVAILABLE, retried)
     corrupt_code_prob: float = 0.0  # chance a received strategy code gets a bit flipped
+    net_stream_cut_bytes: int = 0  # break every artifact download stream after this many bytes
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class FleetConfig:
     negatives: int = 100  # sampled negatives per scored target
     run_dir: str = ""  # embedded server: use this run directory instead of preparing one
     run_preset: str = "quick"  # embedded default run: chord.hyper.runs preset (smoke|quick|full)
+    device_cache_dir: str = ""  # devices' content-addressed artifact cache; "" = OUT/device-cache
+    reuse_artifacts: bool = False  # False: each device downloads every artifact (fresh phones)
     traces_file: str = (
         ""  # FedScale-style JSON device traces: {client: {computation, communication}}
     )
@@ -132,6 +135,10 @@ class FleetConfig:
             p = getattr(self.faults, name)
             if not 0.0 <= p < 1.0:
                 raise FleetConfigError(f"faults.{name} must be in [0, 1), got {p}")
+        if self.faults.net_stream_cut_bytes < 0:
+            raise FleetConfigError(
+                f"faults.net_stream_cut_bytes must be >= 0, got {self.faults.net_stream_cut_bytes}"
+            )
         if not 0.0 <= self.churn.offline_prob < 1.0:
             raise FleetConfigError(
                 f"churn.offline_prob must be in [0, 1), got {self.churn.offline_prob}"

@@ -123,6 +123,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         "hr10",
         "ndcg10",
         "avg_bits",
+        "artifact_bytes_per_device",
+        "bytes_down_per_device",
         "reply_bytes_mean",
         "comm_reduction",
         "adapt_ms_p50",

@@ -131,8 +131,8 @@ def _one_torch_thread(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _host_config(cfg: FleetConfig, target: str) -> HostConfig:
-    """How device actors reach the cloud, from the fleet config."""
+def _host_config(cfg: FleetConfig, target: str, out: Path) -> HostConfig:
+    """How device actors reach the cloud and where they keep artifacts, from the fleet config."""
     t, f = cfg.transport, cfg.faults
     return HostConfig(
         target=target,
@@ -141,9 +141,11 @@ def _host_config(cfg: FleetConfig, target: str) -> HostConfig:
         ),
         tls_root_ca=t.tls_root_ca,
         token=t.token,
-        faults=NetworkFaults(f.net_delay_ms, f.net_jitter_ms, f.net_loss),
+        faults=NetworkFaults(f.net_delay_ms, f.net_jitter_ms, f.net_loss, f.net_stream_cut_bytes),
         fault_seed=f.seed,
         lanes=cfg.lanes,
+        artifact_cache_dir=cfg.device_cache_dir or str(out.resolve() / "device-cache"),
+        reuse_artifacts=cfg.reuse_artifacts,
     )
 
 
@@ -265,7 +267,7 @@ def run_simulation(
         _check_server(cfg, cloud.target, n_items)
         with ray_cluster(cfg) as use_ray:
             backend = RayBackend(cfg.actors) if use_ray else InProcessBackend()
-            backend.build(_host_config(cfg, cloud.target))
+            backend.build(_host_config(cfg, cloud.target, out))
             done = store.done_ids()
             todo = [j for j in jobs if j.device_id not in done]
             faults = _FaultSchedule(cfg, store, len(done))

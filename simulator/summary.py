@@ -40,7 +40,7 @@ def group_summary(devices: list[dict[str, Any]], rounds: list[dict[str, Any]]) -
     down_strategy = {d["device_id"]: d["spec_bytes"] for d in devices}
     for r in rounds:
         down_strategy[r["device_id"]] = down_strategy.get(r["device_id"], 0) + r["bytes_down"]
-    weights = {d["device_id"]: d["weights_download_bytes"] for d in devices}
+    artifacts = {d["device_id"]: d["artifact_bytes"] for d in devices}
     up: dict[str, int] = dict.fromkeys((d["device_id"] for d in devices), 0)
     for r in rounds:
         up[r["device_id"]] = up.get(r["device_id"], 0) + r["bytes_up"]
@@ -62,10 +62,15 @@ def group_summary(devices: list[dict[str, Any]], rounds: list[dict[str, Any]]) -
         "avg_bits": _mean([r["avg_bits"] for r in adapted]),
         "bytes_up_per_device": _mean([float(v) for v in up.values()]),
         "bytes_down_per_device": _mean(
-            [float(down_strategy[k] + weights.get(k, 0)) for k in down_strategy]
+            [float(down_strategy[k] + artifacts.get(k, 0)) for k in down_strategy]
         ),
         "bytes_down_strategy_per_device": _mean([float(v) for v in down_strategy.values()]),
-        "weights_download_bytes": max(weights.values(), default=0),
+        # FetchArtifact chunks each device received (weights, reference, mask): bytes that came
+        # over the wire, not artifact sizes, so cache hits count 0 and resumed bytes count once.
+        "artifact_bytes_per_device": _mean([float(v) for v in artifacts.values()]),
+        "artifact_bytes_max": max(artifacts.values(), default=0),
+        "artifact_resumes": sum(d["artifact_resumes"] for d in devices),
+        "artifact_cache_hits": sum(d["artifact_cache_hits"] for d in devices),
         "reply_bytes_mean": reply_mean,
         "code_bytes_mean": code_mean,
         "fp32_model_bytes": fp32,

@@ -62,6 +62,19 @@ def _report(**kw: Any) -> Callable[[Any], Any]:
     return lambda spec: pb.ReportMetricsRequest(**fields)
 
 
+def _fetch(**kw: Any) -> Callable[[Any], Any]:
+    """A FetchArtifact case: the spec's first artifact from offset 0, some fields overridden."""
+
+    def build(spec: Any) -> Any:
+        fields: dict[str, Any] = {"digest": spec.artifacts[0].digest, "offset": 0}
+        fields.update({k: v(spec) if callable(v) else v for k, v in kw.items()})
+        return pb.FetchArtifactRequest(**fields)
+
+    return build
+
+
+UNKNOWN_DIGEST = "sha256:" + "0" * 64
+
 CASES: dict[str, Case] = {
     "no_profile_no_items": Case(
         "GetStrategy", _req(profile=None), S.INVALID_ARGUMENT, "send a profile of"
@@ -244,7 +257,59 @@ CASES: dict[str, Case] = {
     "report_garbage_bytes": Case(
         "ReportMetrics", lambda spec: b"\x12\x05ab", S.INVALID_ARGUMENT, "not a valid"
     ),
+    "fetch_empty_digest": Case(
+        "FetchArtifact", _fetch(digest=""), S.INVALID_ARGUMENT, "send an ArtifactRef.digest"
+    ),
+    "fetch_md5_digest": Case(
+        "FetchArtifact", _fetch(digest="md5:" + "0" * 32), S.INVALID_ARGUMENT, "64 lowercase hex"
+    ),
+    "fetch_uppercase_digest": Case(
+        "FetchArtifact",
+        _fetch(digest=lambda s: s.artifacts[0].digest.upper()),
+        S.INVALID_ARGUMENT,
+        "64 lowercase hex",
+    ),
+    "fetch_overlong_digest": Case(
+        "FetchArtifact",
+        _fetch(digest="sha256:" + "a" * 100_000),
+        S.INVALID_ARGUMENT,
+        "64 lowercase hex",
+    ),
+    "fetch_digest_control_chars": Case(
+        "FetchArtifact", _fetch(digest="sha256:\x00\n"), S.INVALID_ARGUMENT, "64 lowercase hex"
+    ),
+    "fetch_unknown_digest": Case(
+        "FetchArtifact",
+        _fetch(digest=UNKNOWN_DIGEST),
+        S.NOT_FOUND,
+        "send a digest listed in this server's ModelSpec.artifacts",
+    ),
+    "fetch_offset_at_end": Case(
+        "FetchArtifact",
+        _fetch(offset=lambda s: s.artifacts[0].size_bytes),
+        S.OUT_OF_RANGE,
+        "send an offset in 0..",
+    ),
+    "fetch_offset_huge": Case(
+        "FetchArtifact", _fetch(offset=2**64 - 1), S.OUT_OF_RANGE, "send an offset in 0.."
+    ),
+    "fetch_chunk_tiny": Case(
+        "FetchArtifact", _fetch(max_chunk_bytes=1), S.INVALID_ARGUMENT, "max_chunk_bytes 1 is"
+    ),
+    "fetch_chunk_huge": Case(
+        "FetchArtifact",
+        _fetch(max_chunk_bytes=2**32 - 1),
+        S.INVALID_ARGUMENT,
+        "send 0 for the server's default",
+    ),
+    "fetch_garbage_bytes": Case(
+        "FetchArtifact",
+        lambda spec: b"\x0a\xff\xff",
+        S.INVALID_ARGUMENT,
+        "send a serialized chord.v1.FetchArtifactRequest",
+    ),
 }
+STREAMING = frozenset({"FetchArtifact"})
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +327,18 @@ def spec(server: EmbeddedServer) -> Any:
 
 
 async def _send(address: str, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
-    """Send a message, or raw bytes through a generic (untyped) channel method."""
+    """Send a message, or raw bytes through a generic (untyped) channel method; a streaming
+    method's status is the one its stream ends with."""
+    if method in STREAMING:
+        data = request if isinstance(request, bytes) else request.SerializeToString()
+        async with grpc.aio.insecure_channel(address) as ch:
+            stream = ch.unary_stream(f"/chord.v1.StrategyService/{method}")(data, timeout=10)
+
+            async def drain() -> None:
+                async for _ in stream:
+                    pass
+
+            return await status_of(drain())
     if not isinstance(request, bytes):
         return await status_of(call(address, method, request))
     async with grpc.aio.insecure_channel(address) as ch:
@@ -312,6 +388,7 @@ def test_server_is_healthy_after_the_catalogue(server: EmbeddedServer, spec: Any
     metrics = server.service.metrics
     assert metrics.count("GetStrategy", "INVALID_ARGUMENT") >= 20
     assert metrics.count("GetStrategy", "INTERNAL") == 0 and server.service.in_flight == 0
+    assert metrics.count("FetchArtifact", "INTERNAL") == 0 and server.service.artifact_streams == 0
 
 
 def test_memory_is_steady_under_the_catalogue(server: EmbeddedServer, spec: Any) -> None:

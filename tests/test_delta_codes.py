@@ -10,12 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chord.artifacts import (
+    REFERENCE_FORMAT,
+    ArtifactFormatError,
+    reference_from_artifact,
+    reference_to_artifact,
+)
 from chord.codes import ENCODING_DELTA, decode_levels, packed_length, reference_levels
 from chord.hyper.runs import RunConfig, prepare_run
 from chord.spec import ModelSpec, SpecError
 from chord.strategy import StrategyResult
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
+from device_client.artifacts import ArtifactCache, default_cache_dir, fetch_spec_artifacts
 from device_client.device import DeviceJob, VirtualDevice
 from device_client.transport import RetryPolicy, Transport
 from simulator.runner import load_users
@@ -43,9 +50,11 @@ def server(
 def _ask(
     server: EmbeddedServer, reference_id: str, rid: str
 ) -> tuple[ModelSpec, StrategyResult]:
-    """The spec, and one mid-tier strategy for a fixed profile naming `reference_id`."""
+    """The spec holding its reference (fetched as an artifact), and one mid-tier strategy for
+    a fixed profile naming `reference_id`."""
     t = Transport(server.address, QUICK)
     spec, _ = t.get_model_spec("delta-test")
+    spec = fetch_spec_artifacts(t, spec, ArtifactCache(default_cache_dir())).spec
     profile = np.random.default_rng(3).normal(size=spec.profile_dim).astype(np.float32)
     req = domain_request(spec, rid, profile=profile, reference_id=reference_id)
     reply, _ = t.get_strategy(req)
@@ -53,7 +62,13 @@ def _ask(
 
 
 def test_spec_publishes_a_checked_reference(server: EmbeddedServer) -> None:
+    wire, _ = Transport(server.address, QUICK).get_model_spec("delta-wire")
+    # The spec names the reference; its bytes travel once, as an artifact.
+    ref = wire.artifact("reference_data")
+    assert ref is not None and ref.format == REFERENCE_FORMAT
+    assert wire.reference_importance == b"" and wire.offered_reference_id == ""
     spec, _ = _ask(server, "", "plain-0")
+    assert spec.offered_reference_id == spec.reference_id == wire.reference_id
     assert len(spec.reference_importance) == 2 * spec.n_channels
     assert len(spec.level_cost) == 4 * 8 * len(spec.layers)
     assert spec.reference_id == f"{zlib.crc32(spec.reference_importance + spec.level_cost):08x}"
@@ -118,3 +133,20 @@ def test_tampered_reference_is_refused(server: EmbeddedServer) -> None:
              reference_id=f"{zlib.crc32(spec.reference_importance + short):08x}")
     _refused(spec, "layers covering all", n_channels=spec.n_channels + 1,
              reference_importance=b"")
+    # The artifact's own checks: its CRC must be the spec's id, its tensors the spec's shapes.
+    n, layers = spec.n_channels, len(spec.layers)
+    importance = np.frombuffer(spec.reference_importance, dtype="<f2")
+    good = reference_to_artifact(importance, spec.level_cost, layers).data
+    assert reference_from_artifact(good, spec.reference_id, n, layers).reference_id == (
+        spec.reference_id
+    )
+    for imp, table, match in (
+        (importance[::-1], spec.level_cost, "the spec names"),
+        (importance[:-1], spec.level_cost, r"'importance' F16"),
+        (importance, bytes(cost), "the spec names"),
+    ):
+        with pytest.raises(ArtifactFormatError, match=match):
+            reference_from_artifact(reference_to_artifact(imp, table, layers).data,
+                                    spec.reference_id, n, layers)
+    with pytest.raises(ValueError, match="layers need"):
+        reference_to_artifact(importance, spec.level_cost[:-32], layers)

@@ -106,10 +106,12 @@ def test_device_runs_all_rounds_and_measures(
         assert rec.adapt_ms > 0 and rec.infer_ms > 0 and rec.rpc_ms > 0
         assert rec.modeled_transfer_ms > job.rtt_ms
     assert report.fp32_model_bytes > 100 * report.rounds[0].reply_bytes
-    assert report.weights_download_bytes > 0  # pretrained: the one-time download is counted
+    # Pretrained: the weights (and reference) came over FetchArtifact, and were counted.
+    assert report.artifact_bytes > report.fp32_model_bytes and report.artifact_cache_hits == 0
     # Same job again: same negatives and strategy, so the same accuracy; backbone from the cache.
     again = VirtualDevice(job, Transport(server.address, FAST)).run()
     assert again.backbone_cache_hit
+    assert again.artifact_bytes == 0 and again.artifact_cache_hits == 2  # held on disk: no bytes
     assert [r.ndcg10 for r in again.rounds] == [r.ndcg10 for r in report.rounds]
 
 

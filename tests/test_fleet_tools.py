@@ -17,7 +17,8 @@ RAW = "\n".join(
         "StrategyEngine.compute (cloud_server/engine.py:139) 5",
         'process 10:"";process 20:"ray::DeviceActor.run_batch";thread (20): MainThread;'
         "<module> (ray/_private/workers/default_worker.py:1);VirtualDevice._round (a/device.py:3);"
-        "to_lowbit (chord/quant/lowbit.py:500);_quantized_weights (chord/quant/lowbit.py:420) 7",
+        "build_runtime (chord/quant/adapt.py:70);to_ort (chord/quant/onnx_runtime.py:800);"
+        "_quantized_weights (chord/quant/lowbit.py:420) 7",
         'process 10:"";process 20:"ray::DeviceActor.run_batch";thread (20): MainThread;'
         "<module> (ray/_private/workers/default_worker.py:1);VirtualDevice._score (d.py:9) 2",
     ]
@@ -31,7 +32,7 @@ def test_profile_summary_splits_processes_and_buckets(tmp_path: Path) -> None:
     assert {k.split(" ")[0] for k in procs} == {"driver", "ray-worker"}
     worker = next(v for k, v in procs.items() if k.startswith("ray-worker"))
     got = buckets(worker)
-    assert got["device: quantize weights (to_lowbit: _quantized_weights)"] == 7
+    assert got["device: build_runtime, quantize weights (_quantized_weights)"] == 7
     assert got["device: score candidates (+ negatives, metrics)"] == 2
     text = summarize(raw, top=5, rate=50, title="t")
     assert "server: hypernetwork + level assignment" in text and "ray-worker 20" in text

@@ -6,10 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import helper
 
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig
 from chord.models import Backbone, build_backbone
-from chord.quant import channel_layout, quantize_backbone
+from chord.quant import DEVICE_RUNTIME, build_runtime, channel_layout, quantize_backbone
+from chord.quant.adapt import DEVICE_TABLES, DEVICE_WIDTHS
 from chord.quant.onnx_runtime import build_onnx, initializer_bytes, to_ort
 from chord.quant.quantizer import QuantError
 
@@ -32,13 +34,13 @@ def _setup(kind: str, seed: int = 0) -> tuple[Backbone, np.ndarray, torch.Tensor
     return model, bits, seqs, cands
 
 
-@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("split,tables", [(False, "split"), (True, "split"), (False, "nibbles")])
 @pytest.mark.parametrize("kind", ["sasrec", "caser"])
-def test_fp32_activations_match_fake_quant_exactly(kind: str, split: bool) -> None:
+def test_fp32_activations_match_fake_quant_exactly(kind: str, split: bool, tables: str) -> None:
     """accuracy_level 0 (fp32 activations): the n-bit graphs compute the reference's maths."""
     model, bits, seqs, cands = _setup(kind)
     ref = quantize_backbone(model, bits)
-    ort_model = to_ort(model, bits, accuracy_level=0, split_layers=split)
+    ort_model = to_ort(model, bits, accuracy_level=0, split_layers=split, tables=tables)
     with torch.no_grad():
         ref_all, ref_cand = ref.score_all(seqs), ref.score_candidates(seqs, cands)
     spread = float(ref_all[:, 1:].std())
@@ -65,6 +67,35 @@ def test_int8_activations_within_tolerance_and_ranking_kept(kind: str) -> None:
         top_ref = set(ref_all[row, 1:].topk(10).indices.tolist())
         top_got = set(got_all[row, 1:].topk(10).indices.tolist())
         assert len(top_ref & top_got) >= 7
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_device_runtime_matches_fake_quant_at_every_width(kind: str, bits: int) -> None:
+    """The device default at b bits (all channels; layers stored in 4 or 8 bits, tables in one
+    or two 4-bit units a row): exact with fp32
+    activations, and with its int8 activations every score within 0.1 score std of the
+    fake-quantized reference (measured: at most 0.05) and the top 10 nearly kept."""
+    model, _, seqs, cands = _setup(kind, seed=bits)
+    assignment = np.full(channel_layout(model).n_channels, bits)
+    ref = quantize_backbone(model, assignment)
+    with torch.no_grad():
+        ref_all, ref_cand = ref.score_all(seqs), ref.score_candidates(seqs, cands)
+    spread = float(ref_all[:, 1:].std())
+    exact = to_ort(
+        model, assignment, widths=DEVICE_WIDTHS, tables=DEVICE_TABLES, accuracy_level=0
+    )
+    assert float((exact.score_all(seqs) - ref_all).abs().max()) <= 1e-4 * spread + 1e-6
+    assert float((exact.score_candidates(seqs, cands) - ref_cand).abs().max()) <= 1e-4 * spread
+    device = build_runtime(model, assignment, DEVICE_RUNTIME)
+    got_all, got_cand = device.score_all(seqs), device.score_candidates(seqs, cands)
+    assert torch.all(got_all[:, 0] == ref_all[:, 0])
+    assert float((got_all[:, 1:] - ref_all[:, 1:]).abs().max()) <= 0.1 * spread
+    assert float((got_cand - ref_cand).abs().max()) <= 0.1 * spread
+    for row in range(2):
+        top_ref = set(ref_all[row, 1:].topk(10).indices.tolist())
+        top_got = set(got_all[row, 1:].topk(10).indices.tolist())
+        assert len(top_ref & top_got) >= 8
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "caser"])
@@ -101,6 +132,21 @@ def test_weights_are_stored_in_low_precision() -> None:
 
     assert initializer_bytes(nbits) < 0.25 * initializer_bytes(fp32)
 
+    # Item tables in 4-bit units: every table kernel runs on 4-bit codes, 8-bit rows included.
+    nibbles = build_onnx(model, bits, widths=(4, 8), tables="nibbles")
+    table_nodes = [
+        n
+        for graph in [nibbles.graph, *(a.g for n in nibbles.graph.node for a in n.attribute)]
+        for n in graph.node
+        if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+        and any(i.startswith("item_q4") for i in n.input)
+    ]
+    assert table_nodes
+    assert all(helper.get_node_attr_value(n, "bits") == 4 for n in table_nodes)
+    # Zero points and 5..8-bit rows' second scale cost little next to splitting by width.
+    split = build_onnx(model, bits, widths=(4, 8), tables="split")
+    assert initializer_bytes(nibbles) < 1.1 * initializer_bytes(split)
+
 
 def test_bad_inputs_raise_clear_errors() -> None:
     """Out-of-range ids, wrong ranks and impossible assignments are refused."""
@@ -114,3 +160,5 @@ def test_bad_inputs_raise_clear_errors() -> None:
         build_onnx(model, None, kind="nbits")
     with pytest.raises(QuantError, match="do not fit"):
         build_onnx(model, bits, widths=(2, 4))
+    with pytest.raises(QuantError, match="table layout"):
+        build_onnx(model, bits, tables="bytes")

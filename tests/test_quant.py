@@ -19,7 +19,6 @@ from chord.quant import (
     adapt_backbone,
     channel_layout,
     fp32_model_bytes,
-    freeze_scorers,
     level_weights,
     other_param_bytes,
     pack_weight,
@@ -242,7 +241,7 @@ def test_packed_bytes_of_three_bit_sasrec() -> None:
     assert 0.09 < ratio < 0.15
 
 
-# ----- int8 runtime vs fake quant on real backbones -----
+# ----- the PyTorch int8 runtime vs fake quant on real backbones -----
 
 
 @pytest.mark.parametrize(
@@ -268,16 +267,12 @@ def test_lowbit_agrees_with_fake_quant(cfg: SASRecConfig | CaserConfig) -> None:
         torch.testing.assert_close(
             fp32.score_candidates(seqs, cands), expect_c, rtol=1e-4, atol=1e-5
         )
-        # Int8 kernels add only activation quantization error: small next to the score range.
-        got_all, got_c = int8.score_all(seqs), int8.score_candidates(seqs, cands)
-    spread = float(expect_all[:, 1:].std())
-    assert float((got_all - expect_all)[:, 1:].abs().max()) < 0.15 * spread
-    assert float((got_c - expect_c).abs().max()) < 0.15 * spread
-    assert float(got_all[0, 0]) == float(expect_all[0, 0])  # padding column
-    assert (
-        torch.corrcoef(torch.stack([got_all[:, 1:].flatten(), expect_all[:, 1:].flatten()]))[0, 1]
-        > 0.99
-    )
+        # Int8 weights widened per call, fp32 activations: the reference's maths exactly.
+        torch.testing.assert_close(int8.score_all(seqs), expect_all, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            int8.score_candidates(seqs, cands), expect_c, rtol=1e-4, atol=1e-5
+        )
+        assert float(int8.score_all(seqs)[0, 0]) == float(expect_all[0, 0])  # padding column
     assert int8.runtime_bytes < fp32.runtime_bytes
 
 
@@ -292,7 +287,7 @@ def test_lowbit_refuses_full_precision_channels_and_unknown_kernel() -> None:
         to_lowbit(Tiny(), np.full(17, 4))
 
 
-# ----- bit-packed item tables and frozen scorers -----
+# ----- bit-packed item tables -----
 
 
 @settings(max_examples=25, deadline=None)
@@ -313,7 +308,7 @@ def test_packed_table_gathers_exact_rows(d: int, n: int, seed: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "caser"])
-def test_packed_runtime_and_frozen_scorer_match(kind: str) -> None:
+def test_packed_runtime_matches_int8(kind: str) -> None:
     cfg = SASRecConfig(n_items=200, max_len=12) if kind == "sasrec" else CaserConfig(n_items=200)
     model = build_backbone(cfg, seed=3).eval()
     layout = channel_layout(model)
@@ -325,8 +320,6 @@ def test_packed_runtime_and_frozen_scorer_match(kind: str) -> None:
     cands = torch.randint(1, 201, (1, 101), generator=g)
     with torch.no_grad():
         # Same int8 layers, only the table storage differs: equal up to float rounding.
-        # (The packed runtime scores the catalogue with fp32 activations against the unpacked
-        # table instead of fbgemm's int8 linear.)
         name = "item_emb" if kind == "sasrec" else "out_emb"
         part = layout.split(bits)[name]
         table = quantize_per_channel(weight_of(model, name), part)
@@ -337,13 +330,9 @@ def test_packed_runtime_and_frozen_scorer_match(kind: str) -> None:
         torch.testing.assert_close(
             packed.score_candidates(seqs, cands), int8.score_candidates(seqs, cands)
         )
-        frozen = freeze_scorers(int8, seqs, cands)
-        other = torch.randint(1, 201, (1, cfg.max_len), generator=g)
-        torch.testing.assert_close(frozen.score_all(other), int8.score_all(other))
-        torch.testing.assert_close(
-            frozen.score_candidates(other, cands), int8.score_candidates(other, cands)
-        )
-    assert packed.runtime_bytes < int8.runtime_bytes
+    # The table's codes at their own bits (2..8 here) take fewer bytes than int8 rows.
+    assert isinstance(packed.table, PackedTable) and not isinstance(int8.table, PackedTable)
+    assert packed.table.planes.numel() < 0.75 * int8.table.q.numel()
 
 
 def test_adapt_backbone_from_code() -> None:
@@ -364,11 +353,14 @@ def test_adapt_backbone_from_code() -> None:
         torch.testing.assert_close(
             fake.score_all(seqs), quantize_backbone(model, bits).score_all(seqs)
         )
-        for mode in ("int8", "packed"):
+        spread = float(fake.score_all(seqs)[:, 1:].std())
+        for mode in ("int8", "packed"):  # fp32 activations: the reference up to rounding
             runtime = adapt_backbone(model, code, tier, "v1", mode=mode)
-            spread = float(fake.score_all(seqs)[:, 1:].std())
-            diff = (runtime.score_all(seqs) - fake.score_all(seqs))[:, 1:].abs().max()
-            assert float(diff) < 0.15 * spread
+            torch.testing.assert_close(runtime.score_all(seqs), fake.score_all(seqs))
+        # The device default (ONNX Runtime, int8 activations per block): close to it.
+        ort = adapt_backbone(model, code, tier, "v1")
+        diff = (ort.score_all(seqs) - fake.score_all(seqs))[:, 1:].abs().max()
+        assert float(diff) < 0.15 * spread
     with pytest.raises(CodeError, match="version"):
         adapt_backbone(model, code, tier, "v2")
     with pytest.raises(QuantError, match="mode"):

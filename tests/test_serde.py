@@ -10,6 +10,14 @@ from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chord.artifacts import (
+    KINDS,
+    MAX_ARTIFACT_BYTES,
+    ArtifactChunk,
+    ArtifactRef,
+    ArtifactRequest,
+    sha256_digest,
+)
 from chord.codes import EncodedStrategy
 from chord.spec import (
     DeviceMetrics,
@@ -40,14 +48,19 @@ tier_specs = st.builds(
     min_budget_bits=finite,
     max_budget_bits=finite,
 )
+artifact_refs = st.builds(
+    ArtifactRef,
+    digest=st.binary(min_size=1, max_size=8).map(sha256_digest),
+    kind=st.sampled_from(KINDS),
+    size_bytes=st.integers(1, MAX_ARTIFACT_BYTES),
+    format=text.filter(bool),
+)
 model_specs = st.builds(
     ModelSpec,
     kind=st.sampled_from(["sasrec", "caser"]),
     mode=st.sampled_from(["random", "pretrained"]),
     config_json=text,
     seed=u64,
-    weights_uri=text,
-    weights_bytes=u64,
     version=text,
     layers=st.lists(
         st.builds(LayerSpec, name=text, n_channels=u32, channel_size=u32), max_size=5
@@ -57,8 +70,8 @@ model_specs = st.builds(
     profile_dim=u32,
     max_recent_items=u32,
     n_items=u32,
-    reference_importance=st.binary(max_size=64),
     reference_id=text,
+    artifacts=st.lists(artifact_refs, max_size=3).map(tuple),
 )
 
 
@@ -185,6 +198,34 @@ def test_device_report_round_trip(report: DeviceReport) -> None:
 def test_report_outcome_round_trip(accepted: bool, duplicate: bool) -> None:
     outcome = ReportOutcome(accepted, duplicate)
     assert serde.report_outcome_from_proto(_wire(serde.report_outcome_to_proto(outcome))) == outcome
+
+
+@given(st.binary(max_size=8).map(sha256_digest) | text, u64, u32)
+def test_artifact_request_round_trip(digest: str, offset: int, chunk: int) -> None:
+    req = ArtifactRequest(digest, offset, chunk)
+    assert serde.artifact_request_from_proto(_wire(serde.artifact_request_to_proto(req))) == req
+
+
+@given(u64, st.binary(max_size=64), u64)
+def test_artifact_chunk_round_trip(offset: int, data: bytes, total: int) -> None:
+    chunk = ArtifactChunk(offset, data, total)
+    assert serde.artifact_chunk_from_proto(_wire(serde.artifact_chunk_to_proto(chunk))) == chunk
+
+
+def test_malformed_artifact_refs_are_refused() -> None:
+    good = serde.artifact_ref_to_proto(ArtifactRef(sha256_digest(b"x"), "shared_mask", 1, "f"))
+    for field, value, match in (
+        ("kind", 0, "artifact kind 0"),
+        ("digest", "md5:00", "64 lowercase hex"),
+        ("size_bytes", 0, "outside 1.."),
+        ("size_bytes", MAX_ARTIFACT_BYTES + 1, "outside 1.."),
+        ("format", "", "needs a format"),
+    ):
+        bad = pb.ArtifactRef()
+        bad.CopyFrom(good)
+        setattr(bad, field, value)
+        with pytest.raises(serde.SerdeError, match=match):
+            serde.artifact_ref_from_proto(bad)
 
 
 @given(text)

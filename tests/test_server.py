@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import time
 import urllib.request
@@ -16,6 +17,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from chord.checkpoint import weights_version
 from chord.codes import decode_levels
 from chord.hyper.runs import load_run
 from chord.levels import DEFAULT_TIERS, budget_range
@@ -120,7 +122,8 @@ def test_model_spec_describes_the_run(server: EmbeddedServer, run_dir: Path) -> 
     run = load_run(run_dir)
     assert spec.version == run.version
     assert spec.mode == pb.BACKBONE_MODE_RANDOM and spec.kind == pb.BACKBONE_KIND_SASREC
-    assert spec.weights_uri == "" and spec.weights_bytes == 0  # random mode ships no weights
+    # Random mode ships no weights: the only artifact is the reference data.
+    assert [a.kind for a in spec.artifacts] == [pb.ARTIFACT_KIND_REFERENCE_DATA]
     assert spec.n_channels == run.layout.n_channels == sum(x.n_channels for x in spec.layers)
     assert spec.profile_dim == run.profile_dim and spec.n_items == run.backbone.n_items
     assert spec.max_recent_items == run.backbone.max_len
@@ -382,16 +385,22 @@ def test_prometheus_metrics_are_exported(run_dir: Path, engine: StrategyEngine) 
     assert 'chord_request_latency_seconds_count{method="GetModelSpec"} 1.0' in text
 
 
-def test_pretrained_spec_points_at_the_weights(run_dir: Path, tmp_path: Path) -> None:
+def test_pretrained_spec_lists_the_weights_artifact(run_dir: Path, tmp_path: Path) -> None:
     # The same weights declared "pretrained": the spec must then offer them for download.
     import json
     import shutil
 
+    from chord.artifacts import BACKBONE_FORMAT, backbone_from_artifact
+
     copy = Path(shutil.copytree(run_dir, tmp_path / "pretrained-run"))
     meta = json.loads((copy / "run.json").read_text())
     (copy / "run.json").write_text(json.dumps({**meta, "mode": "pretrained"}))
-    spec = StrategyEngine.from_run_dir(copy).spec
-    weights = copy / "backbone.pt"
-    assert spec.mode == "pretrained" and spec.weights_uri == str(weights.resolve())
-    assert spec.weights_bytes == weights.stat().st_size > 0
-    assert spec.version == meta["version"]
+    engine = StrategyEngine.from_run_dir(copy)
+    spec = engine.spec
+    weights = spec.artifact("backbone_weights")
+    assert spec.mode == "pretrained" and weights is not None
+    assert weights.format == BACKBONE_FORMAT and spec.version == meta["version"]
+    data = engine.artifacts.get(weights.digest).data
+    assert len(data) == weights.size_bytes and hashlib.sha256(data).hexdigest() in weights.digest
+    model = backbone_from_artifact(data, spec.config_json, spec.version)
+    assert weights_version(model) == spec.version

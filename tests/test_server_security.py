@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud_server import EmbeddedServer, ServerConfig
 from protos.chord.v1 import strategy_pb2 as pb
+from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from tests.server_fixtures import arun, call, spec_of, status_of, strategy_request
 from tests.tls_certs import self_signed
 
@@ -53,6 +54,24 @@ def test_token_required_for_strategy_calls(token_server: EmbeddedServer) -> None
     reply = arun(call(address, "GetStrategy", req, metadata=AUTH))
     assert reply.request_id == "tok-1"
     assert token_server.service.metrics.count("GetStrategy", "UNAUTHENTICATED") == 3
+
+
+def test_token_required_for_artifact_downloads(token_server: EmbeddedServer) -> None:
+    req = pb.FetchArtifactRequest(digest="sha256:" + "1" * 64)
+
+    async def fetch(metadata: tuple[tuple[str, str], ...] | None) -> None:
+        async with grpc.aio.insecure_channel(token_server.address) as ch:
+            stream = pb_grpc.StrategyServiceStub(ch).FetchArtifact(
+                req, timeout=5, metadata=metadata
+            )
+            async for _ in stream:
+                pass
+
+    code, details = arun(status_of(fetch(None)))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in details
+    # With the token the call reaches the store, which does not hold this digest.
+    code, details = arun(status_of(fetch(AUTH)))
+    assert code == grpc.StatusCode.NOT_FOUND and "ModelSpec.artifacts" in details
 
 
 def test_health_needs_no_token(token_server: EmbeddedServer) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 
+from chord.artifacts.reference import reference_id_of
 from chord.hyper.runs import ChordRun
 from chord.hyper.training import pad_left
 
@@ -20,8 +19,9 @@ def reference_importance(
 ) -> np.ndarray:
     """Mean importance over seeded random-item histories, as float16 [n_channels].
 
-    No user data is involved: the server derives it from the run alone, ships it once in the
-    model spec, and each device turns it into reference levels for its tier and budget.
+    No user data is involved: the server derives it from the run alone, ships it once as the
+    spec's REFERENCE_DATA artifact, and each device turns it into reference levels for its
+    tier and budget.
     """
     gen = torch.Generator().manual_seed(seed)
     n_items = int(run.backbone.n_items)
@@ -41,5 +41,4 @@ def reference_importance(
 def reference_id(reference: np.ndarray, level_cost: bytes = b"") -> str:
     """Short name of a reference: CRC32 of its little-endian float16 bytes followed by the
     spec's level-cost bytes, 8 hex digits (a device with either one stale is caught)."""
-    raw = np.asarray(reference, dtype="<f2").tobytes() + level_cost
-    return f"{zlib.crc32(raw):08x}"
+    return reference_id_of(reference, level_cost)

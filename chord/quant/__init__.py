@@ -1,8 +1,14 @@
 """Per-channel mixed-precision quantization of a frozen backbone: quantizer, packing, kernels."""
 
-from chord.quant.adapt import adapt_backbone, strategy_bits
+from chord.quant.adapt import (
+    DEVICE_RUNTIME,
+    RUNTIMES,
+    Scorer,
+    adapt_backbone,
+    build_runtime,
+    strategy_bits,
+)
 from chord.quant.apply import quantize_backbone
-from chord.quant.frozen import FrozenScorer, freeze_scorers
 from chord.quant.layout import ChannelLayer, ChannelLayout, LayoutError, channel_layout
 from chord.quant.lowbit import KERNELS, LowBitBackbone, to_lowbit
 from chord.quant.packing import PackingError, pack_signed, unpack_signed
@@ -25,21 +31,23 @@ from chord.quant.storage import (
 
 __all__ = [
     "CLIP_METHODS",
+    "DEVICE_RUNTIME",
     "FULL_PRECISION_BITS",
     "KERNELS",
+    "RUNTIMES",
     "ChannelLayer",
     "ChannelLayout",
-    "FrozenScorer",
     "LayoutError",
     "LowBitBackbone",
     "PackedWeight",
     "PackingError",
     "QuantError",
+    "Scorer",
     "adapt_backbone",
+    "build_runtime",
     "channel_layout",
     "dequantize",
     "fp32_model_bytes",
-    "freeze_scorers",
     "level_weights",
     "other_param_bytes",
     "pack_signed",

@@ -1,10 +1,15 @@
-"""Execution on real low-precision kernels: per-channel int8 weights for any 1..8-bit grid.
+"""A pure-PyTorch low-bit runtime: per-channel int8 weights for any 1..8-bit grid, eager.
 
 Every b-bit symmetric per-channel grid (q in [-(2**(b-1) - 1), 2**(b-1) - 1] times a scale) is
-exactly an int8 tensor with the same per-channel scale, so each mixed-precision Linear runs on
-fbgemm's per-channel int8 dynamic linear (activations quantized per call), the catalogue scoring
-h @ E^T is such a Linear over the item table, and embedding lookups gather int8 rows and
-dequantize them. The runtimes below are lean inference-only rewrites of SASRec and Caser:
+exactly an int8 tensor with the same per-channel scale, so each mixed-precision Linear holds int8
+codes and one float32 scale per output row and computes (x q^T) * scale with the codes widened
+per call (weight-only int8, public PyTorch ops only: PyTorch 2.13 deprecates its quantized
+tensors and ops, and the supported int8 matmuls it has left are far slower than fp32 at these
+shapes on x86). The catalogue scoring h @ E^T is such a Linear over the item table, and
+embedding lookups gather int8 rows and dequantize them. The device's default runtime is ONNX
+Runtime on packed 4/8-bit weights (onnx_runtime.py); this one is the in-PyTorch reference and
+the source of the quantized weights both runtimes hold. The runtimes below are lean
+inference-only rewrites of SASRec and Caser:
 SASRec's last block computes only the last position (the only one `encode` returns) and k/v
 share one fused projection; Caser's vertical and horizontal convolutions become one Linear over
 the flattened window (each filter repeated at every offset: a filter's rows share its scale).
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -34,16 +38,6 @@ from chord.quant.quantizer import FULL_PRECISION_BITS, QuantError, quantize_int
 
 KERNELS: tuple[str, ...] = ("int8", "fp32")
 TABLES: tuple[str, ...] = ("int8", "packed")  # how item tables are held (int8 follows kernel)
-
-
-def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """fbgemm packed params of a per-channel qint8 weight [out, in]."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # quantized-tensor deprecation notice
-        qw = torch._make_per_channel_quantized_tensor(
-            q.contiguous(), scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0
-        )
-        return torch.ops.quantized.linear_prepack(qw, bias)  # type: ignore[no-any-return]
 
 
 class QWeight:
@@ -79,32 +73,33 @@ def _cat(parts: list[QWeight]) -> QWeight:
 
 
 class QLinear(nn.Module):
-    """y = x W^T + b on fbgemm's per-channel int8 dynamic linear, or in fp32."""
+    """y = x W^T + b with W held as int8 codes and row scales (weight-only int8), or fp32."""
 
     def __init__(self, weight: QWeight, bias: torch.Tensor | None, kernel: str) -> None:
-        """Prepack the int8 weight (kernel "int8") or keep the float weight ("fp32")."""
+        """Keep the int8 codes [out, in] and scales [out] (kernel "int8") or the fp32 weight."""
         super().__init__()
         self.kernel = kernel
         self.bias = bias
-        self.kernel_bytes = 0
         if kernel == "int8":
             if weight.q is None or weight.scale is None:
                 raise QuantError("an int8 linear needs quantized weights")
-            self._packed = _prepack(weight.q, weight.scale, bias)
-            # fbgemm keeps its own copy: int8 weights, float scales, int32 column offsets.
-            self.kernel_bytes = int(weight.q.numel()) + 8 * int(weight.q.shape[0])
+            # A view of the codes, so a table shared with a QEmbedding is held once.
+            self.q = weight.q.reshape(weight.q.shape[0], -1).contiguous()
+            self.scale = weight.scale.float().contiguous()
         else:
             self.w = weight.w.contiguous()
 
     def held(self) -> list[torch.Tensor]:
-        """Tensors this layer keeps in Python (shared ones are counted once)."""
+        """Tensors this layer keeps (shared ones are counted once by the runtime)."""
         held = [] if self.bias is None else [self.bias]
-        return held if self.kernel == "int8" else [self.w, *held]
+        return [self.q, self.scale, *held] if self.kernel == "int8" else [self.w, *held]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the linear to [..., in]."""
+        """Apply the linear to [..., in] -> [..., out]."""
         if self.kernel == "int8":
-            return torch.ops.quantized.linear_dynamic(x, self._packed, True)  # type: ignore[no-any-return]
+            # x (q s)^T = (x q^T) s: the scale applies per output column after the product.
+            y = F.linear(x, self.q.to(x.dtype)) * self.scale
+            return y if self.bias is None else y + self.bias
         return F.linear(x, self.w, self.bias)
 
 
@@ -214,18 +209,16 @@ class LowBitBackbone(nn.Module):
 
     @property
     def runtime_bytes(self) -> int:
-        """Bytes held to run: every distinct tensor once, plus the kernels' packed copies."""
+        """Bytes held to run: every distinct tensor once (a table shared by the gather and the
+        catalogue scorer counts once)."""
         seen: dict[int, int] = {}
-        kernel = 0
         for module in self.modules():
             if isinstance(module, QLinear | QEmbedding | QLayerNorm | PackedTable):
                 for t in module.held():
                     seen[t.data_ptr()] = t.numel() * t.element_size()
-            if isinstance(module, QLinear):
-                kernel += module.kernel_bytes
         for t in self.extra_tensors():
             seen[t.data_ptr()] = t.numel() * t.element_size()
-        return sum(seen.values()) + kernel
+        return sum(seen.values())
 
 
 class QSASRecBlock(nn.Module):
@@ -473,10 +466,10 @@ def to_lowbit(
     layout: ChannelLayout | None = None,
     table: str = "int8",
 ) -> LowBitBackbone:
-    """An inference runtime of a SASRec/Caser backbone on real int8 kernels with given bits.
+    """An eager PyTorch runtime of a SASRec/Caser backbone holding int8 weights for given bits.
 
-    Weights equal `quantize_backbone(model, bits)` exactly (same grids and scales); outputs
-    differ from it only by the per-call int8 quantization of Linear inputs. `kernel="fp32"`
+    Weights equal `quantize_backbone(model, bits)` exactly (same grids and scales) and
+    activations stay fp32, so outputs equal it up to float rounding. `kernel="fp32"`
     runs the same rewrite on float weights (`bits_per_channel=None`: unquantized).
     `table="packed"` keeps item tables bit-packed (memory close to the bits sent) and
     unpacks gathered rows per call; full-catalogue scoring then unpacks the whole table.

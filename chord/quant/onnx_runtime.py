@@ -5,9 +5,11 @@ the given candidates, or the whole catalogue when none are given), so every weig
 and every initializer keeps its storage type. A b-bit channel is stored at the smallest width of
 `widths` (2, 4, 8) holding b bits, exact because a symmetric b-bit grid fits any wider one; each
 width group is one `MatMulNBits` (com.microsoft: block-quantized uint8 codes, the channel's
-scale repeated per block). Item tables are split by width (catalogue scores concatenated and
-put back in item order by an int16 row map; rows gathered per width with
-`GatherBlockQuantized` from the same bytes and merged with Where); other layers are stored at
+scale repeated per block). Item tables are either split by width (catalogue scores
+concatenated and put back in item order by an int16 row map; rows gathered per width with
+`GatherBlockQuantized` from the same bytes and merged with Where) or held in 4-bit units with
+zero points (`tables="nibbles"`, the device default: a 5..8-bit row is two units that add up
+exactly, so one kernel serves every width; see `_Nibbles`); other layers are stored at
 their widest row's width unless `split_layers` (then Concat + Gather restore channel order).
 Norms, biases, SASRec's position table and Caser's item bias stay fp32. The graphs follow the
 lean rewrites of lowbit.py (SASRec's last block computes only the last position); Caser's
@@ -38,6 +40,7 @@ from chord.quant.lowbit import QWeight, _quantized_weights
 from chord.quant.quantizer import QuantError, quantize_int
 
 ORT_KINDS: tuple[str, ...] = ("nbits", "fp32")
+TABLE_LAYOUTS: tuple[str, ...] = ("split", "nibbles")  # how n-bit item tables are stored
 DEFAULT_WIDTHS: tuple[int, ...] = (2, 4, 8)  # storage widths MatMulNBits runs on the CPU
 BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)  # MatMulNBits needs 2^k >= 16
 OPSET = 21
@@ -96,6 +99,60 @@ def _groups(weight: QWeight, widths: tuple[int, ...]) -> list[_Group]:
 
 
 @dataclass
+class _Nibbles:
+    """An item table in 4-bit units: rows of 1..4 bits are one unit, rows of 5..8 bits two.
+
+    A b-bit row (b <= 4) is stored as codes q + 8 with zero point 8 and its scale s. A 5..8-bit
+    row's offset codes u = q + 128 in [1, 255] split into a high unit (u >> 4, zero point 8,
+    scale 16 s) and a low unit (u & 15, zero point 0, scale s); the two dequantized units add up
+    to (16 (u >> 4) - 128 + (u & 15)) s = q s exactly. Unit i is row i's first unit; `second[i]`
+    is its low unit, or the all-zero unit at the end for rows that have none.
+    """
+
+    packed: np.ndarray  # uint8 [units, k_blocks, block / 2]
+    scales: np.ndarray  # float32 [units, k_blocks]
+    zero_mm: np.ndarray  # uint8 [units, ceil(k_blocks / 2)]: MatMulNBits' packed zero points
+    zero_gather: np.ndarray  # uint8 [units, k_blocks, 1]: GatherBlockQuantized's zero points
+    second: np.ndarray  # int16/int32 [n]: the unit added to row i's first unit
+    block: int
+    wide: int  # rows stored as two units
+
+
+def _nibbles(weight: QWeight) -> _Nibbles:
+    """Lay a quantized table out in 4-bit units (see `_Nibbles`)."""
+    if weight.q is None or weight.scale is None or weight.bits is None:
+        raise QuantError("an n-bit ORT table needs quantized weights and their bits")
+    q = weight.q.reshape(weight.q.shape[0], -1).numpy().astype(np.int16)
+    n, k = q.shape
+    scale = weight.scale.float().numpy()
+    wide = np.asarray(weight.bits).reshape(-1) > 4
+    u8 = q + 128
+    first = np.where(wide[:, None], u8 >> 4, q + 8)
+    low = u8[wide] & 15
+    codes = np.concatenate([first, low, np.full((1, k), 8)]).astype(np.uint8)
+    zero = np.concatenate([np.full(n, 8), np.zeros(int(wide.sum())), [8]]).astype(np.uint8)
+    unit_scale = np.concatenate([np.where(wide, 16 * scale, scale), scale[wide], [0.0]])
+    block = _block_size(k, 4)
+    kb = -(-k // block)
+    padded = np.repeat(zero[:, None], kb * block, axis=1)  # padding decodes to 0
+    padded[:, :k] = codes
+    packed = (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+    zero_blocks = np.repeat(zero[:, None], 2 * (-(-kb // 2)), axis=1)
+    zero_mm = (zero_blocks[:, 0::2] | (zero_blocks[:, 1::2] << 4)).astype(np.uint8)
+    second = np.full(n, len(codes) - 1, dtype=np.int64)
+    second[wide] = n + np.arange(int(wide.sum()))
+    return _Nibbles(
+        packed=packed.reshape(len(codes), kb, block // 2),
+        scales=np.repeat(unit_scale[:, None], kb, axis=1).astype(np.float32),
+        zero_mm=zero_mm,
+        zero_gather=np.repeat(zero[:, None, None], kb, axis=1),
+        second=second.astype(np.int16 if len(codes) < 2**15 else np.int32),
+        block=block,
+        wide=int(wide.sum()),
+    )
+
+
+@dataclass
 class _Graph:
     """Nodes and initializers of one ONNX graph under construction."""
 
@@ -151,11 +208,16 @@ class _Builder:
     """Emits layers of one backbone into a graph, in fp32 or on n-bit contrib kernels."""
 
     def __init__(
-        self, kind: str, widths: tuple[int, ...], accuracy_level: int, split_layers: bool
+        self,
+        kind: str,
+        widths: tuple[int, ...],
+        accuracy_level: int,
+        split_layers: bool,
+        tables: str = "split",
     ) -> None:
-        """Pick the kernels; the graph starts empty."""
+        """Pick the kernels and the item-table layout; the graph starts empty."""
         self.kind, self.widths, self.accuracy = kind, widths, accuracy_level
-        self.split_layers = split_layers
+        self.split_layers, self.tables = split_layers, tables
         self.g = _Graph()
 
     def linear(
@@ -241,6 +303,17 @@ class OrtTable:
         if builder.kind == "fp32":
             self.rows = g.const(f"{hint}_w", weight.w.float().contiguous().numpy())
             return
+        self.nib: _Nibbles | None = None
+        if builder.tables == "nibbles":
+            self.nib = nib = _nibbles(weight)
+            self.nib_names = {
+                "packed": g.const(f"{hint}_q4", nib.packed),
+                "scales": g.const(f"{hint}_s4", nib.scales),
+                "zero_mm": g.const(f"{hint}_z4", nib.zero_mm),
+                "zero_gather": g.const(f"{hint}_zg4", nib.zero_gather),
+                "second": g.const(f"{hint}_second", nib.second),
+            }
+            return
         self.groups = builder.groups(weight, hint, split=True)
         self.pos = ""
         if len(self.groups) > 1:
@@ -254,6 +327,8 @@ class OrtTable:
         g = self.b.g
         if self.b.kind == "fp32":
             return g.op("Gather", [self.rows, ids], axis=0)
+        if self.nib is not None:
+            return self._gather_nibbles(ids)
         where = ids
         if self.pos:
             where = g.op("Cast", [g.op("Gather", [self.pos, ids], axis=0)], to=TensorProto.INT64)
@@ -289,12 +364,63 @@ class OrtTable:
         shape = g.op("Concat", [g.op("Shape", [ids]), g.ints("d", [self.d])], axis=0)
         return g.op("Reshape", [out, shape])
 
+    def _gather_nibbles(self, ids: str) -> str:
+        """Rows of the given ids from a table in 4-bit units: first unit plus second unit."""
+        g, nib, names = self.b.g, self.nib, self.nib_names
+        assert nib is not None
+        scale3 = g.op("Unsqueeze", [names["scales"], g.ints("ax", [-1])])
+
+        def units(which: str) -> str:
+            """Dequantized units [..., k_blocks, block] of the given unit ids."""
+            return g.op(
+                "GatherBlockQuantized",
+                [names["packed"], which, scale3, names["zero_gather"]],
+                f"{self.hint}_gather",
+                gather_axis=0,
+                quantize_axis=2,
+                block_size=nib.block,
+                bits=4,
+            )
+
+        rows = units(ids)
+        if nib.wide:
+            second = g.op("Gather", [names["second"], ids], axis=0)
+            rows = g.op("Add", [rows, units(g.op("Cast", [second], to=TensorProto.INT64))])
+        width = nib.packed.shape[1] * nib.block
+        flat = g.op("Reshape", [rows, g.ints("rows", [-1, width])])
+        if width != self.d:
+            flat = g.slice(flat, [0], [self.d], [-1])
+        shape = g.op("Concat", [g.op("Shape", [ids]), g.ints("d", [self.d])], axis=0)
+        return g.op("Reshape", [flat, shape])
+
+    def _score_nibbles(self, state: str) -> str:
+        """state [B, d] -> x E^T [B, n]: one MatMulNBits over all units, second units added."""
+        g, nib, names = self.b.g, self.nib, self.nib_names
+        assert nib is not None
+        out = g.op(
+            "MatMulNBits",
+            [state, names["packed"], names["scales"], names["zero_mm"]],
+            f"{self.hint}_score_mm",
+            K=self.d,
+            N=int(nib.packed.shape[0]),
+            bits=4,
+            block_size=nib.block,
+            accuracy_level=self.b.accuracy,
+        )
+        first = g.slice(out, [0], [self.n], [-1])
+        if not nib.wide:
+            return first
+        index = g.op("Cast", [names["second"]], to=TensorProto.INT32)
+        return g.op("Add", [first, g.op("Gather", [out, index], axis=-1)])
+
     def score_all(self, state: str, bias: str | None) -> str:
         """state [B, d] -> scores [B, n_items + 1] (+ bias, an fp32 initializer), column 0 set to
         PAD_SCORE."""
         g = self.b.g
         if self.b.kind == "fp32":
             scores = g.op("Gemm", [state, self.rows], transB=1)
+        elif self.nib is not None:
+            scores = self._score_nibbles(state)
         else:
             scores = self.b.matmul_groups(
                 state, self.groups, self.d, None, f"{self.hint}_score", self.pos
@@ -584,15 +710,12 @@ class OrtScorer:
 
     def _ids(self, x: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
         """Validated int64 ids [B, n] within 0..n_items."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach()
-            arr = (x if x.device.type == "cpu" else x.cpu()).numpy()
-        else:
-            arr = np.asarray(x)
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         if arr.ndim != 2 or arr.dtype.kind not in "iu":
             raise ValueError(f"{what} must be an integer [batch, length] array, got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > self.n_items):
+        # One pass: negative ids read as uint64 are larger than any item id.
+        if (arr.view(np.uint64) > self.n_items).any():
             raise ValueError(f"{what} must hold item ids in 0..{self.n_items}")
         return arr
 
@@ -640,15 +763,20 @@ def build_onnx(
     widths: tuple[int, ...] = DEFAULT_WIDTHS,
     accuracy_level: int = 4,
     split_layers: bool = False,
+    tables: str = "split",
 ) -> onnx.ModelProto:
     """The scoring graph of a SASRec/Caser backbone (candidates, or the catalogue if none).
 
     `kind="nbits"` stores each channel at the smallest of `widths` holding its bits (codes and
     scales exactly those of `quantize_backbone`); `accuracy_level=4` lets MatMulNBits quantize
-    activations to int8 per block (as fbgemm's dynamic linear does), 0 computes in fp32.
-    `kind="fp32"` keeps float weights (`bits_per_channel=None`: unquantized). Item tables
-    are always split by width; other layers only with `split_layers` (else each is stored
-    at its widest row's width: fewer kernel calls, a few more bytes).
+    activations to int8 per block (dynamic activation quantization), 0 computes in fp32.
+    `kind="fp32"` keeps float weights (`bits_per_channel=None`: unquantized). With
+    `tables="split"` item tables are split by width; other layers only with `split_layers`
+    (else each is stored at its widest row's width: fewer kernel calls, a few more bytes).
+    `tables="nibbles"` stores item tables in 4-bit units instead (1..4-bit rows one unit,
+    5..8-bit rows two that add up exactly, see `_Nibbles`): one gather or catalogue kernel per
+    unit column, no row map and no merging by width. Raises QuantError on an unknown kind,
+    layout or width, and LayoutError for a backbone other than SASRec and Caser.
     """
     if kind not in ORT_KINDS:
         raise QuantError(f"unknown ORT kind {kind!r}; use one of {ORT_KINDS}")
@@ -656,6 +784,8 @@ def build_onnx(
         raise QuantError("the n-bit ORT runtime needs a bit assignment (1..8 bits a channel)")
     if not set(widths) <= {2, 4, 8}:
         raise QuantError(f"storage widths must be among 2, 4, 8; got {widths}")
+    if tables not in TABLE_LAYOUTS:
+        raise QuantError(f"unknown table layout {tables!r}; use one of {TABLE_LAYOUTS}")
     if not isinstance(model, SASRec | Caser):
         raise LayoutError(
             f"build_onnx knows SASRec and Caser backbones, got {type(model).__name__}"
@@ -663,7 +793,7 @@ def build_onnx(
     layout = layout or channel_layout(model)
     bits = None if bits_per_channel is None else _check_bits_array(layout, bits_per_channel)
     weights = _quantized_weights(model, layout, bits, clip, "int8" if kind == "nbits" else "fp32")
-    bld = _Builder(kind, tuple(widths), accuracy_level, split_layers)
+    bld = _Builder(kind, tuple(widths), accuracy_level, split_layers, tables)
     if isinstance(model, SASRec):
         output = _sasrec_graph(bld, model, weights)
     else:
@@ -683,10 +813,12 @@ def to_ort(
     split_layers: bool = False,
     threads: int = 1,
     profile: str = "",
+    tables: str = "split",
 ) -> OrtScorer:
-    """Build the scoring graphs of a backbone and open them on ORT's CPU provider."""
+    """Build the scoring graphs of a backbone (see `build_onnx`) and open them on ORT's CPU
+    provider with `threads` intra-op threads (`profile`: a trace file prefix)."""
     onnx_model = build_onnx(
-        model, bits_per_channel, kind, clip, layout, widths, accuracy_level, split_layers
+        model, bits_per_channel, kind, clip, layout, widths, accuracy_level, split_layers, tables
     )
     return OrtScorer(
         onnx_model.SerializeToString(),
@@ -700,6 +832,7 @@ def to_ort(
 __all__ = [
     "DEFAULT_WIDTHS",
     "ORT_KINDS",
+    "TABLE_LAYOUTS",
     "OrtScorer",
     "OrtTable",
     "build_onnx",

@@ -24,39 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/chord/v1/strategy.proto\x12\x08\x63hord.v1\"(\n\x13GetModelSpecRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"C\n\tLayerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nn_channels\x18\x02 \x01(\r\x12\x14\n\x0c\x63hannel_size\x18\x03 \x01(\r\"{\n\x08TierSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nlevel_bits\x18\x02 \x03(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_budget_bits\x18\x03 \x01(\x01\x12\x17\n\x0fmin_budget_bits\x18\x04 \x01(\x01\x12\x17\n\x0fmax_budget_bits\x18\x05 \x01(\x01\"\x9b\x03\n\tModelSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.chord.v1.BackboneKind\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.chord.v1.BackboneMode\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bweights_uri\x18\x05 \x01(\t\x12\x15\n\rweights_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07version\x18\x07 \x01(\t\x12#\n\x06layers\x18\x08 \x03(\x0b\x32\x13.chord.v1.LayerSpec\x12\x12\n\nn_channels\x18\t \x01(\r\x12!\n\x05tiers\x18\n \x03(\x0b\x32\x12.chord.v1.TierSpec\x12\x13\n\x0bprofile_dim\x18\x0b \x01(\r\x12\x18\n\x10max_recent_items\x18\x0c \x01(\r\x12\x0f\n\x07n_items\x18\r \x01(\r\x12\x1c\n\x14reference_importance\x18\x0e \x01(\x0c\x12\x14\n\x0creference_id\x18\x0f \x01(\t\x12\x12\n\nlevel_cost\x18\x10 \x01(\x0c\"\xb5\x01\n\x12GetStrategyRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x13\n\x0b\x62udget_bits\x18\x05 \x01(\x01\x12\x0f\n\x07profile\x18\x06 \x03(\x02\x12\x14\n\x0crecent_items\x18\x07 \x03(\r\x12\x14\n\x0creference_id\x18\x08 \x01(\t\"\x99\x01\n\rServerTimings\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x10\n\x08queue_us\x18\x05 \x01(\r\x12\x10\n\x08model_us\x18\x06 \x01(\r\x12\x10\n\x08total_us\x18\x07 \x01(\r\x12\x0e\n\x06worker\x18\x08 \x01(\rJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x08queue_msR\x08model_msR\x08total_ms\"\xeb\x01\n\x10GetStrategyReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x63odes\x18\x02 \x01(\x0c\x12\x12\n\nn_channels\x18\x03 \x01(\r\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07\x12\x0f\n\x07version\x18\x05 \x01(\t\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.chord.v1.CodeEncoding\x12\x14\n\x0clevel_counts\x18\x07 \x03(\r\x12(\n\x07timings\x18\t \x01(\x0b\x32\x17.chord.v1.ServerTimings\x12\x10\n\x08\x61vg_bits\x18\n \x01(\x02J\x04\x08\x08\x10\t\"\xb5\x01\n\rDeviceMetrics\x12\x0b\n\x03hr5\x18\x01 \x01(\x01\x12\x0c\n\x04hr10\x18\x02 \x01(\x01\x12\r\n\x05ndcg5\x18\x03 \x01(\x01\x12\x0e\n\x06ndcg10\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x64\x61pt_ms\x18\x05 \x01(\x01\x12\x10\n\x08infer_ms\x18\x06 \x01(\x01\x12\x0e\n\x06rpc_ms\x18\x07 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x08 \x01(\x04\x12\x12\n\nbytes_down\x18\t \x01(\x04\x12\x10\n\x08\x61vg_bits\x18\n \x01(\x01\"p\n\x14ReportMetricsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12(\n\x07metrics\x18\x04 \x01(\x0b\x32\x17.chord.v1.DeviceMetrics\"9\n\x12ReportMetricsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08*`\n\x0c\x42\x61\x63kboneKind\x12\x1d\n\x19\x42\x41\x43KBONE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KBONE_KIND_SASREC\x10\x01\x12\x17\n\x13\x42\x41\x43KBONE_KIND_CASER\x10\x02*e\n\x0c\x42\x61\x63kboneMode\x12\x1d\n\x19\x42\x41\x43KBONE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KBONE_MODE_RANDOM\x10\x01\x12\x1c\n\x18\x42\x41\x43KBONE_MODE_PRETRAINED\x10\x02*\x8d\x01\n\x0c\x43odeEncoding\x12\x1d\n\x19\x43ODE_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ODE_ENCODING_PACKED2\x10\x01\x12!\n\x1d\x43ODE_ENCODING_PACKED2_DEFLATE\x10\x02\x12 \n\x1c\x43ODE_ENCODING_DELTA2_DEFLATE\x10\x03\x32\xed\x01\n\x0fStrategyService\x12\x42\n\x0cGetModelSpec\x12\x1d.chord.v1.GetModelSpecRequest\x1a\x13.chord.v1.ModelSpec\x12G\n\x0bGetStrategy\x12\x1c.chord.v1.GetStrategyRequest\x1a\x1a.chord.v1.GetStrategyReply\x12M\n\rReportMetrics\x12\x1e.chord.v1.ReportMetricsRequest\x1a\x1c.chord.v1.ReportMetricsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/chord/v1/strategy.proto\x12\x08\x63hord.v1\"(\n\x13GetModelSpecRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"C\n\tLayerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nn_channels\x18\x02 \x01(\r\x12\x14\n\x0c\x63hannel_size\x18\x03 \x01(\r\"{\n\x08TierSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nlevel_bits\x18\x02 \x03(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_budget_bits\x18\x03 \x01(\x01\x12\x17\n\x0fmin_budget_bits\x18\x04 \x01(\x01\x12\x17\n\x0fmax_budget_bits\x18\x05 \x01(\x01\"g\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.chord.v1.ArtifactKind\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"\xbd\x03\n\tModelSpec\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.chord.v1.BackboneKind\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.chord.v1.BackboneMode\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0f\n\x07version\x18\x07 \x01(\t\x12#\n\x06layers\x18\x08 \x03(\x0b\x32\x13.chord.v1.LayerSpec\x12\x12\n\nn_channels\x18\t \x01(\r\x12!\n\x05tiers\x18\n \x03(\x0b\x32\x12.chord.v1.TierSpec\x12\x13\n\x0bprofile_dim\x18\x0b \x01(\r\x12\x18\n\x10max_recent_items\x18\x0c \x01(\r\x12\x0f\n\x07n_items\x18\r \x01(\r\x12\x14\n\x0creference_id\x18\x0f \x01(\t\x12(\n\tartifacts\x18\x11 \x03(\x0b\x32\x15.chord.v1.ArtifactRefJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x0e\x10\x0fJ\x04\x08\x10\x10\x11R\x0bweights_uriR\rweights_bytesR\x14reference_importanceR\nlevel_cost\"\xb5\x01\n\x12GetStrategyRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61\x63kbone_version\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x13\n\x0b\x62udget_bits\x18\x05 \x01(\x01\x12\x0f\n\x07profile\x18\x06 \x03(\x02\x12\x14\n\x0crecent_items\x18\x07 \x03(\r\x12\x14\n\x0creference_id\x18\x08 \x01(\t\"\x99\x01\n\rServerTimings\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x10\n\x08queue_us\x18\x05 \x01(\r\x12\x10\n\x08model_us\x18\x06 \x01(\r\x12\x10\n\x08total_us\x18\x07 \x01(\r\x12\x0e\n\x06worker\x18\x08 \x01(\rJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x08queue_msR\x08model_msR\x08total_ms\"\xeb\x01\n\x10GetStrategyReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x63odes\x18\x02 \x01(\x0c\x12\x12\n\nn_channels\x18\x03 \x01(\r\x12\r\n\x05\x63rc32\x18\x04 \x01(\x07\x12\x0f\n\x07version\x18\x05 \x01(\t\x12(\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x16.chord.v1.CodeEncoding\x12\x14\n\x0clevel_counts\x18\x07 \x03(\r\x12(\n\x07timings\x18\t \x01(\x0b\x32\x17.chord.v1.ServerTimings\x12\x10\n\x08\x61vg_bits\x18\n \x01(\x02J\x04\x08\x08\x10\t\"\xb5\x01\n\rDeviceMetrics\x12\x0b\n\x03hr5\x18\x01 \x01(\x01\x12\x0c\n\x04hr10\x18\x02 \x01(\x01\x12\r\n\x05ndcg5\x18\x03 \x01(\x01\x12\x0e\n\x06ndcg10\x18\x04 \x01(\x01\x12\x10\n\x08\x61\x64\x61pt_ms\x18\x05 \x01(\x01\x12\x10\n\x08infer_ms\x18\x06 \x01(\x01\x12\x0e\n\x06rpc_ms\x18\x07 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x08 \x01(\x04\x12\x12\n\nbytes_down\x18\t \x01(\x04\x12\x10\n\x08\x61vg_bits\x18\n \x01(\x01\"p\n\x14ReportMetricsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12(\n\x07metrics\x18\x04 \x01(\x0b\x32\x17.chord.v1.DeviceMetrics\"9\n\x12ReportMetricsReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"O\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x03 \x01(\r\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04*`\n\x0c\x42\x61\x63kboneKind\x12\x1d\n\x19\x42\x41\x43KBONE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KBONE_KIND_SASREC\x10\x01\x12\x17\n\x13\x42\x41\x43KBONE_KIND_CASER\x10\x02*e\n\x0c\x42\x61\x63kboneMode\x12\x1d\n\x19\x42\x41\x43KBONE_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KBONE_MODE_RANDOM\x10\x01\x12\x1c\n\x18\x42\x41\x43KBONE_MODE_PRETRAINED\x10\x02*\x8d\x01\n\x0c\x43odeEncoding\x12\x1d\n\x19\x43ODE_ENCODING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ODE_ENCODING_PACKED2\x10\x01\x12!\n\x1d\x43ODE_ENCODING_PACKED2_DEFLATE\x10\x02\x12 \n\x1c\x43ODE_ENCODING_DELTA2_DEFLATE\x10\x03*\x92\x01\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1e\x41RTIFACT_KIND_BACKBONE_WEIGHTS\x10\x01\x12\x1d\n\x19\x41RTIFACT_KIND_SHARED_MASK\x10\x02\x12 \n\x1c\x41RTIFACT_KIND_REFERENCE_DATA\x10\x03\x32\xb9\x02\n\x0fStrategyService\x12\x42\n\x0cGetModelSpec\x12\x1d.chord.v1.GetModelSpecRequest\x1a\x13.chord.v1.ModelSpec\x12G\n\x0bGetStrategy\x12\x1c.chord.v1.GetStrategyRequest\x1a\x1a.chord.v1.GetStrategyReply\x12M\n\rReportMetrics\x12\x1e.chord.v1.ReportMetricsRequest\x1a\x1c.chord.v1.ReportMetricsReply\x12J\n\rFetchArtifact\x12\x1e.chord.v1.FetchArtifactRequest\x1a\x17.chord.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.chord.v1.strategy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BACKBONEKIND']._serialized_start=1629
-  _globals['_BACKBONEKIND']._serialized_end=1725
-  _globals['_BACKBONEMODE']._serialized_start=1727
-  _globals['_BACKBONEMODE']._serialized_end=1828
-  _globals['_CODEENCODING']._serialized_start=1831
-  _globals['_CODEENCODING']._serialized_end=1972
+  _globals['_BACKBONEKIND']._serialized_start=1916
+  _globals['_BACKBONEKIND']._serialized_end=2012
+  _globals['_BACKBONEMODE']._serialized_start=2014
+  _globals['_BACKBONEMODE']._serialized_end=2115
+  _globals['_CODEENCODING']._serialized_start=2118
+  _globals['_CODEENCODING']._serialized_end=2259
+  _globals['_ARTIFACTKIND']._serialized_start=2262
+  _globals['_ARTIFACTKIND']._serialized_end=2408
   _globals['_GETMODELSPECREQUEST']._serialized_start=44
   _globals['_GETMODELSPECREQUEST']._serialized_end=84
   _globals['_LAYERSPEC']._serialized_start=86
   _globals['_LAYERSPEC']._serialized_end=153
   _globals['_TIERSPEC']._serialized_start=155
   _globals['_TIERSPEC']._serialized_end=278
-  _globals['_MODELSPEC']._serialized_start=281
-  _globals['_MODELSPEC']._serialized_end=692
-  _globals['_GETSTRATEGYREQUEST']._serialized_start=695
-  _globals['_GETSTRATEGYREQUEST']._serialized_end=876
-  _globals['_SERVERTIMINGS']._serialized_start=879
-  _globals['_SERVERTIMINGS']._serialized_end=1032
-  _globals['_GETSTRATEGYREPLY']._serialized_start=1035
-  _globals['_GETSTRATEGYREPLY']._serialized_end=1270
-  _globals['_DEVICEMETRICS']._serialized_start=1273
-  _globals['_DEVICEMETRICS']._serialized_end=1454
-  _globals['_REPORTMETRICSREQUEST']._serialized_start=1456
-  _globals['_REPORTMETRICSREQUEST']._serialized_end=1568
-  _globals['_REPORTMETRICSREPLY']._serialized_start=1570
-  _globals['_REPORTMETRICSREPLY']._serialized_end=1627
-  _globals['_STRATEGYSERVICE']._serialized_start=1975
-  _globals['_STRATEGYSERVICE']._serialized_end=2212
+  _globals['_ARTIFACTREF']._serialized_start=280
+  _globals['_ARTIFACTREF']._serialized_end=383
+  _globals['_MODELSPEC']._serialized_start=386
+  _globals['_MODELSPEC']._serialized_end=831
+  _globals['_GETSTRATEGYREQUEST']._serialized_start=834
+  _globals['_GETSTRATEGYREQUEST']._serialized_end=1015
+  _globals['_SERVERTIMINGS']._serialized_start=1018
+  _globals['_SERVERTIMINGS']._serialized_end=1171
+  _globals['_GETSTRATEGYREPLY']._serialized_start=1174
+  _globals['_GETSTRATEGYREPLY']._serialized_end=1409
+  _globals['_DEVICEMETRICS']._serialized_start=1412
+  _globals['_DEVICEMETRICS']._serialized_end=1593
+  _globals['_REPORTMETRICSREQUEST']._serialized_start=1595
+  _globals['_REPORTMETRICSREQUEST']._serialized_end=1707
+  _globals['_REPORTMETRICSREPLY']._serialized_start=1709
+  _globals['_REPORTMETRICSREPLY']._serialized_end=1766
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1768
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1847
+  _globals['_ARTIFACTCHUNK']._serialized_start=1849
+  _globals['_ARTIFACTCHUNK']._serialized_end=1914
+  _globals['_STRATEGYSERVICE']._serialized_start=2411
+  _globals['_STRATEGYSERVICE']._serialized_end=2724
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,13 @@ class CodeEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODE_ENCODING_PACKED2: _ClassVar[CodeEncoding]
     CODE_ENCODING_PACKED2_DEFLATE: _ClassVar[CodeEncoding]
     CODE_ENCODING_DELTA2_DEFLATE: _ClassVar[CodeEncoding]
+
+class ArtifactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARTIFACT_KIND_UNSPECIFIED: _ClassVar[ArtifactKind]
+    ARTIFACT_KIND_BACKBONE_WEIGHTS: _ClassVar[ArtifactKind]
+    ARTIFACT_KIND_SHARED_MASK: _ClassVar[ArtifactKind]
+    ARTIFACT_KIND_REFERENCE_DATA: _ClassVar[ArtifactKind]
 BACKBONE_KIND_UNSPECIFIED: BackboneKind
 BACKBONE_KIND_SASREC: BackboneKind
 BACKBONE_KIND_CASER: BackboneKind
@@ -35,6 +42,10 @@ CODE_ENCODING_UNSPECIFIED: CodeEncoding
 CODE_ENCODING_PACKED2: CodeEncoding
 CODE_ENCODING_PACKED2_DEFLATE: CodeEncoding
 CODE_ENCODING_DELTA2_DEFLATE: CodeEncoding
+ARTIFACT_KIND_UNSPECIFIED: ArtifactKind
+ARTIFACT_KIND_BACKBONE_WEIGHTS: ArtifactKind
+ARTIFACT_KIND_SHARED_MASK: ArtifactKind
+ARTIFACT_KIND_REFERENCE_DATA: ArtifactKind
 
 class GetModelSpecRequest(_message.Message):
     __slots__ = ("device_id",)
@@ -66,14 +77,24 @@ class TierSpec(_message.Message):
     max_budget_bits: float
     def __init__(self, name: _Optional[str] = ..., level_bits: _Optional[_Iterable[int]] = ..., default_budget_bits: _Optional[float] = ..., min_budget_bits: _Optional[float] = ..., max_budget_bits: _Optional[float] = ...) -> None: ...
 
+class ArtifactRef(_message.Message):
+    __slots__ = ("digest", "kind", "size_bytes", "format")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    kind: ArtifactKind
+    size_bytes: int
+    format: str
+    def __init__(self, digest: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "mode", "config_json", "seed", "weights_uri", "weights_bytes", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_importance", "reference_id", "level_cost")
+    __slots__ = ("kind", "mode", "config_json", "seed", "version", "layers", "n_channels", "tiers", "profile_dim", "max_recent_items", "n_items", "reference_id", "artifacts")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_URI_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     N_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -81,15 +102,12 @@ class ModelSpec(_message.Message):
     PROFILE_DIM_FIELD_NUMBER: _ClassVar[int]
     MAX_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
-    REFERENCE_IMPORTANCE_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
-    LEVEL_COST_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     kind: BackboneKind
     mode: BackboneMode
     config_json: str
     seed: int
-    weights_uri: str
-    weights_bytes: int
     version: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerSpec]
     n_channels: int
@@ -97,10 +115,9 @@ class ModelSpec(_message.Message):
     profile_dim: int
     max_recent_items: int
     n_items: int
-    reference_importance: bytes
     reference_id: str
-    level_cost: bytes
-    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., weights_uri: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_importance: _Optional[bytes] = ..., reference_id: _Optional[str] = ..., level_cost: _Optional[bytes] = ...) -> None: ...
+    artifacts: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
+    def __init__(self, kind: _Optional[_Union[BackboneKind, str]] = ..., mode: _Optional[_Union[BackboneMode, str]] = ..., config_json: _Optional[str] = ..., seed: _Optional[int] = ..., version: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerSpec, _Mapping]]] = ..., n_channels: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., profile_dim: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., n_items: _Optional[int] = ..., reference_id: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ...) -> None: ...
 
 class GetStrategyRequest(_message.Message):
     __slots__ = ("device_id", "request_id", "backbone_version", "tier", "budget_bits", "profile", "recent_items", "reference_id")
@@ -201,3 +218,23 @@ class ReportMetricsReply(_message.Message):
     accepted: bool
     duplicate: bool
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class FetchArtifactRequest(_message.Message):
+    __slots__ = ("digest", "offset", "max_chunk_bytes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    max_chunk_bytes: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_size")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_size: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...

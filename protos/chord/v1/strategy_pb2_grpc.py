@@ -49,6 +49,11 @@ class StrategyServiceStub:
                 request_serializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsReply.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/chord.v1.StrategyService/FetchArtifact',
+                request_serializer=protos_dot_chord_dot_v1_dot_strategy__pb2.FetchArtifactRequest.SerializeToString,
+                response_deserializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class StrategyServiceServicer:
@@ -72,6 +77,16 @@ class StrategyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchArtifact(self, request, context):
+        """Download one artifact listed in ModelSpec.artifacts, resumable from any offset. Errors:
+        INVALID_ARGUMENT (digest or max_chunk_bytes malformed), NOT_FOUND (digest not held),
+        OUT_OF_RANGE (offset past the end), RESOURCE_EXHAUSTED (too many downloads at once: retry
+        later), DEADLINE_EXCEEDED (the stream ran past the server's time limit: resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StrategyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +104,11 @@ def add_StrategyServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsRequest.FromString,
                     response_serializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsReply.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=protos_dot_chord_dot_v1_dot_strategy__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=protos_dot_chord_dot_v1_dot_strategy__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +192,33 @@ class StrategyService:
             '/chord.v1.StrategyService/ReportMetrics',
             protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsRequest.SerializeToString,
             protos_dot_chord_dot_v1_dot_strategy__pb2.ReportMetricsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chord.v1.StrategyService/FetchArtifact',
+            protos_dot_chord_dot_v1_dot_strategy__pb2.FetchArtifactRequest.SerializeToString,
+            protos_dot_chord_dot_v1_dot_strategy__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,
