@@ -541,7 +541,7 @@ def send_schedule(cfg: LoadConfig) -> np.ndarray | None:
     """Open loop: every send time (s from the measured window; warmup ones < 0); closed: None.
 
     Warmup (cfg.warmup_s) sends at the schedule's first rate before the window; arrivals
-    have no warmup and span the recording divided by cfg.speedup.
+    have no warmup: call i goes out t_s[i] / cfg.speedup after the start.
     """
     if not cfg.open_loop:
         return None

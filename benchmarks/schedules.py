@@ -153,10 +153,10 @@ class Arrivals:
     path: str
 
     def send_times(self, speedup: float) -> np.ndarray:
-        """Real send times: virtual time / speedup, from the first arrival on."""
+        """Real send times: t_s / speedup after the replay starts (the simulation's start)."""
         if not math.isfinite(speedup) or speedup <= 0:
             raise ScheduleError(f"speedup {speedup} must be a finite number > 0")
-        return (self.t_s - (self.t_s[0] if self.t_s.size else 0.0)) / speedup
+        return self.t_s / speedup
 
     def peak_window(self, window_s: float) -> tuple[float, float, int]:
         """(start, end, arrivals) of the window_s virtual-second window with most arrivals."""

@@ -141,8 +141,7 @@ def replay_verdict(res: LoadResult, slo_p99_ms: float, window_s: float = 60.0) -
         raise LoadConfigError("replay_verdict needs a run with arrivals; pass --arrivals FILE")
     arrivals = read_arrivals(cfg.arrivals)
     start, end, n_peak = arrivals.peak_window(window_s)
-    t0 = float(arrivals.t_s[0]) if arrivals.t_s.size else 0.0
-    lo, hi = (start - t0) / cfg.speedup, (end - t0) / cfg.speedup
+    lo, hi = start / cfg.speedup, end / cfg.speedup
     s = res.samples
     # Scheduled offsets are rounded through float arithmetic: widen the window by 1 us.
     inside = (s.offset_s >= lo - 1e-6) & (s.offset_s < hi - 1e-6)
