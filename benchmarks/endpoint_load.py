@@ -500,6 +500,23 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
         torch.set_num_threads(threads)
 
 
+def starvation_note(by_config: dict[str, Any]) -> str:
+    """One sentence: how much of its pinned cores each server got at its capacity probe."""
+    parts = []
+    for key, c in by_config.items():
+        got, pinned = c.get("server_cores_at_capacity"), len(str(c.get("server_cpus")).split(","))
+        if got is not None:
+            parts.append(f"{key} {got:.2f} of {pinned}")
+    if not parts:
+        return ""
+    return (
+        "Server cores used at the capacity probe (CPU clock / wall time, of the cores it was "
+        f"pinned to): {', '.join(parts)}; where a server used much less than its cores while "
+        "its p99 failed, other jobs held those cores and the figure measures the machine's "
+        "load more than the server. "
+    )
+
+
 def _machine_load() -> dict[str, Any]:
     """Load average and the busiest processes right now (what else ran on the machine)."""
     top = subprocess.run(
@@ -696,6 +713,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"{pinning(1)[1]}. Busiest processes before the run: "
         f"{', '.join(machine_before['top_cpu'][:5])}. "
     ) if capacity["by_config"] else ""
+    cap_note += starvation_note(capacity["by_config"])
     if engine:
         cap_note += (
             f"Engine table: process CPU per batch of {engine['batch']:.0f} in the benchmark's "
