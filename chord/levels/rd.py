@@ -167,10 +167,17 @@ def assign_levels_rd(
     n_steps = N_LEVELS - 1
     total = float(sizes.sum())
     good = imp[rows].astype(np.float32)
-    gains = np.stack([cost.step_gains(tiers[i]) for i in rows]).astype(np.float32)  # [R, C, 3]
     widths = np.array([tiers[i].level_bits for i in rows], dtype=np.float64)  # [R, 4]
-    keys = (good[:, :, None] + gains).reshape(len(rows), -1)  # [R, 3C]
-    adds = (sizes[None, :, None] * np.diff(widths, axis=1)[:, None, :]).reshape(len(rows), -1)
+    # Rows share a few tiers: gains (float32) and bits per step once per tier, then one gather.
+    kinds = sorted({tiers[i].level_bits for i in rows})
+    kind = np.array([kinds.index(tiers[i].level_bits) for i in rows], dtype=np.intp)
+    gains = np.stack([cost.step_gains(tiers[next(i for i in rows if tiers[i].level_bits == k)])
+                      for k in kinds]).astype(np.float32)  # [T, C, 3]
+    keys = np.add(good[:, :, None], gains[kind] if len(kinds) > 1 else gains[0])
+    keys = keys.reshape(len(rows), -1)  # [R, 3C] float32
+    step_bits = np.diff(np.array(kinds, dtype=np.float64), axis=1)  # [T, 3]
+    adds_by_kind = (sizes[None, :, None] * step_bits[:, None, :]).reshape(len(kinds), -1)
+    adds = adds_by_kind[kind]  # [R, 3C] float64
     target = np.array([float(budgets[i]) for i in rows]) * total
     taken, spent = _prefix_within_budget(keys, adds, total * widths[:, 0], target)
     steps = taken.view(np.uint8).reshape(len(rows), -1, n_steps)
