@@ -235,3 +235,33 @@ def test_zero_workers_is_refused() -> None:
         timeout=120, check=False,
     )
     assert proc.returncode == 2 and "--workers 0; use 1 or more" in proc.stderr
+
+
+def _gone(pid: int) -> bool:
+    """True once pid no longer runs (or is a zombie waiting for a parent that is gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_workers_drain_when_their_parent_is_killed() -> None:
+    """SIGKILL of the parent leaves no worker behind: each notices and drains itself."""
+    group = start_group(["--echo"])
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in re.findall(r'^chord_worker_up\{pid="(\d+)"\}',
+                                            scrape(group.metrics_port), re.M)]
+        assert len(pids) == 2
+        group.proc.kill()
+        group.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.2)
+        assert all(_gone(p) for p in pids)
+    finally:
+        stop_group(group)
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
