@@ -78,7 +78,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--load-max-duration", type=parse_seconds, default=0.0, help="ramp stops after this"
     )
     open_loop.add_argument(
-        "--arrivals", default=None, help="CSV t_s,device_id,reason (chord fleettime) to replay"
+        "--arrivals", default=None, help="arrivals.csv (t_s,device_id,reason) of a simulation"
     )
     open_loop.add_argument(
         "--speedup", type=float, default=1.0, help="arrivals: virtual seconds per real second"
@@ -103,7 +103,8 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=("summary", "ghz"),
         default="summary",
-        help="ghz: print ghz's JSON report (ghz -O json) instead of the text summary",
+        help="ghz: print ghz's JSON report (ghz -O json) instead of the text summary (with "
+        "--slo-p99-ms alone: the search as JSON)",
     )
     parser.add_argument("--details", action="store_true", help="ghz: one entry per call")
     parser.add_argument(
