@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Protocol, cast
 
@@ -19,6 +20,7 @@ from benchmarks.loadgen import (
     run_load,
 )
 from benchmarks.schedules import SCHEDULES, ScheduleError, parse_seconds
+from chord.startcheck import StartupError, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -125,7 +127,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeout_s=args.timeout,
         tls_ca=args.tls_ca,
         tls_server_name=args.tls_server_name,
-        token=args.token,
+        token=args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None,
         seed=args.seed,
         tier=args.tier,
         budget_bits=args.budget_bits,
@@ -198,20 +200,25 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
 def run_load_command(args: argparse.Namespace) -> int:
     """`chord bench load`: run, print the summary (or ghz JSON), optionally write JSON.
 
-    Exit status 1 if any call failed (or, with --slo-p99-ms, if the SLO was not kept); 2 for
-    flags that cannot run.
+    Exit status 1 if any call failed (or, with --slo-p99-ms, if the SLO was not kept) or the
+    run could not start; 2 for flags that cannot run; each failure is one
+    `chord bench load: error:` line.
     """
     try:
+        if args.json_out:
+            check_out_file(args.json_out, "--json")
+        if args.output:
+            check_out_file(args.output, "--output")
         cfg = load_config_from_args(args)
         cfg.validate()
         if args.slo_p99_ms is not None and cfg.arrivals is None:
             return _search(args, cfg)
         result = run_load(cfg)
-    except (LoadConfigError, ScheduleError) as exc:
-        print(f"chord bench load: {exc}", file=sys.stderr)
+    except (LoadConfigError, ScheduleError, StartupError) as exc:
+        print(f"chord bench load: error: {exc}", file=sys.stderr)
         return 2
     except LoadRunError as exc:
-        print(f"chord bench load: {exc}", file=sys.stderr)
+        print(f"chord bench load: error: {exc}", file=sys.stderr)
         return 1
     _report(args, result)
     if cfg.arrivals is not None:

@@ -42,6 +42,8 @@ from typing import IO, Any
 import numpy as np
 import psutil
 
+from chord.jsonfile import dumps
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"  # committed JSON, plots and profiles
@@ -120,10 +122,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 
 
 def write_json(path: Path | str, data: Any) -> Path:
-    """Write data as indented JSON (parents created, trailing newline); non-JSON values as str."""
+    """Write data as indented JSON (parents created, trailing newline); non-JSON values as str.
+
+    Strict JSON (chord.jsonfile): a NaN or infinite figure is written as null, never as the
+    NaN/Infinity tokens JSON readers reject.
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    out.write_text(dumps(data, indent=2, default=str) + "\n")
     return out
 
 

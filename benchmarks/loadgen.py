@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
+from chord.startcheck import StartupError, check_address, check_seconds, check_token
 from chord.strategy import StrategyRequest
 from protos import serde
 
@@ -103,11 +104,17 @@ class LoadConfig:
 
     def validate(self) -> None:
         """Raise LoadConfigError naming the first field that is out of range."""
-        host, sep, port = self.target.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise LoadConfigError(
-                f"target {self.target!r} is not HOST:PORT; send e.g. 127.0.0.1:50051"
-            )
+        try:
+            check_address(self.target, "target (--target)")
+            if self.token is not None:
+                check_token(self.token, "token (--token or $CHORD_TOKEN)")
+            check_seconds(self.timeout_s, "timeout_s (--timeout)")
+            check_seconds(self.duration_s, "duration_s (--duration)")
+            check_seconds(self.warmup_s, "warmup_s (--warmup)", allow_zero=True)
+        except StartupError as exc:
+            raise LoadConfigError(str(exc)) from None
+        if not math.isfinite(self.budget_bits):
+            raise LoadConfigError(f"budget_bits {self.budget_bits} must be a finite number")
         if self.method not in METHODS:
             raise LoadConfigError(f"method {self.method!r} is unknown; send one of {METHODS}")
         if self.concurrency < 1:
@@ -326,6 +333,14 @@ async def _setup(
 ) -> tuple[list[Any], Any]:
     """(one bound call per channel, the request pool) for cfg.method."""
     metadata = _metadata(cfg)
+    for ch in channels:
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
+        except TimeoutError:
+            raise ConnectionError(
+                f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
+                "`chord serve` listens there (and pass --tls-ca for a TLS server)"
+            ) from None
     stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
     if cfg.method == "strategy":
         pool = await _strategy_requests(stubs[0], cfg, index, metadata)
@@ -338,8 +353,6 @@ async def _setup(
 
         pool = [health_pb2.HealthCheckRequest(service="")]
         calls = [health_pb2_grpc.HealthStub(ch).Check for ch in channels]
-    for ch in channels:
-        await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
     return calls, pool
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from chord.config import ConfigError, config_from_json, config_to_json
+from chord.jsonfile import dumps
 from chord.models import Backbone, build_backbone
 
 FORMAT = "chord-backbone/1"
@@ -38,7 +39,7 @@ def save_backbone(path: str | Path, model: Backbone, extra: dict[str, Any] | Non
     """Write `model` to `path` atomically; `extra` must be JSON-serializable. Returns version."""
     path = Path(path)
     try:
-        extra_json = json.dumps(extra or {}, sort_keys=True)
+        extra_json = dumps(extra or {}, sort_keys=True)
     except TypeError as exc:
         raise CheckpointError(f"extra metadata for {path} must be JSON-serializable: {exc}") from (
             exc

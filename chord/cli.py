@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
+from chord.process_env import apply_process_env
+
 # Subcommand -> module exposing add_arguments(parser) and run(args) -> int. Imported lazily so
 # `chord --help` stays fast and a broken optional subsystem does not take the others down.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
+    apply_process_env()  # before the subcommand imports grpc or ray
     module = _load(name)
     cmd_parser = argparse.ArgumentParser(prog=f"chord {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)

@@ -2,7 +2,10 @@
 
 Ties never favour the target: a target's rank counts every other candidate whose score is
 greater than OR EQUAL to the target's (pessimistic ranking), so a model that scores everything
-the same ranks every target last.
+the same ranks every target last. A non-finite score (NaN, +inf or -inf) anywhere in a row
+counts against the target too: a non-finite target score ranks the target last, and every
+non-finite score of another candidate counts as above the target. So every metric stays in
+[0, 1] whatever a model outputs, and a diverged model scores 0, never a perfect hit.
 """
 
 from __future__ import annotations
@@ -46,12 +49,29 @@ def sample_negatives(
     return out
 
 
+def _pessimistic_ranks(s: torch.Tensor, target: torch.Tensor, live: torch.Tensor) -> np.ndarray:
+    """0-based rank of `target` [U, 1] among the `live` [U, C] columns of scores `s` [U, C].
+
+    The target's own column must be live. Another live column counts above the target when its
+    score is >= the target's or is not finite; a non-finite target is ranked last.
+    """
+    finite = torch.isfinite(s)
+    above = live & ((s >= target) | ~finite)
+    ge = above.sum(dim=1) - 1  # the target's own column is live and >= itself
+    last = live.sum(dim=1) - 1
+    ranks = torch.where(torch.isfinite(target[:, 0]), ge.clamp(min=0), last)
+    return ranks.cpu().numpy().astype(np.int64)
+
+
 def target_ranks(scores: torch.Tensor | np.ndarray, target_col: int = 0) -> np.ndarray:
-    """0-based pessimistic rank of column `target_col` in each row of scores [U, C]."""
+    """0-based pessimistic rank of column `target_col` in each row of scores [U, C].
+
+    Ranks lie in [0, C - 1]; see the module notes for ties and non-finite scores.
+    """
     s = torch.as_tensor(scores).detach().float()
     target = s[:, target_col : target_col + 1]
-    ge = (s >= target).sum(dim=1) - 1  # every other column at least as high; minus itself
-    return ge.cpu().numpy().astype(np.int64)
+    live = torch.ones_like(s, dtype=torch.bool)
+    return _pessimistic_ranks(s, target, live)
 
 
 def full_ranks(
@@ -62,10 +82,12 @@ def full_ranks(
     """0-based pessimistic rank of each target among all items 1..n (column 0 = padding ignored).
 
     scores [U, n_items + 1]; targets [U]. `exclude[u]` lists items to drop from row u's ranking
-    (the history, in `evaluate`); the target itself is never dropped.
+    (the history, in `evaluate`); the target itself is never dropped. Ranks lie in
+    [0, n_items - 1]; a non-finite score of any ranked item counts against the target.
     """
-    s = scores.detach().float().clone()
-    s[:, 0] = float("-inf")
+    s = scores.detach().float()
+    live = torch.ones_like(s, dtype=torch.bool)
+    live[:, 0] = False
     if exclude is not None:
         rows = np.concatenate(
             [np.full(len(items), r, dtype=np.int64) for r, items in enumerate(exclude)]
@@ -73,19 +95,25 @@ def full_ranks(
         )
         cols = np.concatenate(list(exclude) or [np.zeros(0, np.int64)]).astype(np.int64)
         if len(rows):
-            s[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
-    idx = targets.long().view(-1, 1)
-    target = scores.detach().float().gather(1, idx)
-    s.scatter_(1, idx, target)  # restore the target even if it was in the history
-    ge = (s >= target).sum(dim=1) - 1
-    return ge.cpu().numpy().astype(np.int64)
+            live[torch.from_numpy(rows).to(s.device), torch.from_numpy(cols).to(s.device)] = False
+    idx = targets.long().view(-1, 1).to(s.device)
+    live.scatter_(1, idx, True)  # the target is ranked even if it was in the history
+    target = s.gather(1, idx)
+    return _pessimistic_ranks(s, target, live)
 
 
 def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
-    """HR@k and NDCG@k averaged over users from 0-based target ranks (one relevant item)."""
+    """HR@k and NDCG@k averaged over users from 0-based target ranks (one relevant item).
+
+    NDCG@k = 1 / log2(rank + 2) when rank < k, else 0 (Järvelin & Kekäläinen 2002, one relevant
+    item). Every value lies in [0, 1]. Raises ValueError on no ranks, or on a rank that is not a
+    whole number >= 0 (a rank below 0 would make HR and NDCG exceed their range).
+    """
     r = np.asarray(ranks, dtype=np.float64)
     if r.size == 0:
         raise ValueError("rank_metrics needs at least one rank")
+    if not np.all(np.isfinite(r)) or (r < 0).any() or (r != np.floor(r)).any():
+        raise ValueError("ranks must be whole numbers >= 0 (0 = the target ranked first)")
     out: dict[str, float] = {}
     for k in ks:
         out[f"HR@{k}"] = float(np.mean(r < k))

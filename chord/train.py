@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +17,16 @@ from tqdm import tqdm
 from chord.checkpoint import save_backbone
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig, config_to_dict
 from chord.data import Split, leave_one_out, load_dataset, pad_sequences
+from chord.divergence import check_finite_weights, finite_loss
 from chord.evaluation import evaluate
+from chord.jsonfile import write_json
 from chord.models import Backbone, build_backbone
 from chord.models.base import LOSSES
+from chord.protocol import Protocol, ProtocolError, check_protocol
 
 BACKBONES = ("sasrec", "caser")
+# The metric groups a training run reports (sampled ones only under sampled ranking).
+METRIC_KEYS = ("valid", "test", "valid_full", "test_full")
 
 # ML-1M histories are long (about 165 items on average); SASRec's reference setting for it
 # reads the last 200. Every other dataset uses the method default (50). A knob: TrainConfig.max_len.
@@ -51,7 +56,8 @@ class TrainConfig:
     max_len: int | None = None  # None: DATASET_MAX_LEN for SASRec, else the model default
     hidden: int | None = None  # SASRec hidden / Caser embedding width; None = model default
     dropout: float | None = None  # None = model default
-    n_negatives: int = 100  # sampled negatives per evaluated user
+    n_negatives: int = 100  # sampled negatives per evaluated user (ranking="sampled")
+    ranking: str = "sampled"  # sampled | full: how validation and test metrics rank the target
     eval_batch_size: int = 512
     max_train_users: int | None = None  # keep only the first N users (fast smoke runs)
     time_budget_s: float | None = None  # stop after the epoch that crosses this wall time
@@ -66,8 +72,29 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise TrainConfigError(f"lr must be > 0, got {self.lr}")
+        if self.seed < 0:
+            raise TrainConfigError(f"seed must be >= 0, got {self.seed}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise TrainConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise TrainConfigError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay}"
+            )
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise TrainConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("max_len", "hidden", "max_train_users"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise TrainConfigError(f"{name} must be >= 1, got {value}")
+        try:
+            Protocol(self.ranking, self.n_negatives)
+        except ProtocolError as exc:
+            raise TrainConfigError(str(exc)) from None
+
+    @property
+    def protocol(self) -> Protocol:
+        """The evaluation protocol of validation and test metrics."""
+        return Protocol(self.ranking, self.n_negatives)
 
 
 @dataclass
@@ -134,6 +161,7 @@ def _restrict(split: Split, n_users: int) -> Split:
     return dataclasses.replace(
         split, train=split.train[: len(keep)], valid=split.valid.subset(keep),
         test=split.test.subset(keep), seen=split.seen[: len(keep)],
+        user_labels=None if split.user_labels is None else split.user_labels[: len(keep)],
     )
 
 
@@ -144,11 +172,15 @@ def train_backbone(
 
     Loads and splits `cfg.dataset` unless a split is given. Deterministic for a fixed seed
     on a fixed machine and thread count. Trains on `device`; the model is returned there.
+    Raises DivergedError (chord.divergence) when a loss or a weight becomes NaN or infinite, so
+    no diverged epoch is ever evaluated, kept as the best, or written out.
     """
     if split is None:
         split = leave_one_out(load_dataset(cfg.dataset, cfg.fmt, cfg.min_interactions))
     if cfg.max_train_users is not None:
         split = _restrict(split, cfg.max_train_users)
+    protocol = cfg.protocol
+    check_protocol(protocol, split.n_items, split.seen, split.user_labels, split.name)
     bcfg = backbone_config_for(cfg, split.n_items, split.name)
     model = build_backbone(bcfg, cfg.seed).to(device)
     torch.manual_seed(cfg.seed)  # dropout
@@ -164,10 +196,11 @@ def train_backbone(
 
     def validate() -> dict[str, float]:
         return evaluate(
-            model, split, "valid", seed=cfg.seed, n_negatives=cfg.n_negatives,
-            batch_size=cfg.eval_batch_size,
+            model, split, "valid", full=protocol.full, seed=cfg.seed,
+            n_negatives=cfg.n_negatives, batch_size=cfg.eval_batch_size,
         )
 
+    hint = f"lower the learning rate (lr={cfg.lr:g}; default 1e-3) and train again"
     best_ndcg, best_epoch, best_state, stale = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -181,11 +214,13 @@ def train_backbone(
             idx = order[b : b + cfg.batch_size]
             loss = model.training_loss(inputs[idx].to(device), targets[idx].to(device),
                                        loss=cfg.loss, generator=negatives)
+            value = finite_loss(loss, f"epoch {epoch} batch {b // cfg.batch_size + 1}", hint)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total += value * len(idx)
             count += len(idx)
+        check_finite_weights(model, f"the end of epoch {epoch}", hint)
         record: dict[str, float] = {"epoch": epoch, "loss": total / count}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             valid = validate()
@@ -207,13 +242,22 @@ def train_backbone(
     model.load_state_dict(best_state)
     model.eval()
     kw: dict[str, Any] = {"seed": cfg.seed, "batch_size": cfg.eval_batch_size}
+    sampled: dict[str, Any] = {}
+    if not protocol.full:
+        sampled = {
+            "valid": evaluate(model, split, "valid", n_negatives=cfg.n_negatives, **kw),
+            "test": evaluate(model, split, "test", n_negatives=cfg.n_negatives, **kw),
+        }
     metrics: dict[str, Any] = {
         "dataset": split.name,
         "backbone": cfg.backbone,
         "n_users": split.n_users,
         "n_items": split.n_items,
-        "valid": evaluate(model, split, "valid", n_negatives=cfg.n_negatives, **kw),
-        "test": evaluate(model, split, "test", n_negatives=cfg.n_negatives, **kw),
+        "protocol": {"ranking": protocol.ranking,
+                     "n_negatives": None if protocol.full else protocol.n_negatives},
+        **sampled,
+        **({"valid_full": evaluate(model, split, "valid", full=True, **kw)} if protocol.full
+           else {}),
         "test_full": evaluate(model, split, "test", full=True, **kw),
         "train_seconds": round(train_seconds, 2),
         "epochs_run": len(history),
@@ -232,10 +276,10 @@ def run_training(cfg: TrainConfig, out_dir: str | Path) -> TrainResult:
     version = save_backbone(
         out / "backbone.pt", result.model,
         {"dataset": result.metrics["dataset"], "mode": "pretrained", "seed": cfg.seed,
-         "metrics": {k: result.metrics[k] for k in ("valid", "test", "test_full")}},
+         "metrics": {k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}},
     )
     result.metrics["version"] = version
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", result.metrics)
     return result
 
 

@@ -147,6 +147,7 @@ class MicroBatcher(Dispatcher):
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._current: list[_Pending] = []  # the batch being collected or computed
 
     async def start(self) -> None:
         """Start the batcher task on the running loop."""
@@ -154,15 +155,16 @@ class MicroBatcher(Dispatcher):
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="chord-batcher")
 
     async def stop(self) -> None:
-        """Stop the batcher; callers still queued get UNAVAILABLE."""
+        """Stop the batcher; callers still queued, batched or computing get UNAVAILABLE."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
+        left = [*self._current, *(self._queue.get_nowait() for _ in range(self._queue.qsize()))]
+        self._current = []
+        for p in left:
             if not p.future.done():
                 p.future.set_exception(ModelNotReadyError("the server stopped; retry later"))
         await super().stop()
@@ -181,7 +183,7 @@ class MicroBatcher(Dispatcher):
 
     async def _collect(self) -> list[_Pending]:
         """The next batch: the first queued request plus whatever arrives within max_wait."""
-        batch = [await self._queue.get()]
+        batch = self._current = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch:

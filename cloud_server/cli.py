@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
+from chord.startcheck import (
+    StartupError,
+    check_dir,
+    check_host,
+    check_out_file,
+    check_port,
+    check_token,
+)
+from chord.textfile import TextFileError
 from cloud_server.config import MIB, ServerConfig
+from cloud_server.logbudget import install_log_budget
 
 log = logging.getLogger("cloud_server")
 
@@ -36,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-receive-mib", type=float, default=1.0, help="largest request message, MiB"
     )
     parser.add_argument(
-        "--metrics-port", type=int, default=0, help="Prometheus exporter port; 0 = off"
+        "--metrics-port", type=int, default=0,
+        help="Prometheus exporter port, bound on --host like the gRPC port; 0 = off"
     )
     parser.add_argument(
         "--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)"
@@ -68,12 +80,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="torch threads per worker when --workers > 1 (0 = cores / workers)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level (default INFO)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Turn parsed flags into a ServerConfig."""
-    token = args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None
+    """Turn parsed flags (and $CHORD_TOKEN) into a ServerConfig; StartupError names a bad one."""
+    if args.token is not None:
+        token: str | None = check_token(args.token, "--token")
+    else:
+        env = os.environ.get("CHORD_TOKEN") or None
+        token = check_token(env, "$CHORD_TOKEN") if env is not None else None
+    if args.run is not None and not args.echo:
+        check_dir(args.run, "--run")
+    if args.reports is not None:
+        check_out_file(args.reports, "--reports")
+    check_host(args.host, "--host")
+    check_port(args.port, "--port")
+    if not math.isfinite(args.max_receive_mib):
+        raise StartupError(f"--max-receive-mib is {args.max_receive_mib}; send a number of MiB")
     return ServerConfig(
         run_dir=args.run,
         max_batch=args.max_batch,
@@ -81,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_concurrency=args.max_concurrency,
         max_receive_bytes=int(args.max_receive_mib * MIB),
         metrics_port=args.metrics_port,
+        metrics_host=args.host.strip("[]"),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token=token,
@@ -96,13 +124,14 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    budget = install_log_budget()
     try:
         cfg = config_from_args(args)
     except ValueError as exc:
-        print(f"chord serve: {exc}", file=sys.stderr)
+        print(f"chord serve: error: {exc}", file=sys.stderr)
         return 2
     if args.workers < 1:
-        print(f"chord serve: --workers {args.workers}; use 1 or more", file=sys.stderr)
+        print(f"chord serve: error: --workers {args.workers}; use 1 or more", file=sys.stderr)
         return 2
 
     def bound(port: int) -> None:
@@ -133,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     torch_threads=args.torch_threads,
                 )
             except WorkerGroupError as exc:
-                print(f"chord serve: {exc}", file=sys.stderr)
+                print(f"chord serve: error: {exc}", file=sys.stderr)
                 return 1
         from cloud_server.server import serve
 
@@ -143,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
             on_bound=bound,
             on_ready=lambda: print("ready", flush=True),
         )
-    except OSError as exc:
-        print(f"chord serve: {exc}", file=sys.stderr)
+    except (OSError, TextFileError) as exc:
+        print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if budget.suppressed:
+            print(f"chord serve: {budget.suppressed} repeated log records were suppressed",
+                  file=sys.stderr)

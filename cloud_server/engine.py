@@ -26,6 +26,7 @@ from chord.spec import LayerSpec, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.artifacts import ArtifactStore
 from cloud_server.errors import InvalidRequestError, ServiceError
+from cloud_server.validation import PROFILE_ABS_MAX
 
 if TYPE_CHECKING:
     from chord.hyper.runs import ChordRun
@@ -237,7 +238,19 @@ class StrategyEngine:
             importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests],
             self._cost,
         )
-        good = [i for i, lv in enumerate(assigned) if not isinstance(lv, BudgetError)]
+        # Per request: an error (non-finite importance, unreachable budget) or levels to encode.
+        errors: dict[int, ServiceError] = {}
+        finite = np.isfinite(importance.numpy()).all(axis=1)
+        for row, (req, levels) in enumerate(zip(requests, assigned, strict=True)):
+            if not finite[row]:
+                field = "profile" if req.profile is not None else "recent_items"
+                errors[row] = InvalidRequestError(
+                    f"{field} gives non-finite channel importance; send profile values in "
+                    f"[-{PROFILE_ABS_MAX:g}, {PROFILE_ABS_MAX:g}] (the on-device profiler output)"
+                )
+            elif isinstance(levels, BudgetError):
+                errors[row] = InvalidRequestError(f"{levels}; send a budget this tier can reach")
+        good = [i for i in range(len(requests)) if i not in errors]
         done: dict[int, StrategyResult] = {}
         if good:
             rows = np.stack([np.asarray(assigned[i], dtype=np.uint8) for i in good])
@@ -248,11 +261,7 @@ class StrategyEngine:
                 self.spec.version, refs, ms,
             )
             done = dict(zip(good, results, strict=True))
-        advice = "send a budget this tier can reach"
-        return [
-            done[i] if i in done else InvalidRequestError(f"{lv}; {advice}")
-            for i, lv in enumerate(assigned)
-        ]
+        return [done[i] if i in done else errors[i] for i in range(len(requests))]
 
 
 def _synthetic_spec(tiers: Mapping[str, Tier]) -> ModelSpec:

@@ -109,7 +109,7 @@ class ServerMetrics:
         total = self.registry.get_sample_value("chord_batch_size_sum") or 0.0
         return n, total
 
-    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         """Export on http://host:port/metrics in a daemon thread; returns the bound port."""
         self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._http.server_port)

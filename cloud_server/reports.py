@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from pathlib import Path
 
+from chord.jsonfile import dumps
 from chord.spec import DeviceMetrics, DeviceReport, ReportOutcome
+from chord.textfile import TextFileError, loads_json, read_text
 
 __all__ = ["ReportStore"]
 
@@ -21,10 +22,17 @@ class ReportStore:
         self._lock = threading.Lock()
         self._reports: dict[tuple[str, int], DeviceReport] = {}
         if path is not None and path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
+            for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+                if not line.strip():
+                    continue
+                row = loads_json(line, str(path), lineno)
+                try:
                     self._reports[(row["device_id"], int(row["round"]))] = _from_row(row)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise TextFileError(
+                        f"{path}:{lineno}: not a device report ({type(exc).__name__}: {exc}); "
+                        "send the JSONL file this server wrote, or start with a new --reports"
+                    ) from None
 
     def __len__(self) -> int:
         """Number of distinct reports stored."""
@@ -48,7 +56,7 @@ class ReportStore:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a") as f:
-                    f.write(json.dumps(dataclasses.asdict(report)) + "\n")
+                    f.write(dumps(dataclasses.asdict(report)) + "\n")
         return ReportOutcome(accepted=True, duplicate=False)
 
 

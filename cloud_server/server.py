@@ -10,17 +10,28 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
+from cloud_server.drain import DrainGate
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
 from protos.serde import METHOD_CODECS, SERVICE_NAME, STREAM_METHOD_CODECS
 
-__all__ = ["HEALTH_SERVICES", "create_server", "serve", "serve_async", "stop_server"]
+__all__ = [
+    "HEALTH_SERVICES",
+    "REFLECTION_V1",
+    "create_server",
+    "serve",
+    "serve_async",
+    "stop_server",
+]
 
 log = logging.getLogger(__name__)
+
+# After the grace period, how long calls failed with UNAVAILABLE get to send that status.
+DRAIN_TAIL_S = 0.2
 
 # Health is reported for the whole server ("") and for the strategy service by name.
 HEALTH_SERVICES = ("", SERVICE_NAME)
@@ -39,6 +50,37 @@ class _Health(health.aio.HealthServicer):
         """Mark every service SERVING."""
         for name in HEALTH_SERVICES:
             await self.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status (grpc.health.v1 List; the library's async servicer lacks it)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+
+# grpc.reflection.v1 is grpc.reflection.v1alpha under a new package name (same messages, same
+# field numbers), so the v1alpha servicer answers v1 clients when registered under v1's name.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection under both grpc.reflection.v1 and grpc.reflection.v1alpha."""
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
 
 
 async def _bring_up(service: StrategyService, health_servicer: _Health) -> None:
@@ -93,7 +135,8 @@ def create_server(
     """
     loop = asyncio.get_running_loop()
     service = service or StrategyService(cfg)
-    interceptors = []
+    gate = DrainGate()
+    interceptors: list[grpc.aio.ServerInterceptor] = [gate]
     if cfg.token is not None:
         interceptors.append(
             TokenInterceptor(
@@ -114,9 +157,7 @@ def create_server(
     _add_strategy_service(server, StrategyServicer(service))
     health_servicer = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    _enable_reflection(server)
     creds = _credentials(cfg)
     try:
         port = (
@@ -127,15 +168,36 @@ def create_server(
     if port == 0:
         raise OSError(f"cannot bind {address!r}; pass a free port or port 0")
     service.health = health_servicer
+    service.drain = gate
     service.load_task = loop.create_task(_bring_up(service, health_servicer), name="chord-load")
     return server, port
 
 
 async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s: float) -> None:
-    """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight ones finish, close."""
+    """Graceful stop within grace_s seconds (see cloud_server.drain for the rule).
+
+    Health turns NOT_SERVING; calls already on the wire are admitted and run to completion;
+    later calls get UNAVAILABLE; once the admitted calls are done (or grace_s has passed) the
+    server stops, the model load is cancelled if still running, and the service closes.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
     if isinstance(service.health, _Health):
         await service.health.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    gate = service.drain
+    tail = 0.0
+    if isinstance(gate, DrainGate) and grace_s > 0:
+        await gate.close_admission(max_admit_s=min(1.0, grace_s / 2))
+        if not await gate.wait_idle(deadline - loop.time()):
+            log.warning(
+                "grace period of %.1f s spent with %d calls still running; they get UNAVAILABLE",
+                grace_s, gate.active,
+            )
+            await service.close()  # fails every queued or computing strategy call: UNAVAILABLE
+            tail = DRAIN_TAIL_S
+        if gate.refused:
+            log.info("refused %d calls with UNAVAILABLE while draining", gate.refused)
+    await server.stop(max(tail, deadline - loop.time()))
     if service.load_task is not None and not service.load_task.done():
         service.load_task.cancel()
     if service.load_task is not None:

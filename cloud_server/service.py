@@ -63,6 +63,7 @@ class StrategyService:
         self.load_error: str | None = None
         self.load_task: asyncio.Task[None] | None = None
         self.health: object | None = None  # the health servicer create_server registered
+        self.drain: object | None = None  # the DrainGate create_server installed
 
     @property
     def ready(self) -> bool:
@@ -155,6 +156,5 @@ class StrategyService:
 
     def report(self, report: DeviceReport) -> ReportOutcome:
         """Store a device's report once per (device_id, round)."""
-        tiers = tuple(t.name for t in self.model_spec().tiers)
-        validate_report(report, tiers)
+        validate_report(report, self.model_spec().tiers)
         return self.reports.record(report)

@@ -23,6 +23,7 @@ from cloud_server.errors import (
     StaleVersionError,
 )
 from cloud_server.service import StrategyService
+from cloud_server.validation import validate_spec_request
 from protos import serde
 
 __all__ = ["StrategyServicer", "status_for"]
@@ -101,7 +102,7 @@ class StrategyServicer(serde.ProtoStrategyServiceServicer):
         """The served backbone's spec."""
         call = _Call(self, "GetModelSpec")
         try:
-            serde.model_spec_request_from_proto(_parsed(request))
+            validate_spec_request(serde.model_spec_request_from_proto(_parsed(request)))
             reply = serde.model_spec_to_proto(self.service.model_spec())
             call.bytes_out = reply.ByteSize()
             return reply

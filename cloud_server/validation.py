@@ -1,17 +1,30 @@
-"""Checks of incoming requests against the published model spec, with fixes in every message."""
+"""Checks of incoming requests against the published model spec, with fixes in every message.
+
+Every request field has a range, documented next to the field in protos/chord/v1/strategy.proto
+and checked here; an error names the field and its range. The constants below are those ranges.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
 from chord.artifacts import ArtifactRequest, check_digest
-from chord.spec import DeviceReport, ModelSpec
+from chord.spec import DeviceReport, ModelSpec, TierSpec
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
+# |profile[i]| bound. The on-device profiler (the backbone's encoder, ending in a LayerNorm for
+# SASRec) gives values of order 1-10; larger values overflow the hypernetwork's float32
+# normalization (1e30 squared is inf) and can only come from a broken or hostile client.
+PROFILE_ABS_MAX = 1e4
+REFERENCE_ID = re.compile(r"[0-9a-f]{8}")  # a spec's reference_id: CRC32 as 8 lowercase hex
+MAX_REPORT_MS = 3_600_000.0  # adapt_ms / infer_ms / rpc_ms: at most one hour
+MAX_REPORT_BYTES = 1 << 40  # bytes_up / bytes_down: at most 1 TiB in one round
 # FetchArtifactRequest.max_chunk_bytes: 0 (server default) or this range, as the .proto states.
 MIN_REQUEST_CHUNK_BYTES = 1024
 MAX_REQUEST_CHUNK_BYTES = 4 << 20
@@ -31,6 +44,12 @@ def _check_id(value: str, field: str) -> None:
         )
     if not value.isprintable():
         raise InvalidRequestError(f"{field} contains control characters; send printable text only")
+
+
+def validate_spec_request(device_id: str) -> None:
+    """GetModelSpec: device_id is optional ("" for anonymous probes) but, if set, an id."""
+    if device_id:
+        _check_id(device_id, "device_id")
 
 
 def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
@@ -59,6 +78,11 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
             f"budget_bits {budget:g} is outside tier {tier.name!r}'s reachable range; "
             f"send a value in [{lo:g}, {hi:g}]"
         )
+    if req.reference_id and not REFERENCE_ID.fullmatch(req.reference_id):
+        raise InvalidRequestError(
+            f"reference_id {req.reference_id[:32]!r} is not 8 lowercase hex digits; send the "
+            "spec's reference_id, or \"\" for plain codes"
+        )
     has_profile = req.profile is not None and req.profile.size > 0
     has_items = req.recent_items is not None and req.recent_items.size > 0
     if has_profile and has_items:
@@ -76,12 +100,13 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
                 f"profile has {profile.size} values; send exactly {spec.profile_dim} floats "
                 "(the on-device profiler output)"
             )
-        bad = ~np.isfinite(profile)
+        bad = ~np.isfinite(profile) | (np.abs(profile) > PROFILE_ABS_MAX)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise InvalidRequestError(
-                f"profile[{i}] is {profile[i]} ({int(bad.sum())} non-finite values); "
-                "send finite floats only"
+                f"profile[{i}] is {float(profile[i]):g} ({int(bad.sum())} values outside the "
+                f"range); send finite floats in [-{PROFILE_ABS_MAX:g}, {PROFILE_ABS_MAX:g}] "
+                "(the on-device profiler output)"
             )
     else:
         assert req.recent_items is not None
@@ -101,25 +126,49 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
 
 
 _PROBABILITY_FIELDS = ("hr5", "hr10", "ndcg5", "ndcg10")
-_NONNEGATIVE_FIELDS = ("adapt_ms", "infer_ms", "rpc_ms", "avg_bits")
+_MS_FIELDS = ("adapt_ms", "infer_ms", "rpc_ms")
+_BYTE_FIELDS = ("bytes_up", "bytes_down")
 
 
-def validate_report(report: DeviceReport, tiers: tuple[str, ...]) -> None:
-    """Raise InvalidRequestError when a device report is incomplete or holds impossible values."""
+def _check_range(name: str, value: float, lo: float, hi: float, what: str) -> None:
+    """metrics.NAME must be a finite number in [lo, hi]."""
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidRequestError(
+            f"metrics.{name} is {value:g}; send {what} in [{lo:g}, {hi:g}]"
+        )
+
+
+def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
+    """Raise InvalidRequestError when a device report is incomplete or holds impossible values.
+
+    Ranges: hr5/hr10/ndcg5/ndcg10 in [0, 1]; *_ms in [0, MAX_REPORT_MS]; bytes_* in
+    [0, MAX_REPORT_BYTES]; avg_bits 0 (not measured) or within the tier's level widths (any
+    tier's when tier is ""), since an average of per-channel widths cannot leave that range.
+    """
     _check_id(report.device_id, "device_id")
-    if report.tier and report.tier not in tiers:
-        raise InvalidRequestError(f"unknown tier {report.tier!r}; send one of: {', '.join(tiers)}")
+    names = tuple(t.name for t in tiers)
+    tier = next((t for t in tiers if t.name == report.tier), None)
+    if report.tier and tier is None:
+        raise InvalidRequestError(f"unknown tier {report.tier!r}; send one of: {', '.join(names)}")
     if report.metrics is None:
         raise InvalidRequestError("metrics is missing; send the DeviceMetrics measured this round")
     m = report.metrics
-    for name in (*_PROBABILITY_FIELDS, *_NONNEGATIVE_FIELDS):
-        value = float(getattr(m, name))
-        if not math.isfinite(value):
-            raise InvalidRequestError(f"metrics.{name} is {value}; send a finite number")
-        if value < 0:
-            raise InvalidRequestError(f"metrics.{name} is {value}; send a value >= 0")
-        if name in _PROBABILITY_FIELDS and value > 1:
-            raise InvalidRequestError(f"metrics.{name} is {value}; send a rate in [0, 1]")
+    for name in _PROBABILITY_FIELDS:
+        _check_range(name, float(getattr(m, name)), 0.0, 1.0, "a rate")
+    for name in _MS_FIELDS:
+        _check_range(name, float(getattr(m, name)), 0.0, MAX_REPORT_MS, "milliseconds")
+    for name in _BYTE_FIELDS:
+        _check_range(name, float(getattr(m, name)), 0, MAX_REPORT_BYTES, "a byte count")
+    widths = [b for t in ([tier] if tier is not None else tiers) for b in t.level_bits]
+    avg = float(m.avg_bits)
+    if avg != 0.0 and widths:
+        lo, hi = float(min(widths)), float(max(widths))
+        where = f"tier {tier.name!r}'s" if tier is not None else "the tiers'"
+        if not math.isfinite(avg) or not lo <= avg <= hi:
+            raise InvalidRequestError(
+                f"metrics.avg_bits is {avg:g}; send 0 (not measured) or bits per weight within "
+                f"{where} level widths [{lo:g}, {hi:g}]"
+            )
 
 
 def validate_artifact_request(req: ArtifactRequest) -> None:

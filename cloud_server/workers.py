@@ -102,6 +102,9 @@ def _worker_main(
         level=log_level,
         format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s",
     )
+    from cloud_server.logbudget import install_log_budget
+
+    budget = install_log_budget()  # a client cannot grow a worker's log without bound either
     threading.Thread(
         target=_watch_parent, args=(os.getppid(),), name="chord-parent-watch", daemon=True
     ).start()
@@ -129,6 +132,10 @@ def _worker_main(
         raise
     finally:
         conn.close()
+        if budget.suppressed:
+            logging.getLogger(__name__).warning(
+                "worker %d suppressed %d repeated log records", index, budget.suppressed
+            )
     sys.exit(status)
 
 

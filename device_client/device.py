@@ -13,7 +13,7 @@ import torch
 from chord.artifacts import ArtifactFormatError
 from chord.codes import ENCODING_DELTA, CodeError, EncodedStrategy, decode_levels, reference_levels
 from chord.levels import BudgetError, LevelCost, Tier, levels_to_bits
-from chord.metrics import rank_metrics, sample_negatives, target_ranks
+from chord.metrics import full_ranks, rank_metrics, sample_negatives, target_ranks
 from chord.quant.adapt import Scorer, build_runtime
 from chord.quant.layout import ChannelLayout
 from chord.spec import DeviceMetrics, ModelSpec, SpecError
@@ -44,7 +44,8 @@ class DeviceJob:
     budget_bits: float
     rounds: int = 2
     interactions_per_round: int = 1
-    negatives: int = 100
+    negatives: int = 100  # sampled negatives per target (ranking "sampled")
+    ranking: str = "sampled"  # sampled | full: full ranks the target among the whole catalogue
     seed: int = 0
     compute_factor: float = 1.0  # modeled
     bandwidth_kbps: float = 10_000.0  # modeled
@@ -339,12 +340,27 @@ class VirtualDevice:
     def _score(
         self, rec: RoundRecord, seq: np.ndarray, positions: range, exclude: set[int], max_len: int
     ) -> None:
-        """Rank each target among sampled negatives with the quantized model, one at a time."""
+        """Rank each target with the quantized model, one at a time.
+
+        Sampled ranking: the target against `job.negatives` seeded unseen negatives. Full
+        ranking: against every catalogue item but the user's other items (chord.metrics).
+        """
         assert self._model is not None
         seen = [np.fromiter(exclude, dtype=np.int64)]
         ranks, times = [], []
+        full = self.job.ranking == "full"
+        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0)
         for pos in positions:
             hist = pad_history(seq[:pos], max_len)
+            target = int(seq[pos])
+            if full:
+                t0 = time.thread_time()
+                scores = self._model.score_candidates(hist, catalogue)
+                times.append((time.thread_time() - t0) * 1e3)
+                padded = torch.cat([torch.zeros(1, 1), scores.float()], dim=1)
+                others = seen[0][seen[0] != target]
+                ranks.append(int(full_ranks(padded, torch.tensor([target]), [others])[0]))
+                continue
             # Negatives depend on (seed, user, position) only: a re-run scores the same items.
             neg_seed = int(
                 np.random.SeedSequence([self.job.seed, self.job.user_index, pos]).generate_state(1)[
@@ -352,7 +368,7 @@ class VirtualDevice:
                 ]
             )
             negs = sample_negatives(self._n_catalogue, seen, self.job.negatives, seed=neg_seed)[0]
-            cands = torch.from_numpy(np.concatenate([[seq[pos]], negs])).unsqueeze(0)
+            cands = torch.from_numpy(np.concatenate([[target], negs])).unsqueeze(0)
             t0 = time.thread_time()
             scores = self._model.score_candidates(hist, cands)
             times.append((time.thread_time() - t0) * 1e3)

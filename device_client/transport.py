@@ -19,6 +19,7 @@ import grpc
 
 from chord.artifacts import ArtifactChunk, ArtifactRequest
 from chord.spec import DeviceReport, ModelSpec, ReportOutcome
+from chord.startcheck import check_token
 from chord.strategy import StrategyRequest, StrategyResult
 from protos import serde
 
@@ -161,6 +162,8 @@ class Transport:
         faults: NetworkFaults | None = None,
         seed: int = 0,
     ) -> None:
+        if token:
+            check_token(token, "token")  # StartupError (ValueError): metadata cannot carry it
         self.target = target
         self.policy = policy or RetryPolicy()
         self.faults = faults or NetworkFaults()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
+from chord.data.errors import DataError
+from chord.startcheck import StartupError, check_out_dir
+from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
 
@@ -38,7 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="virtual devices per actor task")
     parser.add_argument("--lanes", type=int, help="devices an actor runs at once (threads)")
     parser.add_argument("--seed", type=int, help="fleet seed (users, tiers, churn, negatives)")
-    parser.add_argument("--token", help="bearer token for the server")
+    parser.add_argument(
+        "--negatives", type=int, metavar="N",
+        help="sampled ranking: each target against N unseen negatives (default 100)",
+    )
+    parser.add_argument(
+        "--full-ranking", action="store_true",
+        help="rank each target against the whole catalogue instead of sampled negatives",
+    )
+    parser.add_argument("--token", help="bearer token for the server (default: $CHORD_TOKEN)")
     parser.add_argument(
         "--tls-ca", "--tls-root-ca", dest="tls_root_ca",
         help="PEM CA file to verify the server's TLS certificate",
@@ -67,10 +80,11 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
     import dataclasses
 
     transport = cfg.transport
-    if args.token is not None or args.tls_root_ca is not None:
+    token = args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None
+    if token is not None or args.tls_root_ca is not None:
         transport = dataclasses.replace(
             transport,
-            token=args.token if args.token is not None else transport.token,
+            token=token if token is not None else transport.token,
             tls_root_ca=args.tls_root_ca if args.tls_root_ca is not None else transport.tls_root_ca,
         )
     return with_overrides(
@@ -90,6 +104,8 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         lanes=args.lanes,
         seed=args.seed,
         traces_file=args.traces,
+        negatives=args.negatives,
+        ranking="full" if args.full_ranking else None,
         transport=transport,
     )
 
@@ -97,7 +113,11 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
 def run(args: argparse.Namespace) -> int:
     """Run or resume a simulation; exit status 0 when every device completed, 1 otherwise."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_budget()  # the embedded server's repeated warnings stay bounded here too
     try:
+        for flag, value in (("--out", args.out), ("--prepare-run", args.prepare_run)):
+            if value is not None:
+                check_out_dir(value, flag)
         if args.prepare_run is not None:
             path = prepare_embedded_run(build_config(args), args.prepare_run)
             print(f"run directory ready: {path}")
@@ -112,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 raise SimulationError("--out DIR is required (or --resume DIR)")
             summary = run_simulation(build_config(args), args.out, progress=not args.quiet)
             out = args.out
-    except (FleetConfigError, SimulationError) as exc:
-        print(f"chord simulate: {exc}")
+    except (FleetConfigError, SimulationError, StartupError, DataError) as exc:
+        print(f"chord simulate: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}/summary.json, {out}/report.md, {out}/rounds.csv")
     return 0 if summary["completed"] == summary["devices"] else 1

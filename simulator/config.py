@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chord.jsonfile import write_json
+from chord.protocol import Protocol, ProtocolError
+from chord.startcheck import (
+    StartupError,
+    check_address,
+    check_dir,
+    check_file,
+    check_number,
+    check_seconds,
+    check_token,
+)
+from chord.textfile import TextFileError, read_json, read_text
+
 
 class FleetConfigError(ValueError):
     """A fleet config value (or TOML/JSON field) that cannot be used."""
+
+
+RAY_KEYWORDS = ("local", "auto", "none")
+
+
+def check_ray_address(address: str) -> str:
+    """'local', 'auto', 'none', HOST:PORT (a cluster's GCS) or ray://HOST:PORT (Ray Client)."""
+    if address in RAY_KEYWORDS:
+        return address
+    bare = address.removeprefix("ray://")
+    try:
+        check_address(bare, "ray_address (--ray-address)")
+    except StartupError:
+        raise FleetConfigError(
+            f"ray_address (--ray-address) {address!r} is not one of {', '.join(RAY_KEYWORDS)}, "
+            "HOST:PORT or ray://HOST:PORT; send e.g. local or 127.0.0.1:6379"
+        ) from None
+    return address
 
 
 @dataclass(frozen=True)
@@ -85,7 +115,8 @@ class FleetConfig:
     actors: int = 0  # device actors; 0 = the cluster's CPUs
     batch_size: int = 10  # virtual devices per actor task
     lanes: int = 4  # devices an actor runs at once (threads); >1 lets the server batch requests
-    negatives: int = 100  # sampled negatives per scored target
+    negatives: int = 100  # sampled negatives per scored target (ranking = "sampled")
+    ranking: str = "sampled"  # sampled | full: how a device ranks each target
     run_dir: str = ""  # embedded server: use this run directory instead of preparing one
     run_preset: str = "quick"  # embedded default run: chord.hyper.runs preset (smoke|quick|full)
     device_cache_dir: str = ""  # devices' content-addressed artifact cache; "" = OUT/device-cache
@@ -143,6 +174,54 @@ class FleetConfig:
             raise FleetConfigError(
                 f"churn.offline_prob must be in [0, 1), got {self.churn.offline_prob}"
             )
+        try:
+            self._check_settings()
+        except (StartupError, ProtocolError) as exc:
+            raise FleetConfigError(str(exc)) from None
+
+    def _check_settings(self) -> None:
+        """Addresses, Ray settings, tokens, files and numbers that can never work."""
+        if self.server != "embedded":
+            check_address(self.server, "server (--server or `server` in the fleet TOML)")
+        check_ray_address(self.ray_address)
+        for name in ("num_cpus", "actors", "seed"):
+            if getattr(self, name) < 0:
+                raise FleetConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.backbone not in ("sasrec", "caser"):
+            raise FleetConfigError(f"backbone must be 'sasrec' or 'caser', got {self.backbone!r}")
+        if self.run_preset not in ("smoke", "quick", "full"):
+            raise FleetConfigError(
+                f"run_preset must be 'smoke', 'quick' or 'full', got {self.run_preset!r}"
+            )
+        Protocol(self.ranking, self.negatives)
+        if self.run_dir:
+            check_dir(self.run_dir, "run_dir (--run-dir)")
+        if self.traces_file:
+            check_file(self.traces_file, "traces_file (--traces)")
+        check_number(self.trace_reference_ms, "trace_reference_ms", allow_zero=True)
+        for i, t in enumerate(self.tiers):
+            where = f"tiers[{i}] ({t.name!r})"
+            check_number(t.share, f"{where}.share", allow_zero=True)
+            check_number(t.budget_bits, f"{where}.budget_bits")
+            check_number(t.compute_factor, f"{where}.compute_factor")
+            check_number(t.bandwidth_kbps, f"{where}.bandwidth_kbps")
+            check_number(t.rtt_ms, f"{where}.rtt_ms", allow_zero=True)
+        for name in ("net_delay_ms", "net_jitter_ms"):
+            check_number(getattr(self.faults, name), f"faults.{name}", allow_zero=True)
+        for name in ("kill_actor_after", "restart_server_after"):
+            if getattr(self.faults, name) < 0:
+                raise FleetConfigError(f"faults.{name} must be >= 0 (0 = never)")
+        tr = self.transport
+        if tr.token:
+            check_token(tr.token, "transport.token (--token or [transport] token)")
+        if tr.tls_root_ca:
+            check_file(tr.tls_root_ca, "transport.tls_root_ca (--tls-ca)")
+        check_seconds(tr.call_timeout_s, "transport.call_timeout_s")
+        check_seconds(tr.overall_timeout_s, "transport.overall_timeout_s")
+        check_seconds(tr.backoff_base_s, "transport.backoff_base_s", allow_zero=True)
+        check_seconds(tr.backoff_max_s, "transport.backoff_max_s", allow_zero=True)
+        if tr.max_attempts < 1:
+            raise FleetConfigError(f"transport.max_attempts must be >= 1, got {tr.max_attempts}")
 
     @property
     def embedded(self) -> bool:
@@ -190,9 +269,11 @@ def config_from_dict(data: dict[str, Any]) -> FleetConfig:
 def load_config(path: str | Path) -> FleetConfig:
     """Read a fleet TOML file."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FleetConfigError(f"cannot read fleet config {path}: {exc}") from exc
+        data = tomllib.loads(read_text(path))
+    except TextFileError as exc:
+        raise FleetConfigError(f"fleet config {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetConfigError(f"fleet config {path}: {exc}") from None
     return config_from_dict(data)
 
 
@@ -205,15 +286,15 @@ def config_to_dict(cfg: FleetConfig) -> dict[str, Any]:
 
 def save_config(cfg: FleetConfig, path: str | Path) -> None:
     """Write the config as JSON (the copy `--resume` reads back)."""
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n")
+    write_json(path, config_to_dict(cfg), sort_keys=True)
 
 
 def read_saved_config(path: str | Path) -> FleetConfig:
     """Read a config written by save_config."""
     try:
-        return config_from_dict(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FleetConfigError(f"cannot read saved fleet config {path}: {exc}") from exc
+        return config_from_dict(read_json(path))
+    except TextFileError as exc:
+        raise FleetConfigError(f"saved fleet config {exc}") from None
 
 
 def with_overrides(cfg: FleetConfig, **overrides: Any) -> FleetConfig:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from chord.textfile import TextFileError, read_json
 from device_client.device import DeviceJob
 from simulator.config import FleetConfig, FleetConfigError, TierProfile
 
 
-class TraceError(ValueError):
+class TraceError(FleetConfigError):
     """A device trace file that is not FedScale-style JSON."""
 
 
@@ -29,11 +30,9 @@ class DeviceTrace:
 def load_traces(path: str | Path) -> list[DeviceTrace]:
     """Read {client: {"computation": ms/sample, "communication": kbps}} (JSON only, no pickle)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TraceError(
-            f"cannot read device traces {path}: {exc}; send FedScale's client map as JSON"
-        ) from exc
+        data = read_json(path)
+    except TextFileError as exc:
+        raise TraceError(f"{exc}; send FedScale's client map as JSON") from None
     if not isinstance(data, dict) or not data:
         raise TraceError(f"{path}: expected a non-empty JSON object of client id -> capacities")
     traces = []
@@ -44,8 +43,11 @@ def load_traces(path: str | Path) -> list[DeviceTrace]:
             raise TraceError(
                 f"{path}: client {client!r} needs numeric 'computation' and 'communication'"
             ) from exc
-        if comp <= 0 or comm <= 0:
-            raise TraceError(f"{path}: client {client!r} has non-positive capacities")
+        if not (math.isfinite(comp) and math.isfinite(comm)) or comp <= 0 or comm <= 0:
+            raise TraceError(
+                f"{path}: client {client!r} has capacities ({comp:g}, {comm:g}); send finite "
+                "numbers > 0"
+            )
         traces.append(DeviceTrace(str(client), comp, comm))
     return traces
 
@@ -99,6 +101,7 @@ def plan_fleet(cfg: FleetConfig, sequences: list[np.ndarray], request_tag: str) 
                 rounds=cfg.drift.rounds,
                 interactions_per_round=cfg.drift.interactions_per_round,
                 negatives=cfg.negatives,
+                ranking=cfg.ranking,
                 seed=cfg.seed,
                 compute_factor=factor,
                 bandwidth_kbps=bandwidth,

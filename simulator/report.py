@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from chord.jsonfile import write_json
+
 
 def write_rounds_csv(
     path: Path, devices: list[dict[str, Any]], rounds: list[dict[str, Any]]
@@ -145,7 +147,7 @@ def write_outputs(
 ) -> None:
     """summary.json, rounds.csv, the plots and report.md."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json(out / "summary.json", summary, sort_keys=True)
     write_rounds_csv(out / "rounds.csv", devices, rounds)
     plots = _plots(out, summary, devices, rounds) if rounds else []
     ref = _byte_references(summary, devices)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -15,12 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from chord.data.errors import DataError
+from chord.jsonfile import write_json
+from chord.process_env import apply_process_env
+from chord.protocol import Protocol, check_protocol
+from chord.startcheck import StartupError, wait_for_tcp
+from chord.textfile import TextFileError, read_json
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from simulator.backend import Backend, InProcessBackend, RayBackend
 from simulator.cloud import Cloud
-from simulator.config import FleetConfig, read_saved_config, save_config
+from simulator.config import (
+    FleetConfig,
+    FleetConfigError,
+    check_ray_address,
+    read_saved_config,
+    save_config,
+)
 from simulator.fleet import plan_fleet
 from simulator.report import summary_table, write_outputs
 from simulator.store import ReportStore
@@ -65,17 +76,55 @@ def embedded_run_dir(cfg: FleetConfig, verbose: bool = True) -> Path:
     return Path(cfg.run_dir) if cfg.run_dir else prepare_embedded_run(cfg, verbose=verbose)
 
 
-def load_users(dataset: str) -> tuple[list[np.ndarray], int]:
-    """Every test user's full timeline (test history + test target) and the catalogue size."""
+def load_users(dataset: str, protocol: Protocol | None = None) -> tuple[list[np.ndarray], int]:
+    """Every test user's full timeline (test history + test target) and the catalogue size.
+
+    With a protocol, checks it fits every user (ProtocolError names the raw user id).
+    """
     from chord.data import leave_one_out, load_dataset
 
     data = load_dataset(dataset)
-    test = leave_one_out(data).test
+    split = leave_one_out(data)
+    if protocol is not None:
+        check_protocol(protocol, split.n_items, split.seen, split.user_labels, split.name)
+    test = split.test
     seqs = [
         np.append(np.asarray(h, dtype=np.int64), int(t))
         for h, t in zip(test.histories, test.targets, strict=True)
     ]
     return seqs, int(data.n_items)
+
+
+# How long joining a Ray cluster at an address may take before the run gives up.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a Ray address nothing listens on within timeout_s (Ray itself retries for minutes).
+
+    'local' and 'none' are not probed; 'auto' is probed at $RAY_ADDRESS when that is set (Ray
+    joins it then), else left to Ray, which finds a cluster from this machine's files.
+    """
+    source = "--ray-address"
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        address, source = os.environ["RAY_ADDRESS"], "$RAY_ADDRESS"
+        try:
+            check_ray_address(address)
+        except FleetConfigError as exc:
+            raise SimulationError(str(exc).replace("ray_address (--ray-address)", source)) from None
+        if address in ("local", "auto"):
+            return
+    if address in ("local", "none", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        wait_for_tcp(
+            host, int(port), timeout_s, "a Ray cluster",
+            f"start one there (`ray start --head --port {port}`) or pass --ray-address local"
+            + (" (and unset RAY_ADDRESS)" if source == "$RAY_ADDRESS" else ""),
+        )
+    except StartupError as exc:
+        raise SimulationError(str(exc)) from None
 
 
 @contextmanager
@@ -92,6 +141,7 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
     if ray.is_initialized():
         yield True
         return
+    worker_env = apply_process_env()  # workers of a cluster joined by address need them too
     if cfg.ray_address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private cluster on this machine only
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -101,11 +151,16 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         # address="local": always a new private cluster, never one a `ray start` left running.
         ray.init(
             address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
-            log_to_driver=False,
+            log_to_driver=False, logging_level=logging.WARNING,
+            runtime_env={"env_vars": worker_env},
         )
     else:
+        probe_ray(cfg.ray_address)
         try:
-            ray.init(address=cfg.ray_address, log_to_driver=False)
+            ray.init(
+                address=cfg.ray_address, log_to_driver=False, logging_level=logging.WARNING,
+                runtime_env={"env_vars": worker_env},
+            )
         except (ConnectionError, RuntimeError) as exc:
             raise SimulationError(
                 f"cannot join Ray at {cfg.ray_address!r}: {exc}; start `ray start --head` there "
@@ -161,7 +216,11 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
     try:
         spec, _ = transport.get_model_spec("simulator")
     except TransportError as exc:
-        raise SimulationError(f"cannot reach the strategy service at {target}: {exc}") from exc
+        raise SimulationError(
+            f"cannot reach the strategy service at {target} within "
+            f"{t.overall_timeout_s:g} s: {exc}; check that `chord serve` listens there (and "
+            "that --token / --tls-ca match its settings)"
+        ) from exc
     if spec.n_items != n_items:
         raise SimulationError(
             f"the server's backbone has {spec.n_items} items but dataset {cfg.dataset!r} has "
@@ -178,9 +237,12 @@ def _state(out: Path, resume: bool) -> dict[str, Any]:
     """The run's persistent state (its request tag); created at start, read back on resume."""
     path = out / STATE_FILE
     if resume and path.exists():
-        return dict(json.loads(path.read_text()))
+        try:
+            return dict(read_json(path))
+        except TextFileError as exc:
+            raise SimulationError(f"{exc}; resume needs the {STATE_FILE} this run wrote") from None
     state = {"request_tag": uuid.uuid4().hex[:8], "created": time.time()}
-    path.write_text(json.dumps(state) + "\n")
+    write_json(path, state, indent=None)
     return state
 
 
@@ -226,12 +288,15 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Run (or finish) a simulation into `out`; returns the summary also written to summary.json."""
     out = Path(out)
+    if not resume:
+        probe_ray(cfg.ray_address)  # before any work: a wrong address fails in seconds
     if resume:
         if not (out / CONFIG_FILE).exists():
             raise SimulationError(
                 f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
             )
         cfg = read_saved_config(out / CONFIG_FILE)
+        probe_ray(cfg.ray_address)
     else:
         out.mkdir(parents=True, exist_ok=True)
         if (out / DB_FILE).exists():
@@ -239,9 +304,12 @@ def run_simulation(
                 f"{out} already holds a simulation; use --resume {out} or another --out"
             )
         save_config(cfg, out / CONFIG_FILE)
+    try:
+        sequences, n_items = load_users(cfg.dataset, Protocol(cfg.ranking, cfg.negatives))
+    except DataError as exc:
+        raise SimulationError(str(exc)) from None
     state = _state(out, resume)
     start = time.perf_counter()
-    sequences, n_items = load_users(cfg.dataset)
     jobs = plan_fleet(cfg, sequences, state["request_tag"])
     store = ReportStore(out / DB_FILE)
     if resume:

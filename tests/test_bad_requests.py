@@ -231,19 +231,79 @@ CASES: dict[str, Case] = {
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(ndcg10=NAN)),
         S.INVALID_ARGUMENT,
-        "finite",
+        "metrics.ndcg10 is nan; send a rate in [0, 1]",
     ),
     "report_inf_latency": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(infer_ms=INF)),
         S.INVALID_ARGUMENT,
-        "finite",
+        "metrics.infer_ms is inf; send milliseconds in [0, 3.6e+06]",
     ),
     "report_negative_latency": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(rpc_ms=-1.0)),
         S.INVALID_ARGUMENT,
-        ">= 0",
+        "metrics.rpc_ms is -1; send milliseconds in [0, 3.6e+06]",
+    ),
+    "report_latency_above_an_hour": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(adapt_ms=1e12)),
+        S.INVALID_ARGUMENT,
+        "metrics.adapt_ms is 1e+12; send milliseconds in [0, 3.6e+06]",
+    ),
+    "report_bytes_above_a_tebibyte": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(bytes_down=1 << 50)),
+        S.INVALID_ARGUMENT,
+        "metrics.bytes_down is 1.1259e+15; send a byte count in [0, 1.09951e+12]",
+    ),
+    # The issue's case: no tier has a level above 8 bits, so avg_bits = 1e9 cannot be real.
+    "report_avg_bits_1e9": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(avg_bits=1e9)),
+        S.INVALID_ARGUMENT,
+        "metrics.avg_bits is 1e+09; send 0 (not measured) or bits per weight within tier "
+        "'mid''s level widths [2, 8]",
+    ),
+    "report_avg_bits_below_tier": Case(
+        "ReportMetrics",
+        _report(tier="high", metrics=pb.DeviceMetrics(avg_bits=2.0)),
+        S.INVALID_ARGUMENT,
+        "metrics.avg_bits is 2; send 0 (not measured) or bits per weight within tier 'high''s "
+        "level widths [4, 8]",
+    ),
+    "report_avg_bits_no_tier": Case(
+        "ReportMetrics",
+        _report(tier="", metrics=pb.DeviceMetrics(avg_bits=9.0)),
+        S.INVALID_ARGUMENT,
+        "within the tiers' level widths [1, 8]",
+    ),
+    # The issue's case: 64 values of 1e30 are finite floats but no profiler output; the error
+    # names the profile and its range (it used to advise a budget).
+    "profile_1e30": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [1e30] * s.profile_dim}),
+        S.INVALID_ARGUMENT,
+        "profile[0] is 1e+30 (64 values outside the range); send finite floats in "
+        "[-10000, 10000]",
+    ),
+    "profile_just_above_range": Case(
+        "GetStrategy",
+        _with(lambda s: {"profile": [0.0] * (s.profile_dim - 1) + [-10001.0]}),
+        S.INVALID_ARGUMENT,
+        "is -10001 (1 values outside the range)",
+    ),
+    "reference_id_not_hex": Case(
+        "GetStrategy", _req(reference_id="zz\n"), S.INVALID_ARGUMENT,
+        "reference_id 'zz\\n' is not 8 lowercase hex digits",
+    ),
+    "spec_device_id_control_chars": Case(
+        "GetModelSpec", lambda spec: pb.GetModelSpecRequest(device_id="a\x00b"),
+        S.INVALID_ARGUMENT, "device_id contains control characters",
+    ),
+    "spec_device_id_overlong": Case(
+        "GetModelSpec", lambda spec: pb.GetModelSpecRequest(device_id="d" * 129),
+        S.INVALID_ARGUMENT, "device_id has 129 characters; send at most 128",
     ),
     "report_rate_above_one": Case(
         "ReportMetrics",
@@ -360,6 +420,12 @@ def test_malformed_request(name: str, server: EmbeddedServer, spec: Any) -> None
     assert case.hint in details, details
     if case.code == S.FAILED_PRECONDITION:
         assert spec.version in details  # names the version to use
+
+
+def test_profile_error_does_not_blame_the_budget(server: EmbeddedServer, spec: Any) -> None:
+    code, details = arun(_send(server.address, "GetStrategy", CASES["profile_1e30"].build(spec)))
+    assert code == S.INVALID_ARGUMENT
+    assert details.startswith("profile[0]") and "budget" not in details
 
 
 def test_unknown_method_is_unimplemented(server: EmbeddedServer) -> None:

@@ -221,3 +221,76 @@ def test_leave_one_out() -> None:
 def test_pad_sequences() -> None:
     out = pad_sequences([np.array([1, 2, 3, 4]), np.array([5]), np.array([], np.int64)], 3)
     assert out.tolist() == [[2, 3, 4], [0, 0, 5], [0, 0, 0]]
+
+
+BOM = "\ufeff"
+# One text per format and reader (each with three interactions of user 1).
+ONE_USER = {
+    ("u.data", "grouplens"): "1\t10\t4\t100\n1\t11\t4\t101\n1\t12\t4\t102\n",
+    ("ratings.dat", "movielens-dat"): "1::10::4::100\n1::11::4::101\n1::12::4::102\n",
+    ("x.inter", "inter"): "user_id:token\titem_id:token\ttimestamp:float\n"
+    "1\t10\t100\n1\t11\t101\n1\t12\t102\n",
+    ("x.csv", "csv"): "1,10,100\n1,11,101\n1,12,102\n",
+    ("y.csv", "csv"): "user,item\n1,10\n1,11\n1,12\n",
+    ("z.txt", "csv"): "1 10\n1 11\n1 12\n",
+}
+
+
+@pytest.mark.parametrize(("name", "fmt"), list(ONE_USER))
+def test_bom_reads_like_no_bom_in_every_reader(tmp_path: Path, name: str, fmt: str) -> None:
+    """A UTF-8 byte-order mark does not stick to the first user id (GroupLens case: 1 user)."""
+    text = ONE_USER[(name, fmt)]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bom").mkdir()
+    plain = write(tmp_path / "plain", name, text)
+    bommed = tmp_path / "bom" / name
+    bommed.write_bytes((BOM + text).encode("utf-8"))
+    assert detect_format(bommed) == detect_format(plain)
+    for f in (fmt, "auto"):
+        a = load_dataset(str(plain), fmt=f, min_interactions=3, cache=False)
+        b = load_dataset(str(bommed), fmt=f, min_interactions=3, cache=False)
+        assert list(b.user_labels) == list(a.user_labels) == ["1"]
+        assert [s.tolist() for s in b.sequences] == [[1, 2, 3]]
+
+
+def test_bom_grouplens_default_minimum_keeps_user(tmp_path: Path) -> None:
+    """The issue's case: the BOM file loads as one user with 3 items under min_interactions=3."""
+    path = tmp_path / "u.data"
+    path.write_bytes((BOM + ONE_USER[("u.data", "grouplens")]).encode("utf-8"))
+    data = load_dataset(str(path), min_interactions=3, cache=False)
+    assert data.n_users == 1 and data.n_interactions == 3
+
+
+def test_non_utf8_byte_names_the_line_not_a_buffer_position(tmp_path: Path) -> None:
+    """A latin-1 byte on line 5001 is reported at line 5001 (not a decode-buffer offset)."""
+    lines = [f"{u % 50}\t{u}\t4\t{u}" for u in range(5000)] + ["7\tcaf\xe9\t4\t9"]
+    path = tmp_path / "u.data"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(DataFormatError) as info:
+        load_dataset(str(path), cache=False)
+    message = str(info.value)
+    assert message.startswith(f"{path}:5001: byte 0xe9 at column 6 ")
+    assert "UTF-8" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "text", "line", "field"),
+    [
+        ("u.data", "grouplens", "1\t2\t4\t5\n1\t3\tnan\t6\n", 2, "rating"),
+        ("u.data", "grouplens", "1\t2\t4\tinf\n", 1, "timestamp"),
+        ("ratings.dat", "movielens-dat", "1::2::4::5\n1::3::4::-inf\n", 2, "timestamp"),
+        ("a.inter", "inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\tNaN\n", 2,
+         "timestamp"),
+        ("b.inter", "inter", "user_id:token\titem_id:token\trating:float\n1\t2\tx\n", 2, "rating"),
+        ("c.inter", "inter", "user_id:token\titem_id:token\tv:float_seq\n1\t2\t1 inf\n", 2, "v"),
+        ("d.csv", "csv", "1,2,3\n1,3,1e999\n", 2, "timestamp"),
+    ],
+)
+def test_numeric_fields_must_be_finite_numbers(
+    tmp_path: Path, name: str, fmt: str, text: str, line: int, field: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(DataFormatError) as info:
+        load_dataset(str(path), fmt=fmt, min_interactions=1, cache=False)
+    assert str(info.value).startswith(f"{path}:{line}: expected a ")
+    assert field in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -36,3 +37,28 @@ def test_eval_command_rejects_unreachable_budget(capsys: pytest.CaptureFixture[s
     assert main(["eval", "--budget", "8", "--quiet"]) == 2
     assert "strictly inside" in capsys.readouterr().err
     assert main(["eval", "--budget", "3", "--methods", "fp32,nope", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (("--device", "cuda:99"), "--device 'cuda:99': this machine has"),
+        (("--device", "tpu"), "--device 'tpu' is not a torch device"),
+        (("--budget", "nan"), "budget must be a finite number of bits > 0, got nan"),
+        (("--max-users", "0"), "max_users must be >= 1, got 0"),
+        (("--hyper-steps", "0"), "hyper_steps must be >= 1, got 0"),
+        (("--seed", "-1"), "seed must be >= 0, got -1"),
+        (("--negatives", "0"), "--negatives must be >= 1, got 0"),
+        (("--threads", "0"), "argument --threads: 0 is below 1"),
+        (("--backbone-path", "/nonexistent/b.pt"), "--backbone-path '/nonexistent/b.pt' is not"),
+    ],
+)
+def test_eval_refuses_settings_before_loading_data(
+    flags: tuple[str, ...], expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before the dataset is even looked up (the dataset here does not exist)."""
+    with pytest.raises(SystemExit) if flags[0] == "--threads" else contextlib.nullcontext():
+        code = main(["eval", "--dataset", "/nonexistent/data.csv", "--smoke", *flags])
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert expect in err[-1] and "Traceback" not in "\n".join(err)

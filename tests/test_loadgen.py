@@ -105,7 +105,7 @@ def test_max_requests_stops_early(strategy_server: ServerProcess) -> None:
 
 def test_unreachable_target_raises() -> None:
     """A target that refuses connections fails the run with a named error."""
-    with pytest.raises(LoadRunError, match=r"GetModelSpec on 127\.0\.0\.1:9"):
+    with pytest.raises(LoadRunError, match=r"no server answered at 127\.0\.0\.1:9 within 1 s"):
         run_load(LoadConfig(target="127.0.0.1:9", concurrency=1, duration_s=0.5, timeout_s=1))
 
 
@@ -117,6 +117,10 @@ def test_unreachable_target_raises() -> None:
         ("concurrency", 0),
         ("duration_s", 0.0),
         ("tls_ca", "/nonexistent/ca.pem"),
+        ("token", "s3cret\n"),
+        ("token", ""),
+        ("timeout_s", float("nan")),
+        ("budget_bits", float("inf")),
     ],
 )
 def test_bad_config_is_rejected(field: str, value: object) -> None:
@@ -199,3 +203,27 @@ def test_cli_load_writes_json(
     for key in ("total", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms", "status_codes", "errors"):
         assert key in data
     assert data["status_codes"]["OK"] == data["total"] > 0
+
+
+def test_cli_load_bad_token_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's case: a token with a newline made `chord bench load` die with a traceback."""
+    from chord.cli import main
+
+    monkeypatch.setenv("CHORD_TOKEN", "s3cret\n")
+    assert main(["bench", "load", "--target", "127.0.0.1:50051", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("chord bench load: error: token (--token or $CHORD_TOKEN) contains")
+    assert "'\\n'" in err[0]
+
+
+def test_cli_load_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from chord.cli import main
+
+    code = main(["bench", "load", "--target", "127.0.0.1:9", "--duration", "0.5",
+                 "--timeout", "1", "--concurrency", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "no server answered at 127.0.0.1:9 within 1 s; check that `chord serve`" in err[0]

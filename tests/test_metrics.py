@@ -94,3 +94,57 @@ def test_eval_negatives_depend_on_stage_and_seed_only() -> None:
     assert np.array_equal(a, eval_negatives(split, "test", 100, seed=0))
     assert not np.array_equal(a, eval_negatives(split, "valid", 100, seed=0))
     assert not np.array_equal(a, eval_negatives(split, "test", 100, seed=1))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_nan_row_is_a_miss_not_a_perfect_hit() -> None:
+    """The issue's case: a row of NaN scores used to rank the target at -1 (HR@10 1.0, NDCG inf)."""
+    ranks = target_ranks(torch.full((3, 101), NAN))
+    assert ranks.tolist() == [100, 100, 100]
+    m = rank_metrics(ranks)
+    assert m == {"HR@5": 0.0, "HR@10": 0.0, "NDCG@5": 0.0, "NDCG@10": 0.0}
+    full = full_ranks(torch.full((2, 6), NAN), torch.tensor([1, 4]), [np.array([2]), np.array([])])
+    assert full.tolist() == [3, 4]  # last among the ranked items (padding and history dropped)
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_non_finite_score_anywhere_counts_against_the_target(bad: float) -> None:
+    # target column 0 would rank first on its finite scores; one non-finite negative costs it 1
+    scores = torch.tensor([[5.0, 1.0, bad, 2.0], [bad, 1.0, 2.0, 3.0]])
+    assert target_ranks(scores).tolist() == [1, 3]
+    full = torch.tensor([[0.0, 5.0, 1.0, bad, 2.0], [0.0, bad, 1.0, 2.0, 3.0]])
+    assert full_ranks(full, torch.tensor([1, 1])).tolist() == [1, 3]
+    # a masked (history) item's score is not ranked, finite or not
+    assert full_ranks(full, torch.tensor([1, 1]), [np.array([3]), np.array([])]).tolist() == [0, 3]
+
+
+def test_every_metric_in_unit_range_for_any_scores() -> None:
+    rng = np.random.default_rng(0)
+    pool = np.array([NAN, INF, -INF, 0.0, 1.0, -1.0, 1e38, -1e38])
+    for _ in range(50):
+        scores = torch.from_numpy(rng.choice(pool, size=(16, 12)).astype(np.float32))
+        for ranks in (target_ranks(scores), full_ranks(scores, torch.full((16,), 3))):
+            assert ranks.min() >= 0
+            for value in rank_metrics(ranks).values():
+                assert 0.0 <= value <= 1.0
+
+
+def test_rank_metrics_refuses_ranks_below_zero() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        rank_metrics(np.array([-1, 0]))
+
+
+def test_evaluate_nan_model_scores_zero_sampled_and_full() -> None:
+    split = small_split()
+
+    def nan_scores(
+        seqs: torch.Tensor, cands: torch.Tensor | None, users: torch.Tensor
+    ) -> torch.Tensor:
+        cols = split.n_items + 1 if cands is None else cands.shape[1]
+        return torch.full((len(seqs), cols), NAN)
+
+    for full in (False, True):
+        m = evaluate(nan_scores, split, "test", full=full)
+        assert m == {"HR@5": 0.0, "HR@10": 0.0, "NDCG@5": 0.0, "NDCG@10": 0.0}

@@ -404,3 +404,39 @@ def test_pretrained_spec_lists_the_weights_artifact(run_dir: Path, tmp_path: Pat
     assert len(data) == weights.size_bytes and hashlib.sha256(data).hexdigest() in weights.digest
     model = backbone_from_artifact(data, spec.config_json, spec.version)
     assert weights_version(model) == spec.version
+
+
+def test_health_list_reports_every_service(server: EmbeddedServer) -> None:
+    """/grpc.health.v1.Health/List is implemented (it used to log a traceback per call)."""
+
+    async def listed() -> dict[str, int]:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            reply = await stub.List(health_pb2.HealthListRequest(), timeout=5)
+            return {name: r.status for name, r in reply.statuses.items()}
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert arun(listed()) == {"": serving, "chord.v1.StrategyService": serving}
+
+
+def test_reflection_v1_and_v1alpha_both_answer(server: EmbeddedServer) -> None:
+    """A grpc.reflection.v1 client (grpcurl, Postman) gets the same service list as v1alpha."""
+
+    async def services(method: str) -> set[str]:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            info = ch.stream_stream(
+                method,
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            names: set[str] = set()
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for reply in info(iter([request]), timeout=5):
+                names |= {s.name for s in reply.list_services_response.service}
+            return names
+
+    v1 = arun(services("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"))
+    v1alpha = arun(services("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"))
+    assert v1 == v1alpha
+    assert {"chord.v1.StrategyService", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= v1

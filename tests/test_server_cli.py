@@ -6,25 +6,29 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chord.cli import main
 from cloud_server.cli import add_arguments, config_from_args
 from protos.chord.v1 import strategy_pb2 as pb
+from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from tests.server_fixtures import call, status_of, strategy_request, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(*flags: str) -> tuple[subprocess.Popen[str], int]:
+def _start(*flags: str, token: str = "") -> tuple[subprocess.Popen[str], int]:
     """Start `python -m chord.cli serve FLAGS` and read the port it prints."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": token}
     proc = subprocess.Popen(
         [sys.executable, "-m", "chord.cli", "serve", "--host", "127.0.0.1", "--port", "0", *flags],
         cwd=ROOT,
@@ -117,3 +121,161 @@ def test_serve_flags_become_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert cfg.max_receive_bytes == 512 * 1024 and cfg.metrics_port == 9100 and cfg.echo
     assert cfg.token == "from-env"
     assert config_from_args(parser.parse_args(["--echo", "--token", "flag"])).token == "flag"
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait for exit 0, and return what the server wrote to stderr."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    return proc.communicate()[1]
+
+
+def test_sigterm_30ms_after_64_calls_finishes_all_64() -> None:
+    """The issue's case: 64 GetStrategy calls then SIGTERM 30 ms later gave 22 OK, 42 CANCELLED."""
+    proc, port = _start("--echo", "--grace-s", "10")
+    address = f"127.0.0.1:{port}"
+    try:
+
+        async def scenario() -> list[grpc.StatusCode]:
+            await wait_serving(address)
+            spec = await call(address, "GetModelSpec", pb.GetModelSpecRequest(device_id="d"))
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.StrategyServiceStub(channel)
+
+                async def one(i: int) -> grpc.StatusCode:
+                    request = strategy_request(spec, f"r{i}", device_id=f"dev-{i}")
+                    code, _ = await status_of(stub.GetStrategy(request, timeout=20))
+                    return code
+
+                calls = [asyncio.ensure_future(one(i)) for i in range(64)]
+                await asyncio.sleep(0.03)
+                proc.send_signal(signal.SIGTERM)
+                return list(await asyncio.gather(*calls))
+
+        codes = asyncio.run(scenario())
+        assert codes == [grpc.StatusCode.OK] * 64
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The local addresses TCP sockets listen on at `port` (IPv4-mapped IPv6 as IPv4)."""
+    import psutil
+
+    return {
+        c.laddr.ip.removeprefix("::ffff:")
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+    }
+
+
+def test_metrics_endpoint_binds_the_host_of_host_flag() -> None:
+    """With --host 127.0.0.1 the exporter listened on 0.0.0.0; now on 127.0.0.1 too."""
+    metrics_port = _free_port()
+    proc, port = _start("--echo", "--metrics-port", str(metrics_port))
+    try:
+        asyncio.run(wait_serving(f"127.0.0.1:{port}"))
+        assert _listening_hosts(metrics_port) == {"127.0.0.1"}
+        assert _listening_hosts(port) == {"127.0.0.1"}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+        assert b"chord_requests_total" in text or b"chord_in_flight" in text
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+
+
+def _free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_health_list_200_calls_do_not_grow_the_log() -> None:
+    """Health/List is open without a token; 200 calls used to write 200 KB of tracebacks."""
+    proc, port = _start("--echo", token="s3cret")
+    address = f"127.0.0.1:{port}"
+    try:
+
+        async def hammer() -> set[grpc.StatusCode]:
+            await wait_serving(address)
+            codes = set()
+            async with grpc.aio.insecure_channel(address) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                strategy = pb_grpc.StrategyServiceStub(channel)
+                for i in range(200):
+                    await health.List(health_pb2.HealthListRequest(), timeout=5)
+                    codes.add((await status_of(strategy.GetModelSpec(
+                        pb.GetModelSpecRequest(device_id=f"d{i}"), timeout=5)))[0])
+            return codes
+
+        assert asyncio.run(hammer()) == {grpc.StatusCode.UNAUTHENTICATED}
+    finally:
+        err = _stop(proc)
+    assert "Traceback" not in err
+    assert len(err.splitlines()) < 20  # start, serving, drain, stop: not one line per call
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "expect"),
+    [
+        ("s3cret\n", (), "$CHORD_TOKEN contains '\\n', which gRPC metadata cannot carry"),
+        ("", ("--token", "tab\there"), "--token contains '\\t'"),
+        ("", ("--token", " lead"), "--token contains ' '"),
+        ("", ("--host", "no such host"), "--host 'no such host' is not an IP address or host"),
+        ("", ("--port", "70000"), "--port is 70000; send a port in 0..65535"),
+        ("", ("--metrics-port", "-1"), "metrics_port (--metrics-port) is -1"),
+        ("", ("--grace-s", "nan"), "grace_s (--grace-s) is nan; send a finite number"),
+        ("", ("--max-wait-ms", "inf"), "max_wait_ms (--max-wait-ms) is inf"),
+        ("", ("--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"),
+         "--tls-cert '/nonexistent/c.pem' is not an existing file"),
+    ],
+)
+def test_serve_refuses_settings_that_can_never_work(
+    env: str, flags: tuple[str, ...], expect: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused before binding, in one `chord serve: error:` line, exit 2."""
+    monkeypatch.setenv("CHORD_TOKEN", env)
+    assert main(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("chord serve: error: ")
+    assert expect in err[0]
+
+
+def test_serve_refuses_a_missing_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--run", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert "--run" in capsys.readouterr().err
+
+
+def test_call_still_running_when_grace_ends_gets_unavailable() -> None:
+    """A call the server will not finish is answered UNAVAILABLE (retryable), not CANCELLED."""
+    # A 20 s batch window keeps the call waiting in the batcher past the 1 s grace period.
+    proc, port = _start("--echo", "--max-batch", "64", "--max-wait-ms", "20000", "--grace-s", "1")
+    address = f"127.0.0.1:{port}"
+    try:
+
+        async def scenario() -> tuple[grpc.StatusCode, str]:
+            await wait_serving(address)
+            spec = await call(address, "GetModelSpec", pb.GetModelSpecRequest(device_id="d"))
+            slow = asyncio.ensure_future(
+                status_of(call(address, "GetStrategy", strategy_request(spec, "slow"), timeout=30))
+            )
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            return await slow
+
+        code, details = asyncio.run(scenario())
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "retry" in details
+        assert proc.wait(timeout=30) == 0
+        assert "they get UNAVAILABLE" in proc.communicate()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -181,3 +181,114 @@ def test_cli_train_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert code == 2
     assert f"{bad}:1:" in capsys.readouterr().err
+
+
+def _cli_train(path: Path, out: Path, *extra: str) -> int:
+    """`chord train` on a file with a tiny model, one or two epochs, no progress bar."""
+    return cli_main(["train", "--dataset", str(path), "--hidden", "16", "--batch-size", "64",
+                     "--no-progress", "--out", str(out), *extra])
+
+
+def test_cli_train_lr_1e8_stops_with_a_clear_error(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: --lr 1e8 used to exit 0 with HR@10 = 1.0; now it stops, exit 1."""
+    out = tmp_path / "run"
+    code = _cli_train(patterned, out, "--lr", "1e8", "--epochs", "3")
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chord train: error: training diverged: ")
+    assert "lr=1e+08" in lines[0]
+    assert not (out / "metrics.json").exists()  # nothing diverged is written
+
+
+def test_train_config_refuses_non_finite_options(patterned: Path) -> None:
+    for kw, field in (({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
+                      ({"weight_decay": -1.0}, "weight_decay"), ({"dropout": 1.0}, "dropout"),
+                      ({"n_negatives": 0}, "negatives"), ({"ranking": "top"}, "ranking")):
+        with pytest.raises(TrainConfigError, match=field):
+            tiny(patterned, "sasrec", **kw)
+
+
+@pytest.fixture
+def small_catalogue(tmp_path: Path) -> Path:
+    """30 users over a catalogue of 75 items; user 'u7' touches 10 items."""
+    lines = []
+    for user in range(30):
+        for step in range(10):
+            lines.append(f"u{user},{(user * 3 + step) % 75 + 1},{step}")
+    path = tmp_path / "small.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_train_small_catalogue_refused_before_training(
+    small_catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: 75 items cannot give 100 unseen negatives; one error line at start."""
+    code = _cli_train(small_catalogue, tmp_path / "run", "--epochs", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "chord train: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
+        "per user; pass --negatives 74 or fewer, or --full-ranking"
+    ]
+    code = _cli_train(small_catalogue, tmp_path / "run", "--epochs", "1", "--negatives", "70")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "chord train: error: small: user u0 touched 10 of 75 items, leaving 65 unseen; sampled "
+        "ranking needs 70 unseen negatives per user; pass --negatives 65 or fewer, or "
+        "--full-ranking"
+    ]
+
+
+@pytest.mark.parametrize("flags", [("--negatives", "50"), ("--full-ranking",)])
+def test_cli_train_small_catalogue_with_a_fitting_protocol(
+    small_catalogue: Path, tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    out = tmp_path / "run"
+    assert _cli_train(small_catalogue, out, "--epochs", "1", *flags) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    full = flags == ("--full-ranking",)
+    assert metrics["protocol"] == {"ranking": "full" if full else "sampled",
+                                   "n_negatives": None if full else 50}
+    groups = ("valid_full", "test_full") if full else ("valid", "test", "test_full")
+    assert set(groups) <= set(metrics) and ("valid" in metrics) != full
+    for group in groups:
+        assert all(0.0 <= v <= 1.0 for v in metrics[group].values())
+
+
+def test_diverged_training_raises_instead_of_keeping_an_epoch(patterned: Path) -> None:
+    """Early stopping never sees a diverged epoch: the first non-finite loss or weight stops it."""
+    from chord.divergence import DivergedError
+
+    with pytest.raises(DivergedError, match=r"^training diverged: (loss is (nan|inf)|weight \S+ is "
+                       r"not finite) at (epoch \d+ batch \d+|the end of epoch \d+); lower the "):
+        train_backbone(tiny(patterned, "sasrec", lr=1e8, epochs=5, patience=5))
+
+
+def test_cli_train_out_that_is_a_file_is_refused(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "taken"
+    target.write_text("x")
+    assert _cli_train(patterned, target, "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"chord train: error: --out '{target}' is a file; send a directory path"
+    )
+
+
+def test_cli_train_cache_dir_that_is_a_file_is_refused(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache-file"
+    cache.write_text("x")
+    monkeypatch.setenv("CHORD_CACHE_DIR", str(cache))
+    assert _cli_train(patterned, tmp_path / "run", "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"chord train: error: $CHORD_CACHE_DIR '{cache}' is a file; set it to a directory (or "
+        "unset it for ~/.cache/chord)"
+    )

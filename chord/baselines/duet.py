@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from chord.data import Split
+from chord.divergence import finite_loss
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import layout_layers
 from chord.hyper.personal import batched_call, module_device, sync
@@ -33,6 +34,8 @@ class DuetConfig:
     eval_every: int = 100
     patience: int = 3
     valid_users: int = 400
+    valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
+    valid_ranking: str = "sampled"  # sampled | full
     seed: int = 0
 
 
@@ -139,7 +142,8 @@ def train_duet(
 
     def validate() -> float:
         gen.eval()
-        value = evaluate(scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len)
+        value = evaluate(scorer, split, "valid", full=cfg.valid_ranking == "full", seed=cfg.seed,
+                         users=vusers, max_len=max_len, n_negatives=cfg.valid_negatives)
         gen.train()
         return float(value["NDCG@10"])
 
@@ -157,6 +161,8 @@ def train_duet(
         scores = batched_call(base_model, {key: gen(profiles)}, "score_candidates", seqs, cands)
         zeros = torch.zeros(len(targets), dtype=torch.long, device=device)
         loss = F.cross_entropy(scores, zeros)
+        finite_loss(loss, f"DUET generator step {step}",
+                    f"lower the DUET learning rate (lr={cfg.lr:g}) and train again")
         opt.zero_grad()
         loss.backward()
         opt.step()

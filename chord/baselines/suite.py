@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
 from chord.levels import DEFAULT_TIERS, Tier, assign_levels, budget_range, levels_to_bits
+from chord.protocol import Protocol, ProtocolError, check_protocol
 from chord.quant import quantize_backbone
 
 ALL_METHODS = (
@@ -65,6 +68,56 @@ class EvalConfig:
     fold: bool = True  # rewrite the backbone into its quantization-friendly form (RunConfig.fold)
     allocation: str = "rd"  # how levels follow importance (RunConfig.allocation): rd | quota
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
+    n_negatives: int = 100  # sampled negatives per test user (ranking="sampled")
+    ranking: str = "sampled"  # sampled | full: how the table's metrics rank the target
+
+    def __post_init__(self) -> None:
+        """Reject options that can never work before any data is loaded (EvalError)."""
+        if not math.isfinite(self.budget) or self.budget <= 0:
+            raise EvalError(f"budget must be a finite number of bits > 0, got {self.budget}")
+        for name in ("max_users", "finetune_users", "hyper_steps", "duet_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EvalError(f"{name} must be >= 1, got {value}")
+        if self.seed < 0:
+            raise EvalError(f"seed must be >= 0, got {self.seed}")
+        if self.finetune_steps < 1:
+            raise EvalError(f"finetune_steps must be >= 1, got {self.finetune_steps}")
+        if self.preset not in ("smoke", "quick", "full"):
+            raise EvalError(f"preset must be smoke, quick or full, got {self.preset!r}")
+        if self.backbone_path is not None and not Path(self.backbone_path).is_file():
+            raise EvalError(f"--backbone-path {self.backbone_path!r} is not an existing file")
+        check_device(self.device)
+        try:
+            Protocol(self.ranking, self.n_negatives)
+        except ProtocolError as exc:
+            raise EvalError(str(exc)) from None
+
+    @property
+    def protocol(self) -> Protocol:
+        """The evaluation protocol of the table (raises ProtocolError when malformed)."""
+        return Protocol(self.ranking, self.n_negatives)
+
+
+def check_device(device: str) -> torch.device:
+    """A torch device this machine has; EvalError naming what to send otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EvalError(
+            f"--device {device!r} is not a torch device; send cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        index = dev.index or 0
+        if index >= count:
+            raise EvalError(
+                f"--device {device!r}: this machine has {count} CUDA devices; send cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise EvalError(f"--device {device!r} is not supported here; send cpu or cuda[:N]")
+    return dev
 
 
 def device_name(device: str) -> str:
@@ -100,10 +153,11 @@ def population_prior(run: ChordRun) -> np.ndarray:
 
 
 def _metrics(
-    score_fn: Any, split: Split, seed: int, users: np.ndarray | None = None
+    score_fn: Any, split: Split, seed: int, protocol: Protocol, users: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Test-split metrics of a backbone or score function (100 sampled negatives)."""
-    return evaluate(score_fn, split, "test", seed=seed, users=users)
+    """Test-split metrics of a backbone or score function under the table's protocol."""
+    return evaluate(score_fn, split, "test", full=protocol.full, seed=seed, users=users,
+                    n_negatives=protocol.n_negatives)
 
 
 def code_bytes(levels: np.ndarray, version: str) -> int:
@@ -113,12 +167,13 @@ def code_bytes(levels: np.ndarray, version: str) -> int:
 
 
 def _chord_row(
-    run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, log: LOG | None
+    run: ChordRun, split: Split, tier: Tier, budget: float, seed: int, protocol: Protocol,
+    log: LOG | None,
 ) -> MethodRow:
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
     scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
                             cost=run.level_cost)
-    metrics = _metrics(scorer, split, seed)
+    metrics = _metrics(scorer, split, seed, protocol)
     levels = np.concatenate(scorer.level_rows)
     n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))
     # Per-user adaptation: cloud importance + levels + code, device quantization (20 users).
@@ -163,14 +218,14 @@ def _static_rows(
         RANDOM_MODE_METHODS
     )
     if "fp32" in wanted:
-        rows.append(MethodRow("fp32", run.mode, 32.0, _metrics(run.backbone, split, cfg.seed),
-                              notes=STATIC_NOTE))
+        fp32 = _metrics(run.backbone, split, cfg.seed, cfg.protocol)
+        rows.append(MethodRow("fp32", run.mode, 32.0, fp32, notes=STATIC_NOTE))
     for bits in (8, 4, 3, 2):
         if f"ptq-{bits}" in wanted:
             model = quantize_backbone(run.backbone, uniform_bits(run.layout, bits),
                                       layout=run.layout)
-            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits),
-                                  _metrics(model, split, cfg.seed), notes=STATIC_NOTE))
+            ptq = _metrics(model, split, cfg.seed, cfg.protocol)
+            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits), ptq, notes=STATIC_NOTE))
     for name in ("mixed-static", "mixed-random"):
         if name not in wanted:
             continue
@@ -187,8 +242,9 @@ def _static_rows(
             static_levels(imp, run.layout, tier, budget, cost), tier
         ).astype(np.int64)
         model = quantize_backbone(run.backbone, mixed, layout=run.layout)
+        measured = _metrics(model, split, cfg.seed, cfg.protocol)
         rows.append(MethodRow(
-            name, run.mode, size_weighted_bits(mixed, sizes), _metrics(model, split, cfg.seed),
+            name, run.mode, size_weighted_bits(mixed, sizes), measured,
             notes=STATIC_NOTE,
             extra={"tier": tier.name, "budget": budget, "rule": "rd" if cost else "quota"},
         ))
@@ -209,7 +265,7 @@ def _finetune_row(
         users = np.sort(np.random.default_rng(cfg.seed).choice(
             len(split.test), cfg.finetune_users, replace=False))
         note += f"; evaluated on {cfg.finetune_users} random test users"
-    metrics = _metrics(scorer, split, cfg.seed, users)
+    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol, users)
     return MethodRow("finetune", run.mode, float(bits), metrics, 0.0, scorer.mean_adapt_ms(),
                      notes=note)
 
@@ -222,10 +278,11 @@ def _duet_row(
     base = quantize_backbone(run.backbone, uniform_bits(run.layout, bits), layout=run.layout)
     steps = cfg.duet_steps or {"smoke": 30, "quick": 150, "full": 1000}[cfg.preset]
     dcfg = DuetConfig(steps=steps, seed=cfg.seed, eval_every=max(10, min(100, steps // 3)),
-                      batch_size=32 if cfg.preset == "smoke" else 64)
+                      batch_size=32 if cfg.preset == "smoke" else 64,
+                      valid_negatives=cfg.n_negatives, valid_ranking=cfg.ranking)
     gen, key, info = train_duet(base, run.backbone, run.layout, split, dcfg, log)
     scorer = DuetScorer(base, run.backbone, gen, key)
-    metrics = _metrics(scorer, split, cfg.seed)
+    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol)
     sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
     per_channel = uniform_bits(run.layout, bits)
     sl = run.layout.slices()[key.removesuffix(".weight")]
@@ -245,6 +302,12 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
     if unknown:
         raise EvalError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
     tier = pick_tier(cfg.budget, cfg.tier)
+    protocol = cfg.protocol
+    first = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
+                             seed=cfg.seed, max_users=cfg.max_users,
+                             eval_negatives=cfg.n_negatives, eval_ranking=cfg.ranking)
+    split0 = load_split(first)
+    check_protocol(protocol, split0.n_items, split0.seen, split0.user_labels, split0.name)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rows: list[MethodRow] = []
@@ -259,6 +322,8 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         over["prior"] = cfg.prior
         over["fold"] = cfg.fold
         over["allocation"] = cfg.allocation
+        over["eval_negatives"] = cfg.n_negatives
+        over["eval_ranking"] = cfg.ranking
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
@@ -277,13 +342,16 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         if mode == "pretrained" and "duet" in cfg.methods:
             rows.append(_duet_row(run, split, cfg.budget, cfg, log))
         if f"chord-{mode}" in cfg.methods:
-            rows.append(_chord_row(run, split, tier, cfg.budget, cfg.seed, log))
+            rows.append(_chord_row(run, split, tier, cfg.budget, cfg.seed, protocol, log))
         if log:
             log(f"{mode}: {len(rows)} rows after {time.perf_counter() - start:.0f}s")
     meta = {
         "config": asdict(cfg), "tier": tier.name, "tier_level_bits": list(tier.level_bits),
         "device": cfg.device, "device_name": device_name(cfg.device),
         "seconds": round(time.perf_counter() - start, 1), "runs": runs,
-        "protocol": "test split, target vs 100 sampled unseen negatives (seeded)",
+        "protocol": (
+            "test split, target vs the whole catalogue (history masked)" if protocol.full
+            else f"test split, target vs {protocol.n_negatives} sampled unseen negatives (seeded)"
+        ),
     }
     return {"rows": [r.to_dict() for r in rows], "meta": meta}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 from chord.baselines.rows import COLUMNS
 from chord.baselines.suite import ALL_METHODS, EvalConfig, EvalError, run_eval
 from chord.data import DataError
+from chord.divergence import DivergedError
 from chord.hyper.runs import RunError
+from chord.jsonfile import write_json
+from chord.protocol import add_protocol_arguments
+from chord.startcheck import StartupError, check_out_file, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap on hypernetwork training steps (default: from the preset)")
     parser.add_argument("--backbone-path", default=None,
                         help="pretrained mode: reuse this trained backbone (chord train output)")
+    add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu",
                         help="torch device for training and evaluation (cpu, cuda, cuda:1)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the rows here")
@@ -79,17 +82,25 @@ def run(args: argparse.Namespace) -> int:
             finetune_users=args.finetune_users or (200 if args.quick else 1000),
             hyper_steps=args.hyper_steps,
             backbone_path=args.backbone_path, device=args.device,
+            n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
         )
+        if args.json_out:
+            check_out_file(args.json_out, "--json")
         result = run_eval(cfg, log)
-    except (EvalError, RunError, DataError) as exc:
+    except (EvalError, RunError, DataError, StartupError) as exc:
         print(f"chord eval: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"chord eval: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chord eval: error: cannot write the output ({exc}); pass a --json FILE you can "
+              "write", file=sys.stderr)
+        return 1
     print(format_table(result["rows"]))
     meta = result["meta"]
     print(f"tier {meta['tier']} {meta['tier_level_bits']}, budget {args.budget}, "
           f"{meta['seconds']}s")
     if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json_out, result)
     return 0

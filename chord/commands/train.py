@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from chord.data import FORMATS, DataError
-from chord.train import BACKBONES, TrainConfig, TrainConfigError, run_training
+from chord.divergence import DivergedError
+from chord.jsonfile import dumps
+from chord.protocol import add_protocol_arguments
+from chord.startcheck import StartupError, check_out_dir, positive_int
+from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=None, help="hidden/embedding width")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--min-interactions", type=int, default=5)
+    add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="output directory")
 
@@ -47,14 +51,23 @@ def run(args: argparse.Namespace) -> int:
             min_interactions=args.min_interactions, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, loss=args.loss, patience=args.patience, seed=args.seed,
             max_len=args.max_len, hidden=args.hidden, dropout=args.dropout,
+            n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
             progress=not args.no_progress,
         )
+        check_out_dir(args.out, "--out")
         result = run_training(cfg, args.out)
-    except (DataError, TrainConfigError) as exc:
+    except (DataError, TrainConfigError, StartupError) as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"chord train: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"chord train: error: cannot write the output ({exc}); pass a --out DIR you can "
+              "write", file=sys.stderr)
+        return 1
     m = result.metrics
-    print(json.dumps({k: m[k] for k in ("dataset", "backbone", "n_users", "n_items", "valid",
-                                        "test", "test_full", "train_seconds", "version")},
-                     indent=2))
+    keys = ("dataset", "backbone", "n_users", "n_items", "protocol", *METRIC_KEYS,
+            "train_seconds", "version")
+    print(dumps({k: m[k] for k in keys if k in m}, indent=2))
     return 0

@@ -96,9 +96,15 @@ def build_interactions(
 
 
 def default_cache_dir() -> Path:
-    """$CHORD_CACHE_DIR, or ~/.cache/chord."""
+    """$CHORD_CACHE_DIR, or ~/.cache/chord; DataError when $CHORD_CACHE_DIR names a file."""
     env = os.environ.get("CHORD_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "chord"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "chord"
+    if path.exists() and not path.is_dir():
+        raise DataError(
+            f"$CHORD_CACHE_DIR {str(path)!r} is a file; set it to a directory (or unset it for "
+            "~/.cache/chord)"
+        )
+    return path
 
 
 def _cache_path(cache_dir: Path, name: str, path: Path, fmt: str, min_interactions: int) -> Path:

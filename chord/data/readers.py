@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,15 +28,31 @@ class RawInteractions:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline) for every non-blank line."""
+    """(1-based line number, line without its newline) for every non-blank line.
+
+    Lines are decoded one at a time as strict UTF-8, so an undecodable byte is reported with its
+    line number and column; a UTF-8 byte-order mark at the start of the file is dropped (a file
+    with a BOM reads exactly like the same file without one).
+    """
     try:
-        with path.open(encoding="utf-8", errors="strict") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                text = line.rstrip("\r\n")
-                if text.strip():
-                    yield lineno, text
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not UTF-8 text ({exc}); send a UTF-8 text file") from exc
+        fh = path.open("rb")
+    except OSError as exc:
+        message = f"{path}: cannot read ({exc.strerror}); send a readable file"
+        raise DataFormatError(message) from exc
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8", errors="strict")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(
+                    f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is "
+                    "not UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield lineno, text
 
 
 def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
@@ -44,11 +62,14 @@ def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
 
 
 def _number(path: Path, lineno: int, value: str, what: str, line: str) -> float:
-    """Parse a numeric field or raise a DataFormatError that says which field."""
+    """Parse a numeric field as a finite float or raise a DataFormatError naming the field."""
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise _bad(path, lineno, f"a numeric {what}", line) from None
+    if not math.isfinite(number):
+        raise _bad(path, lineno, f"a finite numeric {what} (not nan or inf)", line)
+    return number
 
 
 def _read_fixed(path: Path, split: Callable[[str], list[str]], layout: str) -> RawInteractions:
@@ -89,6 +110,7 @@ def read_inter(path: Path) -> RawInteractions:
         raise DataFormatError(f"{path}: empty file; expected a RecBole header line") from None
     header = header_line.split("\t")
     names: list[str] = []
+    kinds: list[str] = []
     for col in header:
         name, sep, kind = col.strip().partition(":")
         if not sep or kind not in ("token", "float", "token_seq", "float_seq"):
@@ -97,6 +119,7 @@ def read_inter(path: Path) -> RawInteractions:
                 header_line,
             )
         names.append(name)
+        kinds.append(kind)
     for required in ("user_id", "item_id"):
         if required not in names:
             raise _bad(path, lineno, f"a '{required}:token' column in the header", header_line)
@@ -113,6 +136,12 @@ def read_inter(path: Path) -> RawInteractions:
         user, item = fields[iu].strip(), fields[ii].strip()
         if not user or not item:
             raise _bad(path, lineno, "non-empty user_id and item_id", line)
+        for name, kind, value in zip(names, kinds, fields, strict=True):
+            if kind == "float" and value.strip():
+                _number(path, lineno, value, name, line)
+            elif kind == "float_seq":
+                for part in value.split():
+                    _number(path, lineno, part, name, line)
         users.append(user)
         items.append(item)
         stamp = None if it is None else fields[it]

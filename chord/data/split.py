@@ -50,6 +50,7 @@ class Split:
     valid: EvalSet  # history = seq[:-2], target = seq[-2]
     test: EvalSet  # history = seq[:-1], target = seq[-1]
     seen: list[np.ndarray]  # per user: every item the user touched (for negative sampling)
+    user_labels: np.ndarray | None = None  # raw user id of each user (as in the file), if known
 
     @property
     def n_users(self) -> int:
@@ -82,6 +83,7 @@ def leave_one_out(data: InteractionData) -> Split:
         valid=EvalSet(users, [s[:-2] for s in seqs], np.array([s[-2] for s in seqs], np.int64)),
         test=EvalSet(users, [s[:-1] for s in seqs], np.array([s[-1] for s in seqs], np.int64)),
         seen=[np.unique(s) for s in seqs],
+        user_labels=np.asarray(data.user_labels),
     )
 
 

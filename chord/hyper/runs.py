@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,9 +26,11 @@ from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import module_device
 from chord.hyper.prior import PriorImportance, standardize_prior
 from chord.hyper.training import HyperTrainConfig, train_hypernet
+from chord.jsonfile import write_json
 from chord.levels import DEFAULT_TIERS, LevelCost, LevelCostError, Tier
 from chord.models import Backbone, build_backbone, fit_length
 from chord.quant import channel_layout
+from chord.textfile import TextFileError, read_json
 from chord.train import TrainConfig, backbone_config_for, train_backbone
 
 RUN_FORMAT = "chord-run/1"
@@ -79,6 +80,11 @@ class RunConfig:
     # (chord.levels.rd), importance scaling each channel's share; "quota" gives the
     # maximum-entropy level quotas to channels in importance order.
     allocation: str = "rd"
+    # The evaluation protocol of model selection (backbone early stopping, hypernetwork
+    # validation): chord.protocol. Left out of the cache keys at their defaults, so runs cached
+    # before these fields existed keep their directories.
+    eval_negatives: int = 100
+    eval_ranking: str = "sampled"
 
     def __post_init__(self) -> None:
         """Reject unknown modes and backbones with a message that says what to send."""
@@ -114,9 +120,21 @@ class RunConfig:
             raise RunError(f"unknown preset {name!r}; use one of {PRESETS}")
         return cls(**{**base[name], **overrides})
 
+    def _protocol_key(self) -> dict[str, Any]:
+        """The protocol fields that differ from their defaults (none: the key is unchanged)."""
+        out: dict[str, Any] = {}
+        if self.eval_ranking != "sampled":
+            out["eval_ranking"] = self.eval_ranking
+        elif self.eval_negatives != 100:
+            out["eval_negatives"] = self.eval_negatives
+        return out
+
     def key(self) -> str:
         """Short hash of the config, naming its cache directory."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        for name in ("eval_negatives", "eval_ranking"):
+            del fields[name]
+        text = json.dumps({**fields, **self._protocol_key()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def backbone_key(self) -> dict[str, Any]:
@@ -126,6 +144,7 @@ class RunConfig:
             "seed": self.seed, "max_users": self.max_users, "path": self.backbone_path,
             "epochs": self.backbone_epochs if self.mode == "pretrained" else 0,
             "patience": self.backbone_patience if self.mode == "pretrained" else 0,
+            **(self._protocol_key() if self.mode == "pretrained" else {}),
         }
 
 
@@ -174,6 +193,7 @@ def restrict_split(split: Split, n_users: int | None) -> Split:
     return dataclasses.replace(
         split, train=split.train[:n_users], valid=split.valid.subset(keep),
         test=split.test.subset(keep), seen=split.seen[:n_users],
+        user_labels=None if split.user_labels is None else split.user_labels[:n_users],
     )
 
 
@@ -184,10 +204,7 @@ def load_split(cfg: RunConfig) -> Split:
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True)
 
 
 def obtain_backbone(
@@ -200,7 +217,7 @@ def obtain_backbone(
     tcfg = TrainConfig(
         dataset=cfg.dataset, backbone=cfg.backbone, epochs=cfg.backbone_epochs,
         patience=cfg.backbone_patience, seed=cfg.seed, max_train_users=cfg.max_users,
-        progress=False,
+        n_negatives=cfg.eval_negatives, ranking=cfg.eval_ranking, progress=False,
     )
     if cfg.mode == "random":
         bcfg = backbone_config_for(tcfg, split.n_items, split.name)
@@ -231,7 +248,9 @@ def obtain_backbone(
                 log(f"training {cfg.backbone} on {cfg.dataset} (pretrained mode)")
             result = train_backbone(tcfg, split, device=device)
             model = result.model
-            info = {k: result.metrics[k] for k in ("valid", "test", "train_seconds", "epochs_run")}
+            info = {k: result.metrics[k] for k in ("valid", "test", "valid_full", "test_full",
+                                                   "train_seconds", "epochs_run")
+                    if k in result.metrics}
             save_backbone(cached, model, {"train": info, "key": key})
     if cfg.fold and cfg.mode == "pretrained" and model.fold_for_quantization():
         info = {**info, "folded_for_quantization": True}
@@ -267,8 +286,8 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def run_matches(out: Path, cfg: RunConfig) -> bool:
     """Whether OUT already holds a complete run of exactly this config."""
     try:
-        meta = json.loads((out / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = read_json(out / "run.json")
+    except TextFileError:
         return False
     return (
         meta.get("format") == RUN_FORMAT
@@ -323,6 +342,7 @@ def prepare_run(
         steps=cfg.hyper_steps, batch_size=cfg.hyper_batch, lr=cfg.hyper_lr, tau=cfg.tau,
         eval_every=cfg.hyper_eval_every, patience=cfg.hyper_patience,
         valid_users=cfg.hyper_valid_users, seed=cfg.seed,
+        valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
     )
     report = train_hypernet(backbone, layout, hyper, split, tcfg, DEFAULT_TIERS, log, cost)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,9 +407,9 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
             f"run directory {root} lacks {', '.join(missing)}; rerun prepare_run to complete it"
         )
     try:
-        meta = json.loads((root / "run.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{root / 'run.json'} is not valid JSON: {exc}") from exc
+        meta = read_json(root / "run.json")
+    except TextFileError as exc:
+        raise RunError(f"{exc}; rerun prepare_run to rewrite the run directory") from None
     if meta.get("format") != RUN_FORMAT:
         raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
     backbone, _ = load_backbone(root / "backbone.pt")

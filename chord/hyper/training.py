@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from chord.data import Split
+from chord.divergence import finite_loss
 from chord.evaluation import evaluate
 from chord.hyper.hypernet import HyperNetwork
 from chord.hyper.personal import LevelBank, batched_call, compact_items, module_device
@@ -45,6 +46,8 @@ class HyperTrainConfig:
     eval_every: int = 100  # steps between validation checks
     patience: int = 4  # validation checks without improvement before stopping
     valid_users: int = 400  # validation users used for model selection
+    valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
+    valid_ranking: str = "sampled"  # sampled | full
     valid_tier: str = "mid"
     valid_budget: float = 3.0
     budget_sampling: tuple[tuple[str, float, float], ...] = DEFAULT_BUDGET_SAMPLING
@@ -150,7 +153,8 @@ def train_hypernet(
             bank=banks[cfg.valid_tier], exact=False, cost=cost,
         )
         value = evaluate(
-            scorer, split, "valid", seed=cfg.seed, users=vusers, max_len=max_len, device=device
+            scorer, split, "valid", full=cfg.valid_ranking == "full", seed=cfg.seed,
+            users=vusers, max_len=max_len, device=device, n_negatives=cfg.valid_negatives,
         )
         hypernet.train()
         return float(value["NDCG@10"])
@@ -190,6 +194,8 @@ def train_hypernet(
         bits = expected_bits(probs, sizes, tier)
         pen = ((bits - budget) ** 2).mean()
         loss = rec + cfg.budget_penalty * pen
+        finite_loss(loss, f"hypernetwork step {step}",
+                    f"lower the hypernetwork learning rate (lr={cfg.lr:g}) and train again")
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(hypernet.parameters(), 5.0)

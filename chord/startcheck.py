@@ -1,0 +1,208 @@
+"""Start-up checks of tokens, addresses, ports, durations and files, shared by every command.
+
+Each check returns the value or raises StartupError with one line naming the setting, where it
+came from (flag, environment variable or config key) and what to send instead. They run before
+any work starts, so a configuration that can never work is refused at once rather than after
+a model has loaded or a fleet has started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+import re
+import socket
+from pathlib import Path
+
+# gRPC metadata values of non-binary keys are printable ASCII (0x20-0x7E); leading and trailing
+# spaces are stripped by HTTP/2 peers (gRPC over HTTP/2 spec, "Custom-Metadata"; RFC 9113 8.2.1).
+_METADATA_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+MAX_TOKEN_CHARS = 4096
+
+
+class StartupError(ValueError):
+    """A setting that can never work; the message names it, its source and the fix."""
+
+
+def check_token(token: str, source: str) -> str:
+    """A bearer token gRPC metadata can carry: 1..4096 printable ASCII, no edge whitespace.
+
+    source: where it came from, e.g. "--token" or "$CHORD_TOKEN".
+    """
+    if not token:
+        raise StartupError(f"{source} is empty; send a non-empty token or none at all")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise StartupError(f"{source} has {len(token)} characters; send at most {MAX_TOKEN_CHARS}")
+    if not _METADATA_VALUE.fullmatch(token):
+        bad = next(
+            (c for c in (token[0], token[-1]) if c.isspace()), None
+        ) or next(c for c in token if not 0x20 <= ord(c) <= 0x7E)
+        raise StartupError(
+            f"{source} contains {bad!r}, which gRPC metadata cannot carry; send printable ASCII "
+            "(0x20-0x7E) without leading or trailing whitespace (a trailing newline from a file "
+            "or `echo` is the usual cause)"
+        )
+    return token
+
+
+def check_port(port: int, source: str, *, allow_zero: bool = True) -> int:
+    """A TCP port: 1..65535, or 0 (any free port) when allow_zero."""
+    low = 0 if allow_zero else 1
+    if not isinstance(port, int) or isinstance(port, bool) or not low <= port <= 65535:
+        zero = " (0 = any free port)" if allow_zero else ""
+        raise StartupError(f"{source} is {port!r}; send a port in {low}..65535{zero}")
+    return port
+
+
+def check_host(host: str, source: str) -> str:
+    """An IPv4/IPv6 literal or a DNS host name (not resolved here)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+        return host
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(bare):
+        raise StartupError(
+            f"{source} {host!r} is not an IP address or host name; send e.g. 127.0.0.1, ::1 "
+            "or localhost"
+        )
+    return host
+
+
+def check_address(address: str, source: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[v6]:PORT" for IPv6) with a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StartupError(
+            f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
+        )
+    check_host(host, source)
+    return host, check_port(int(port), f"{source} port", allow_zero=False)
+
+
+def check_number(value: float, source: str, *, allow_zero: bool = False, unit: str = "") -> float:
+    """A finite number > 0 (or >= 0 when allow_zero); unit (e.g. "of seconds") for the message."""
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        or value < 0 or (value == 0 and not allow_zero)
+    ):
+        floor = ">= 0" if allow_zero else "> 0"
+        what = f"a finite number {unit} {floor}" if unit else f"a finite number {floor}"
+        raise StartupError(f"{source} is {value!r}; send {what}")
+    return float(value)
+
+
+def check_seconds(value: float, source: str, *, allow_zero: bool = False) -> float:
+    """A finite duration in seconds, > 0 (or >= 0 when allow_zero)."""
+    return check_number(value, source, allow_zero=allow_zero, unit="of seconds")
+
+
+def check_file(path: str | Path, source: str) -> Path:
+    """An existing, readable regular file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise StartupError(f"{source} {str(path)!r} is not an existing file; send a path to one")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise StartupError(f"{source} {str(path)!r} cannot be read ({exc.strerror})") from None
+    return p
+
+
+def check_dir(path: str | Path, source: str) -> Path:
+    """An existing directory."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise StartupError(f"{source} {str(path)!r} is not an existing directory")
+    return p
+
+
+def _writable_ancestor(p: Path, source: str) -> None:
+    """The nearest existing ancestor of p must be a writable directory (p can be created)."""
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StartupError(
+            f"{source} {str(p)!r} cannot be created ({str(parent)!r} is not a writable "
+            "directory); send a path under a directory you can write"
+        )
+
+
+def check_out_dir(path: str | Path, source: str) -> Path:
+    """An output directory: an existing writable directory, or one that can be created."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise StartupError(f"{source} {str(path)!r} is a file; send a directory path")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise StartupError(f"{source} {str(path)!r} is not writable; send another directory")
+        return p
+    _writable_ancestor(p, source)
+    return p
+
+
+def check_out_file(path: str | Path, source: str) -> Path:
+    """An output file: writable if it exists (not a directory), else creatable."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StartupError(f"{source} {str(path)!r} is a directory; send a file path")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise StartupError(f"{source} {str(path)!r} is not writable; send another file")
+        return p
+    _writable_ancestor(p, source)
+    return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse prints one `error: argument ...` line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; send 1 or more"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1; send 1 or more")
+    return value
+
+
+def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
+    """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
+
+    Used before handing an address to a client library that would otherwise retry forever
+    (Ray's GCS client) so that a wrong address fails in seconds with one line.
+    """
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StartupError(
+            f"cannot reach {what} at {host}:{port} within {timeout_s:g} s ({reason}); {hint}"
+        ) from None
+
+
+__all__ = [
+    "MAX_TOKEN_CHARS",
+    "StartupError",
+    "check_address",
+    "check_dir",
+    "check_file",
+    "check_host",
+    "check_number",
+    "check_out_dir",
+    "check_out_file",
+    "check_port",
+    "check_seconds",
+    "check_token",
+    "positive_int",
+    "wait_for_tcp",
+]

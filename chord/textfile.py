@@ -1,0 +1,103 @@
+"""Reading the text files users hand the project (TOML, JSON, JSONL): BOM-blind, line-exact errors.
+
+Every reader of a user's file goes through `read_text`: a UTF-8 byte-order mark is dropped, so a
+file with one reads exactly like the file without it, and a byte that is not UTF-8 is reported
+by file, line and column, never by an offset inside a decode buffer. `loads_json` parses strict
+JSON (RFC 8259: no NaN or Infinity tokens) and names the line and column of an error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+from typing import Any
+
+
+class TextFileError(ValueError):
+    """A file that cannot be read as UTF-8 text or parsed; the message names file and line."""
+
+
+def read_text(path: str | Path) -> str:
+    """The file's text: strict UTF-8, a leading BOM dropped, newlines kept as they are.
+
+    Raises TextFileError naming the file (unreadable) or the file, line and column of the first
+    byte that is not UTF-8.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TextFileError(
+            f"{p}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not UTF-8; "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+class _ConstantError(ValueError):
+    """A NaN, Infinity or -Infinity token (json's parse_constant hook does not say where)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _no_constants(token: str) -> Any:
+    """parse_constant hook: NaN, Infinity and -Infinity are not JSON numbers."""
+    raise _ConstantError(token)
+
+
+def _token_line(text: str, token: str) -> int:
+    """1-based line of the first `token` outside a JSON string (1 when not found)."""
+    in_string = escaped = False
+    line = 1
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            line += 1
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif text.startswith(token, i):
+            return line
+    return 1
+
+
+def loads_json(text: str, where: str, first_line: int = 1) -> Any:
+    """Strict JSON of `text`; TextFileError names `where`, the line and the column of an error.
+
+    first_line: the file line `text` starts on (JSONL rows).
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise TextFileError(
+            f"{where}:{first_line + exc.lineno - 1}: invalid JSON at column {exc.colno} "
+            f"({exc.msg})"
+        ) from None
+    except _ConstantError as exc:
+        line = first_line + _token_line(text, exc.token) - 1
+        raise TextFileError(
+            f"{where}:{line}: {exc.token} is not a JSON number; send a finite number"
+        ) from None
+
+
+def read_json(path: str | Path) -> Any:
+    """read_text + loads_json."""
+    return loads_json(read_text(path), str(path))
+
+
+__all__ = ["TextFileError", "loads_json", "read_json", "read_text"]

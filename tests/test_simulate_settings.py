@@ -1,0 +1,164 @@
+"""`chord simulate` refuses settings that can never work, in one line, before any work starts."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from chord.cli import main
+from simulator.config import FleetConfigError, load_config
+from simulator.runner import run_simulation
+from tests.ray_fixtures import smoke_run_dir
+
+__all__ = ["smoke_run_dir"]  # the fixture, imported for pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_env_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No token from the caller's environment; a private dataset cache."""
+    monkeypatch.delenv("CHORD_TOKEN", raising=False)
+    monkeypatch.setenv("CHORD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _simulate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
+) -> tuple[int, list[str]]:
+    """Run `chord simulate FLAGS --out DIR --quiet`; (exit status, stderr lines)."""
+    code = main(["simulate", "--out", str(tmp_path / "sim"), "--quiet", *flags])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_ray_address_with_no_cluster_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's case: --ray-address 127.0.0.1:6390 with no cluster hung until killed."""
+    port = _free_port()
+    code, err = _simulate(tmp_path, capsys, "--ray-address", f"127.0.0.1:{port}")
+    assert code == 2
+    assert err == [
+        f"chord simulate: error: cannot reach a Ray cluster at 127.0.0.1:{port} within 10 s "
+        f"(Connection refused); start one there (`ray start --head --port {port}`) or pass "
+        "--ray-address local"
+    ]
+    assert not (tmp_path / "sim").exists()  # refused before any work
+
+
+def test_ray_address_from_the_environment_is_probed_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "auto")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(
+        f"chord simulate: error: cannot reach a Ray cluster at 127.0.0.1:{port}"
+    )
+    assert err[0].endswith("or pass --ray-address local (and unset RAY_ADDRESS)")
+    monkeypatch.setenv("RAY_ADDRESS", "not an address")
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "auto")
+    assert code == 2 and err[0].startswith("chord simulate: error: $RAY_ADDRESS 'not an address'")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env_token", "expect"),
+    [
+        (("--server", "nohost"), "", "server (--server or `server` in the fleet TOML) 'nohost' "
+         "is not HOST:PORT"),
+        (("--server", "127.0.0.1:0"), "", "port is 0; send a port in 1..65535"),
+        (("--ray-address", "my cluster"), "", "ray_address (--ray-address) 'my cluster' is not "
+         "one of local, auto, none, HOST:PORT or ray://HOST:PORT"),
+        (("--token", "s3cret\n"), "", "transport.token (--token or [transport] token) contains "
+         "'\\n'"),
+        ((), "s3cret\n", "transport.token (--token or [transport] token) contains '\\n'"),
+        (("--tls-ca", "/nonexistent/ca.pem"), "", "transport.tls_root_ca (--tls-ca) "
+         "'/nonexistent/ca.pem' is not an existing file"),
+        (("--negatives", "0"), "", "--negatives must be >= 1, got 0"),
+        (("--num-cpus", "-2"), "", "num_cpus must be >= 0, got -2"),
+        (("--run-dir", "/nonexistent/run"), "", "run_dir (--run-dir) '/nonexistent/run' is not "
+         "an existing directory"),
+        (("--traces", "/nonexistent/t.json"), "", "traces_file (--traces)"),
+    ],
+)
+def test_settings_that_can_never_work_are_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...], env_token: str, expect: str,
+) -> None:
+    if env_token:
+        monkeypatch.setenv("CHORD_TOKEN", env_token)
+    code, err = _simulate(tmp_path, capsys, *flags)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("chord simulate: error: ") and expect in err[0], err[0]
+    assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("[transport]\ncall_timeout_s = nan\n", "transport.call_timeout_s is nan"),
+        ("[transport]\nmax_attempts = 0\n", "transport.max_attempts must be >= 1"),
+        ('[[tiers]]\nname = "mid"\nshare = 1.0\nbudget_bits = inf\n',
+         "tiers[0] ('mid').budget_bits is inf; send a finite number > 0"),
+        ("[faults]\nnet_delay_ms = -5.0\n", "faults.net_delay_ms is -5.0"),
+        ('server = "localhost"\n', "is not HOST:PORT"),
+        ('ray_address = "10.0.0.1"\n', "ray_address (--ray-address) '10.0.0.1' is not"),
+    ],
+)
+def test_fleet_toml_values_are_checked_like_flags(tmp_path: Path, text: str, expect: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(FleetConfigError) as info:
+        load_config(path)
+    assert expect in str(info.value)
+
+
+def test_small_catalogue_refused_before_the_server_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [f"u{u},{(u * 3 + s) % 75 + 1},{s}" for u in range(30) for s in range(10)]
+    data = tmp_path / "small.csv"
+    data.write_text("\n".join(lines) + "\n")
+    code, err = _simulate(tmp_path, capsys, "--dataset", str(data), "--ray-address", "none",
+                          "--devices", "2")
+    assert code == 2
+    assert err == [
+        "chord simulate: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
+        "per user; pass --negatives 74 or fewer, or --full-ranking"
+    ]
+
+
+def test_full_ranking_fleet_reports_metrics_in_range(tmp_path: Path, smoke_run_dir: Path) -> None:
+    """--full-ranking on devices: every target ranked among the whole catalogue."""
+    from simulator.config import FleetConfig, TransportConfig
+
+    cfg = FleetConfig(
+        devices=3, run_dir=str(smoke_run_dir), ray_address="none", ranking="full",
+        transport=TransportConfig(call_timeout_s=5.0, overall_timeout_s=30.0),
+    )
+    summary = run_simulation(cfg, tmp_path / "sim", progress=False)
+    assert summary["completed"] == 3
+    assert 0.0 <= summary["hr10"] <= 1.0
+
+
+def test_unreachable_server_fails_in_one_line_within_the_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _free_port()
+    toml = tmp_path / "fleet.toml"
+    toml.write_text("[transport]\ncall_timeout_s = 0.5\noverall_timeout_s = 2.0\n")
+    code, err = _simulate(tmp_path, capsys, "--config", str(toml), "--server",
+                          f"127.0.0.1:{port}", "--ray-address", "none", "--devices", "2")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"chord simulate: error: cannot reach the strategy service at 127.0.0.1:{port} within 2 s"
+    )
+    assert err[0].endswith("check that `chord serve` listens there (and that --token / --tls-ca "
+                           "match its settings)")

@@ -1,0 +1,75 @@
+"""The other files users hand the project (fleet TOML, traces JSON, reports JSONL): BOM-blind.
+
+Errors name the file and the line; NaN and Infinity are refused where a number must be finite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chord.textfile import TextFileError, loads_json, read_json, read_text
+from cloud_server.reports import ReportStore
+from simulator.config import FleetConfigError, load_config
+from simulator.fleet import TraceError, load_traces
+
+BOM = b"\xef\xbb\xbf"
+TOML = 'devices = 7\n[[tiers]]\nname = "mid"\nshare = 1.0\nbudget_bits = 3.0\n'
+TRACES = '{"a": {"computation": 10.0, "communication": 500.0}}\n'
+
+
+def test_bom_reads_like_no_bom(tmp_path: Path) -> None:
+    for name, text in (("fleet.toml", TOML), ("traces.json", TRACES)):
+        plain, bommed = tmp_path / f"plain-{name}", tmp_path / f"bom-{name}"
+        plain.write_text(text)
+        bommed.write_bytes(BOM + text.encode())
+        assert read_text(bommed) == read_text(plain) == text
+    assert load_config(tmp_path / "bom-fleet.toml") == load_config(tmp_path / "plain-fleet.toml")
+    assert load_traces(tmp_path / "bom-traces.json") == load_traces(tmp_path / "plain-traces.json")
+
+
+def test_non_utf8_byte_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_bytes(b"devices = 7\n# caf\xe9\n")
+    with pytest.raises(FleetConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"fleet config {path}:2: byte 0xe9 at column 6 is not UTF-8; re-encode the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ('{"a": {"computation": NaN, "communication": 1.0}}', "NaN is not a JSON number"),
+        ('{"a": {"computation": 1.0, "communication": Infinity}}', "Infinity is not a JSON"),
+        ('{"a": {"computation": 1e999, "communication": 1.0}}', "send finite numbers > 0"),
+        ('{"a": {"computation": 1.0,\n "communication": }}', ":2: invalid JSON at column 19"),
+    ],
+)
+def test_traces_numbers_must_be_finite(tmp_path: Path, text: str, expect: str) -> None:
+    path = tmp_path / "traces.json"
+    path.write_text(text)
+    with pytest.raises(TraceError) as info:
+        load_traces(path)
+    assert str(info.value).startswith(str(path)) and expect in str(info.value)
+
+
+def test_reports_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "reports.jsonl"
+    path.write_text('{"device_id": "d", "round": 1, "tier": "mid", "metrics": null}\n{"x": 1}\n')
+    with pytest.raises(TextFileError, match=rf"^{path}:2: not a device report"):
+        ReportStore(path)
+    path.write_text('{"device_id": "d", "round": NaN}\n')
+    with pytest.raises(TextFileError, match=rf"^{path}:1: NaN is not a JSON number"):
+        ReportStore(path)
+
+
+def test_json_errors_report_the_file_line(tmp_path: Path) -> None:
+    with pytest.raises(TextFileError, match=r"^rows.jsonl:7: invalid JSON at column 2"):
+        loads_json("{x", "rows.jsonl", first_line=7)
+    path = tmp_path / "run.json"
+    path.write_bytes(BOM + b'{\n  "format": 1,\n  "v": -Infinity\n}')
+    with pytest.raises(TextFileError, match=rf"^{path}:3: -Infinity is not a JSON number"):
+        read_json(path)
