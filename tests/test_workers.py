@@ -195,12 +195,6 @@ async def _burst_then_sigterm(group: Group, n: int) -> tuple[list[str], set[int]
             await ch.close()
 
 
-@pytest.mark.xfail(
-    not (REPO / "cloud_server" / "drain.py").exists(),
-    reason="until issue 11's drain gate (cloud_server/drain.py) lands, a single server's "
-    "drain may cancel calls still queued for a batch (timing-dependent)",
-    strict=False,
-)
 def test_sigterm_drains_every_worker_without_losing_admitted_calls() -> None:
     """Calls sent before SIGTERM finish OK (or, if refused, UNAVAILABLE); the parent exits 0."""
     group = start_group(["--run", str(tiny_run_dir()), "--max-batch", "8"])
