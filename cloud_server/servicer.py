@@ -59,9 +59,13 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.bytes_out = 0
         self.start = time.perf_counter()
+        self.recorded = False
 
     def done(self) -> None:
-        """Record the call in the server's metrics."""
+        """Record the call in the server's metrics (once; later calls do nothing)."""
+        if self.recorded:
+            return
+        self.recorded = True
         self.servicer.service.metrics.observe(
             self.method, self.code.name, time.perf_counter() - self.start, self.bytes_out
         )
@@ -96,6 +100,9 @@ class StrategyServicer(serde.ProtoStrategyServiceServicer):
             message = (
                 f"internal error ({type(exc).__name__}: {exc}); retry, and report it if it persists"
             )
+        # grpc.aio's abort sends the status before it raises: record first, so a client that
+        # scrapes the metrics right after its error already finds the call counted.
+        call.done()
         await context.abort(call.code, message)
 
     async def GetModelSpec(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -378,7 +378,7 @@ def test_prometheus_metrics_are_exported(run_dir: Path, engine: StrategyEngine) 
     finally:
         srv.stop()
     assert 'chord_requests_total{code="OK",method="GetStrategy"} 1.0' in text
-    assert 'chord_requests_total{code="INVALID_ARGUMENT",method="GetStrategy"} 1.0' in text
+    assert 'chord_requests_total{code="INVALID_ARGUMENT",method="GetStrategy"} 1.0' in text, text
     assert "chord_batch_size_count 1.0" in text
     assert "chord_in_flight 0.0" in text
     assert 'chord_bytes_out_total{method="GetStrategy"}' in text
