@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from benchmarks.harness import write_json
 from benchmarks.loadgen import (
     METHODS,
     LoadConfig,
     LoadConfigError,
+    LoadResult,
     LoadRunError,
     format_summary,
     run_load,
 )
+from benchmarks.schedules import SCHEDULES, ScheduleError, parse_seconds
 from chord.startcheck import StartupError, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
@@ -51,13 +54,65 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
     parser.add_argument("--tls-ca", default=None, help="PEM CA certificate: use TLS")
     parser.add_argument("--tls-server-name", default=None, help="TLS name to verify")
-    parser.add_argument("--token", default=None,
-                        help="bearer token for the server (default: $CHORD_TOKEN)")
+    parser.add_argument("--token", default=None, help="bearer token for the server")
     parser.add_argument("--tier", default="", help="device tier (default: the spec's first)")
     parser.add_argument("--budget-bits", type=float, default=0.0, help="0 = the tier default")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random profiles")
     parser.add_argument("--channels", type=int, default=1, help="gRPC channels per process")
     parser.add_argument("--json", dest="json_out", default=None, help="write the result here")
+    open_loop = parser.add_argument_group(
+        "open loop (ghz's flags; latency runs from each call's scheduled send time)"
+    )
+    open_loop.add_argument(
+        "--rps", type=float, default=0.0, help="constant rate, calls/s (0 = closed loop)"
+    )
+    open_loop.add_argument("--load-schedule", choices=SCHEDULES, default="const")
+    open_loop.add_argument("--load-start", type=float, default=0.0, help="step/line: first rate")
+    open_loop.add_argument(
+        "--load-step", type=float, default=0.0, help="step: added each step; line: per second"
+    )
+    open_loop.add_argument(
+        "--load-end", type=float, default=0.0, help="step/line: last rate (0 = none)"
+    )
+    open_loop.add_argument(
+        "--load-step-duration", type=parse_seconds, default=0.0, help="step: e.g. 5s or 500ms"
+    )
+    open_loop.add_argument(
+        "--load-max-duration", type=parse_seconds, default=0.0, help="ramp stops after this"
+    )
+    open_loop.add_argument(
+        "--arrivals", default=None, help="arrivals.csv (t_s,device_id,reason) of a simulation"
+    )
+    open_loop.add_argument(
+        "--speedup", type=float, default=1.0, help="arrivals: virtual seconds per real second"
+    )
+    open_loop.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        default=None,
+        help="search the highest rate whose p99 stays within this; with --arrivals: judge "
+        "the fleet's peak window against it",
+    )
+    open_loop.add_argument(
+        "--search-start-rps", type=float, default=50.0, help="capacity search: first rate"
+    )
+    open_loop.add_argument(
+        "--search-tolerance", type=float, default=0.1, help="capacity search: stop at hi/lo"
+    )
+    open_loop.add_argument(
+        "--peak-window", type=parse_seconds, default=60.0, help="arrivals: peak window (virtual)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("summary", "ghz"),
+        default="summary",
+        help="ghz: print ghz's JSON report (ghz -O json) instead of the text summary (with "
+        "--slo-p99-ms alone: the search as JSON)",
+    )
+    parser.add_argument("--details", action="store_true", help="ghz: one entry per call")
+    parser.add_argument(
+        "--output", default=None, help="write the --format report here instead of stdout"
+    )
 
 
 def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -78,28 +133,109 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         tier=args.tier,
         budget_bits=args.budget_bits,
         channels_per_process=args.channels,
+        rps=args.rps,
+        load_schedule=args.load_schedule,
+        load_start=args.load_start,
+        load_step=args.load_step,
+        load_end=args.load_end,
+        load_step_duration_s=args.load_step_duration,
+        load_max_duration_s=args.load_max_duration,
+        arrivals=args.arrivals,
+        speedup=args.speedup,
     )
 
 
-def run_load_command(args: argparse.Namespace) -> int:
-    """`chord bench load`: run, print the summary, optionally write JSON; 1 if any error.
+def _write(path: str | None, payload: Any) -> None:
+    """JSON to path (or stdout when path is None)."""
+    if path is None:
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        write_json(path, payload)
 
-    A configuration that cannot work exits 2 and a run that cannot start exits 1, each with one
+
+def _report(args: argparse.Namespace, result: LoadResult) -> None:
+    """Print the summary or the ghz report; write --json."""
+    if args.format == "ghz":
+        from benchmarks.ghz import ghz_report
+
+        _write(args.output, ghz_report(result, details=args.details))
+    else:
+        print(format_summary(result))
+    if args.json_out:
+        _write(args.json_out, result.to_json())
+
+
+def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
+    """`--slo-p99-ms X` without arrivals: the capacity search, one line per probe."""
+    from benchmarks.slo import Probe, find_capacity
+
+    def show(p: Probe, res: LoadResult) -> None:
+        lag = f", send lag p99 {p.send_lag_p99_ms:.1f} ms" if p.send_lag_p99_ms else ""
+        print(
+            f"  {p.rps:9.1f} rps offered: {p.achieved_rps:9.1f} ok/s, p99 {p.p99_ms:8.2f} ms, "
+            f"{p.errors} errors{lag} -> {'pass' if p.passed else 'FAIL'}",
+            file=sys.stderr if args.format == "ghz" else sys.stdout,
+            flush=True,
+        )
+
+    cap = find_capacity(
+        cfg,
+        args.slo_p99_ms,
+        start_rps=args.search_start_rps,
+        tolerance=args.search_tolerance,
+        on_probe=show,
+    )
+    hi = cap.bracket[1]
+    line = (
+        f"Capacity at p99 <= {cap.slo_p99_ms:g} ms: {cap.capacity_rps:.1f} rps "
+        f"(first failure at {hi:.1f} rps; {len(cap.probes)} probes of {cfg.duration_s:g} s)"
+    )
+    print(line, file=sys.stderr if args.format == "ghz" else sys.stdout)
+    if args.format == "ghz":
+        _write(args.output, cap.to_json())
+    if args.json_out:
+        _write(args.json_out, cap.to_json())
+    return 0 if cap.capacity_rps > 0 else 1
+
+
+def run_load_command(args: argparse.Namespace) -> int:
+    """`chord bench load`: run, print the summary (or ghz JSON), optionally write JSON.
+
+    Exit status 1 if any call failed (or, with --slo-p99-ms, if the SLO was not kept) or the
+    run could not start; 2 for flags that cannot run; each failure is one
     `chord bench load: error:` line.
     """
     try:
         if args.json_out:
             check_out_file(args.json_out, "--json")
-        result = run_load(load_config_from_args(args))
-    except (LoadConfigError, StartupError) as exc:
+        if args.output:
+            check_out_file(args.output, "--output")
+        cfg = load_config_from_args(args)
+        cfg.validate()
+        if args.slo_p99_ms is not None and cfg.arrivals is None:
+            return _search(args, cfg)
+        result = run_load(cfg)
+    except (LoadConfigError, ScheduleError, StartupError) as exc:
         print(f"chord bench load: error: {exc}", file=sys.stderr)
         return 2
     except LoadRunError as exc:
         print(f"chord bench load: error: {exc}", file=sys.stderr)
         return 1
-    print(format_summary(result))
-    if args.json_out:
-        write_json(args.json_out, result.to_json())
+    _report(args, result)
+    if cfg.arrivals is not None:
+        from benchmarks.slo import replay_verdict
+
+        slo = args.slo_p99_ms if args.slo_p99_ms is not None else 50.0
+        verdict = replay_verdict(result, slo, args.peak_window)
+        print(
+            f"Fleet peak: {verdict['peak_arrivals']} requests in {verdict['window_s']:g} virtual s "
+            f"from t={verdict['peak_start_s']:.0f} s ({verdict['peak_rps_sent']:.1f} rps sent at "
+            f"{cfg.speedup:g}x); p99 there {verdict['peak_p99_ms']:.2f} ms, "
+            f"{verdict['peak_errors']} errors: SLO p99 <= {slo:g} ms "
+            f"{'KEPT' if verdict['kept'] else 'NOT kept'}",
+            file=sys.stderr if args.format == "ghz" and args.output is None else sys.stdout,
+        )
+        return 0 if verdict["kept"] else 1
     return 0 if result.errors == 0 and result.total > 0 else 1
 
 

@@ -1,4 +1,9 @@
-"""Endpoint load: echo ceiling vs micro-batched vs unbatched GetStrategy, via the load generator."""
+"""Endpoint load: capacity at a p99 SLO (open loop) with 1 and 2 server workers, and the
+closed-loop echo / micro-batched / unbatched figures, with server CPU per request.
+
+Every server and load generator runs pinned to named cores (os.sched_setaffinity, as taskset
+does), and the result says which shared which, with the machine's load around the run.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,27 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import (
+    ProcessTreeSampler,
+    ResultStore,
+    add_output_arguments,
+    markdown_table,
+    write_result,
+)
 from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
 from benchmarks.server_process import ServerProcess
+from benchmarks.slo import Probe, find_capacity
 from cloud_server.config import ServerConfig
 
-GOALS = {"batching_speedup_min": 3.0, "strategy_over_echo_min": 0.5, "p99_ms_max": 50.0}
+GOALS = {
+    "batching_speedup_min": 3.0,
+    "strategy_over_echo_min": 0.5,
+    "p99_ms_max": 50.0,
+    # Issue 14: capacity at the p99 SLO, CPU per request, and what a second worker adds.
+    "capacity_strategy_over_echo_min": 0.6,
+    "cpu_strategy_over_echo_max": 1.7,
+    "workers_2_over_1_min": 1.6,
+}
 
 
 class EndpointBenchmarkError(RuntimeError):
@@ -39,9 +59,9 @@ class EndpointConfig:
 
     run_dir: str | None = None  # None = prepare (or reuse) the default smoke run
     concurrency: int = 64
-    duration_s: float = 12.0
+    duration_s: float = 8.0
     warmup_s: float = 2.0
-    repeats: int = 3
+    repeats: int = 1
     processes: int = 1  # load-generator processes (the server is one more process)
     max_batch: int = 32  # micro-batching mode; the unbatched mode uses 1
     max_wait_ms: float = 2.0
@@ -49,6 +69,14 @@ class EndpointConfig:
     modes: tuple[str, ...] = ("echo", "strategy", "unbatched")
     profile_s: float = 0.0  # > 0: py-spy the batched server for this long (needs py-spy)
     write: bool = True
+    # Capacity at the SLO: open-loop search per (mode, workers); see benchmarks.slo.
+    capacity_modes: tuple[str, ...] = ("echo", "strategy")
+    capacity_workers: tuple[int, ...] = (1, 2)
+    slo_p99_ms: float = 50.0
+    probe_s: float = 3.0  # seconds of each constant-rate probe
+    max_probes: int = 7
+    open_loop_cap: int = 512  # calls in flight at most during a probe
+    results_dir: str | None = None  # None: $CHORD_BENCH_RESULTS_DIR, else benchmarks/
 
 
 def default_run_dir() -> Path:
@@ -309,7 +337,11 @@ def _measure_mode(
         warmup_s=cfg.warmup_s,
         seed=0,
     )
-    with ServerProcess(_server_config(mode, cfg, run_dir), cfg.server_torch_threads) as server:
+    server_cpus, loadgen_cpus, _ = pinning(1)
+    load = replace(load, cpus=loadgen_cpus)
+    with ServerProcess(
+        _server_config(mode, cfg, run_dir), cfg.server_torch_threads, cpus=server_cpus
+    ) as server:
         for rep in range(cfg.repeats):
             sampler = _CpuSampler(server.pid)
             try:
@@ -323,7 +355,8 @@ def _measure_mode(
             results.append(res)
             extra["cpu"].append(cpu)
         if cfg.profile_s > 0:
-            out = RESULTS_DIR / f"endpoint_profile_{mode}.txt"
+            out = ResultStore.default(cfg.results_dir).path(f"endpoint_profile_{mode}", ".txt")
+            out.parent.mkdir(parents=True, exist_ok=True)
             holder: dict[str, Any] = {}
             t = threading.Thread(
                 target=lambda: holder.update(_profile(server.pid, cfg.profile_s, out, mode))
@@ -336,6 +369,190 @@ def _measure_mode(
     cpu_keys = sorted({k for c in extra["cpu"] for k in c})
     extra["cpu"] = {k: statistics.median(c[k] for c in extra["cpu"] if k in c) for k in cpu_keys}
     return results, extra
+
+
+def pinning(workers: int) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """(server cores, load-generator cores, a sentence saying what shares what).
+
+    The server gets the first `workers` cores this process may use; the load generator the
+    rest, or, when none are left, the last core (shared with a server worker).
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    server = tuple(cores[: max(1, min(workers, len(cores)))])
+    rest = tuple(c for c in cores if c not in server)
+    loadgen = rest if rest else (cores[-1],)
+    shared = set(server) & set(loadgen)
+    note = (
+        f"server ({workers} worker{'s' if workers > 1 else ''}) on cores {list(server)}, load "
+        f"generator on {list(loadgen)}"
+        + (f": core {sorted(shared)} is shared" if shared else ": no core shared")
+    )
+    return server, loadgen, note
+
+
+def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None,
+              start_rps: float) -> dict[str, Any]:
+    """The open-loop capacity search against one (mode, workers) server, with server CPU."""
+    server_cpus, loadgen_cpus, note = pinning(workers)
+    base = LoadConfig(
+        target="127.0.0.1:1",
+        concurrency=cfg.open_loop_cap,
+        duration_s=cfg.probe_s,
+        warmup_s=0.5,
+        timeout_s=5.0,
+        cpus=loadgen_cpus,
+    )
+    probes: list[dict[str, Any]] = []
+    with ServerProcess(
+        _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
+        cpus=server_cpus,
+    ) as server, ProcessTreeSampler(server.pid, 0.1, pss_every=1 << 30) as sampler:
+
+        def on_probe(p: Probe, res: LoadResult) -> None:
+            cpu = sampler.cpu_over(res.window) if res.window else float("nan")
+            span = (res.window[1] - res.window[0]) if res.window else float("nan")
+            row = {
+                **asdict(p),
+                "server_cpu_ms_per_req": 1e3 * cpu / max(res.total, 1),
+                "server_cores": cpu / span,
+                "loadgen_cores": (res.client_cpu_s or 0.0) / span,
+                "workers_seen": res.workers_seen,
+            }
+            probes.append(row)
+            print(
+                f"  {mode} x{workers}: {p.rps:8.1f} rps offered, {p.achieved_rps:8.1f} ok/s, "
+                f"p99 {p.p99_ms:8.2f} ms, {p.errors} errors, server CPU "
+                f"{row['server_cpu_ms_per_req']:.3f} ms/req -> {'pass' if p.passed else 'FAIL'}",
+                flush=True,
+            )
+
+        cap = find_capacity(
+            replace(base, target=server.target), cfg.slo_p99_ms, start_rps=start_rps,
+            tolerance=0.15, max_probes=cfg.max_probes, on_probe=on_probe,
+        )
+    best = max((p for p in probes if p["passed"]), key=lambda p: p["rps"], default=None)
+    return {
+        "capacity_rps": cap.capacity_rps,
+        "first_failing_rps": cap.bracket[1] if cap.bracket[1] != float("inf") else None,
+        "p99_ms_at_capacity": best["p99_ms"] if best else None,
+        "server_cpu_ms_per_req_at_capacity": best["server_cpu_ms_per_req"] if best else None,
+        "server_cores_at_capacity": best["server_cores"] if best else None,
+        "loadgen_cores_at_capacity": best["loadgen_cores"] if best else None,
+        "server_cpus": ",".join(map(str, server_cpus)),
+        "loadgen_cpus": ",".join(map(str, loadgen_cpus)),
+        "pinning": note,
+        "probes": probes,
+    }
+
+
+def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[str, float]:
+    """Process CPU ms per batch of `batch` random profiles: the engine's whole compute and its
+    parts (hypernetwork forward, level assignment, reply encoding), one torch thread, this
+    process. Per-request figures divide by `batch`."""
+    import torch
+
+    from chord.codes import encode_levels_batch
+    from chord.levels import assign_levels_batch
+    from chord.strategy import StrategyRequest
+    from cloud_server.engine import StrategyEngine
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = StrategyEngine.from_run_dir(run_dir)
+        run, spec = engine.run, engine.spec
+        tier = spec.tiers[0]
+        rng = np.random.default_rng(0)
+        profiles = rng.standard_normal((batch, spec.profile_dim)).astype(np.float32)
+        requests = [
+            StrategyRequest(f"d{i}", f"r{i}", spec.version, tier.name, tier.default_budget_bits,
+                            profile=profiles[i])
+            for i in range(batch)
+        ]
+        tiers = [run.tiers[tier.name]] * batch
+        budgets = [tier.default_budget_bits] * batch
+        sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+
+        def forward() -> np.ndarray:
+            with torch.inference_mode():
+                return run.importance_model.importance(torch.from_numpy(profiles)).numpy()
+
+        imp = forward()
+        levels = np.stack([np.asarray(x) for x in assign_levels_batch(
+            imp, sizes, tiers, budgets, run.level_cost)])
+        parts = {
+            "compute": lambda: engine.compute(requests),
+            "forward": forward,
+            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost),
+            "encode": lambda: encode_levels_batch(levels, spec.version),
+        }
+        out: dict[str, float] = {}
+        for name, fn in parts.items():
+            fn()
+            t0 = time.process_time()
+            for _ in range(repeats):
+                fn()
+            out[f"{name}_ms_per_batch"] = 1e3 * (time.process_time() - t0) / repeats
+        out["compute_ms_per_request"] = out["compute_ms_per_batch"] / batch
+        out["batch"] = float(batch)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def starvation_note(by_config: dict[str, Any]) -> str:
+    """One sentence: how much of its pinned cores each server got at its capacity probe."""
+    parts = []
+    for key, c in by_config.items():
+        got, pinned = c.get("server_cores_at_capacity"), len(str(c.get("server_cpus")).split(","))
+        if got is not None:
+            parts.append(f"{key} {got:.2f} of {pinned}")
+    if not parts:
+        return ""
+    return (
+        "Server cores used at the capacity probe (CPU clock / wall time, of the cores it was "
+        f"pinned to): {', '.join(parts)}; where a server used much less than its cores while "
+        "its p99 failed, other jobs held those cores and the figure measures the machine's "
+        "load more than the server. "
+    )
+
+
+def _machine_load() -> dict[str, Any]:
+    """Load average and the busiest processes right now (what else ran on the machine)."""
+    top = subprocess.run(
+        ["ps", "-eo", "pcpu,args", "--sort=-pcpu", "--no-headers"],
+        capture_output=True, text=True, check=False,
+    ).stdout.splitlines()[:8]
+    return {"loadavg": os.getloadavg(), "top_cpu": [line.strip()[:90] for line in top]}
+
+
+def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
+    """Capacity at the p99 SLO for every (mode, workers), and the ratios the goals name."""
+    out: dict[str, Any] = {}
+    for mode in cfg.capacity_modes:
+        start = 400.0 if mode == "echo" else 150.0
+        for workers in cfg.capacity_workers:
+            key = f"{mode}_w{workers}"
+            out[key] = _capacity(mode, workers, cfg, run_dir, start)
+            start = max(start, out[key]["capacity_rps"])  # more workers: start higher
+    ratios: dict[str, Any] = {}
+    for workers in cfg.capacity_workers:
+        e, g = out.get(f"echo_w{workers}"), out.get(f"strategy_w{workers}")
+        if e and g and e["capacity_rps"]:
+            ratios[f"capacity_strategy_over_echo_w{workers}"] = (
+                g["capacity_rps"] / e["capacity_rps"]
+            )
+        if e and g and e["server_cpu_ms_per_req_at_capacity"] and g[
+            "server_cpu_ms_per_req_at_capacity"
+        ]:
+            ratios[f"cpu_strategy_over_echo_w{workers}"] = (
+                g["server_cpu_ms_per_req_at_capacity"] / e["server_cpu_ms_per_req_at_capacity"]
+            )
+    for mode in cfg.capacity_modes:
+        one, two = out.get(f"{mode}_w1"), out.get(f"{mode}_w2")
+        if one and two and one["capacity_rps"]:
+            ratios[f"workers_2_over_1_{mode}"] = two["capacity_rps"] / one["capacity_rps"]
+    return {"by_config": out, "ratios": ratios}
 
 
 def _summary(results: list[LoadResult]) -> dict[str, Any]:
@@ -370,6 +587,10 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     needs_run = any(m != "echo" for m in cfg.modes)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else (default_run_dir() if needs_run else None)
     load_before = os.getloadavg()
+    machine_before = _machine_load()
+    capacity = run_capacity(cfg, run_dir) if cfg.capacity_modes else {"by_config": {},
+                                                                      "ratios": {}}
+    engine = engine_breakdown(run_dir, cfg.max_batch) if run_dir is not None else {}
     modes: dict[str, Any] = {}
     for mode in cfg.modes:
         results, extra = _measure_mode(mode, cfg, run_dir)
@@ -390,14 +611,55 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         "run_dir": str(run_dir) if run_dir else None,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
+        "machine_before": machine_before,
+        "machine_after": _machine_load(),
+        "capacity": capacity["by_config"],
+        "engine": engine,
+        **capacity["ratios"],
     }
+    e_cpu = modes.get("echo", {}).get("server_cpu_ms_per_req")
+    s_cpu = modes.get("strategy", {}).get("server_cpu_ms_per_req")
+    payload["cpu_strategy_over_echo_closed"] = s_cpu / e_cpu if e_cpu and s_cpu else None
     met = {
         "batching_speedup": (payload["batching_speedup"] or 0) >= GOALS["batching_speedup_min"],
         "strategy_over_echo": (payload["strategy_over_echo"] or 0)
         >= GOALS["strategy_over_echo_min"],
         "p99_ms": (payload["p99_ms"] or 1e9) <= GOALS["p99_ms_max"],
     }
+    for key, value in capacity["ratios"].items():
+        if key.startswith("capacity_strategy_over_echo"):
+            met[key] = value >= GOALS["capacity_strategy_over_echo_min"]
+        elif key.startswith("cpu_strategy_over_echo"):
+            met[key] = value <= GOALS["cpu_strategy_over_echo_max"]
+        elif key == "workers_2_over_1_strategy":
+            met[key] = value >= GOALS["workers_2_over_1_min"]
+    if payload["cpu_strategy_over_echo_closed"] is not None:
+        met["cpu_strategy_over_echo_closed"] = (
+            payload["cpu_strategy_over_echo_closed"] <= GOALS["cpu_strategy_over_echo_max"]
+        )
     payload["goals_met"] = met
+    cap_rows = [
+        {"config": key, **{k: v for k, v in c.items() if not isinstance(v, list | dict)}}
+        for key, c in capacity["by_config"].items()
+    ]
+    cap_table = markdown_table(
+        cap_rows,
+        [
+            "config",
+            "capacity_rps",
+            "first_failing_rps",
+            "p99_ms_at_capacity",
+            "server_cpu_ms_per_req_at_capacity",
+            "server_cores_at_capacity",
+            "loadgen_cores_at_capacity",
+            "server_cpus",
+            "loadgen_cpus",
+        ],
+    )
+    ratio_table = markdown_table(
+        [payload],
+        [k for k in payload if k.startswith(("capacity_strategy", "cpu_strategy", "workers_2"))],
+    )
     rows = [
         {"mode": m, **{k: v for k, v in s.items() if not isinstance(v, list | dict)}}
         for m, s in modes.items()
@@ -433,8 +695,31 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
             "p99_ms",
         ],
     )
-    print("\n" + head + "\n\n" + table)
+    engine_table = markdown_table([engine], list(engine)) if engine else ""
+    print("\n" + "\n\n".join(
+        t for t in (cap_table, ratio_table, engine_table, head, table) if t))
     print("goals met:", met)
+    pins = "; ".join(
+        f"{key}: {c['pinning']}" for key, c in capacity["by_config"].items()
+    )
+    cap_note = (
+        f"Capacity = the highest constant open-loop rate whose p99 (from each call's scheduled "
+        f"send time, so queueing counts) stays <= {cfg.slo_p99_ms:g} ms with no failed call: "
+        f"benchmarks.slo.find_capacity, probes of {cfg.probe_s:g} s after 0.5 s warmup, "
+        f"doubling then bisecting to 15%, at most {cfg.open_loop_cap} calls in flight. "
+        f"Server CPU per request is the server process tree's CPU clock (all workers) over "
+        f"the probe at capacity, per reply. Pinned (sched_setaffinity, as taskset): {pins}. "
+        f"Closed-loop rows below: server on core {pinning(1)[0]}, load generator on "
+        f"{pinning(1)[1]}. Busiest processes before the run: "
+        f"{', '.join(machine_before['top_cpu'][:5])}. "
+    ) if capacity["by_config"] else ""
+    cap_note += starvation_note(capacity["by_config"])
+    if engine:
+        cap_note += (
+            f"Engine table: process CPU per batch of {engine['batch']:.0f} in the benchmark's "
+            f"own process (one torch thread): the whole StrategyEngine.compute and its parts "
+            f"(hypernetwork forward, level assignment, reply encoding). "
+        )
     notes = (
         f"Concurrency {cfg.concurrency}, {cfg.processes} load-generator process(es), "
         f"{cfg.duration_s:g} s measured after {cfg.warmup_s:g} s warmup, medians of "
@@ -452,7 +737,13 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         + profile_note(modes)
     )
     if cfg.write:
-        write_result("endpoint_load", payload, head + "\n\n" + table, notes)
+        tables = "\n\n".join(t for t in (cap_table if cap_rows else "",
+                                           ratio_table if cap_rows else "", engine_table, head,
+                                           table) if t)
+        write_result(
+            "endpoint_load", payload, tables, cap_note + notes,
+            store=ResultStore.default(cfg.results_dir),
+        )
     return payload
 
 
@@ -460,9 +751,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the endpoint benchmark."""
     parser.add_argument("--run", default=None, help="run directory (default: the smoke run)")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per repeat")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per repeat")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--processes", type=int, default=1, help="load-generator processes")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -474,6 +765,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["echo", "strategy", "unbatched"],
     )
     parser.add_argument("--profile", type=float, default=0.0, help="py-spy seconds (0 = off)")
+    parser.add_argument(
+        "--capacity-modes",
+        nargs="*",
+        default=["echo", "strategy"],
+        choices=["echo", "strategy"],
+        help="modes whose capacity at the SLO is searched (none: skip the search)",
+    )
+    parser.add_argument("--capacity-workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--slo-p99-ms", type=float, default=50.0)
+    parser.add_argument("--probe-s", type=float, default=3.0, help="seconds per search probe")
+    parser.add_argument("--max-probes", type=int, default=7)
+    add_output_arguments(parser)
     parser.add_argument("--no-write", action="store_true", help="print only")
 
 
@@ -492,6 +795,12 @@ def config_from_args(args: argparse.Namespace) -> EndpointConfig:
         modes=tuple(args.modes),
         profile_s=args.profile,
         write=not args.no_write,
+        results_dir=args.results_dir,
+        capacity_modes=tuple(args.capacity_modes),
+        capacity_workers=tuple(args.capacity_workers),
+        slo_p99_ms=args.slo_p99_ms,
+        probe_s=args.probe_s,
+        max_probes=args.max_probes,
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import multiprocessing as mp
+import os
 import time
 import uuid
 from collections import Counter
@@ -17,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
 from chord.startcheck import StartupError, check_address, check_seconds, check_token
 from chord.strategy import StrategyRequest
 from protos import serde
@@ -27,8 +30,10 @@ __all__ = [
     "LoadConfigError",
     "LoadResult",
     "LoadRunError",
+    "LoadSamples",
     "format_summary",
     "run_load",
+    "send_schedule",
 ]
 
 METHODS = ("strategy", "spec", "health")
@@ -66,6 +71,36 @@ class LoadConfig:
     budget_bits: float = 0.0  # 0 = the tier's default budget
     n_profiles: int = 64  # distinct random profiles per process
     channels_per_process: int = 1  # gRPC channels (TCP connections) per process
+    # Open loop (benchmarks.schedules): calls go out at scheduled times whatever the replies do,
+    # and latency runs from each call's scheduled time. `concurrency` then caps calls in flight
+    # (a call waiting for a slot is late, and its wait counts in its latency).
+    rps: float = 0.0  # > 0: open loop at this constant rate (ghz --rps)
+    load_schedule: str = "const"  # const | step | line (ghz --load-schedule)
+    load_start: float = 0.0  # step, line: first rate, calls/s
+    load_step: float = 0.0  # step: added every load_step_duration_s; line: added per second
+    load_end: float = 0.0  # step, line: rate to stop at (0 = no limit)
+    load_step_duration_s: float = 0.0
+    load_max_duration_s: float = 0.0  # step, line: the ramp holds after this (0 = never)
+    arrivals: str | None = None  # CSV `t_s,device_id,reason` replayed open loop
+    speedup: float = 1.0  # arrivals: virtual seconds per real second
+    cpus: tuple[int, ...] = ()  # cores the client processes are pinned to (() = any)
+
+    @property
+    def open_loop(self) -> bool:
+        """True when calls follow a schedule (rate or arrivals) rather than free workers."""
+        return self.rps > 0 or self.load_schedule != "const" or self.arrivals is not None
+
+    def schedule(self) -> RateSchedule:
+        """The rate schedule of an open-loop run without arrivals."""
+        return RateSchedule(
+            kind=self.load_schedule,
+            rps=self.rps,
+            start=self.load_start,
+            step=self.load_step,
+            end=self.load_end,
+            step_duration_s=self.load_step_duration_s,
+            max_duration_s=self.load_max_duration_s,
+        )
 
     def validate(self) -> None:
         """Raise LoadConfigError naming the first field that is out of range."""
@@ -102,6 +137,38 @@ class LoadConfig:
             raise LoadConfigError(
                 f"tls_ca {self.tls_ca!r} is not a file; send a PEM CA certificate"
             )
+        if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
+            raise LoadConfigError(
+                f"cpus {sorted(self.cpus)} are not all available; this process may use "
+                f"{sorted(os.sched_getaffinity(0))}"
+            )
+        if self.rps < 0:
+            raise LoadConfigError(f"rps {self.rps} must be >= 0 (0 = closed loop)")
+        if self.arrivals is not None:
+            if self.rps > 0 or self.load_schedule != "const":
+                raise LoadConfigError("arrivals replace rps and load_schedule; send one of them")
+            if not Path(self.arrivals).is_file():
+                raise LoadConfigError(f"arrivals {self.arrivals!r} is not a file; send the CSV")
+            if not (math.isfinite(self.speedup) and self.speedup > 0):
+                raise LoadConfigError(f"speedup {self.speedup} must be a finite number > 0")
+        elif self.open_loop:
+            try:
+                self.schedule().validate()
+            except ScheduleError as exc:
+                raise LoadConfigError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class LoadSamples:
+    """Every measured call, for reports that need more than the summary (ghz details, peaks)."""
+
+    start_epoch: float  # wall-clock time of offset 0 (the measured window's start)
+    offset_s: np.ndarray  # float64 [n]: scheduled (open loop) or actual (closed) send offset
+    latency_s: np.ndarray  # float64 [n]: from that offset to the reply
+    code: np.ndarray  # uint8 [n]: index into codes
+    message: np.ndarray  # int16 [n]: index into messages, -1 for none kept
+    codes: tuple[str, ...]  # gRPC status names
+    messages: tuple[str, ...]  # "CODE: details" of failed calls (the first 20 distinct)
 
 
 @dataclass(frozen=True)
@@ -134,10 +201,19 @@ class LoadResult:
     # and that window as epoch seconds (earliest start, latest end over processes).
     client_cpu_s: float | None = None
     window: tuple[float, float] | None = None
+    mode: str = "closed"  # "closed" (workers send back to back) or "open" (scheduled sends)
+    offered_rps: float | None = None  # open loop: scheduled calls / scheduled span
+    scheduled: int | None = None  # open loop: calls the schedule held in the measured window
+    # Open loop: how late calls left the generator (waiting for a slot or for the CPU).
+    send_lag_p99_ms: float | None = None
+    send_lag_max_ms: float | None = None
+    workers_seen: dict[str, int] = field(default_factory=dict)  # ServerTimings.worker -> replies
+    samples: LoadSamples | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict: the summary keys at top level and the config under "config"."""
-        out = asdict(self)
+        out = asdict(dataclasses.replace(self, samples=None))
+        out.pop("samples")
         out["config"] = asdict(self.config)
         if self.config.token:  # never write a credential into a result file
             out["config"]["token"] = "<redacted>"
@@ -208,117 +284,227 @@ async def _strategy_requests(stub: Any, cfg: LoadConfig, index: int, metadata: A
     return requests
 
 
-async def _drive(
-    cfg: LoadConfig, index: int, n_workers: int, barrier: Any, run_tag: str
-) -> dict[str, Any]:
-    """Run one process's workers: warmup, then the measured window; return its raw figures."""
-    channels = [_channel(cfg) for _ in range(cfg.channels_per_process)]
-    metadata = _metadata(cfg)
-    try:
-        for ch in channels:
-            try:
-                await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
-            except TimeoutError:
-                raise ConnectionError(
-                    f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
-                    "`chord serve` listens there (and pass --tls-ca for a TLS server)"
-                ) from None
-        stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
-        if cfg.method == "strategy":
-            pool = await _strategy_requests(stubs[0], cfg, index, metadata)
-        elif cfg.method == "spec":
-            pool = [serde.model_spec_request_to_proto(f"loadgen-{index}")]
-        else:
-            from grpc_health.v1 import health_pb2, health_pb2_grpc
+class _Recorder:
+    """One process's measured calls, appended as they complete."""
 
-            pool = [health_pb2.HealthCheckRequest(service="")]
-            stubs = [health_pb2_grpc.HealthStub(ch) for ch in channels]  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.offset: list[float] = []
+        self.latency: list[float] = []
+        self.lag: list[float] = []
+        self.code: list[int] = []
+        self.message: list[int] = []
+        self.codes: dict[str, int] = {}
+        self.messages: dict[str, int] = {}
+        self.batch_sizes: list[int] = []
+        self.server_ms = [0.0, 0.0, 0.0]  # sums of model, queue and total ms
+        self.workers: Counter[str] = Counter()
+        self.last_done = 0.0
+
+    def record(
+        self, offset: float, latency: float, lag: float, code: str, detail: str, reply: Any
+    ) -> None:
+        """Count one call (offset and latency in seconds from the window's start).
+
+        reply: the GetStrategy reply (its server timings are summed), or None.
+        """
+        self.offset.append(offset)
+        self.latency.append(latency)
+        self.lag.append(lag)
+        self.code.append(self.codes.setdefault(code, len(self.codes)))
+        self.last_done = max(self.last_done, offset + latency)
+        msg = -1
+        if code != "OK":
+            key = f"{code}: {detail}"
+            if key in self.messages or len(self.messages) < _MAX_ERROR_MESSAGES:
+                msg = self.messages.setdefault(key, len(self.messages))
+        elif reply is not None:
+            t = serde.server_timings_from_reply(reply)
+            if t:
+                self.batch_sizes.append(int(t["batch_size"]))
+                self.server_ms[0] += t["model_ms"]
+                self.server_ms[1] += t["queue_ms"]
+                self.server_ms[2] += t["total_ms"]
+                self.workers[str(int(t["worker"]))] += 1
+        self.message.append(msg)
+
+
+async def _setup(
+    cfg: LoadConfig, index: int, channels: list[grpc.aio.Channel]
+) -> tuple[list[Any], Any]:
+    """(one bound call per channel, the request pool) for cfg.method."""
+    metadata = _metadata(cfg)
+    for ch in channels:
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout=cfg.timeout_s)
+        except TimeoutError:
+            raise ConnectionError(
+                f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
+                "`chord serve` listens there (and pass --tls-ca for a TLS server)"
+            ) from None
+    stubs = [serde.ProtoStrategyServiceStub(ch) for ch in channels]
+    if cfg.method == "strategy":
+        pool = await _strategy_requests(stubs[0], cfg, index, metadata)
+        calls = [s.GetStrategy for s in stubs]
+    elif cfg.method == "spec":
+        pool = [serde.model_spec_request_to_proto(f"loadgen-{index}")]
+        calls = [s.GetModelSpec for s in stubs]
+    else:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        pool = [health_pb2.HealthCheckRequest(service="")]
+        calls = [health_pb2_grpc.HealthStub(ch).Check for ch in channels]
+    return calls, pool
+
+
+def _message_copy(pool: list[Any], k: int) -> Any:
+    """A private copy of pool message k (its request id is rewritten per call)."""
+    msg = type(pool[0])()
+    msg.CopyFrom(pool[k % len(pool)])
+    return msg
+
+
+async def _closed_loop(
+    cfg: LoadConfig, index: int, n_workers: int, calls: list[Any], pool: list[Any],
+    run_tag: str, rec: _Recorder, t_start: float,
+) -> None:
+    """n_workers workers, each sending its next call when the previous one returns."""
+    metadata = _metadata(cfg)
+    limit = max(1, cfg.max_requests // cfg.processes)
+    t_measure = t_start + cfg.warmup_s
+    t_end = t_measure + cfg.duration_s
+    sent = 0
+
+    async def worker(w: int) -> None:
+        nonlocal sent
+        call = calls[w % len(calls)]
+        # Each worker owns copies of its messages: a request id is rewritten only after the
+        # previous call on that message has completed (and so has been serialized).
+        n_own = max(1, min(4, len(pool) // n_workers))
+        own = [_message_copy(pool, w + j * n_workers) for j in range(n_own)]
+        k = 0
+        while True:
+            now = time.perf_counter()
+            if now >= t_end or sent >= limit:
+                return
+            measured = now >= t_measure
+            req = own[k % n_own]
+            k += 1
+            if cfg.method == "strategy":
+                req.request_id = f"{run_tag}-{index}-{w}-{k}"
+            if measured:
+                sent += 1
+            t0 = time.perf_counter()
+            try:
+                reply = await call(req, timeout=cfg.timeout_s, metadata=metadata)
+                code, detail = "OK", ""
+            except grpc.aio.AioRpcError as err:
+                reply, code, detail = None, err.code().name, err.details() or ""
+            t1 = time.perf_counter()
+            if measured:
+                strategy = reply if cfg.method == "strategy" else None
+                rec.record(t0 - t_measure, t1 - t0, 0.0, code, detail, strategy)
+
+    await asyncio.gather(*(worker(w) for w in range(n_workers)))
+
+
+async def _open_loop(
+    cfg: LoadConfig, index: int, times: np.ndarray, calls: list[Any], pool: list[Any],
+    run_tag: str, rec: _Recorder, t_measure: float,
+) -> None:
+    """Send call i at t_measure + times[i] (negative times: warmup, not recorded).
+
+    At most cfg.concurrency calls of this process are in flight; a call that finds no slot
+    waits, and its latency still runs from its scheduled time.
+    """
+    metadata = _metadata(cfg)
+    slots = asyncio.Semaphore(max(1, cfg.concurrency // cfg.processes))
+    own = [_message_copy(pool, k) for k in range(min(len(pool), 16))]
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: float) -> None:
+        async with slots:
+            msg = own[i % len(own)]
+            req = type(msg)()
+            req.CopyFrom(msg)
+            if cfg.method == "strategy":
+                req.request_id = f"{run_tag}-{index}-o{i}"
+            t0 = time.perf_counter()
+            try:
+                reply = await calls[i % len(calls)](req, timeout=cfg.timeout_s, metadata=metadata)
+                code, detail = "OK", ""
+            except grpc.aio.AioRpcError as err:
+                reply, code, detail = None, err.code().name, err.details() or ""
+            t1 = time.perf_counter()
+        if scheduled >= t_measure:
+            strategy = reply if cfg.method == "strategy" else None
+            rec.record(
+                scheduled - t_measure, t1 - scheduled, t0 - scheduled, code, detail, strategy
+            )
+
+    i = 0
+    n = len(times)
+    while i < n:
+        now = time.perf_counter()
+        due = t_measure + times[i]
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.perf_counter()
+        # Launch every call that is due by now (a late wake-up sends them together).
+        while i < n and t_measure + times[i] <= now:
+            task = asyncio.ensure_future(one(i, t_measure + float(times[i])))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+async def _drive(
+    cfg: LoadConfig, index: int, n_workers: int, barrier: Any, run_tag: str,
+    times: np.ndarray | None,
+) -> dict[str, Any]:
+    """Run one process's share of the load; return its raw figures."""
+    channels = [_channel(cfg) for _ in range(cfg.channels_per_process)]
+    try:
+        calls, pool = await _setup(cfg, index, channels)
         # Every process starts its clock together, after connecting.
         await asyncio.to_thread(barrier.wait, 120.0)
-
-        limit = max(1, cfg.max_requests // cfg.processes)
         t_start = time.perf_counter()
-        t_measure = t_start + cfg.warmup_s
-        t_end = t_measure + cfg.duration_s
-        latencies: list[float] = []
-        codes: Counter[str] = Counter()
-        messages: Counter[str] = Counter()
-        batch_sizes: list[int] = []
-        server_ms = [0.0, 0.0, 0.0]  # sums of model, queue and total ms
-        sent = 0
-        last_done = t_measure
-
-        async def worker(w: int) -> None:
-            nonlocal sent, last_done
-            stub = stubs[w % len(stubs)]
-            call = {
-                "strategy": getattr(stub, "GetStrategy", None),
-                "spec": getattr(stub, "GetModelSpec", None),
-                "health": getattr(stub, "Check", None),
-            }[cfg.method]
-            assert call is not None
-            # Each worker owns copies of its messages: a request id is rewritten only after the
-            # previous call on that message has completed (and so has been serialized).
-            n_own = max(1, min(4, len(pool) // n_workers))
-            own = []
-            for j in range(n_own):
-                msg = type(pool[0])()
-                msg.CopyFrom(pool[(w + j * n_workers) % len(pool)])
-                own.append(msg)
-            k = 0
-            while True:
-                now = time.perf_counter()
-                if now >= t_end or sent >= limit:
-                    return
-                measured = now >= t_measure
-                req = own[k % n_own]
-                k += 1
-                if cfg.method == "strategy":
-                    req.request_id = f"{run_tag}-{index}-{w}-{k}"
-                if measured:
-                    sent += 1
-                t0 = time.perf_counter()
-                try:
-                    reply = await call(req, timeout=cfg.timeout_s, metadata=metadata)
-                    code, detail = "OK", ""
-                except grpc.aio.AioRpcError as err:
-                    reply, code, detail = None, err.code().name, err.details() or ""
-                t1 = time.perf_counter()
-                if not measured:
-                    continue
-                latencies.append(t1 - t0)
-                codes[code] += 1
-                last_done = max(last_done, t1)
-                if code != "OK":
-                    key = f"{code}: {detail}"
-                    if key in messages or len(messages) < _MAX_ERROR_MESSAGES:
-                        messages[key] += 1
-                elif cfg.method == "strategy" and reply is not None:
-                    t = serde.strategy_result_from_proto(reply).timings
-                    if t:
-                        batch_sizes.append(int(t["batch_size"]))
-                        server_ms[0] += t["model_ms"]
-                        server_ms[1] += t["queue_ms"]
-                        server_ms[2] += t["total_ms"]
-
+        warm = 0.0 if times is None else max(0.0, -float(times[0])) if len(times) else 0.0
+        t_measure = t_start + (cfg.warmup_s if times is None else warm)
+        rec = _Recorder()
         marks: dict[str, float] = {}
 
         async def cpu_mark() -> None:
             await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
             marks.update(cpu=time.process_time(), wall=time.time())
 
-        await asyncio.gather(cpu_mark(), *(worker(w) for w in range(n_workers)))
+        if times is None:
+            work = _closed_loop(cfg, index, n_workers, calls, pool, run_tag, rec, t_start)
+        else:
+            work = _open_loop(cfg, index, times, calls, pool, run_tag, rec, t_measure)
+        await asyncio.gather(cpu_mark(), work)
         cpu_s = time.process_time() - marks["cpu"]
         window = (marks["wall"], time.time())
-        elapsed = max(last_done, min(t_end, time.perf_counter())) - t_measure
+        if times is None:
+            elapsed = max(rec.last_done, min(cfg.duration_s, time.perf_counter() - t_measure))
+        else:
+            elapsed = max(rec.last_done, float(times[-1]) if len(times) else 0.0)
         return {
-            "latencies": np.asarray(latencies, dtype=np.float64),
-            "codes": dict(codes),
-            "messages": dict(messages),
+            "arrays": {
+                "offset": np.asarray(rec.offset, dtype=np.float64),
+                "latency": np.asarray(rec.latency, dtype=np.float64),
+                "lag": np.asarray(rec.lag, dtype=np.float64),
+                "code": np.asarray(rec.code, dtype=np.uint8),
+                "message": np.asarray(rec.message, dtype=np.int16),
+            },
+            "codes": list(rec.codes),
+            "messages": list(rec.messages),
             "elapsed_s": elapsed,
-            "batch_sum": float(sum(batch_sizes)),
-            "batch_n": len(batch_sizes),
-            "server_ms": server_ms,
+            "batch_sum": float(sum(rec.batch_sizes)),
+            "batch_n": len(rec.batch_sizes),
+            "server_ms": rec.server_ms,
+            "workers": dict(rec.workers),
             "cpu_s": cpu_s,
             "window": window,
         }
@@ -327,13 +513,21 @@ async def _drive(
             await ch.close()
 
 
+_ARRAYS = (("offset", np.float64), ("latency", np.float64), ("lag", np.float64),
+           ("code", np.uint8), ("message", np.int16))
+
+
 def _process_main(
-    cfg_json: str, index: int, n_workers: int, barrier: Any, conn: Connection, run_tag: str
+    cfg_json: str, index: int, n_workers: int, barrier: Any, conn: Connection, run_tag: str,
+    times: np.ndarray | None,
 ) -> None:
-    """Entry point of one client process: drive load, send figures back as JSON + raw float64."""
-    cfg = LoadConfig(**json.loads(cfg_json))
+    """Entry point of one client process: drive load, send figures back as JSON + raw arrays."""
+    raw = json.loads(cfg_json)
+    cfg = LoadConfig(**{**raw, "cpus": tuple(raw.get("cpus", ()))})
     try:
-        figures = asyncio.run(_drive(cfg, index, n_workers, barrier, run_tag))
+        if cfg.cpus:
+            os.sched_setaffinity(0, set(cfg.cpus))
+        figures = asyncio.run(_drive(cfg, index, n_workers, barrier, run_tag, times))
     except BaseException as exc:  # reported to the parent, which raises LoadRunError
         try:
             barrier.abort()
@@ -341,9 +535,10 @@ def _process_main(
             conn.send_bytes(json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode())
             conn.close()
         return
-    lat = figures.pop("latencies")
+    arrays = figures.pop("arrays")
     conn.send_bytes(json.dumps(figures).encode())
-    conn.send_bytes(lat.tobytes())
+    for name, _ in _ARRAYS:
+        conn.send_bytes(arrays[name].tobytes())
     conn.close()
 
 
@@ -355,12 +550,35 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def send_schedule(cfg: LoadConfig) -> np.ndarray | None:
+    """Open loop: every send time (s from the measured window; warmup ones < 0); closed: None.
+
+    Warmup (cfg.warmup_s) sends at the schedule's first rate before the window; arrivals
+    have no warmup: call i goes out t_s[i] / cfg.speedup after the start.
+    """
+    if not cfg.open_loop:
+        return None
+    if cfg.arrivals is not None:
+        try:
+            return read_arrivals(cfg.arrivals).send_times(cfg.speedup)
+        except ScheduleError as exc:
+            raise LoadConfigError(str(exc)) from exc
+    sched = cfg.schedule()
+    times = sched.send_times(cfg.duration_s)
+    first = float(sched.rate_at(np.zeros(1))[0])
+    if cfg.warmup_s > 0 and first > 0:
+        warm = -cfg.warmup_s + np.arange(math.floor(first * cfg.warmup_s)) / first
+        times = np.concatenate([warm, times])
+    return times
+
+
 def run_load(cfg: LoadConfig) -> LoadResult:
     """Run the load described by cfg in client processes and aggregate their figures."""
     cfg.validate()
     processes = min(cfg.processes, cfg.concurrency)
     if processes != cfg.processes:
         cfg = LoadConfig(**{**asdict(cfg), "processes": processes})
+    times = send_schedule(cfg)
     ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
     barrier = ctx.Barrier(processes)
     cfg_json = json.dumps(asdict(cfg))
@@ -370,9 +588,10 @@ def run_load(cfg: LoadConfig) -> LoadResult:
     conns: list[Connection] = []
     for i, n in enumerate(_split(cfg.concurrency, processes)):
         recv, send = ctx.Pipe(duplex=False)
+        share = None if times is None else times[i::processes]
         p = ctx.Process(
             target=_process_main,
-            args=(cfg_json, i, n, barrier, send, run_tag),
+            args=(cfg_json, i, n, barrier, send, run_tag, share),
             name=f"loadgen-{i}",
             daemon=True,
         )
@@ -380,9 +599,11 @@ def run_load(cfg: LoadConfig) -> LoadResult:
         send.close()
         procs.append(p)
         conns.append(recv)
-    deadline = time.monotonic() + 180.0 + cfg.warmup_s + cfg.duration_s + 2 * cfg.timeout_s
+    span = cfg.warmup_s + (cfg.duration_s if times is None else float(times[-1]) if len(times)
+                           else 0.0)
+    deadline = time.monotonic() + 180.0 + span + 2 * cfg.timeout_s
     figures: list[dict[str, Any]] = []
-    lat_parts: list[np.ndarray] = []
+    parts: list[dict[str, np.ndarray]] = []
     fatal: list[str] = []
     try:
         for i, conn in enumerate(conns):
@@ -394,7 +615,9 @@ def run_load(cfg: LoadConfig) -> LoadResult:
                 if "fatal" in head:
                     fatal.append(f"process {i}: {head['fatal']}")
                     continue
-                lat_parts.append(np.frombuffer(conn.recv_bytes(), dtype=np.float64))
+                parts.append(
+                    {name: np.frombuffer(conn.recv_bytes(), dtype=dt) for name, dt in _ARRAYS}
+                )
                 figures.append(head)
             except EOFError:
                 fatal.append(f"process {i} exited without sending its figures")
@@ -408,19 +631,65 @@ def run_load(cfg: LoadConfig) -> LoadResult:
             conn.close()
     if fatal:
         raise LoadRunError("; ".join(fatal))
-    return _aggregate(cfg, figures, lat_parts)
+    scheduled = None if times is None else int((times >= 0).sum())
+    return _aggregate(cfg, figures, parts, times, scheduled)
+
+
+def _merge_samples(
+    figures: list[dict[str, Any]], parts: list[dict[str, np.ndarray]], start_epoch: float
+) -> LoadSamples:
+    """Pool the processes' per-call arrays under one code and message numbering."""
+    codes: list[str] = []
+    messages: list[str] = []
+    code_parts, msg_parts = [], []
+    for f, part in zip(figures, parts, strict=True):
+        cmap = np.array([_index(codes, c) for c in f["codes"]] or [0], dtype=np.uint8)
+        mmap = np.array([_index(messages, m) for m in f["messages"]] + [-1], dtype=np.int16)
+        code_parts.append(cmap[part["code"]] if part["code"].size else part["code"])
+        msg_parts.append(mmap[part["message"]] if part["message"].size else part["message"])
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
+
+    offset = cat("offset")
+    order = np.argsort(offset, kind="stable")
+    return LoadSamples(
+        start_epoch=start_epoch,
+        offset_s=offset[order],
+        latency_s=cat("latency")[order],
+        code=(np.concatenate(code_parts) if parts else np.zeros(0, np.uint8))[order],
+        message=(np.concatenate(msg_parts) if parts else np.zeros(0, np.int16))[order],
+        codes=tuple(codes),
+        messages=tuple(messages),
+    )
+
+
+def _index(items: list[str], item: str) -> int:
+    """Position of item in items, appending it if new."""
+    if item not in items:
+        items.append(item)
+    return items.index(item)
 
 
 def _aggregate(
-    cfg: LoadConfig, figures: list[dict[str, Any]], parts: list[np.ndarray]
+    cfg: LoadConfig,
+    figures: list[dict[str, Any]],
+    parts: list[dict[str, np.ndarray]],
+    times: np.ndarray | None,
+    scheduled: int | None,
 ) -> LoadResult:
     """Merge per-process figures: sum counts, pool latencies, take the longest window."""
-    lat_ms = np.concatenate(parts) * 1e3 if parts else np.zeros(0)
+    start_epoch = min((f["window"][0] for f in figures), default=time.time())
+    samples = _merge_samples(figures, parts, start_epoch)
+    lat_ms = samples.latency_s * 1e3
     codes: Counter[str] = Counter()
+    for i, name in enumerate(samples.codes):
+        codes[name] = int((samples.code == i).sum())
     messages: Counter[str] = Counter()
+    for i, msg in enumerate(samples.messages):
+        messages[msg] = int((samples.message == i).sum())
+    workers: Counter[str] = Counter()
     for f in figures:
-        codes.update(f["codes"])
-        messages.update(f["messages"])
+        workers.update(f["workers"])
     total = int(lat_ms.size)
     ok = int(codes.get("OK", 0))
     elapsed = max((f["elapsed_s"] for f in figures), default=0.0) or cfg.duration_s
@@ -430,6 +699,10 @@ def _aggregate(
         sum(f["server_ms"][k] for f in figures) / batch_n if batch_n else None
         for k in range(3)
     ]
+    lag_ms = np.concatenate([p["lag"] for p in parts]) * 1e3 if parts else np.zeros(0)
+    open_loop = times is not None
+    measured = times[times >= 0] if open_loop and times is not None else np.zeros(0)
+    span = float(measured[-1]) if measured.size else 0.0
     return LoadResult(
         config=cfg,
         total=total,
@@ -452,7 +725,8 @@ def _aggregate(
         server_total_ms_mean=server_ms[2],
         processes=cfg.processes,
         per_process_rps=[
-            len(p) / max(f["elapsed_s"], 1e-9) for p, f in zip(parts, figures, strict=True)
+            len(p["latency"]) / max(f["elapsed_s"], 1e-9)
+            for p, f in zip(parts, figures, strict=True)
         ],
         client_cpu_s=sum(f["cpu_s"] for f in figures) if figures else None,
         window=(
@@ -460,23 +734,46 @@ def _aggregate(
             if figures
             else None
         ),
+        mode="open" if open_loop else "closed",
+        offered_rps=(measured.size / span if span > 0 else None) if open_loop else None,
+        scheduled=scheduled,
+        send_lag_p99_ms=float(np.percentile(lag_ms, 99)) if open_loop and lag_ms.size else None,
+        send_lag_max_ms=float(lag_ms.max()) if open_loop and lag_ms.size else None,
+        workers_seen=dict(sorted(workers.items())),
+        samples=samples,
     )
 
 
 def format_summary(res: LoadResult) -> str:
     """A ghz-like text summary: counts, throughput, latency distribution, statuses, errors."""
     c = res.config
+    if res.mode == "open":
+        what = (f"replay of {c.arrivals} at {c.speedup:g}x" if c.arrivals
+                else c.schedule().describe())
+        load = f"  Load:         open loop, {what}; at most {c.concurrency} in flight"
+    else:
+        load = f"  Concurrency:  {c.concurrency} over {res.processes} process(es), closed loop"
     lines = [
         "Summary:",
         f"  Target:       {c.target} ({c.method}, {'TLS' if c.tls_ca else 'plaintext'})",
-        f"  Concurrency:  {c.concurrency} over {res.processes} process(es)",
-        f"  Count:        {res.total}",
+        load,
+        f"  Count:        {res.total}"
+        + (f" of {res.scheduled} scheduled" if res.scheduled is not None else ""),
         f"  Total:        {res.elapsed_s:.2f} s (after {c.warmup_s:g} s warmup)",
         f"  Slowest:      {res.max_ms:.2f} ms",
         f"  Fastest:      {res.min_ms:.2f} ms",
         f"  Average:      {res.mean_ms:.2f} ms",
         f"  Requests/sec: {res.rps:.2f}",
     ]
+    if res.mode == "open":
+        lines.append("  Latency from: each call's scheduled send time (queueing included)")
+        if res.offered_rps is not None:
+            lines.append(f"  Offered:      {res.offered_rps:.2f} requests/sec")
+        if res.send_lag_p99_ms is not None:
+            lines.append(
+                f"  Send lag:     p99 {res.send_lag_p99_ms:.2f} ms, max "
+                f"{res.send_lag_max_ms:.2f} ms (scheduled -> sent)"
+            )
     if res.client_cpu_s is not None and res.elapsed_s > 0:
         cores = res.client_cpu_s / res.elapsed_s
         lines.append(f"  Client CPU:   {cores:.2f} cores ({res.client_cpu_s:.2f} s in the window)")
@@ -486,6 +783,9 @@ def format_summary(res: LoadResult) -> str:
             f"  Server time:  model {res.server_model_ms_mean:.2f} ms, batch wait "
             f"{res.server_queue_ms_mean:.2f} ms, total {res.server_total_ms_mean:.2f} ms (means)"
         )
+    if len(res.workers_seen) > 1:
+        spread = ", ".join(f"{w}: {n}" for w, n in res.workers_seen.items())
+        lines.append(f"  Workers:      replies by server worker {spread}")
     lines += [
         "",
         "Latency distribution:",

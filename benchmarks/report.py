@@ -1,7 +1,7 @@
 """Old import path of the result writer; benchmarks.harness is its home (drop once unused).
 
-endpoint_load.py, loadgen.py and inference.py still import from here; they switch to
-`benchmarks.harness` in their own rewrites, after which this module goes.
+inference.py still imports from here; it switches to
+`benchmarks.harness` in its own rewrite, after which this module goes.
 """
 
 from benchmarks.harness import RESULTS_DIR, RESULTS_MD, machine_info, markdown_table, write_result

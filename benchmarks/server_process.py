@@ -1,4 +1,8 @@
-"""A strategy server in its own process on 127.0.0.1, port 0, for benchmarks and load tests."""
+"""A strategy server in its own process on 127.0.0.1, port 0, for benchmarks and load tests.
+
+With workers > 1 the child is the `chord serve --workers N` supervisor (cloud_server.workers)
+and its workers; with cpus it (and so every worker) is pinned to those cores.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +52,16 @@ def config_from_json(text: str) -> ServerConfig:
 class ServerProcess(ChildProcess):
     """`python -m benchmarks.server_process` as a ChildProcess that learns its port."""
 
-    def __init__(self, cfg: ServerConfig, torch_threads: int = 1, start_timeout_s: float = 300.0):
-        """cfg: the server's config; torch_threads: intra-op threads of the child's torch."""
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        torch_threads: int = 1,
+        start_timeout_s: float = 300.0,
+        workers: int = 1,
+        cpus: tuple[int, ...] = (),
+    ):
+        """cfg: the server's config; torch_threads: intra-op threads of each server process's
+        torch; workers: server processes on the port; cpus: cores to pin them to (() = any)."""
         super().__init__(
             python_module(
                 "benchmarks.server_process",
@@ -55,6 +69,10 @@ class ServerProcess(ChildProcess):
                 config_to_json(cfg),
                 "--torch-threads",
                 str(torch_threads),
+                "--workers",
+                str(workers),
+                "--cpus",
+                ",".join(map(str, cpus)),
             ),
             ready=_READY,
             start_timeout_s=start_timeout_s,
@@ -62,6 +80,8 @@ class ServerProcess(ChildProcess):
         )
         self.cfg = cfg
         self.torch_threads = torch_threads
+        self.workers = workers
+        self.cpus = cpus
 
     @property
     def port(self) -> int:
@@ -108,16 +128,49 @@ async def _serve(cfg: ServerConfig) -> None:
     await stop_server(server, service, 0.5)
 
 
+def _serve_workers(cfg: ServerConfig, workers: int, torch_threads: int) -> int:
+    """Child side with workers > 1: the worker group; announce the port once all are ready.
+
+    stdin closing (the parent exiting or calling stop()) sends this process SIGTERM, which
+    drains the group.
+    """
+    from cloud_server.workers import serve_workers
+
+    bound: list[int] = []
+
+    def ready() -> None:
+        announce_ready(_READY, bound[0])
+        threading.Thread(target=_sigterm_on_eof, daemon=True).start()
+
+    return serve_workers(
+        cfg, "127.0.0.1", 0, workers, on_bound=bound.append, on_ready=ready,
+        torch_threads=torch_threads,
+    )
+
+
+def _sigterm_on_eof() -> None:
+    """Block on stdin; at EOF send this process SIGTERM."""
+    sys.stdin.read()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.server_process --config JSON`: serve and print the bound port."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="ServerConfig as JSON")
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="server processes on the port")
+    parser.add_argument("--cpus", default="", help="comma-separated cores to pin to")
     args = parser.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    cfg = config_from_json(args.config)
+    if args.workers > 1:
+        return _serve_workers(cfg, args.workers, args.torch_threads)
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    asyncio.run(_serve(config_from_json(args.config)))
+    asyncio.run(_serve(cfg))
     return 0
 
 

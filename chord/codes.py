@@ -113,6 +113,59 @@ def encode_levels(
     return best
 
 
+def pack_levels_batch(levels: np.ndarray) -> np.ndarray:
+    """Rows of levels [R, C] (0..3) packed at once: uint8 [R, packed_length(C)].
+
+    Row r's bytes equal pack_levels(levels[r]). Raises CodeError for a wrong shape, dtype or
+    range, like pack_levels.
+    """
+    lv = np.asarray(levels)
+    if lv.ndim != 2 or lv.shape[1] == 0:
+        raise CodeError(f"levels must be [rows, channels] with channels >= 1, got {lv.shape}")
+    if not np.issubdtype(lv.dtype, np.integer):
+        raise CodeError(f"levels must be integers 0..3, got dtype {lv.dtype}")
+    if lv.size and (lv.min() < 0 or lv.max() >= N_LEVELS):
+        raise CodeError(f"levels must lie in 0..3, got range [{lv.min()}, {lv.max()}]")
+    rows, n = lv.shape
+    padded = np.zeros((rows, packed_length(n) * 4), dtype=np.uint8)
+    padded[:, :n] = lv
+    quads = padded.reshape(rows, -1, 4)
+    return quads[..., 0] | (quads[..., 1] << 2) | (quads[..., 2] << 4) | (quads[..., 3] << 6)
+
+
+def encode_levels_batch(
+    levels: np.ndarray,
+    version: str,
+    references: list[np.ndarray | None] | None = None,
+) -> list[EncodedStrategy]:
+    """encode_levels (with deflate) of every row of levels [R, C], packed in one pass.
+
+    references[r], when given and not None, is row r's reference levels (a delta is tried).
+    Each result equals encode_levels(levels[r], version, reference=references[r]).
+    """
+    if not isinstance(version, str) or not version:
+        raise CodeError("version must be the backbone's non-empty version hash")
+    packed = pack_levels_batch(levels)
+    n = int(np.asarray(levels).shape[1])
+    refs = references if references is not None else [None] * packed.shape[0]
+    if len(refs) != packed.shape[0]:
+        raise CodeError(f"{len(refs)} references for {packed.shape[0]} rows; send one per row")
+    out = []
+    for row, raw, ref in zip(np.asarray(levels), packed, refs, strict=True):
+        data = raw.tobytes()
+        crc = zlib.crc32(data)
+        best = EncodedStrategy(data, n, crc, version, ENCODING_PACKED)
+        deflated = _deflate(data)
+        if len(deflated) < len(best.payload):
+            best = EncodedStrategy(deflated, n, crc, version, ENCODING_DEFLATE)
+        if ref is not None:
+            delta = _deflate(pack_levels(_delta(row, ref)))
+            if len(delta) < len(best.payload):
+                best = EncodedStrategy(delta, n, crc, version, ENCODING_DELTA)
+        out.append(best)
+    return out
+
+
 def _inflate_bounded(payload: bytes, expected: int) -> bytes:
     """Raw-inflate at most `expected` bytes; refuse streams that would produce more."""
     d = zlib.decompressobj(wbits=-15)
@@ -214,7 +267,9 @@ __all__ = [
     "EncodedStrategy",
     "decode_levels",
     "encode_levels",
+    "encode_levels_batch",
     "pack_levels",
+    "pack_levels_batch",
     "packed_length",
     "reference_levels",
     "unpack_levels",

@@ -33,15 +33,16 @@ class _Pending:
 
 
 def _with_timings(
-    result: StrategyResult, enqueued: float, started: float, batch: int
+    result: StrategyResult, enqueued: float, started: float, batch: int, worker: int
 ) -> StrategyResult:
-    """The engine's result plus queue/total time and the batch it shared."""
+    """The engine's result plus queue/total time, the batch it shared and the worker index."""
     now = time.perf_counter()
     timings = dict(result.timings)
     timings.update(
         queue_ms=(started - enqueued) * 1e3,
         total_ms=(now - enqueued) * 1e3,
         batch_size=float(batch),
+        worker=float(worker),
     )
     timings.setdefault("model_ms", 0.0)
     return dataclasses.replace(result, timings=timings)
@@ -64,9 +65,14 @@ class Dispatcher:
         executor: concurrent.futures.Executor | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_dropped: Callable[[str], None] | None = None,
+        worker: int = 0,
     ) -> None:
-        """Engine work runs in executor (one worker thread by default) unless engine.inline."""
+        """Engine work runs in executor (one worker thread by default) unless engine.inline.
+
+        worker: index of this server process under `chord serve --workers N` (0 alone).
+        """
         self.engine = engine
+        self.worker = worker
         self._own_executor = executor is None
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(1, "chord-engine")
         self._on_batch = on_batch or (lambda n: None)
@@ -114,7 +120,7 @@ class Dispatcher:
             raise _engine_failure(exc, 1) from exc
         if isinstance(outcome, ServiceError):
             raise outcome
-        return _with_timings(outcome, enqueued, enqueued, 1)
+        return _with_timings(outcome, enqueued, enqueued, 1, self.worker)
 
 
 class MicroBatcher(Dispatcher):
@@ -128,9 +134,10 @@ class MicroBatcher(Dispatcher):
         executor: concurrent.futures.Executor | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_dropped: Callable[[str], None] | None = None,
+        worker: int = 0,
     ) -> None:
         """max_batch >= 1 requests per forward pass; max_wait_ms >= 0 after the first arrives."""
-        super().__init__(engine, executor, on_batch, on_dropped)
+        super().__init__(engine, executor, on_batch, on_dropped, worker)
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(
                 f"max_batch={max_batch}, max_wait_ms={max_wait_ms}; send max_batch >= 1 and "
@@ -231,7 +238,9 @@ class MicroBatcher(Dispatcher):
                 if isinstance(outcome, ServiceError):
                     p.future.set_exception(outcome)
                 else:
-                    p.future.set_result(_with_timings(outcome, p.enqueued, started, len(live)))
+                    p.future.set_result(
+                        _with_timings(outcome, p.enqueued, started, len(live), self.worker)
+                    )
 
 
 def make_dispatcher(
@@ -240,8 +249,11 @@ def make_dispatcher(
     max_wait_ms: float,
     on_batch: Callable[[int], None] | None = None,
     on_dropped: Callable[[str], None] | None = None,
+    worker: int = 0,
 ) -> Dispatcher:
     """A MicroBatcher, or a direct Dispatcher when max_batch == 1 (unbatched)."""
     if max_batch == 1:
-        return Dispatcher(engine, on_batch=on_batch, on_dropped=on_dropped)
-    return MicroBatcher(engine, max_batch, max_wait_ms, on_batch=on_batch, on_dropped=on_dropped)
+        return Dispatcher(engine, on_batch=on_batch, on_dropped=on_dropped, worker=worker)
+    return MicroBatcher(
+        engine, max_batch, max_wait_ms, on_batch=on_batch, on_dropped=on_dropped, worker=worker
+    )

@@ -67,6 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reports", type=Path, help="JSONL file to append device reports to")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), each with its own engine; "
+        "metrics of all of them on --metrics-port (multiprocess mode, $PROMETHEUS_MULTIPROC_DIR "
+        "or a temporary directory)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch threads per worker when --workers > 1 (0 = cores / workers)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level (default INFO)",
     )
@@ -116,21 +130,48 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 2
-    from cloud_server.server import serve
+    if args.workers < 1:
+        print(f"chord serve: error: --workers {args.workers}; use 1 or more", file=sys.stderr)
+        return 2
 
     def bound(port: int) -> None:
         log.info(
-            "listening on %s:%d (tls=%s, token=%s, echo=%s)",
+            "listening on %s:%d (tls=%s, token=%s, echo=%s, workers=%d)",
             args.host,
             port,
             cfg.tls_cert is not None,
             cfg.token is not None,
             cfg.echo,
+            args.workers,
         )
         print(f"port={port}", flush=True)
 
     try:
-        return serve(cfg, f"{args.host}:{args.port}", on_bound=bound)
+        if args.workers > 1:
+            # The parent imports neither grpc nor torch: workers are spawned interpreters.
+            from cloud_server.workers import WorkerGroupError, serve_workers
+
+            try:
+                return serve_workers(
+                    cfg,
+                    args.host,
+                    args.port,
+                    args.workers,
+                    on_bound=bound,
+                    on_ready=lambda: print("ready", flush=True),
+                    torch_threads=args.torch_threads,
+                )
+            except WorkerGroupError as exc:
+                print(f"chord serve: error: {exc}", file=sys.stderr)
+                return 1
+        from cloud_server.server import serve
+
+        return serve(
+            cfg,
+            f"{args.host}:{args.port}",
+            on_bound=bound,
+            on_ready=lambda: print("ready", flush=True),
+        )
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from chord.artifacts import (
     backbone_to_artifact,
     reference_to_artifact,
 )
-from chord.codes import encode_levels, reference_levels
+from chord.codes import encode_levels, encode_levels_batch, reference_levels
 from chord.levels import (
     DEFAULT_TIERS,
     BudgetError,
@@ -87,6 +87,39 @@ def _result(
         avg_bits=avg_bits / float(sizes.sum()),
         timings={"model_ms": model_ms},
     )
+
+
+def _results_batch(
+    requests: Sequence[StrategyRequest],
+    levels: np.ndarray,
+    sizes: np.ndarray,
+    tiers: Sequence[Tier],
+    version: str,
+    references: list[np.ndarray | None],
+    model_ms: float,
+) -> list[StrategyResult]:
+    """_result for every row of levels [R, C] at once: counts and sizes per level in one
+    bincount each, codes packed in one pass (chord.codes.encode_levels_batch)."""
+    n_rows = levels.shape[0]
+    flat = (levels.astype(np.intp) + 4 * np.arange(n_rows, dtype=np.intp)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=4 * n_rows).reshape(n_rows, 4)
+    # Integer-valued sums, so avg_bits equals chord.levels.average_bits exactly.
+    level_sizes = np.bincount(
+        flat, weights=np.tile(sizes.astype(np.float64), n_rows), minlength=4 * n_rows
+    ).reshape(n_rows, 4)
+    bits = np.array([t.level_bits for t in tiers], dtype=np.float64)
+    avg = (bits * level_sizes).sum(1) / float(sizes.sum())
+    codes = encode_levels_batch(levels, version, references)
+    return [
+        StrategyResult(
+            request_id=req.request_id,
+            code=code,
+            level_counts=(int(c[0]), int(c[1]), int(c[2]), int(c[3])),
+            avg_bits=float(a),
+            timings={"model_ms": model_ms},
+        )
+        for req, code, c, a in zip(requests, codes, counts, avg, strict=True)
+    ]
 
 
 class StrategyEngine:
@@ -209,9 +242,9 @@ class StrategyEngine:
         return out
 
     def compute(self, requests: Sequence[StrategyRequest]) -> BatchOutcome:
-        """One importance forward pass and one level assignment for the whole batch.
+        """One importance forward pass, one level assignment and one encoding for the batch.
 
-        A request's model_ms is the engine time until its own reply was encoded.
+        model_ms is the engine time for the whole batch (every request waited for all of it).
         """
         if not requests:
             return []
@@ -223,25 +256,30 @@ class StrategyEngine:
             importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests],
             self._cost,
         )
-        out: BatchOutcome = []
+        # Per request: an error (non-finite importance, unreachable budget) or levels to encode.
+        errors: dict[int, ServiceError] = {}
         finite = np.isfinite(importance.numpy()).all(axis=1)
-        for row, (req, tier, levels) in enumerate(zip(requests, tiers, assigned, strict=True)):
+        for row, (req, levels) in enumerate(zip(requests, assigned, strict=True)):
             if not finite[row]:
                 field = "profile" if req.profile is not None else "recent_items"
-                out.append(InvalidRequestError(
+                errors[row] = InvalidRequestError(
                     f"{field} gives non-finite channel importance; send profile values in "
                     f"[-{PROFILE_ABS_MAX:g}, {PROFILE_ABS_MAX:g}] (the on-device profiler output)"
-                ))
-                continue
-            if isinstance(levels, BudgetError):
-                out.append(InvalidRequestError(f"{levels}; send a budget this tier can reach"))
-                continue
-            reference = self._reference_for(req, tier)
+                )
+            elif isinstance(levels, BudgetError):
+                errors[row] = InvalidRequestError(f"{levels}; send a budget this tier can reach")
+        good = [i for i in range(len(requests)) if i not in errors]
+        done: dict[int, StrategyResult] = {}
+        if good:
+            rows = np.stack([np.asarray(assigned[i], dtype=np.uint8) for i in good])
+            refs = [self._reference_for(requests[i], tiers[i]) for i in good]
             ms = (time.perf_counter() - start) * 1e3
-            out.append(
-                _result(req, levels, self._sizes, tier, self.spec.version, ms, reference)
+            results = _results_batch(
+                [requests[i] for i in good], rows, self._sizes, [tiers[i] for i in good],
+                self.spec.version, refs, ms,
             )
-        return out
+            done = dict(zip(good, results, strict=True))
+        return [done[i] if i in done else errors[i] for i in range(len(requests))]
 
 
 def _synthetic_spec(tiers: Mapping[str, Tier]) -> ModelSpec:

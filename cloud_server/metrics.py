@@ -44,9 +44,21 @@ class ServerMetrics:
             ["method"],
             registry=self.registry,
         )
+        # Under `chord serve --workers N` (prometheus_client multiprocess mode) counters and
+        # histograms are summed over the workers; in-flight calls too, over live workers.
         self.in_flight = Gauge(
-            "chord_in_flight", "GetStrategy calls being served", registry=self.registry
+            "chord_in_flight",
+            "GetStrategy calls being served",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
+        self.up = Gauge(
+            "chord_worker_up",
+            "1 per live server process (one series per worker pid under --workers N)",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.up.set(1)
         self.dropped = Counter(
             "chord_dropped",
             "Queued requests dropped before the model ran: deadline passed or caller gone",

@@ -120,13 +120,18 @@ def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def create_server(
-    address: str, cfg: ServerConfig, service: StrategyService | None = None
+    address: str,
+    cfg: ServerConfig,
+    service: StrategyService | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Build and bind (not start) a server on address ("host:port", port 0 = any free port).
 
     Must be called with a running event loop. The model loads in the background once the loop
     runs; health reports NOT_SERVING until then. Pass your own `service` to reach its metrics
-    and to close it (`stop_server`) after the server stops.
+    and to close it (`stop_server`) after the server stops. reuse_port=True sets SO_REUSEPORT
+    so several processes share the port (`chord serve --workers N`); off, a second server on
+    the same port fails to bind instead of silently sharing it.
     """
     loop = asyncio.get_running_loop()
     service = service or StrategyService(cfg)
@@ -146,7 +151,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", cfg.max_receive_bytes),
             ("grpc.max_send_message_length", cfg.max_send_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     _add_strategy_service(server, StrategyServicer(service))
@@ -202,11 +207,21 @@ async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s
 
 
 async def serve_async(
-    cfg: ServerConfig, address: str, on_bound: Callable[[int], None] | None = None
+    cfg: ServerConfig,
+    address: str,
+    on_bound: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
+    worker: int = 0,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT, then drain within cfg.grace_s; returns the exit status."""
-    service = StrategyService(cfg)
-    server, port = create_server(address, cfg, service)
+    """Run until SIGTERM/SIGINT, then drain within cfg.grace_s; returns the exit status.
+
+    on_bound(port) runs once the port is bound, on_ready() once the model is loaded (health
+    SERVING). reuse_port and worker: set by `chord serve --workers N` (cloud_server.workers)
+    for each of its processes; see create_server and StrategyService.
+    """
+    service = StrategyService(cfg, worker=worker)
+    server, port = create_server(address, cfg, service, reuse_port=reuse_port)
     await server.start()
     if on_bound is not None:
         on_bound(port)
@@ -231,6 +246,8 @@ async def serve_async(
         log.error("exiting: the model failed to load (%s)", service.load_error)
         status = 1
     else:
+        if on_ready is not None and service.load_task.done():
+            on_ready()
         await stop_wait
         log.info("signal received; draining in-flight calls for up to %.1f s", cfg.grace_s)
     stop_wait.cancel()
@@ -242,6 +259,11 @@ async def serve_async(
     return status
 
 
-def serve(cfg: ServerConfig, address: str, on_bound: Callable[[int], None] | None = None) -> int:
+def serve(
+    cfg: ServerConfig,
+    address: str,
+    on_bound: Callable[[int], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
     """Blocking entry point: serve_async on a fresh event loop."""
-    return asyncio.run(serve_async(cfg, address, on_bound))
+    return asyncio.run(serve_async(cfg, address, on_bound, on_ready=on_ready))

@@ -40,10 +40,19 @@ class StrategyService:
     """Serves strategies, the model spec and device reports; raises ServiceError subclasses."""
 
     def __init__(
-        self, cfg: ServerConfig, engine: Engine | None = None, metrics: ServerMetrics | None = None
+        self,
+        cfg: ServerConfig,
+        engine: Engine | None = None,
+        metrics: ServerMetrics | None = None,
+        worker: int = 0,
     ) -> None:
-        """engine: a ready engine (e.g. shared by tests); None = load from cfg in load()."""
+        """engine: a ready engine (e.g. shared by tests); None = load from cfg in load().
+
+        worker: this process's index under `chord serve --workers N` (0 for one process); it
+        travels in every strategy reply's timings.
+        """
         self.cfg = cfg
+        self.worker = worker
         self.metrics = metrics or ServerMetrics()
         self.engine: Engine | None = engine
         self.dispatcher: Dispatcher | None = None
@@ -75,6 +84,7 @@ class StrategyService:
             self.cfg.max_wait_ms,
             on_batch=self.metrics.batch_size.observe,
             on_dropped=self.metrics.drop,
+            worker=self.worker,
         )
         await dispatcher.start()
         self.dispatcher = dispatcher

@@ -303,7 +303,7 @@ def strategy_request_from_proto(msg: ProtoGetStrategyRequest) -> StrategyRequest
 
 
 def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
-    """Domain StrategyResult -> wire GetStrategyReply (timings: *_ms and batch_size)."""
+    """Domain StrategyResult -> wire GetStrategyReply (timings: *_ms, batch_size, worker)."""
     code = result.code
     if code.encoding not in _ENCODING_TO_PROTO:
         raise SerdeError(
@@ -328,9 +328,24 @@ def strategy_result_to_proto(result: StrategyResult) -> ProtoGetStrategyReply:
                 model_us=_micros(t.get("model_ms", 0.0)),
                 total_us=_micros(t.get("total_ms", 0.0)),
                 batch_size=int(t.get("batch_size", 0)),
+                worker=int(t.get("worker", 0)),
             )
         )
     return msg
+
+
+def server_timings_from_reply(msg: ProtoGetStrategyReply) -> dict[str, float]:
+    """A reply's server timings ({} when absent): *_ms, batch_size and worker, as floats.
+
+    Cheap enough for a load generator to call on every reply (the code is not touched).
+    """
+    if not msg.HasField("timings"):
+        return {}
+    t = msg.timings
+    timings = {k: getattr(t, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
+    timings["batch_size"] = float(t.batch_size)
+    timings["worker"] = float(t.worker)
+    return timings
 
 
 def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
@@ -338,10 +353,7 @@ def strategy_result_from_proto(msg: ProtoGetStrategyReply) -> StrategyResult:
     counts = tuple(int(c) for c in msg.level_counts)
     if len(counts) != 4:
         raise SerdeError(f"reply has {len(counts)} level_counts; expected exactly 4")
-    timings: dict[str, float] = {}
-    if msg.HasField("timings"):
-        timings = {k: getattr(msg.timings, f"{k[:-3]}_us") / 1e3 for k in _TIMING_KEYS}
-        timings["batch_size"] = float(msg.timings.batch_size)
+    timings = server_timings_from_reply(msg)
     return StrategyResult(
         request_id=msg.request_id,
         code=EncodedStrategy(

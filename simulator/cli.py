@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="embedded default run's training preset (default quick)",
     )
     parser.add_argument("--server", help="'embedded' (default) or HOST:PORT of `chord serve`")
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        help="embedded server: processes sharing its port (`chord serve --workers N`; default 1, "
+        "in this process)",
+    )
     parser.add_argument("--ray-address", help="'local' (default), 'auto', ADDRESS or 'none'")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--actors", type=int, help="device actors (default: the cluster's CPUs)")
@@ -122,6 +128,7 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
         run_dir=args.run_dir,
         run_preset=args.run_preset,
         server=args.server,
+        server_workers=args.server_workers,
         ray_address=args.ray_address,
         num_cpus=args.num_cpus,
         actors=args.actors,

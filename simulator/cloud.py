@@ -1,8 +1,13 @@
-"""The cloud the fleet talks to: an embedded in-process server (restartable) or a given address."""
+"""The cloud the fleet talks to: an embedded server (in this process and restartable, or a
+`chord serve --workers N` child process), or a given address."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +21,15 @@ class CloudError(RuntimeError):
 class Cloud:
     """A strategy-service endpoint; `restart()` only works for the embedded one."""
 
-    def __init__(self, target: str, embedded: object | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        embedded: object | None = None,
+        group: subprocess.Popen[str] | None = None,
+    ) -> None:
         self.target = target
         self._embedded = embedded
+        self._group = group  # a `chord serve --workers N` child
         self.restarts = 0
 
     @classmethod
@@ -27,8 +38,13 @@ class Cloud:
         return cls(address)
 
     @classmethod
-    def start_embedded(cls, run_dir: Path, port: int = 0, token: str | None = None) -> Cloud:
-        """Start C's server in a background thread with its own event loop, on 127.0.0.1:port."""
+    def start_embedded(
+        cls, run_dir: Path, port: int = 0, token: str | None = None, workers: int = 1
+    ) -> Cloud:
+        """Start C's server on 127.0.0.1:port: with one worker in a background thread of this
+        process (its own event loop); with more, as a `chord serve --workers N` child."""
+        if workers > 1:
+            return cls._start_group(Path(run_dir), port, token, workers)
         from cloud_server.config import ServerConfig
         from cloud_server.embedded import EmbeddedServer
 
@@ -36,10 +52,42 @@ class Cloud:
         server = EmbeddedServer(cfg, port=port).start()
         return cls(server.address, server)
 
+    @classmethod
+    def _start_group(
+        cls, run_dir: Path, port: int, token: str | None, workers: int, timeout_s: float = 300.0
+    ) -> Cloud:
+        """`python -m chord.cli serve --workers N` on 127.0.0.1; waits for its `ready` line."""
+        cmd = [sys.executable, "-m", "chord.cli", "serve", "--run", str(run_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+               "--grace-s", "1", "--log-level", "WARNING"]
+        env = {**os.environ}
+        env.pop("CHORD_TOKEN", None)
+        if token:
+            env["CHORD_TOKEN"] = token  # not on the command line, where `ps` shows it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        bound = 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("port="):
+                bound = int(line.split("=", 1)[1])
+            elif line.strip() == "ready" and bound:
+                log.info("embedded server: %d workers on 127.0.0.1:%d", workers, bound)
+                return cls(f"127.0.0.1:{bound}", group=proc)
+        proc.kill()
+        proc.wait(10)
+        raise CloudError(
+            f"`chord serve --workers {workers}` did not become ready (exit {proc.returncode}); "
+            "run it by hand to see why"
+        )
+
     @property
     def embedded(self) -> bool:
-        """True when this process runs the server."""
-        return self._embedded is not None
+        """True when the simulator runs the server (in this process or as its child)."""
+        return self._embedded is not None or self._group is not None
 
     def restart(self) -> float:
         """Stop the embedded server, start one on the same port (model reused); seconds down."""
@@ -71,6 +119,16 @@ class Cloud:
         """Stop the embedded server (no-op for an external one)."""
         from cloud_server.embedded import EmbeddedServer
 
+        group, self._group = self._group, None
+        if group is not None:
+            group.send_signal(signal.SIGTERM)  # every worker drains, then the parent exits
+            try:
+                group.wait(30)
+            except subprocess.TimeoutExpired:
+                group.kill()
+                group.wait(10)
+            if group.stdout is not None:
+                group.stdout.close()
         if isinstance(self._embedded, EmbeddedServer):
             self._embedded.stop(grace_s=1.0)
             self._embedded = None

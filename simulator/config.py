@@ -138,6 +138,7 @@ class FleetConfig:
     backbone: str = "sasrec"
     mode: str = "pretrained"  # backbone mode of the embedded run: "pretrained" or "random"
     server: str = "embedded"  # "embedded" or HOST:PORT of a running `chord serve`
+    server_workers: int = 1  # embedded: > 1 runs `chord serve --workers N` as a child process
     ray_address: str = "local"  # "local" (start a private Ray), "auto", an address, or "none"
     num_cpus: int = 0  # local Ray CPUs; 0 = os.cpu_count()
     actors: int = 0  # device actors; 0 = the cluster's CPUs
@@ -187,6 +188,13 @@ class FleetConfig:
             raise FleetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lanes < 1:
             raise FleetConfigError(f"lanes must be >= 1, got {self.lanes}")
+        if self.server_workers < 1:
+            raise FleetConfigError(f"server_workers must be >= 1, got {self.server_workers}")
+        if self.server_workers > 1 and self.faults.restart_server_after:
+            raise FleetConfigError(
+                "faults.restart_server_after restarts the in-process server; with "
+                "server_workers > 1 leave it 0 (or run one worker)"
+            )
         for name in ("net_loss", "corrupt_code_prob"):
             p = getattr(self.faults, name)
             if not 0.0 <= p < 1.0:

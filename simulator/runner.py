@@ -339,7 +339,11 @@ def run_simulation(
     threads.enter_context(_one_torch_thread(True))  # in-process devices time their thread
     try:
         cloud = (
-            Cloud.start_embedded(embedded_run_dir(cfg, progress), token=cfg.transport.token or None)
+            Cloud.start_embedded(
+                embedded_run_dir(cfg, progress),
+                token=cfg.transport.token or None,
+                workers=cfg.server_workers,
+            )
             if cfg.embedded
             else Cloud.external(cfg.server)
         )

@@ -101,16 +101,18 @@ def strategy_results(draw: st.DrawFn) -> StrategyResult:
         st.just({})
         | st.builds(
             # The wire carries whole microseconds, so draw times that are.
-            lambda q, m, t, b: {
+            lambda q, m, t, b, w: {
                 "queue_ms": q / 1e3,
                 "model_ms": m / 1e3,
                 "total_ms": t / 1e3,
                 "batch_size": float(b),
+                "worker": float(w),
             },
             u32,
             u32,
             u32,
             st.integers(0, 1000),
+            st.integers(0, 255),
         )
     )
     return StrategyResult(

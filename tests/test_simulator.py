@@ -285,3 +285,24 @@ def test_resume_after_sigkill(tmp_path: Path, smoke_run_dir: Path) -> None:
     assert con.execute("SELECT COUNT(*) FROM devices").fetchone()[0] == 40
     assert con.execute("SELECT COUNT(DISTINCT device_id) FROM rounds").fetchone()[0] == 40
     assert any(e["kind"] == "resumed" for e in s["events"])
+
+
+def test_embedded_server_with_two_workers(
+    tmp_path: Path,
+    ray_session: None,
+    smoke_run_dir: Path,
+) -> None:
+    """`server_workers = 2`: the simulator's own cloud is a `chord serve --workers 2` child."""
+    cfg = _cfg(smoke_run_dir, devices=12, actors=2, lanes=3, server_workers=2)
+    s = run_simulation(cfg, tmp_path / "workers", progress=False)
+    assert (s["completed"], s["failed"], s["missing"], s["duplicates"]) == (12, 0, 0, 0)
+    db = sqlite3.connect(tmp_path / "workers" / "reports.db")
+    sources = {r[0] for r in db.execute("SELECT strategy_source FROM rounds")}
+    assert sources == {"cloud"}
+
+
+def test_server_workers_config_is_validated() -> None:
+    with pytest.raises(FleetConfigError, match="server_workers"):
+        FleetConfig(server_workers=0)
+    with pytest.raises(FleetConfigError, match="restart_server_after"):
+        FleetConfig(server_workers=2, faults=FaultConfig(restart_server_after=5))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chord.levels.screen import BUDGET_TOLERANCE, descending_order, screen_rows
+from chord.levels.screen import BUDGET_TOLERANCE, screen_rows
 from chord.levels.tiers import N_LEVELS, BudgetError, Tier
 
 MAX_WIDTH = 8
@@ -151,9 +151,10 @@ def assign_levels_rd(
 ) -> list[np.ndarray | BudgetError]:
     """Levels [C] per row of importance [B, C] by the rate-distortion rule (see module doc).
 
-    Steps are ranked by importance + log gain per bit; each row takes the longest prefix that
-    keeps its size-weighted mean within budget, plus the next step if that lands closer. A row
-    that cannot come within 0.1 bit gets a BudgetError in place of levels.
+    Steps are ranked by importance + log gain per bit (ties by step index); each row takes the
+    longest prefix that keeps its size-weighted mean within budget, plus the next step if that
+    lands closer. A row that cannot come within 0.1 bit gets a BudgetError in place of levels.
+    The prefix is found without sorting all 3C steps (`_prefix_within_budget`).
     """
     imp = np.asarray(importance)
     sizes, out, rows = screen_rows(imp, channel_sizes, tiers, budgets)
@@ -166,28 +167,22 @@ def assign_levels_rd(
     n_steps = N_LEVELS - 1
     total = float(sizes.sum())
     good = imp[rows].astype(np.float32)
-    gains = np.stack([cost.step_gains(tiers[i]) for i in rows]).astype(np.float32)  # [R, C, 3]
     widths = np.array([tiers[i].level_bits for i in rows], dtype=np.float64)  # [R, 4]
-    keys = (good[:, :, None] + gains).reshape(len(rows), -1)  # [R, 3C]
-    order = descending_order(keys)  # a channel's steps stay in level order (ties by index)
-    adds = (sizes[None, :, None] * np.diff(widths, axis=1)[:, None, :]).reshape(len(rows), -1)
-    spent = np.concatenate(
-        [np.zeros((len(rows), 1)), np.cumsum(np.take_along_axis(adds, order, axis=1), axis=1)],
-        axis=1,
-    ) + total * widths[:, :1]  # [R, 3C + 1]: bits after taking the first m steps
-    target = np.array([float(budgets[i]) for i in rows])[:, None] * total
-    m = (spent <= target + 1e-9).sum(1) - 1  # longest prefix within budget
-    nxt = np.minimum(m + 1, spent.shape[1] - 1)
-    at_m = np.take_along_axis(spent, m[:, None], 1)[:, 0]
-    at_next = np.take_along_axis(spent, nxt[:, None], 1)[:, 0]
-    closer = np.abs(at_next - target[:, 0]) < np.abs(at_m - target[:, 0])
-    m = np.where(closer, nxt, m)
-    mean = np.where(closer, at_next, at_m) / total
-    taken = np.zeros(keys.shape, dtype=np.uint8)
-    np.put_along_axis(
-        taken, order, (np.arange(keys.shape[1])[None, :] < m[:, None]).astype(np.uint8), axis=1
-    )
-    levels = taken.reshape(len(rows), -1, n_steps).sum(2, dtype=np.uint8)
+    # Rows share a few tiers: gains (float32) and bits per step once per tier, then one gather.
+    kinds = sorted({tiers[i].level_bits for i in rows})
+    kind = np.array([kinds.index(tiers[i].level_bits) for i in rows], dtype=np.intp)
+    gains = np.stack([cost.step_gains(tiers[next(i for i in rows if tiers[i].level_bits == k)])
+                      for k in kinds]).astype(np.float32)  # [T, C, 3]
+    keys = np.add(good[:, :, None], gains[kind] if len(kinds) > 1 else gains[0])
+    keys = keys.reshape(len(rows), -1)  # [R, 3C] float32
+    step_bits = np.diff(np.array(kinds, dtype=np.float64), axis=1)  # [T, 3]
+    adds_by_kind = (sizes[None, :, None] * step_bits[:, None, :]).reshape(len(kinds), -1)
+    adds = adds_by_kind[kind]  # [R, 3C] float64
+    target = np.array([float(budgets[i]) for i in rows]) * total
+    taken, spent = _prefix_within_budget(keys, adds, total * widths[:, 0], target)
+    steps = taken.view(np.uint8).reshape(len(rows), -1, n_steps)
+    levels = steps[:, :, 0] + steps[:, :, 1] + steps[:, :, 2]
+    mean = spent / total
     for j, i in enumerate(rows):
         if abs(mean[j] - float(budgets[i])) > BUDGET_TOLERANCE:
             out[i] = BudgetError(
@@ -197,6 +192,78 @@ def assign_levels_rd(
         else:
             out[i] = levels[j]
     return out
+
+
+_N_BUCKETS = 4096  # key ranges per row; only the one where the budget runs out is sorted
+
+
+def _prefix_within_budget(
+    keys: np.ndarray, adds: np.ndarray, base: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the steps to take: (taken bool [R, n], bits spent [R] float64).
+
+    keys: float32 [R, n], finite; steps are taken in descending key order, ties by step index.
+    adds: bits each step adds (float64 [R, n], integer-valued, >= 0); base: bits before any
+    step [R]; target: the budget in bits [R]. The rule: take the longest prefix m whose bits
+    stay within target (+1e-9), then step m + 1 too if that lands closer to target.
+
+    Instead of sorting all n keys, each row's key range is cut into 4,096 equal ranges (a
+    monotone map, so equal keys share a range and a range holds a contiguous run of the order),
+    bits are summed per range with one bincount, and only the steps of the range where the
+    budget runs out are sorted. Bits are integer-valued, so every partial sum is exact in
+    float64 and equal to the full sort's cumulative sums: the result is identical.
+    """
+    n_rows = keys.shape[0]
+    kmax = keys.max(axis=1)
+    span = kmax.astype(np.float64) - keys.min(axis=1)
+    # Ranges 0..4094 (the 0.5 margin keeps float rounding inside the row's own ranges).
+    scale = np.where(span > 0, (_N_BUCKETS - 1.5) / np.where(span > 0, span, 1.0), 0.0)
+    offset = np.arange(n_rows, dtype=np.float64) * _N_BUCKETS
+    dtype = np.float32 if np.isfinite(span).all() and n_rows * _N_BUCKETS < 1 << 23 else np.float64
+    pos = np.subtract(kmax[:, None], keys, dtype=dtype)
+    pos *= scale[:, None].astype(dtype)
+    pos += offset[:, None].astype(dtype)
+    flat = pos.astype(np.intp)  # row * 4096 + range, non-decreasing along the step order
+    per_bucket = np.bincount(
+        flat.ravel(), weights=adds.ravel(), minlength=n_rows * _N_BUCKETS
+    ).reshape(n_rows, _N_BUCKETS)
+    after = np.cumsum(per_bucket, axis=1) + base[:, None]  # bits after each whole range
+    limit = target + 1e-9
+    cross = (after <= limit[:, None]).sum(1)  # first range that overshoots (4096: none does)
+    first_out = cross + np.arange(n_rows, dtype=np.intp) * _N_BUCKETS
+    taken = flat < first_out[:, None]
+    spent = after[:, -1].copy()
+    live = np.flatnonzero(cross < _N_BUCKETS)
+    if live.size == 0:
+        return taken, spent
+    before = np.where(cross > 0, after[np.arange(n_rows), np.maximum(cross - 1, 0)], base)
+    sel = np.full(n_rows, -1, dtype=np.intp)
+    sel[live] = first_out[live]
+    r_idx, c_idx = np.nonzero(flat == sel[:, None])  # the overshooting range's steps
+    # Their order: by row, then descending key (-0.0 ties 0.0), then step index.
+    order = np.lexsort((c_idx, -keys[r_idx, c_idx] + np.float32(0.0), r_idx))
+    r_s, c_s = r_idx[order], c_idx[order]
+    add_s = adds[r_s, c_s]
+    seg_len = np.bincount(r_s, minlength=n_rows)
+    seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
+    csum = np.cumsum(add_s)
+    offset = np.zeros(n_rows)  # the running sum where each row's segment begins
+    offset[live] = (csum - add_s)[seg_start[live]]
+    # Bits spent after taking the range's steps up to and including this one.
+    at = before[r_s] + (csum - offset[r_s])
+    k = np.bincount(r_s, weights=(at <= limit[r_s]), minlength=n_rows).astype(np.intp)
+    # k < seg_len on live rows: the range as a whole overshoots the budget.
+    start = seg_start[live]
+    at_m = np.where(k[live] > 0, at[start + np.maximum(k[live] - 1, 0)], before[live])
+    at_next = at[start + k[live]]
+    closer = np.abs(at_next - target[live]) < np.abs(at_m - target[live])
+    spent[live] = np.where(closer, at_next, at_m)
+    m = np.zeros(n_rows, dtype=np.intp)
+    m[live] = k[live] + closer
+    rank = np.arange(r_s.size) - seg_start[r_s]
+    pick = rank < m[r_s]
+    taken[r_s[pick], c_s[pick]] = True
+    return taken, spent
 
 
 __all__ = ["MAX_WIDTH", "LevelCost", "LevelCostError", "assign_levels_rd"]

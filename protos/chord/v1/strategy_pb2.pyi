@@ -144,16 +144,18 @@ class GetStrategyRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., backbone_version: _Optional[str] = ..., tier: _Optional[str] = ..., budget_bits: _Optional[float] = ..., profile: _Optional[_Iterable[float]] = ..., recent_items: _Optional[_Iterable[int]] = ..., reference_id: _Optional[str] = ...) -> None: ...
 
 class ServerTimings(_message.Message):
-    __slots__ = ("batch_size", "queue_us", "model_us", "total_us")
+    __slots__ = ("batch_size", "queue_us", "model_us", "total_us", "worker")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_US_FIELD_NUMBER: _ClassVar[int]
     MODEL_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_US_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     queue_us: int
     model_us: int
     total_us: int
-    def __init__(self, batch_size: _Optional[int] = ..., queue_us: _Optional[int] = ..., model_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
+    worker: int
+    def __init__(self, batch_size: _Optional[int] = ..., queue_us: _Optional[int] = ..., model_us: _Optional[int] = ..., total_us: _Optional[int] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class GetStrategyReply(_message.Message):
     __slots__ = ("request_id", "codes", "n_channels", "crc32", "version", "encoding", "level_counts", "timings", "avg_bits")

@@ -1,0 +1,213 @@
+"""Open-loop send times: ghz's const/step/line rate schedules, and recorded arrivals replayed.
+
+A schedule is a sorted float64 array of send times in seconds from the start of the measured
+window. The load generator sends call i at times[i] whatever happened to earlier calls, and
+measures its latency from that scheduled time, so time spent queueing (in the server, in the
+network, or in the generator itself) counts (no coordinated omission).
+
+Rate schedules follow ghz's flags (https://ghz.sh/docs/options): `const` sends --rps calls per
+second; `step` starts at --load-start and adds --load-step every --load-step-duration until
+--load-end (then holds it); `line` changes the rate continuously by --load-step per second from
+--load-start to --load-end. --load-max-duration ends the ramp (the rate then holds) early.
+Call i goes out when the integral of the rate reaches i, so a const schedule of R calls/s over S
+seconds holds exactly floor(R x S) calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ARRIVALS_HEADER",
+    "SCHEDULES",
+    "Arrivals",
+    "RateSchedule",
+    "ScheduleError",
+    "parse_seconds",
+    "read_arrivals",
+]
+
+SCHEDULES = ("const", "step", "line")
+ARRIVALS_HEADER = ("t_s", "device_id", "reason")
+_GRID_S = 1e-3  # resolution of the integrated rate for step and line schedules
+MAX_CALLS = 50_000_000
+
+
+class ScheduleError(ValueError):
+    """A schedule or arrivals file that cannot be sent; the message names the field or line."""
+
+
+def parse_seconds(text: str | float) -> float:
+    """Seconds from a number or a Go-style duration ("5s", "250ms", "1m", "1m30s")."""
+    if isinstance(text, int | float):
+        return float(text)
+    s = text.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    total, number, i = 0.0, "", 0
+    while i < len(s):
+        c = s[i]
+        if c.isdigit() or c == ".":
+            number += c
+            i += 1
+            continue
+        unit = next((u for u in ("ms", "us", "µs", "ns", "h", "m", "s") if s.startswith(u, i)), "")
+        if not unit or not number:
+            raise ScheduleError(f"duration {text!r} is not understood; send e.g. 5s, 250ms or 1m")
+        total += float(number) * units[unit]
+        number, i = "", i + len(unit)
+    if number:
+        raise ScheduleError(f"duration {text!r} lacks a unit after {number}; send e.g. {number}s")
+    return total
+
+
+@dataclass(frozen=True)
+class RateSchedule:
+    """An offered rate over time, in calls per second, as ghz's --load-* flags describe it."""
+
+    kind: str = "const"  # const | step | line
+    rps: float = 0.0  # const: the rate
+    start: float = 0.0  # step, line: the first rate
+    step: float = 0.0  # step: added each step_duration_s; line: added per second (may be < 0)
+    end: float = 0.0  # step, line: the rate to stop changing at (0 = no limit)
+    step_duration_s: float = 0.0  # step: how long each rate holds
+    max_duration_s: float = 0.0  # step, line: the ramp stops changing after this (0 = never)
+
+    def validate(self) -> None:
+        """Raise ScheduleError naming the first flag that is out of range."""
+        if self.kind not in SCHEDULES:
+            raise ScheduleError(f"load schedule {self.kind!r} is unknown; send one of {SCHEDULES}")
+        values = (self.rps, self.start, self.step, self.end, self.step_duration_s,
+                  self.max_duration_s)
+        if not all(math.isfinite(v) for v in values):
+            raise ScheduleError("load schedule values must be finite numbers")
+        if self.kind == "const" and self.rps <= 0:
+            raise ScheduleError(f"rps {self.rps} must be > 0 for a const schedule")
+        if self.kind != "const":
+            if self.start <= 0:
+                raise ScheduleError(f"load-start {self.start} must be > 0 for {self.kind}")
+            if self.step == 0:
+                raise ScheduleError(f"load-step must be non-zero for {self.kind}")
+            if self.end < 0 or self.max_duration_s < 0:
+                raise ScheduleError("load-end and load-max-duration must be >= 0")
+        if self.kind == "step" and self.step_duration_s <= 0:
+            raise ScheduleError(
+                f"load-step-duration {self.step_duration_s} must be > 0 for a step schedule"
+            )
+
+    def rate_at(self, t: np.ndarray) -> np.ndarray:
+        """Calls per second at times t (seconds from the start), never below 0."""
+        t = np.asarray(t, dtype=np.float64)
+        if self.kind == "const":
+            return np.full(t.shape, self.rps)
+        ramp_t = np.minimum(t, self.max_duration_s) if self.max_duration_s > 0 else t
+        if self.kind == "step":
+            rate = self.start + self.step * np.floor(ramp_t / self.step_duration_s)
+        else:
+            rate = self.start + self.step * ramp_t
+        if self.end > 0:
+            rate = np.minimum(rate, self.end) if self.step > 0 else np.maximum(rate, self.end)
+        return np.maximum(rate, 0.0)
+
+    def send_times(self, duration_s: float) -> np.ndarray:
+        """Send times in [0, duration_s): call i when the integrated rate reaches i."""
+        self.validate()
+        if self.kind == "const":
+            n = math.floor(self.rps * duration_s + 1e-9)
+            if n > MAX_CALLS:
+                raise ScheduleError(f"{n} calls exceed the cap of {MAX_CALLS}; lower rps")
+            return np.arange(n, dtype=np.float64) / self.rps
+        grid = np.arange(0.0, duration_s + _GRID_S, _GRID_S)
+        rate = self.rate_at(grid[:-1])
+        calls = np.concatenate([[0.0], np.cumsum(rate * np.diff(grid))])
+        n = math.floor(calls[-1] + 1e-9)
+        if n > MAX_CALLS:
+            raise ScheduleError(f"{n} calls exceed the cap of {MAX_CALLS}; lower the rates")
+        times = np.interp(np.arange(n, dtype=np.float64), calls, grid)
+        return times[times < duration_s]
+
+    def describe(self) -> str:
+        """One line in ghz's terms."""
+        if self.kind == "const":
+            return f"const {self.rps:g} rps"
+        unit = f"every {self.step_duration_s:g} s" if self.kind == "step" else "per second"
+        end = f" up to {self.end:g}" if self.end else ""
+        return f"{self.kind} from {self.start:g} rps, {self.step:+g} rps {unit}{end}"
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """Recorded request times (virtual seconds since the simulation start), sorted."""
+
+    t_s: np.ndarray  # float64 [n], non-decreasing
+    device_ids: tuple[str, ...]
+    reasons: tuple[str, ...]
+    path: str
+
+    def send_times(self, speedup: float) -> np.ndarray:
+        """Real send times: t_s / speedup after the replay starts (the simulation's start)."""
+        if not math.isfinite(speedup) or speedup <= 0:
+            raise ScheduleError(f"speedup {speedup} must be a finite number > 0")
+        return self.t_s / speedup
+
+    def peak_window(self, window_s: float) -> tuple[float, float, int]:
+        """(start, end, arrivals) of the window_s virtual-second window with most arrivals."""
+        if self.t_s.size == 0:
+            return 0.0, window_s, 0
+        ends = np.searchsorted(self.t_s, self.t_s + window_s, side="left")
+        counts = ends - np.arange(self.t_s.size)
+        best = int(np.argmax(counts))
+        start = float(self.t_s[best])
+        return start, start + window_s, int(counts[best])
+
+
+def read_arrivals(path: str | Path) -> Arrivals:
+    """Read a CSV with header `t_s,device_id,reason`, rows sorted by t_s (fleettime writes it).
+
+    Raises ScheduleError naming the file and line of a missing header, a t_s that is not a
+    finite number >= 0, or a row out of order.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ScheduleError(f"cannot read arrivals file {str(p)!r}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScheduleError(f"{p}: not UTF-8 text ({exc.reason}); send the CSV") from exc
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or tuple(h.strip() for h in header[:3]) != ARRIVALS_HEADER:
+        raise ScheduleError(
+            f"{p}:1: header must be {','.join(ARRIVALS_HEADER)}, got {','.join(header or [])!r}"
+        )
+    times: list[float] = []
+    devices: list[str] = []
+    reasons: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) < 3:
+            raise ScheduleError(f"{p}:{line}: expected 3 fields (t_s,device_id,reason)")
+        try:
+            t = float(row[0])
+        except ValueError:
+            raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} is not a number") from None
+        if not math.isfinite(t) or t < 0:
+            raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} must be a finite number >= 0")
+        if times and t < times[-1]:
+            raise ScheduleError(f"{p}:{line}: t_s {t} is before the previous row's {times[-1]}; "
+                                "sort the rows by t_s")
+        times.append(t)
+        devices.append(row[1])
+        reasons.append(row[2])
+    if len(times) > MAX_CALLS:
+        raise ScheduleError(f"{p}: {len(times)} arrivals exceed the cap of {MAX_CALLS}")
+    return Arrivals(np.asarray(times, dtype=np.float64), tuple(devices), tuple(reasons), str(p))
