@@ -51,6 +51,7 @@ class FleetScaleConfig:
     lanes: int = 0  # devices an actor runs at once; 0 = the simulator's default
     actors: int = 0  # device actors; 0 = the simulator's default (the cluster's CPUs)
     ray_address: str = "local"  # "local" private Ray, or "none" for in-process devices
+    runtime: str = ""  # device scoring runtime; "" = the simulator's default (ort)
     timeout_s: float = 1_800.0  # per fleet size
     sample_s: float = 0.5  # memory sampling period
     write: bool = True
@@ -104,6 +105,7 @@ def _child_main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or base.batch_size,
         lanes=args.lanes or base.lanes,
         actors=args.actors or base.actors,
+        runtime=args.device_runtime or base.runtime,
     )
     with Stopwatch() as watch:
         summary = run_simulation(cfg, Path(args.out), progress=False)
@@ -127,6 +129,7 @@ def _child_main(args: argparse.Namespace) -> int:
             "dataset": cfg.dataset,
             "backbone": cfg.backbone,
             "mode": cfg.mode,
+            "runtime": cfg.runtime,
         },
         "summary": keep,
         "backend": summary.get("backend"),
@@ -144,7 +147,7 @@ def run_size(devices: int, run_dir: str, cfg: FleetScaleConfig, work: Path) -> d
         "--devices", str(devices), "--run-dir", run_dir, "--out", str(out),
         "--result", str(result), "--ray-address", cfg.ray_address,
         "--batch-size", str(cfg.batch_size), "--actors", str(cfg.actors),
-        "--lanes", str(cfg.lanes),
+        "--lanes", str(cfg.lanes), "--device-runtime", cfg.runtime,
     )  # fmt: skip
     child = ChildProcess(
         cmd,
@@ -426,6 +429,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=0, help="device actors (0 = default)")
     parser.add_argument("--lanes", type=int, default=0, help="devices an actor runs at once")
     parser.add_argument("--ray-address", default="local", help="'local' or 'none'")
+    parser.add_argument(
+        "--device-runtime", default="", help="device runtime: ort (default), int8, packed, fake"
+    )
     parser.add_argument("--timeout", type=float, default=1_800.0, help="seconds per size")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -450,6 +456,7 @@ def config_from_args(args: argparse.Namespace) -> FleetScaleConfig:
         actors=args.actors,
         lanes=args.lanes,
         ray_address=args.ray_address,
+        runtime=args.device_runtime,
         timeout_s=args.timeout,
         write=not args.no_write,
     )
