@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.report import RESULTS_DIR, markdown_table, write_result
+from benchmarks.harness import RESULTS_DIR, markdown_table, write_result
 from chord.baselines.suite import code_bytes
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
