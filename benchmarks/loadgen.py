@@ -20,7 +20,13 @@ import grpc
 import numpy as np
 
 from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
-from chord.startcheck import StartupError, check_address, check_seconds, check_token
+from chord.startcheck import (
+    StartupError,
+    check_address,
+    check_pem_ca,
+    check_seconds,
+    check_token,
+)
 from chord.strategy import StrategyRequest
 from protos import serde
 
@@ -133,10 +139,8 @@ class LoadConfig:
             raise LoadConfigError("n_profiles and channels_per_process must be >= 1")
         if self.budget_bits < 0:
             raise LoadConfigError(f"budget_bits {self.budget_bits} must be >= 0 (0 = tier default)")
-        if self.tls_ca is not None and not Path(self.tls_ca).is_file():
-            raise LoadConfigError(
-                f"tls_ca {self.tls_ca!r} is not a file; send a PEM CA certificate"
-            )
+        if self.tls_ca is not None:
+            check_pem_ca(self.tls_ca, "--tls-ca")
         if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
             raise LoadConfigError(
                 f"cpus {sorted(self.cpus)} are not all available; this process may use "

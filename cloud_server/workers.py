@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from chord.startcheck import join_host_port
 from cloud_server.config import ServerConfig
 
 __all__ = ["MULTIPROC_ENV", "WorkerGroupError", "reserve_port", "serve_workers"]
@@ -286,7 +287,7 @@ def serve_workers(
                     target=_worker_main,
                     args=(
                         worker_cfg,
-                        f"{host}:{bound_port}",
+                        join_host_port(host, bound_port),
                         i,
                         child_end,
                         threads,

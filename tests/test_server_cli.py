@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,10 +19,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chord.cli import main
+from chord.startcheck import join_host_port
 from cloud_server.cli import add_arguments, config_from_args
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from tests.server_fixtures import call, status_of, strategy_request, wait_serving
+from tests.tls_certs import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,3 +282,94 @@ def test_call_still_running_when_grace_ends_gets_unavailable() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port held by a listening socket without SO_REUSEPORT for the length of a test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def _refusal(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
+    """Run `chord serve --echo FLAGS` in-process; assert exit 2 and one error line; return it."""
+    assert main(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", *flags]) == 2
+    captured = capsys.readouterr()
+    assert "port=" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_serve_refuses_a_taken_metrics_port_in_one_line(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _refusal(capsys, "--metrics-port", str(taken_port)) == (
+        f"chord serve: error: --metrics-port {taken_port} is already in use on 127.0.0.1 "
+        f"(127.0.0.1:{taken_port}); send a free port, or 0 for any free port"
+    )
+
+
+def test_serve_refuses_a_taken_port_without_grpc_core_lines(taken_port: int) -> None:
+    """A real process: stderr is exactly our line (gRPC core never sees the address)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "chord.cli", "serve", "--echo", "--host", "127.0.0.1",
+         "--port", str(taken_port)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "port=" not in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"chord serve: error: --port {taken_port} is already in use on 127.0.0.1 "
+        f"(127.0.0.1:{taken_port}); send a free port, or 0 for any free port"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "expect"),
+    [
+        ("256.1.1.1", "--host '256.1.1.1' is not a valid IPv4 or IPv6 address; send e.g. "
+         "127.0.0.1, 0.0.0.0 or ::1"),
+        ("no-such-host.invalid", "--host 'no-such-host.invalid' does not resolve ("),
+    ],
+)
+def test_serve_refuses_a_host_it_cannot_bind(
+    host: str, expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _refusal(capsys, "--host", host).startswith(f"chord serve: error: {expect}")
+
+
+def test_serve_refuses_tls_files_that_are_not_pem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    assert _refusal(capsys, "--tls-cert", str(junk), "--tls-key", str(junk)) == (
+        f"chord serve: error: --tls-cert {str(junk)!r} is not a PEM certificate (no BEGIN "
+        "CERTIFICATE block); send a PEM certificate chain"
+    )
+    cert, _key = self_signed(tmp_path)
+    assert _refusal(capsys, "--tls-cert", str(cert), "--tls-key", str(cert)) == (
+        f"chord serve: error: --tls-key {str(cert)!r} is not a PEM private key (no BEGIN ... "
+        "PRIVATE KEY block); send the PEM private key of --tls-cert"
+    )
+
+
+def test_join_host_port_brackets_ipv6_literals() -> None:
+    assert join_host_port("::1", 50051) == "[::1]:50051"
+    assert join_host_port("[::1]", 50051) == "[::1]:50051"
+    assert join_host_port("127.0.0.1", 0) == "127.0.0.1:0"
+    assert join_host_port("localhost", 1) == "localhost:1"
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_serve_binds_an_ipv6_host() -> None:
+    """--host ::1 used to form '::1:0', which gRPC cannot bind."""
+    proc, port = _start("--echo", "--host", "::1")
+    try:
+        asyncio.run(wait_serving(f"[::1]:{port}"))
+    finally:
+        if proc.poll() is None:
+            _stop(proc)

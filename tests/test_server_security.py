@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chord.cli import main
 from cloud_server import EmbeddedServer, ServerConfig
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
@@ -120,3 +121,25 @@ def test_config_rejects_half_tls_and_empty_token(tmp_path: Path) -> None:
         ServerConfig(echo=True, tls_cert=tmp_path / "c.pem")
     with pytest.raises(ValueError, match="non-empty --token"):
         ServerConfig(echo=True, token="")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefix", "source"),
+    [
+        (["bench", "load", "--target", "127.0.0.1:1"], "chord bench load", "--tls-ca"),
+        (["simulate", "--devices", "2", "--out", "OUT"], "chord simulate", "transport.tls_root_ca (--tls-ca)"),
+    ],
+)
+def test_clients_refuse_a_tls_ca_that_is_not_pem(
+    argv: list[str], prefix: str, source: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused at start in one line naming the file, not on the first TLS handshake."""
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main([*argv, "--tls-ca", str(junk)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{prefix}: error: {source} {str(junk)!r} is not a PEM certificate file; send the PEM "
+        "root certificate(s) the server's certificate chains to"
+    ]
