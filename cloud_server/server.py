@@ -17,6 +17,7 @@ from cloud_server.config import ServerConfig
 from cloud_server.drain import DrainGate
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
+from cloud_server.tolerant import REFLECTION_V1, TolerantDecodeInterceptor
 from protos.serde import METHOD_CODECS, SERVICE_NAME, STREAM_METHOD_CODECS
 
 __all__ = [
@@ -63,9 +64,6 @@ class _Health(health.aio.HealthServicer):
         )
 
 
-# grpc.reflection.v1 is grpc.reflection.v1alpha under a new package name (same messages, same
-# field numbers), so the v1alpha servicer answers v1 clients when registered under v1's name.
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def _enable_reflection(server: grpc.aio.Server) -> None:
@@ -146,6 +144,7 @@ def create_server(
                 ),
             )
         )
+    interceptors.append(TolerantDecodeInterceptor())  # innermost: wraps the real handlers
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

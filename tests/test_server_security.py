@@ -127,7 +127,8 @@ def test_config_rejects_half_tls_and_empty_token(tmp_path: Path) -> None:
     ("argv", "prefix", "source"),
     [
         (["bench", "load", "--target", "127.0.0.1:1"], "chord bench load", "--tls-ca"),
-        (["simulate", "--devices", "2", "--out", "OUT"], "chord simulate", "transport.tls_root_ca (--tls-ca)"),
+        (["simulate", "--devices", "2", "--out", "OUT"], "chord simulate",
+         "transport.tls_root_ca (--tls-ca)"),
     ],
 )
 def test_clients_refuse_a_tls_ca_that_is_not_pem(
