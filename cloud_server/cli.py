@@ -175,12 +175,26 @@ def run(args: argparse.Namespace) -> int:
                 print(f"chord serve: error: {exc}", file=sys.stderr)
                 return 1
         from cloud_server.server import serve
+        from cloud_server.service import load_engine
 
+        try:
+            # Loaded before binding: a run that can never serve is refused before `port=`.
+            engine = load_engine(cfg) if cfg.run_dir is not None else None
+        except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, ValueError):
+                reason = f"{type(exc).__name__}: {reason}"
+            print(
+                f"chord serve: error: --run {str(cfg.run_dir)!r} cannot be served: {reason}",
+                file=sys.stderr,
+            )
+            return 2
         return serve(
             cfg,
             join_host_port(args.host, args.port),
             on_bound=bound,
             on_ready=lambda: print("ready", flush=True),
+            engine=engine,
         )
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)

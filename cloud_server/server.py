@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
 from cloud_server.drain import DrainGate
+from cloud_server.engine import Engine
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
 from cloud_server.tolerant import REFLECTION_V1, TolerantDecodeInterceptor
@@ -212,14 +213,16 @@ async def serve_async(
     reuse_port: bool = False,
     worker: int = 0,
     on_ready: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain within cfg.grace_s; returns the exit status.
 
     on_bound(port) runs once the port is bound, on_ready() once the model is loaded (health
     SERVING). reuse_port and worker: set by `chord serve --workers N` (cloud_server.workers)
-    for each of its processes; see create_server and StrategyService.
+    for each of its processes; see create_server and StrategyService. engine: one already
+    loaded (`chord serve` loads the run before binding); None = load it after binding.
     """
-    service = StrategyService(cfg, worker=worker)
+    service = StrategyService(cfg, engine=engine, worker=worker)
     server, port = create_server(address, cfg, service, reuse_port=reuse_port)
     await server.start()
     if on_bound is not None:
@@ -263,6 +266,7 @@ def serve(
     address: str,
     on_bound: Callable[[int], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Blocking entry point: serve_async on a fresh event loop."""
-    return asyncio.run(serve_async(cfg, address, on_bound, on_ready=on_ready))
+    return asyncio.run(serve_async(cfg, address, on_bound, on_ready=on_ready, engine=engine))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +24,16 @@ from chord.startcheck import join_host_port
 from cloud_server.cli import add_arguments, config_from_args
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
-from tests.server_fixtures import call, status_of, strategy_request, wait_serving
+from tests.server_fixtures import (
+    call,
+    run_dir,
+    status_of,
+    strategy_request,
+    wait_serving,
+)
 from tests.tls_certs import self_signed
+
+__all__ = ["run_dir"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -373,3 +382,38 @@ def test_serve_binds_an_ipv6_host() -> None:
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        ("junk hypernet.pt", "/hypernet.pt is not a valid hypernetwork checkpoint; rerun "
+         "prepare_run to rewrite it"),
+        ("junk backbone.pt", "/backbone.pt is not a valid backbone checkpoint; rewrite it with "
+         "`chord train`"),
+        ("no backbone.pt", "lacks backbone.pt; rerun prepare_run to complete it"),
+        ("list run.json", "run.json is not a "),
+    ],
+)
+def test_serve_refuses_a_run_that_cannot_load_before_binding(
+    damage: str, expect: str, run_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Was a many-line torch message (advising weights_only=False) after `listening on`."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    if damage == "junk hypernet.pt":
+        (run / "hypernet.pt").write_bytes(b"junk")
+    elif damage == "junk backbone.pt":
+        (run / "backbone.pt").write_bytes(b"junk")
+    elif damage == "no backbone.pt":
+        (run / "backbone.pt").unlink()
+    else:
+        (run / "run.json").write_text("[]")
+    assert main(["serve", "--run", str(run), "--host", "127.0.0.1", "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "port=" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"chord serve: error: --run {str(run)!r} cannot be served: ")
+    assert expect in err[0] and "weights_only" not in err[0]
