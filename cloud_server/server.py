@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from chord.startcheck import join_host_port
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
 from cloud_server.drain import DrainGate
@@ -225,11 +226,18 @@ async def serve_async(
     service = StrategyService(cfg, engine=engine, worker=worker)
     server, port = create_server(address, cfg, service, reuse_port=reuse_port)
     await server.start()
+    if cfg.metrics_port:
+        try:
+            bound = service.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
+        except OSError as exc:  # taken since `chord serve` checked it: stop cleanly, then say so
+            await stop_server(server, service, 0.0)
+            raise OSError(
+                f"--metrics-port {cfg.metrics_port} cannot be bound on {cfg.metrics_host} "
+                f"({exc.strerror or exc}); send a free port, or 0 for no exporter"
+            ) from None
+        log.info("metrics on http://%s/metrics", join_host_port(cfg.metrics_host, bound))
     if on_bound is not None:
         on_bound(port)
-    if cfg.metrics_port:
-        bound = service.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

@@ -169,7 +169,8 @@ def _serve_metrics(cfg: ServerConfig, path: Path) -> Any:
     MultiProcessCollector(registry, path=str(path))
     server, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=registry)
     log.info(
-        "metrics of all workers on http://%s:%d/metrics", cfg.metrics_host, server.server_port
+        "metrics of all workers on http://%s/metrics",
+        join_host_port(cfg.metrics_host, server.server_port),
     )
     return server
 

@@ -22,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chord.cli import main
 from chord.startcheck import join_host_port
 from cloud_server.cli import add_arguments, config_from_args
+from cloud_server.config import ServerConfig
+from cloud_server.server import serve
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from tests.server_fixtures import (
@@ -417,3 +419,18 @@ def test_serve_refuses_a_run_that_cannot_load_before_binding(
     assert len(err) == 1, err
     assert err[0].startswith(f"chord serve: error: --run {str(run)!r} cannot be served: ")
     assert expect in err[0] and "weights_only" not in err[0]
+
+
+def test_serve_stops_cleanly_when_the_metrics_port_is_taken_after_the_check(
+    taken_port: int,
+) -> None:
+    """serve() itself (no CLI check): one OSError naming the flag, the gRPC server stopped."""
+    cfg = ServerConfig(echo=True, metrics_port=taken_port, metrics_host="127.0.0.1")
+    announced: list[int] = []
+    with pytest.raises(OSError) as raised:
+        serve(cfg, "127.0.0.1:0", on_bound=announced.append)
+    assert str(raised.value) == (
+        f"--metrics-port {taken_port} cannot be bound on 127.0.0.1 (Address already in use); "
+        "send a free port, or 0 for no exporter"
+    )
+    assert announced == []
