@@ -67,7 +67,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         raise OSError("this platform has no SO_REUSEPORT; run one worker (--workers 1)")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve host {host!r} ({exc}); pass an IP address") from exc
