@@ -117,6 +117,8 @@ class LoadConfig:
             check_seconds(self.timeout_s, "timeout_s (--timeout)")
             check_seconds(self.duration_s, "duration_s (--duration)")
             check_seconds(self.warmup_s, "warmup_s (--warmup)", allow_zero=True)
+            if self.tls_ca is not None:
+                check_pem_ca(self.tls_ca, "tls_ca (--tls-ca)")
         except StartupError as exc:
             raise LoadConfigError(str(exc)) from None
         if not math.isfinite(self.budget_bits):
@@ -139,8 +141,6 @@ class LoadConfig:
             raise LoadConfigError("n_profiles and channels_per_process must be >= 1")
         if self.budget_bits < 0:
             raise LoadConfigError(f"budget_bits {self.budget_bits} must be >= 0 (0 = tier default)")
-        if self.tls_ca is not None:
-            check_pem_ca(self.tls_ca, "--tls-ca")
         if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
             raise LoadConfigError(
                 f"cpus {sorted(self.cpus)} are not all available; this process may use "

@@ -128,7 +128,8 @@ def test_config_rejects_half_tls_and_empty_token(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "prefix", "source"),
     [
-        (["bench", "load", "--target", "127.0.0.1:1"], "chord bench load", "--tls-ca"),
+        (["bench", "load", "--target", "127.0.0.1:1"], "chord bench load",
+         "tls_ca (--tls-ca)"),
         (["simulate", "--devices", "2", "--out", "OUT"], "chord simulate",
          "transport.tls_root_ca (--tls-ca)"),
     ],
