@@ -20,7 +20,13 @@ import grpc
 import numpy as np
 
 from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
-from chord.startcheck import StartupError, check_address, check_seconds, check_token
+from chord.startcheck import (
+    StartupError,
+    check_address,
+    check_pem_ca,
+    check_seconds,
+    check_token,
+)
 from chord.strategy import StrategyRequest
 from protos import serde
 
@@ -111,6 +117,8 @@ class LoadConfig:
             check_seconds(self.timeout_s, "timeout_s (--timeout)")
             check_seconds(self.duration_s, "duration_s (--duration)")
             check_seconds(self.warmup_s, "warmup_s (--warmup)", allow_zero=True)
+            if self.tls_ca is not None:
+                check_pem_ca(self.tls_ca, "tls_ca (--tls-ca)")
         except StartupError as exc:
             raise LoadConfigError(str(exc)) from None
         if not math.isfinite(self.budget_bits):
@@ -133,10 +141,6 @@ class LoadConfig:
             raise LoadConfigError("n_profiles and channels_per_process must be >= 1")
         if self.budget_bits < 0:
             raise LoadConfigError(f"budget_bits {self.budget_bits} must be >= 0 (0 = tier default)")
-        if self.tls_ca is not None and not Path(self.tls_ca).is_file():
-            raise LoadConfigError(
-                f"tls_ca {self.tls_ca!r} is not a file; send a PEM CA certificate"
-            )
         if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
             raise LoadConfigError(
                 f"cpus {sorted(self.cpus)} are not all available; this process may use "

@@ -75,7 +75,11 @@ def load_backbone(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        raise CheckpointError(f"cannot read backbone checkpoint {path}: {exc}") from exc
+        # torch's own message spans many lines and suggests weights_only=False (unsafe on an
+        # untrusted file), so it is not repeated.
+        raise CheckpointError(
+            f"{path} is not a valid backbone checkpoint; rewrite it with `chord train`"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file (write it with save_backbone)")
     try:

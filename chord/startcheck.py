@@ -9,11 +9,13 @@ a model has loaded or a fleet has started.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import math
 import os
 import re
 import socket
+import ssl
 from pathlib import Path
 
 # gRPC metadata values of non-binary keys are printable ASCII (0x20-0x7E); leading and trailing
@@ -83,6 +85,97 @@ def check_address(address: str, source: str) -> tuple[str, int]:
         )
     check_host(host, source)
     return host, check_port(int(port), f"{source} port", allow_zero=False)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """"HOST:PORT" for gRPC and URLs; IPv6 literals bracketed ("[::1]:50051", RFC 3986 3.2.2)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        if ipaddress.ip_address(bare).version == 6:
+            return f"[{bare}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+def check_bindable(host: str, port: int, source: str, *, reuse_port: bool = False) -> None:
+    """Resolve host and bind (never listen on) a plain TCP socket on host:port, then release it.
+
+    Run before handing the address to a server library, so that an unresolvable host or a taken
+    port is refused in one line instead of the library's own log lines. source names the flag
+    of the port, e.g. "--port". reuse_port sets SO_REUSEPORT as the real server will.
+    """
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if re.fullmatch(r"[0-9.]+|[0-9A-Fa-f:.%\w]*:[0-9A-Fa-f:.%\w]*", bare):
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise StartupError(
+                f"--host {host!r} is not a valid IPv4 or IPv6 address; send e.g. 127.0.0.1, "
+                "0.0.0.0 or ::1"
+            ) from None
+    try:
+        infos = socket.getaddrinfo(
+            bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise StartupError(
+            f"--host {host!r} does not resolve ({reason}); send an IP address such as "
+            "127.0.0.1, ::1 or 0.0.0.0, or a host name this machine resolves"
+        ) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            where = join_host_port(host, port)
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"{source} {port} is already in use on {host} ({where}); send a free port, "
+                    "or 0 for any free port"
+                ) from None
+            raise StartupError(
+                f"cannot bind {where} ({exc.strerror or exc}); send an address of this machine "
+                f"as --host and a port you may bind as {source}"
+            ) from None
+
+
+def check_tls_pair(cert: str | Path, key: str | Path) -> None:
+    """--tls-cert and --tls-key: existing PEM files, a certificate chain and its private key."""
+    cert_p, key_p = check_file(cert, "--tls-cert"), check_file(key, "--tls-key")
+    if b"-----BEGIN CERTIFICATE-----" not in cert_p.read_bytes():
+        raise StartupError(
+            f"--tls-cert {str(cert)!r} is not a PEM certificate (no BEGIN CERTIFICATE block); "
+            "send a PEM certificate chain"
+        )
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_p.read_bytes()):
+        raise StartupError(
+            f"--tls-key {str(key)!r} is not a PEM private key (no BEGIN ... PRIVATE KEY block); "
+            "send the PEM private key of --tls-cert"
+        )
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_p, key_p)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"--tls-cert {str(cert)!r} and --tls-key {str(key)!r} do not load as a certificate "
+            f"chain and its private key ({exc.reason or exc}); send a matching PEM pair"
+        ) from None
+
+
+def check_pem_ca(path: str | Path, source: str) -> Path:
+    """A PEM file of trusted root certificates (e.g. --tls-ca)."""
+    p = check_file(path, source)
+    try:
+        ssl.create_default_context(cafile=str(p))
+    except (ssl.SSLError, ValueError):
+        raise StartupError(
+            f"{source} {str(path)!r} is not a PEM certificate file; send the PEM root "
+            "certificate(s) the server's certificate chains to"
+        ) from None
+    return p
 
 
 def check_number(value: float, source: str, *, allow_zero: bool = False, unit: str = "") -> float:
@@ -194,15 +287,19 @@ __all__ = [
     "MAX_TOKEN_CHARS",
     "StartupError",
     "check_address",
+    "check_bindable",
     "check_dir",
     "check_file",
     "check_host",
     "check_number",
     "check_out_dir",
     "check_out_file",
+    "check_pem_ca",
     "check_port",
     "check_seconds",
+    "check_tls_pair",
     "check_token",
+    "join_host_port",
     "positive_int",
     "wait_for_tcp",
 ]

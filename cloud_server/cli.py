@@ -11,11 +11,13 @@ from pathlib import Path
 
 from chord.startcheck import (
     StartupError,
+    check_bindable,
     check_dir,
     check_host,
     check_out_file,
     check_port,
     check_token,
+    join_host_port,
 )
 from chord.textfile import TextFileError
 from cloud_server.config import MIB, ServerConfig
@@ -133,12 +135,20 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"chord serve: error: --workers {args.workers}; use 1 or more", file=sys.stderr)
         return 2
+    try:
+        # Bind plain sockets first, so that a host or port that cannot work is refused here in
+        # one line, before gRPC core or the metrics exporter log their own errors.
+        check_bindable(args.host, args.port, "--port", reuse_port=args.workers > 1)
+        if cfg.metrics_port:
+            check_bindable(args.host, cfg.metrics_port, "--metrics-port")
+    except StartupError as exc:
+        print(f"chord serve: error: {exc}", file=sys.stderr)
+        return 2
 
     def bound(port: int) -> None:
         log.info(
-            "listening on %s:%d (tls=%s, token=%s, echo=%s, workers=%d)",
-            args.host,
-            port,
+            "listening on %s (tls=%s, token=%s, echo=%s, workers=%d)",
+            join_host_port(args.host, port),
             cfg.tls_cert is not None,
             cfg.token is not None,
             cfg.echo,
@@ -165,12 +175,26 @@ def run(args: argparse.Namespace) -> int:
                 print(f"chord serve: error: {exc}", file=sys.stderr)
                 return 1
         from cloud_server.server import serve
+        from cloud_server.service import load_engine
 
+        try:
+            # Loaded before binding: a run that can never serve is refused before `port=`.
+            engine = load_engine(cfg) if cfg.run_dir is not None else None
+        except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, ValueError):
+                reason = f"{type(exc).__name__}: {reason}"
+            print(
+                f"chord serve: error: --run {str(cfg.run_dir)!r} cannot be served: {reason}",
+                file=sys.stderr,
+            )
+            return 2
         return serve(
             cfg,
-            f"{args.host}:{args.port}",
+            join_host_port(args.host, args.port),
             on_bound=bound,
             on_ready=lambda: print("ready", flush=True),
+            engine=engine,
         )
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)

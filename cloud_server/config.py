@@ -7,10 +7,10 @@ from pathlib import Path
 
 from chord.startcheck import (
     StartupError,
-    check_file,
     check_host,
     check_port,
     check_seconds,
+    check_tls_pair,
     check_token,
 )
 
@@ -75,7 +75,6 @@ class ServerConfig:
         if self.dedup_max_entries < 1:
             raise StartupError(f"dedup_max_entries={self.dedup_max_entries}; use 1 or more")
         if self.tls_cert is not None and self.tls_key is not None:
-            check_file(self.tls_cert, "--tls-cert")
-            check_file(self.tls_key, "--tls-key")
+            check_tls_pair(self.tls_cert, self.tls_key)
         if self.reports_path is not None and self.reports_path.is_dir():
             raise StartupError(f"--reports {str(self.reports_path)!r} is a directory; send a file")

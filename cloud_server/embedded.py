@@ -9,6 +9,7 @@ import threading
 
 import grpc
 
+from chord.startcheck import join_host_port
 from cloud_server.config import ServerConfig
 from cloud_server.engine import Engine
 from cloud_server.server import create_server, stop_server
@@ -42,7 +43,7 @@ class EmbeddedServer:
     @property
     def address(self) -> str:
         """host:port to dial."""
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def start(self, timeout_s: float = 120.0) -> EmbeddedServer:
         """Start the server thread and wait until the model is loaded; raise if it failed."""
@@ -53,7 +54,7 @@ class EmbeddedServer:
         async def main() -> None:
             try:
                 server, port = create_server(
-                    f"{self.host}:{self.requested_port}", self.cfg, self.service
+                    join_host_port(self.host, self.requested_port), self.cfg, self.service
                 )
                 self._server = server
                 await server.start()

@@ -12,11 +12,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from chord.startcheck import join_host_port
 from cloud_server.auth import TokenInterceptor
 from cloud_server.config import ServerConfig
 from cloud_server.drain import DrainGate
+from cloud_server.engine import Engine
 from cloud_server.service import StrategyService
 from cloud_server.servicer import StrategyServicer
+from cloud_server.tolerant import REFLECTION_V1, TolerantDecodeInterceptor
 from protos.serde import METHOD_CODECS, SERVICE_NAME, STREAM_METHOD_CODECS
 
 __all__ = [
@@ -63,9 +66,6 @@ class _Health(health.aio.HealthServicer):
         )
 
 
-# grpc.reflection.v1 is grpc.reflection.v1alpha under a new package name (same messages, same
-# field numbers), so the v1alpha servicer answers v1 clients when registered under v1's name.
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 def _enable_reflection(server: grpc.aio.Server) -> None:
@@ -146,6 +146,7 @@ def create_server(
                 ),
             )
         )
+    interceptors.append(TolerantDecodeInterceptor())  # innermost: wraps the real handlers
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -213,21 +214,30 @@ async def serve_async(
     reuse_port: bool = False,
     worker: int = 0,
     on_ready: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain within cfg.grace_s; returns the exit status.
 
     on_bound(port) runs once the port is bound, on_ready() once the model is loaded (health
     SERVING). reuse_port and worker: set by `chord serve --workers N` (cloud_server.workers)
-    for each of its processes; see create_server and StrategyService.
+    for each of its processes; see create_server and StrategyService. engine: one already
+    loaded (`chord serve` loads the run before binding); None = load it after binding.
     """
-    service = StrategyService(cfg, worker=worker)
+    service = StrategyService(cfg, engine=engine, worker=worker)
     server, port = create_server(address, cfg, service, reuse_port=reuse_port)
     await server.start()
+    if cfg.metrics_port:
+        try:
+            bound = service.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
+        except OSError as exc:  # taken since `chord serve` checked it: stop cleanly, then say so
+            await stop_server(server, service, 0.0)
+            raise OSError(
+                f"--metrics-port {cfg.metrics_port} cannot be bound on {cfg.metrics_host} "
+                f"({exc.strerror or exc}); send a free port, or 0 for no exporter"
+            ) from None
+        log.info("metrics on http://%s/metrics", join_host_port(cfg.metrics_host, bound))
     if on_bound is not None:
         on_bound(port)
-    if cfg.metrics_port:
-        bound = service.metrics.serve_http(cfg.metrics_port, cfg.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, bound)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -264,6 +274,7 @@ def serve(
     address: str,
     on_bound: Callable[[int], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Blocking entry point: serve_async on a fresh event loop."""
-    return asyncio.run(serve_async(cfg, address, on_bound, on_ready=on_ready))
+    return asyncio.run(serve_async(cfg, address, on_bound, on_ready=on_ready, engine=engine))

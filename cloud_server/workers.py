@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from chord.startcheck import join_host_port
 from cloud_server.config import ServerConfig
 
 __all__ = ["MULTIPROC_ENV", "WorkerGroupError", "reserve_port", "serve_workers"]
@@ -66,7 +67,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         raise OSError("this platform has no SO_REUSEPORT; run one worker (--workers 1)")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve host {host!r} ({exc}); pass an IP address") from exc
@@ -168,7 +169,8 @@ def _serve_metrics(cfg: ServerConfig, path: Path) -> Any:
     MultiProcessCollector(registry, path=str(path))
     server, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=registry)
     log.info(
-        "metrics of all workers on http://%s:%d/metrics", cfg.metrics_host, server.server_port
+        "metrics of all workers on http://%s/metrics",
+        join_host_port(cfg.metrics_host, server.server_port),
     )
     return server
 
@@ -286,7 +288,7 @@ def serve_workers(
                     target=_worker_main,
                     args=(
                         worker_cfg,
-                        f"{host}:{bound_port}",
+                        join_host_port(host, bound_port),
                         i,
                         child_end,
                         threads,

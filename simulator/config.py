@@ -17,6 +17,7 @@ from chord.startcheck import (
     check_dir,
     check_file,
     check_number,
+    check_pem_ca,
     check_seconds,
     check_token,
 )
@@ -258,7 +259,7 @@ class FleetConfig:
         if tr.token:
             check_token(tr.token, "transport.token (--token or [transport] token)")
         if tr.tls_root_ca:
-            check_file(tr.tls_root_ca, "transport.tls_root_ca (--tls-ca)")
+            check_pem_ca(tr.tls_root_ca, "transport.tls_root_ca (--tls-ca)")
         check_seconds(tr.call_timeout_s, "transport.call_timeout_s")
         check_seconds(tr.overall_timeout_s, "transport.overall_timeout_s")
         check_seconds(tr.backoff_base_s, "transport.backoff_base_s", allow_zero=True)

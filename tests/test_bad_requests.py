@@ -11,7 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from cloud_server import EmbeddedServer, ServerConfig
 from protos.chord.v1 import strategy_pb2 as pb
@@ -485,3 +487,66 @@ def test_memory_is_steady_under_the_catalogue(server: EmbeddedServer, spec: Any)
     # a leak of 1 KB per call would show as 170 KB.
     grown = marks[2] - marks[1]
     assert grown < 100_000, f"heap grew {grown} bytes over 4 catalogues (marks {marks})"
+
+
+CORRUPT = b"\xff\xff\xff\xff"  # field 31 with an invalid wire type: no message parses it
+
+
+async def _corrupt_status(
+    address: str, method: str, streaming: bool
+) -> tuple[grpc.StatusCode, str]:
+    """Send CORRUPT to a health or reflection method through an untyped channel method."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        if not streaming:
+            return await status_of(ch.unary_unary(method)(CORRUPT, timeout=10))
+        stream = ch.stream_stream(method)(iter([CORRUPT]), timeout=10)
+
+        async def drain() -> None:
+            async for _ in stream:
+                pass
+
+        return await status_of(drain())
+
+
+@pytest.mark.parametrize(
+    ("method", "type_name", "streaming"),
+    [
+        ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest", False),
+        ("/grpc.health.v1.Health/List", "grpc.health.v1.HealthListRequest", False),
+        ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+         "grpc.reflection.v1alpha.ServerReflectionRequest", True),
+        ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+         "grpc.reflection.v1.ServerReflectionRequest", True),
+    ],
+)
+def test_corrupt_bytes_to_health_and_reflection_are_invalid_argument(
+    method: str, type_name: str, streaming: bool, server: EmbeddedServer
+) -> None:
+    """They answered UNKNOWN ("Unexpected DecodeError") and logged a traceback."""
+    code, details = arun(_corrupt_status(server.address, method, streaming))
+    assert code == S.INVALID_ARGUMENT, details
+    assert details.startswith(f"the request bytes are not a valid {type_name} (")
+    assert details.endswith(f"); send a serialized {type_name}")
+
+
+def test_reflection_v1_describes_its_own_service(server: EmbeddedServer) -> None:
+    """It listed grpc.reflection.v1.ServerReflection but answered NOT_FOUND for its file."""
+    async def describe() -> list[str]:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            info = ch.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            request = reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="grpc.reflection.v1.ServerReflection"
+            )
+            async for reply in info(iter([request]), timeout=5):
+                assert not reply.HasField("error_response"), reply.error_response
+                return [
+                    descriptor_pb2.FileDescriptorProto.FromString(raw).package
+                    for raw in reply.file_descriptor_response.file_descriptor_proto
+                ]
+            return []
+
+    assert arun(describe()) == ["grpc.reflection.v1"]

@@ -26,7 +26,7 @@ def test_backbone_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "backbone.pt"
     torch.save({"format": "chord-backbone", "evil": _Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match="cannot read backbone checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a valid backbone checkpoint"):
         load_backbone(path)
     assert not marker.exists()
 
@@ -36,6 +36,6 @@ def test_hypernet_with_code_is_refused(tmp_path: Path, smoke_run_dir: Path) -> N
     shutil.copytree(smoke_run_dir, run)
     marker = tmp_path / "pwned"
     torch.save({"format": "x", "evil": _Payload(marker)}, run / "hypernet.pt")
-    with pytest.raises(RunError, match="cannot read"):
+    with pytest.raises(RunError, match="is not a valid hypernetwork checkpoint"):
         load_run(run)
     assert not marker.exists()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,10 +20,22 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chord.cli import main
+from chord.startcheck import join_host_port
 from cloud_server.cli import add_arguments, config_from_args
+from cloud_server.config import ServerConfig
+from cloud_server.server import serve
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
-from tests.server_fixtures import call, status_of, strategy_request, wait_serving
+from tests.server_fixtures import (
+    call,
+    run_dir,
+    status_of,
+    strategy_request,
+    wait_serving,
+)
+from tests.tls_certs import self_signed
+
+__all__ = ["run_dir"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,3 +293,144 @@ def test_call_still_running_when_grace_ends_gets_unavailable() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port held by a listening socket without SO_REUSEPORT for the length of a test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def _refusal(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
+    """Run `chord serve --echo FLAGS` in-process; assert exit 2 and one error line; return it."""
+    assert main(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", *flags]) == 2
+    captured = capsys.readouterr()
+    assert "port=" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_serve_refuses_a_taken_metrics_port_in_one_line(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _refusal(capsys, "--metrics-port", str(taken_port)) == (
+        f"chord serve: error: --metrics-port {taken_port} is already in use on 127.0.0.1 "
+        f"(127.0.0.1:{taken_port}); send a free port, or 0 for any free port"
+    )
+
+
+def test_serve_refuses_a_taken_port_without_grpc_core_lines(taken_port: int) -> None:
+    """A real process: stderr is exactly our line (gRPC core never sees the address)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "chord.cli", "serve", "--echo", "--host", "127.0.0.1",
+         "--port", str(taken_port)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "port=" not in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"chord serve: error: --port {taken_port} is already in use on 127.0.0.1 "
+        f"(127.0.0.1:{taken_port}); send a free port, or 0 for any free port"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "expect"),
+    [
+        ("256.1.1.1", "--host '256.1.1.1' is not a valid IPv4 or IPv6 address; send e.g. "
+         "127.0.0.1, 0.0.0.0 or ::1"),
+        ("no-such-host.invalid", "--host 'no-such-host.invalid' does not resolve ("),
+    ],
+)
+def test_serve_refuses_a_host_it_cannot_bind(
+    host: str, expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _refusal(capsys, "--host", host).startswith(f"chord serve: error: {expect}")
+
+
+def test_serve_refuses_tls_files_that_are_not_pem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    assert _refusal(capsys, "--tls-cert", str(junk), "--tls-key", str(junk)) == (
+        f"chord serve: error: --tls-cert {str(junk)!r} is not a PEM certificate (no BEGIN "
+        "CERTIFICATE block); send a PEM certificate chain"
+    )
+    cert, _key = self_signed(tmp_path)
+    assert _refusal(capsys, "--tls-cert", str(cert), "--tls-key", str(cert)) == (
+        f"chord serve: error: --tls-key {str(cert)!r} is not a PEM private key (no BEGIN ... "
+        "PRIVATE KEY block); send the PEM private key of --tls-cert"
+    )
+
+
+def test_join_host_port_brackets_ipv6_literals() -> None:
+    assert join_host_port("::1", 50051) == "[::1]:50051"
+    assert join_host_port("[::1]", 50051) == "[::1]:50051"
+    assert join_host_port("127.0.0.1", 0) == "127.0.0.1:0"
+    assert join_host_port("localhost", 1) == "localhost:1"
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_serve_binds_an_ipv6_host() -> None:
+    """--host ::1 used to form '::1:0', which gRPC cannot bind."""
+    proc, port = _start("--echo", "--host", "::1")
+    try:
+        asyncio.run(wait_serving(f"[::1]:{port}"))
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        ("junk hypernet.pt", "/hypernet.pt is not a valid hypernetwork checkpoint; rerun "
+         "prepare_run to rewrite it"),
+        ("junk backbone.pt", "/backbone.pt is not a valid backbone checkpoint; rewrite it with "
+         "`chord train`"),
+        ("no backbone.pt", "lacks backbone.pt; rerun prepare_run to complete it"),
+        ("list run.json", "run.json is not a "),
+    ],
+)
+def test_serve_refuses_a_run_that_cannot_load_before_binding(
+    damage: str, expect: str, run_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Was a many-line torch message (advising weights_only=False) after `listening on`."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    if damage == "junk hypernet.pt":
+        (run / "hypernet.pt").write_bytes(b"junk")
+    elif damage == "junk backbone.pt":
+        (run / "backbone.pt").write_bytes(b"junk")
+    elif damage == "no backbone.pt":
+        (run / "backbone.pt").unlink()
+    else:
+        (run / "run.json").write_text("[]")
+    assert main(["serve", "--run", str(run), "--host", "127.0.0.1", "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "port=" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"chord serve: error: --run {str(run)!r} cannot be served: ")
+    assert expect in err[0] and "weights_only" not in err[0]
+
+
+def test_serve_stops_cleanly_when_the_metrics_port_is_taken_after_the_check(
+    taken_port: int,
+) -> None:
+    """serve() itself (no CLI check): one OSError naming the flag, the gRPC server stopped."""
+    cfg = ServerConfig(echo=True, metrics_port=taken_port, metrics_host="127.0.0.1")
+    announced: list[int] = []
+    with pytest.raises(OSError) as raised:
+        serve(cfg, "127.0.0.1:0", on_bound=announced.append)
+    assert str(raised.value) == (
+        f"--metrics-port {taken_port} cannot be bound on 127.0.0.1 (Address already in use); "
+        "send a free port, or 0 for no exporter"
+    )
+    assert announced == []

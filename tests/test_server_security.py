@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
+from chord.cli import main
 from cloud_server import EmbeddedServer, ServerConfig
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
@@ -120,3 +123,53 @@ def test_config_rejects_half_tls_and_empty_token(tmp_path: Path) -> None:
         ServerConfig(echo=True, tls_cert=tmp_path / "c.pem")
     with pytest.raises(ValueError, match="non-empty --token"):
         ServerConfig(echo=True, token="")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefix", "source"),
+    [
+        (["bench", "load", "--target", "127.0.0.1:1"], "chord bench load",
+         "tls_ca (--tls-ca)"),
+        (["simulate", "--devices", "2", "--out", "OUT"], "chord simulate",
+         "transport.tls_root_ca (--tls-ca)"),
+    ],
+)
+def test_clients_refuse_a_tls_ca_that_is_not_pem(
+    argv: list[str], prefix: str, source: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused at start in one line naming the file, not on the first TLS handshake."""
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main([*argv, "--tls-ca", str(junk)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{prefix}: error: {source} {str(junk)!r} is not a PEM certificate file; send the PEM "
+        "root certificate(s) the server's certificate chains to"
+    ]
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_without_token_is_always_unauthenticated(
+    version: str, token_server: EmbeddedServer
+) -> None:
+    """30 streams, each with one request; some used to end INTERNAL instead."""
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    request = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+
+    async def one() -> tuple[grpc.StatusCode, str]:
+        async with grpc.aio.insecure_channel(token_server.address) as ch:
+            stream = ch.stream_stream(method)(iter([request]), timeout=10)
+
+            async def drain() -> None:
+                async for _ in stream:
+                    pass
+
+            return await status_of(drain())
+
+    async def many() -> list[tuple[grpc.StatusCode, str]]:
+        return list(await asyncio.gather(*(one() for _ in range(30))))
+
+    results = arun(many())
+    assert {code for code, _ in results} == {grpc.StatusCode.UNAUTHENTICATED}, results
+    assert all("authorization: Bearer <token>" in details for _, details in results)

@@ -503,7 +503,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         meta = read_json(root / "run.json")
     except TextFileError as exc:
         raise RunError(f"{exc}; rerun prepare_run to rewrite the run directory") from None
-    if meta.get("format") != RUN_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
     backbone, _ = load_backbone(root / "backbone.pt")
     version = weights_version(backbone)
@@ -542,7 +542,11 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     try:
         payload = torch.load(root / "hypernet.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        raise RunError(f"cannot read {root / 'hypernet.pt'}: {exc}") from exc
+        # torch's message spans lines and suggests the unsafe weights_only=False: not repeated.
+        raise RunError(
+            f"{root / 'hypernet.pt'} is not a valid hypernetwork checkpoint; rerun prepare_run "
+            "to rewrite it"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != HYPERNET_FORMAT:
         raise RunError(f"{root / 'hypernet.pt'} is not a {HYPERNET_FORMAT} file")
     if payload["version"] != version:
