@@ -52,6 +52,25 @@ def test_ray_address_with_no_cluster_fails_in_one_line(
     assert not (tmp_path / "sim").exists()  # refused before any work
 
 
+def test_ray_address_where_something_else_listens_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listener that is not Ray's GCS (it never answers) passed the TCP probe, then hung."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = int(silent.getsockname()[1])
+        code, err = _simulate(tmp_path, capsys, "--ray-address", f"127.0.0.1:{port}")
+    assert code == 2
+    assert err == [
+        f"chord simulate: error: cannot join a Ray cluster at 127.0.0.1:{port} within 10 s "
+        "(something listens there but no Ray GCS answered: is it Ray's GCS port, 6379 by "
+        f"default, and not the dashboard 8265?); start one there (`ray start --head --port "
+        f"{port}`) or pass --ray-address local"
+    ]
+    assert not (tmp_path / "sim").exists()
+
+
 def test_ray_address_from_the_environment_is_probed_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
