@@ -139,6 +139,42 @@ def test_fleet_toml_values_are_checked_like_flags(tmp_path: Path, text: str, exp
     assert expect in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ('devices = "four"\n', "devices must be an integer, got 'four'"),
+        ("negatives = 1e3\n", "negatives must be an integer, got 1000.0"),
+        ("seed = true\n", "seed must be an integer, got True"),
+        ("tiers = 3\n", "tiers must be a list of tables ([[tiers]] in TOML), got 3"),
+        ("drift = 3\n", "drift must be a table, got 3"),
+        ("[transport]\nmax_attempts = 2.5\n", "transport.max_attempts must be an integer, got 2.5"),
+        ('[transport]\nreport_to_server = "yes"\n',
+         "transport.report_to_server must be true or false, got 'yes'"),
+        ('[[tiers]]\nname = "mid"\nshare = true\nbudget_bits = 3\n',
+         "tiers[0].share must be a number, got True"),
+        ('[clock]\nmodel_releases_s = [1, "x"]\n',
+         "clock.model_releases_s[1] must be a number, got 'x'"),
+    ],
+)
+def test_fleet_toml_values_of_the_wrong_type_are_named(
+    tmp_path: Path, text: str, expect: str
+) -> None:
+    """Each field is checked against its annotation: bools are not ints, ints pass as floats."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(FleetConfigError) as info:
+        load_config(path)
+    assert str(info.value) == expect
+
+
+def test_fleet_toml_ints_are_accepted_where_numbers_are_expected(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[clock]\nduration_s = 3600\n[[tiers]]\nname = "mid"\nshare = 1\n'
+                    "budget_bits = 3\n")
+    cfg = load_config(path)
+    assert cfg.clock.duration_s == 3600 and cfg.tiers[0].budget_bits == 3
+
+
 def test_small_catalogue_refused_before_the_server_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
