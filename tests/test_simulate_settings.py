@@ -185,8 +185,9 @@ def test_small_catalogue_refused_before_the_server_starts(
                           "--devices", "2")
     assert code == 2
     assert err == [
-        "chord simulate: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
-        "per user; pass --negatives 74 or fewer, or --full-ranking"
+        "chord simulate: error: small: sampled ranking needs 100 unseen negatives per user, "
+        "but user u0 touched 10 of 75 items, leaving 65 unseen (the fewest of any user); pass "
+        "--negatives 65 or fewer, or --full-ranking"
     ]
 
 
