@@ -38,14 +38,18 @@ def check_token(token: str, source: str) -> str:
         raise StartupError(f"{source} is empty; send a non-empty token or none at all")
     if len(token) > MAX_TOKEN_CHARS:
         raise StartupError(f"{source} has {len(token)} characters; send at most {MAX_TOKEN_CHARS}")
+    if token != token.strip():
+        edge, where = (token[0], "leading") if token[0].isspace() else (token[-1], "trailing")
+        raise StartupError(
+            f"{source} has a {where} {edge!r}, which gRPC metadata cannot carry (HTTP/2 peers "
+            "strip it); send the token without leading or trailing whitespace (a trailing "
+            "newline from a file or `echo` is the usual cause)"
+        )
     if not _METADATA_VALUE.fullmatch(token):
-        bad = next(
-            (c for c in (token[0], token[-1]) if c.isspace()), None
-        ) or next(c for c in token if not 0x20 <= ord(c) <= 0x7E)
+        bad = next(c for c in token if not 0x20 <= ord(c) <= 0x7E)
         raise StartupError(
             f"{source} contains {bad!r}, which gRPC metadata cannot carry; send printable ASCII "
-            "(0x20-0x7E) without leading or trailing whitespace (a trailing newline from a file "
-            "or `echo` is the usual cause)"
+            "(0x20-0x7E)"
         )
     return token
 

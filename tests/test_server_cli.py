@@ -222,9 +222,10 @@ def test_health_list_200_calls_do_not_grow_the_log() -> None:
 @pytest.mark.parametrize(
     ("env", "flags", "expect"),
     [
-        ("s3cret\n", (), "$CHORD_TOKEN contains '\\n', which gRPC metadata cannot carry"),
+        ("s3cret\n", (), "$CHORD_TOKEN has a trailing '\\n', which gRPC metadata cannot carry"),
         ("", ("--token", "tab\there"), "--token contains '\\t'"),
-        ("", ("--token", " lead"), "--token contains ' '"),
+        ("", ("--token", " lead"), "--token has a leading ' ', which gRPC metadata cannot carry "
+         "(HTTP/2 peers strip it); send the token without leading or trailing whitespace"),
         ("", ("--host", "no such host"), "--host 'no such host' is not an IP address or host"),
         ("", ("--port", "70000"), "--port is 70000; send a port in 0..65535"),
         ("", ("--metrics-port", "-1"), "metrics_port (--metrics-port) is -1"),

@@ -95,9 +95,11 @@ def test_ray_address_from_the_environment_is_probed_too(
         (("--server", "127.0.0.1:0"), "", "port is 0; send a port in 1..65535"),
         (("--ray-address", "my cluster"), "", "ray_address (--ray-address) 'my cluster' is not "
          "one of local, auto, none, HOST:PORT or ray://HOST:PORT"),
-        (("--token", "s3cret\n"), "", "transport.token (--token or [transport] token) contains "
-         "'\\n'"),
-        ((), "s3cret\n", "transport.token (--token or [transport] token) contains '\\n'"),
+        (("--token", "s3cret\n"), "", "--token has a trailing '\\n', which gRPC metadata cannot "
+         "carry (HTTP/2 peers strip it); send the token without leading or trailing whitespace"),
+        ((), "s3cret\n", "$CHORD_TOKEN has a trailing '\\n', which gRPC metadata"),
+        ((), "s3c\x01ret", "$CHORD_TOKEN contains '\\x01', which gRPC metadata cannot carry; "
+         "send printable ASCII (0x20-0x7E)"),
         (("--tls-ca", "/nonexistent/ca.pem"), "", "transport.tls_root_ca (--tls-ca) "
          "'/nonexistent/ca.pem' is not an existing file"),
         (("--negatives", "0"), "", "--negatives must be >= 1, got 0"),
