@@ -6,13 +6,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import ray
 
 from chord.cli import main
 from simulator.config import FleetConfigError, load_config
-from simulator.runner import run_simulation
-from tests.ray_fixtures import smoke_run_dir
+from simulator.runner import probe_ray, run_simulation
+from tests.ray_fixtures import ray_session, smoke_run_dir
 
-__all__ = ["smoke_run_dir"]  # the fixture, imported for pytest
+__all__ = ["ray_session", "smoke_run_dir"]  # the fixtures, imported for pytest
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +70,11 @@ def test_ray_address_where_something_else_listens_fails_in_one_line(
         f"{port}`) or pass --ray-address local"
     ]
     assert not (tmp_path / "sim").exists()
+
+
+def test_probe_passes_a_real_ray_gcs(ray_session: None) -> None:
+    """The readiness probe that refuses a silent listener lets a real GCS through."""
+    probe_ray(ray.get_runtime_context().gcs_address)
 
 
 def test_ray_address_from_the_environment_is_probed_too(
