@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks import endpoint_load
+from benchmarks import endpoint_load, random_masks
 from benchmarks.harness import (
     RESULTS_DIR_ENV,
     BenchProcessError,
@@ -106,6 +106,19 @@ def test_results_dir_that_is_a_file_is_refused_at_start(
         f"python -m benchmarks.endpoint_load: error: argument --results-dir: '{blocker}' is a "
         "file; send a directory path"
     )
+
+
+def test_random_masks_results_follow_the_store(tmp_path: Path) -> None:
+    """benchmarks.accuracy --random-masks --results-dir DIR writes there, not into benchmarks/."""
+    row: dict[str, object] = {c: 0 for c in random_masks.COLUMNS}
+    row.update(dataset="toy", backbone="sasrec", width=64, variant="bits", budget=3.0,
+               method="chord", one_time_bytes=10, bytes_per_adaptation=5)
+    store = ResultStore.at(tmp_path / "res")
+    random_masks.write([row], [], {}, 0.0, "accuracy_random", store)
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "RESULTS.md", "accuracy_random.json", "accuracy_random_bytes.png"
+    ]
+    assert json.loads(store.path("accuracy_random").read_text())["rows"][0]["dataset"] == "toy"
 
 
 def test_stats_of_known_samples() -> None:
