@@ -43,6 +43,7 @@ import numpy as np
 import psutil
 
 from chord.jsonfile import dumps
+from chord.startcheck import StartupError, check_out_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -221,14 +222,30 @@ def write_result(
     return (store or ResultStore.default()).write(name, payload, table_md, notes)
 
 
+def _results_dir(text: str) -> str:
+    """argparse type of --results-dir and of its default, $CHORD_BENCH_RESULTS_DIR.
+
+    Checked at start (chord.startcheck.check_out_dir), not after the whole benchmark ran.
+    """
+    env = os.environ.get(RESULTS_DIR_ENV)
+    source = f"${RESULTS_DIR_ENV}" if text == env else ""  # argparse names --results-dir
+    try:
+        check_out_dir(text, source)
+    except StartupError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    return text
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare `--results-dir DIR`: write DIR/NAME.json and DIR/RESULTS.md, not the committed ones.
 
-    Read it back with `ResultStore.default(args.results_dir)`.
+    Its default is $CHORD_BENCH_RESULTS_DIR; either is checked when the arguments are parsed
+    (one `error:` line, exit 2). Read it back with `ResultStore.default(args.results_dir)`.
     """
     parser.add_argument(
         "--results-dir",
-        default=None,
+        type=_results_dir,
+        default=os.environ.get(RESULTS_DIR_ENV) or None,
         metavar="DIR",
         help=f"write NAME.json and RESULTS.md here, not in benchmarks/ (or set ${RESULTS_DIR_ENV})",
     )

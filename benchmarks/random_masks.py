@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import RESULTS_DIR, markdown_table, write_result
+from benchmarks.harness import RESULTS_DIR, ResultStore, markdown_table, write_result
 from chord.baselines.suite import code_bytes
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
@@ -319,9 +319,9 @@ def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int])
     return "\n".join(lines)
 
 
-def rewrite(name: str) -> int:
-    """Redraw the plot and rewrite the RESULTS.md section of results/NAME.json (no measuring)."""
-    data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+def rewrite(name: str, store: ResultStore) -> int:
+    """Redraw the plot and rewrite the Markdown section of the store's NAME.json (no measuring)."""
+    data = json.loads(store.path(name).read_text())
     fp32_h64: dict[tuple[str, str], int] = {}
     for m in data["meta"]:
         c = m["config"]
@@ -331,14 +331,19 @@ def rewrite(name: str) -> int:
                 sum(p.numel() for p in model.parameters()) * 4)
     for r in data["rows"]:
         r.setdefault("variant", "bits")
-    write(data["rows"], data["meta"], fp32_h64, 0.0, name)
+    write(data["rows"], data["meta"], fp32_h64, 0.0, name, store)
     return 0
 
 
 def main(args: Any) -> int:
-    """Measure every (dataset, backbone, width); rewrite the results after each."""
+    """Measure every (dataset, backbone, width); rewrite the results after each.
+
+    Results go to `ResultStore.default(args.results_dir)` (--results-dir of benchmarks.accuracy).
+    """
+    store = ResultStore.default(args.results_dir)
     if args.replot:
-        return rewrite(NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}")
+        return rewrite(NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}",
+                       store)
     torch.set_num_threads(1)
     start = time.perf_counter()
 
@@ -363,7 +368,7 @@ def main(args: Any) -> int:
                         sum(p.numel() for p in model.parameters()) * 4)
                 add_intervals(rows, per_user, args.seed)
                 name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
-                write(rows, metas, fp32_h64, time.perf_counter() - start, name)
+                write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
     log("done")
     return 0
 
@@ -374,9 +379,12 @@ COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_b
 
 
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
-          fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME) -> None:
-    """JSON, the RESULTS.md section and the bytes plot of everything measured so far."""
-    plot_bytes(rows, fp32_h64, RESULTS_DIR / f"{name}_bytes.png")
+          fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME,
+          store: ResultStore | None = None) -> None:
+    """JSON, the Markdown section and the bytes plot of everything measured so far."""
+    store = store or ResultStore.default()
+    store.folder.mkdir(parents=True, exist_ok=True)
+    plot_bytes(rows, fp32_h64, store.path(f"{name}_bytes", ".png"))
     table = markdown_table(rows, COLUMNS)
     notes = (
         "Random mode: the backbone is rebuilt on the device from a named generator "
@@ -407,7 +415,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
         + "\n\n" + goal_lines(rows, fp32_h64)
     )
-    write_result(name, {"rows": rows, "meta": metas}, table, notes)
+    write_result(name, {"rows": rows, "meta": metas}, table, notes, store=store)
 
 
 __all__ = ["main", "paired_interval"]

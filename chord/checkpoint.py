@@ -75,11 +75,12 @@ def load_backbone(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        # torch's own message spans many lines and suggests weights_only=False (unsafe on an
-        # untrusted file), so it is not repeated.
+        # One line, and never torch's text: it advises weights_only=False, which runs the
+        # file's code (unsafe for a file of unknown origin).
         raise CheckpointError(
-            f"{path} is not a valid backbone checkpoint; rewrite it with `chord train`"
-        ) from exc
+            f"{path} is not a chord backbone checkpoint (torch.load with weights_only=True "
+            f"refused it: {type(exc).__name__}); pass a backbone.pt written by `chord train`"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file (write it with save_backbone)")
     try:
@@ -90,7 +91,8 @@ def load_backbone(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
     try:
         model.load_state_dict(payload["state_dict"])
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: weights do not match the config: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: weights do not match the config ({first})") from None
     version = weights_version(model)
     if version != payload.get("version"):
         raise CheckpointError(

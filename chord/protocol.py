@@ -75,30 +75,34 @@ def check_protocol(
     """Raise ProtocolError when sampled ranking cannot draw its negatives for some user.
 
     seen[u]: every item user u touched; user_labels[u]: its raw id as in the file (the index is
-    shown when labels are not given). The message names the first such user and the fixes.
+    shown when labels are not given). One check gives the binding constraint at once: the user
+    with the fewest unseen items, and the largest --negatives that works for every user.
     """
     if protocol.full:
         return
     need = protocol.n_negatives
-    if n_items - 1 < need:
-        raise ProtocolError(
-            f"{dataset}: a catalogue of {n_items} items cannot give {need} unseen negatives per "
-            f"user; pass --negatives {max(n_items - 1, 1)} or fewer, or --full-ranking"
-        )
-    for u, items in enumerate(seen):
-        touched = len(np.unique(np.asarray(items)))
-        if n_items - touched < need:
-            who = f"user {user_labels[u]!s}" if user_labels is not None else f"user index {u}"
-            fewest = min(n_items - len(np.unique(np.asarray(s))) for s in seen)
-            hint = (
-                f"pass --negatives {fewest} or fewer, or --full-ranking"
-                if fewest >= 1 else "pass --full-ranking"
-            )
+    if not len(seen):
+        if n_items - 1 < need:
             raise ProtocolError(
-                f"{dataset}: {who} touched {touched} of {n_items} items, leaving "
-                f"{n_items - touched} unseen; sampled ranking needs {need} unseen negatives per "
-                f"user; {hint}"
+                f"{dataset}: a catalogue of {n_items} items cannot give {need} unseen negatives "
+                f"per user; pass --negatives {max(n_items - 1, 1)} or fewer, or --full-ranking"
             )
+        return
+    touched = np.array([len(np.unique(np.asarray(items))) for items in seen])
+    u = int(np.argmax(touched))  # the fewest unseen items: the binding user (first if tied)
+    fewest = n_items - int(touched[u])
+    if fewest >= need:
+        return
+    who = f"user {user_labels[u]!s}" if user_labels is not None else f"user index {u}"
+    hint = (
+        f"pass --negatives {fewest} or fewer, or --full-ranking"
+        if fewest >= 1 else "pass --full-ranking"
+    )
+    raise ProtocolError(
+        f"{dataset}: sampled ranking needs {need} unseen negatives per user, but {who} touched "
+        f"{touched[u]} of {n_items} items, leaving {fewest} unseen (the fewest of any user); "
+        f"{hint}"
+    )
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 
 # gRPC metadata values of non-binary keys are printable ASCII (0x20-0x7E); leading and trailing
@@ -39,14 +40,18 @@ def check_token(token: str, source: str) -> str:
         raise StartupError(f"{source} is empty; send a non-empty token or none at all")
     if len(token) > MAX_TOKEN_CHARS:
         raise StartupError(f"{source} has {len(token)} characters; send at most {MAX_TOKEN_CHARS}")
+    if token != token.strip():
+        edge, where = (token[0], "leading") if token[0].isspace() else (token[-1], "trailing")
+        raise StartupError(
+            f"{source} has a {where} {edge!r}, which gRPC metadata cannot carry (HTTP/2 peers "
+            "strip it); send the token without leading or trailing whitespace (a trailing "
+            "newline from a file or `echo` is the usual cause)"
+        )
     if not _METADATA_VALUE.fullmatch(token):
-        bad = next(
-            (c for c in (token[0], token[-1]) if c.isspace()), None
-        ) or next(c for c in token if not 0x20 <= ord(c) <= 0x7E)
+        bad = next(c for c in token if not 0x20 <= ord(c) <= 0x7E)
         raise StartupError(
             f"{source} contains {bad!r}, which gRPC metadata cannot carry; send printable ASCII "
-            "(0x20-0x7E) without leading or trailing whitespace (a trailing newline from a file "
-            "or `echo` is the usual cause)"
+            "(0x20-0x7E)"
         )
     return token
 
@@ -216,39 +221,70 @@ def check_dir(path: str | Path, source: str) -> Path:
     return p
 
 
+def _try_write_in(directory: Path) -> str | None:
+    """None if a file can be created (and is removed again) in directory, else the reason.
+
+    A real attempt, not os.access: root passes os.access everywhere, even /proc and /sys.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".chord-write-check-"):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 def _writable_ancestor(p: Path, source: str) -> None:
-    """The nearest existing ancestor of p must be a writable directory (p can be created)."""
+    """The nearest existing ancestor of p must be a directory a file can be created in."""
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    reason = "not a directory" if not parent.is_dir() else _try_write_in(parent)
+    if reason is not None:
         raise StartupError(
             f"{source} {str(p)!r} cannot be created ({str(parent)!r} is not a writable "
-            "directory); send a path under a directory you can write"
+            f"directory: {reason}); send a path under a directory you can write"
         )
 
 
 def check_out_dir(path: str | Path, source: str) -> Path:
-    """An output directory: an existing writable directory, or one that can be created."""
+    """An output directory: an existing writable directory, or one that can be created.
+
+    Writability is tried by creating and removing a temporary file, so it holds for root too.
+    """
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
             raise StartupError(f"{source} {str(path)!r} is a file; send a directory path")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise StartupError(f"{source} {str(path)!r} is not writable; send another directory")
+        reason = _try_write_in(p)
+        if reason is not None:
+            raise StartupError(
+                f"{source} {str(path)!r} is not writable ({reason}); send another directory"
+            )
         return p
     _writable_ancestor(p, source)
     return p
 
 
 def check_out_file(path: str | Path, source: str) -> Path:
-    """An output file: writable if it exists (not a directory), else creatable."""
+    """An output file: writable if it exists (not a directory), else creatable.
+
+    An existing file is opened for appending (never truncated) and closed again.
+    """
     p = Path(path).expanduser()
     if p.is_dir():
         raise StartupError(f"{source} {str(path)!r} is a directory; send a file path")
     if p.exists():
-        if not os.access(p, os.W_OK):
-            raise StartupError(f"{source} {str(path)!r} is not writable; send another file")
+        try:
+            if p.is_file():
+                with p.open("ab"):
+                    pass
+            elif not os.access(p, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise StartupError(
+                f"{source} {str(path)!r} is not writable ({exc.strerror or type(exc).__name__}); "
+                "send another file"
+            ) from None
         return p
     _writable_ancestor(p, source)
     return p

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from chord.data.errors import DataError
-from chord.startcheck import StartupError, check_out_dir
+from chord.startcheck import StartupError, check_out_dir, check_token
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
@@ -100,6 +100,8 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
 
     transport = cfg.transport
     token = args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None
+    if token is not None:  # named by where it came from, not by the config field it fills
+        check_token(token, "--token" if args.token is not None else "$CHORD_TOKEN")
     if token is not None or args.tls_root_ca is not None:
         transport = dataclasses.replace(
             transport,

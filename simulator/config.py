@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,33 +310,75 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 
+_KINDS: dict[Any, tuple[str, tuple[type, ...]]] = {
+    int: ("an integer", (int,)),
+    float: ("a number", (int, float)),
+    str: ("a string", (str,)),
+    bool: ("true or false", (bool,)),
+}
+
+
+def _check_value(value: Any, kind: Any, name: str) -> None:
+    """value must match the annotation kind (bools are not numbers; ints pass as floats)."""
+    if kind in _KINDS:
+        what, types = _KINDS[kind]
+        if isinstance(value, types) and (kind is bool or not isinstance(value, bool)):
+            return
+        raise FleetConfigError(f"{name} must be {what}, got {value!r}")
+    if typing.get_origin(kind) is tuple:  # tuple[X, ...]: a TOML/JSON array of X
+        if not isinstance(value, (list, tuple)):
+            raise FleetConfigError(f"{name} must be a list, got {value!r}")
+        item = typing.get_args(kind)[0]
+        for i, v in enumerate(value):
+            _check_value(v, item, f"{name}[{i}]")
+
+
 def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
-    """Instantiate a dataclass from a dict, rejecting unknown keys by name."""
+    """Instantiate a dataclass from a dict, rejecting unknown keys and wrong types by name.
+
+    where: the field prefix in messages ("" at the top, "drift.", "tiers[0].").
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise FleetConfigError(f"unknown keys {unknown} in {where}; valid: {sorted(known)}")
+        section = where.rstrip(".") or "the fleet config"
+        raise FleetConfigError(f"unknown keys {unknown} in {section}; valid: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        _check_value(value, hints[key], f"{where}{key}")
     try:
         return cls(**data)
     except TypeError as exc:
-        raise FleetConfigError(f"invalid {where}: {exc}") from exc
+        raise FleetConfigError(f"invalid {where.rstrip('.') or 'fleet config'}: {exc}") from exc
+
+
+def _table(value: Any, name: str) -> dict[str, Any]:
+    """A TOML table ([name]) or JSON object, else a one-line error naming it."""
+    if not isinstance(value, dict):
+        raise FleetConfigError(f"{name} must be a table, got {value!r}")
+    return dict(value)
 
 
 def config_from_dict(data: dict[str, Any]) -> FleetConfig:
     """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...)."""
-    top = dict(data.get("fleet", {}))
+    top = _table(data.get("fleet", {}), "fleet")
     top.update({k: v for k, v in data.items() if k != "fleet"})
     kwargs: dict[str, Any] = {}
     for key, value in top.items():
         if key == "tiers":
+            if not isinstance(value, list):
+                raise FleetConfigError(
+                    f"tiers must be a list of tables ([[tiers]] in TOML), got {value!r}"
+                )
             kwargs["tiers"] = tuple(
-                _build(TierProfile, dict(t), f"tiers[{i}]") for i, t in enumerate(value)
+                _build(TierProfile, _table(t, f"tiers[{i}]"), f"tiers[{i}].")
+                for i, t in enumerate(value)
             )
         elif key in _SECTIONS:
-            kwargs[key] = _build(_SECTIONS[key], dict(value), f"[{key}]")
+            kwargs[key] = _build(_SECTIONS[key], _table(value, key), f"{key}.")
         else:
             kwargs[key] = value
-    return _build(FleetConfig, kwargs, "fleet config")
+    return _build(FleetConfig, kwargs, "")
 
 
 def load_config(path: str | Path) -> FleetConfig:

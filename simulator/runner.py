@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from chord.data.errors import DataError
@@ -103,7 +104,11 @@ RAY_CONNECT_TIMEOUT_S = 10.0
 
 
 def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
-    """Refuse a Ray address nothing listens on within timeout_s (Ray itself retries for minutes).
+    """Refuse a Ray address where no gRPC peer answers within timeout_s (Ray retries forever).
+
+    First a TCP connect (nothing listens: "Connection refused"), then, within what is left of
+    timeout_s, a gRPC channel to it must turn READY (the HTTP/2 handshake of the GCS answered).
+    Raises SimulationError with one line naming the address and what to check.
 
     'local' and 'none' are not probed; 'auto' is probed at $RAY_ADDRESS when that is set (Ray
     joins it then), else left to Ray, which finds a cluster from this machine's files.
@@ -120,14 +125,31 @@ def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
     if address in ("local", "none", "auto"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    hint = (
+        f"start one there (`ray start --head --port {port}`) or pass --ray-address local"
+        + (" (and unset RAY_ADDRESS)" if source == "$RAY_ADDRESS" else "")
+    )
+    start = time.monotonic()
     try:
-        wait_for_tcp(
-            host, int(port), timeout_s, "a Ray cluster",
-            f"start one there (`ray start --head --port {port}`) or pass --ray-address local"
-            + (" (and unset RAY_ADDRESS)" if source == "$RAY_ADDRESS" else ""),
-        )
+        wait_for_tcp(host, int(port), timeout_s, "a Ray cluster", hint)
     except StartupError as exc:
         raise SimulationError(str(exc)) from None
+    # Something listens; Ray's GCS (and the Ray Client server behind ray://) speak gRPC over
+    # HTTP/2, so a channel turns READY only once the peer answers the HTTP/2 handshake. A silent
+    # listener, an HTTP/1 server (the dashboard) or another service never does, and ray.init
+    # would then retry "Failed to connect to GCS" forever.
+    left = max(timeout_s - (time.monotonic() - start), 0.1)
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=left)
+    except grpc.FutureTimeoutError:
+        raise SimulationError(
+            f"cannot join a Ray cluster at {host}:{port} within {timeout_s:g} s (something "
+            "listens there but no Ray GCS answered: is it Ray's GCS port, 6379 by default, and "
+            f"not the dashboard 8265?); {hint}"
+        ) from None
+    finally:
+        channel.close()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 
+from benchmarks import endpoint_load, random_masks
 from benchmarks.harness import (
     RESULTS_DIR_ENV,
     BenchProcessError,
@@ -77,6 +78,47 @@ def test_default_store_follows_flag_then_environment(
     assert ResultStore.default(args.results_dir).markdown == tmp_path / "flag" / "RESULTS.md"
     path = write_result("smoke", {"ok": True}, "| t |")
     assert path == tmp_path / "env" / "smoke.json" and path.exists()
+
+
+def test_results_dir_that_is_a_file_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found at parse time, not as a FileExistsError after the whole benchmark ran."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    monkeypatch.setenv(RESULTS_DIR_ENV, str(blocker))
+    parser = argparse.ArgumentParser(prog="bench")
+    add_output_arguments(parser)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args([])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"bench: error: argument --results-dir: ${RESULTS_DIR_ENV} '{blocker}' is a file; send "
+        "a directory path"
+    )
+    assert parser.parse_args(["--results-dir", str(tmp_path / "new")]).results_dir == str(
+        tmp_path / "new"
+    )  # the flag wins over a bad environment value
+    monkeypatch.delenv(RESULTS_DIR_ENV)
+    with pytest.raises(SystemExit):
+        endpoint_load.main(["--results-dir", str(blocker)])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m benchmarks.endpoint_load: error: argument --results-dir: '{blocker}' is a "
+        "file; send a directory path"
+    )
+
+
+def test_random_masks_results_follow_the_store(tmp_path: Path) -> None:
+    """benchmarks.accuracy --random-masks --results-dir DIR writes there, not into benchmarks/."""
+    row: dict[str, object] = {c: 0 for c in random_masks.COLUMNS}
+    row.update(dataset="toy", backbone="sasrec", width=64, variant="bits", budget=3.0,
+               method="chord", one_time_bytes=10, bytes_per_adaptation=5)
+    store = ResultStore.at(tmp_path / "res")
+    random_masks.write([row], [], {}, 0.0, "accuracy_random", store)
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "RESULTS.md", "accuracy_random.json", "accuracy_random_bytes.png"
+    ]
+    assert json.loads(store.path("accuracy_random").read_text())["rows"][0]["dataset"] == "toy"
 
 
 def test_stats_of_known_samples() -> None:

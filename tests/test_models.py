@@ -178,7 +178,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_backbone(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="is not a valid backbone checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a chord backbone checkpoint"):
         load_backbone(junk)
     path = tmp_path / "b.pt"
     save_backbone(path, build_backbone(CAS, 0))

@@ -25,9 +25,27 @@ def test_check_protocol_names_the_raw_user_and_the_rule() -> None:
     with pytest.raises(ProtocolError) as info:
         check_protocol(Protocol("sampled", 20), 75, seen, labels, "toy")
     assert str(info.value) == (
-        "toy: user bob touched 60 of 75 items, leaving 15 unseen; sampled ranking needs 20 "
-        "unseen negatives per user; pass --negatives 15 or fewer, or --full-ranking"
+        "toy: sampled ranking needs 20 unseen negatives per user, but user bob touched 60 of 75 "
+        "items, leaving 15 unseen (the fewest of any user); pass --negatives 15 or fewer, or "
+        "--full-ranking"
     )
+
+
+def test_check_protocol_names_the_binding_user_first_time() -> None:
+    """Not the first user short of negatives: the one with the fewest unseen items."""
+    seen = [np.arange(1, 11), np.arange(1, 31), np.arange(1, 16)]
+    labels = np.array(["alice", "bob", "carol"])
+    with pytest.raises(ProtocolError) as info:
+        check_protocol(Protocol("sampled", 100), 75, seen, labels, "cat75")
+    assert str(info.value) == (
+        "cat75: sampled ranking needs 100 unseen negatives per user, but user bob touched 30 of "
+        "75 items, leaving 45 unseen (the fewest of any user); pass --negatives 45 or fewer, or "
+        "--full-ranking"
+    )
+    check_protocol(Protocol("sampled", 45), 75, seen, labels, "cat75")  # the advice works
+    with pytest.raises(ProtocolError, match="user index 0 touched 75 of 75 items, leaving 0 "
+                       r"unseen \(the fewest of any user\); pass --full-ranking$"):
+        check_protocol(Protocol("sampled", 1), 75, [np.arange(75)])
 
 
 def test_protocol_refuses_nonsense() -> None:
@@ -48,8 +66,9 @@ def test_cli_eval_small_catalogue_refused_at_load(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [
-        "chord eval: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
-        "per user; pass --negatives 74 or fewer, or --full-ranking"
+        "chord eval: error: small: sampled ranking needs 100 unseen negatives per user, "
+        "but user u0 touched 10 of 75 items, leaving 65 unseen (the fewest of any user); pass "
+        "--negatives 65 or fewer, or --full-ranking"
     ]
 
 

@@ -6,13 +6,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import ray
 
 from chord.cli import main
 from simulator.config import FleetConfigError, load_config
-from simulator.runner import run_simulation
-from tests.ray_fixtures import smoke_run_dir
+from simulator.runner import probe_ray, run_simulation
+from tests.ray_fixtures import ray_session, smoke_run_dir
 
-__all__ = ["smoke_run_dir"]  # the fixture, imported for pytest
+__all__ = ["ray_session", "smoke_run_dir"]  # the fixtures, imported for pytest
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +53,30 @@ def test_ray_address_with_no_cluster_fails_in_one_line(
     assert not (tmp_path / "sim").exists()  # refused before any work
 
 
+def test_ray_address_where_something_else_listens_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listener that is not Ray's GCS (it never answers) passed the TCP probe, then hung."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = int(silent.getsockname()[1])
+        code, err = _simulate(tmp_path, capsys, "--ray-address", f"127.0.0.1:{port}")
+    assert code == 2
+    assert err == [
+        f"chord simulate: error: cannot join a Ray cluster at 127.0.0.1:{port} within 10 s "
+        "(something listens there but no Ray GCS answered: is it Ray's GCS port, 6379 by "
+        f"default, and not the dashboard 8265?); start one there (`ray start --head --port "
+        f"{port}`) or pass --ray-address local"
+    ]
+    assert not (tmp_path / "sim").exists()
+
+
+def test_probe_passes_a_real_ray_gcs(ray_session: None) -> None:
+    """The readiness probe that refuses a silent listener lets a real GCS through."""
+    probe_ray(ray.get_runtime_context().gcs_address)
+
+
 def test_ray_address_from_the_environment_is_probed_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,9 +101,11 @@ def test_ray_address_from_the_environment_is_probed_too(
         (("--server", "127.0.0.1:0"), "", "port is 0; send a port in 1..65535"),
         (("--ray-address", "my cluster"), "", "ray_address (--ray-address) 'my cluster' is not "
          "one of local, auto, none, HOST:PORT or ray://HOST:PORT"),
-        (("--token", "s3cret\n"), "", "transport.token (--token or [transport] token) contains "
-         "'\\n'"),
-        ((), "s3cret\n", "transport.token (--token or [transport] token) contains '\\n'"),
+        (("--token", "s3cret\n"), "", "--token has a trailing '\\n', which gRPC metadata cannot "
+         "carry (HTTP/2 peers strip it); send the token without leading or trailing whitespace"),
+        ((), "s3cret\n", "$CHORD_TOKEN has a trailing '\\n', which gRPC metadata"),
+        ((), "s3c\x01ret", "$CHORD_TOKEN contains '\\x01', which gRPC metadata cannot carry; "
+         "send printable ASCII (0x20-0x7E)"),
         (("--tls-ca", "/nonexistent/ca.pem"), "", "transport.tls_root_ca (--tls-ca) "
          "'/nonexistent/ca.pem' is not an existing file"),
         (("--negatives", "0"), "", "--negatives must be >= 1, got 0"),
@@ -120,6 +147,42 @@ def test_fleet_toml_values_are_checked_like_flags(tmp_path: Path, text: str, exp
     assert expect in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ('devices = "four"\n', "devices must be an integer, got 'four'"),
+        ("negatives = 1e3\n", "negatives must be an integer, got 1000.0"),
+        ("seed = true\n", "seed must be an integer, got True"),
+        ("tiers = 3\n", "tiers must be a list of tables ([[tiers]] in TOML), got 3"),
+        ("drift = 3\n", "drift must be a table, got 3"),
+        ("[transport]\nmax_attempts = 2.5\n", "transport.max_attempts must be an integer, got 2.5"),
+        ('[transport]\nreport_to_server = "yes"\n',
+         "transport.report_to_server must be true or false, got 'yes'"),
+        ('[[tiers]]\nname = "mid"\nshare = true\nbudget_bits = 3\n',
+         "tiers[0].share must be a number, got True"),
+        ('[clock]\nmodel_releases_s = [1, "x"]\n',
+         "clock.model_releases_s[1] must be a number, got 'x'"),
+    ],
+)
+def test_fleet_toml_values_of_the_wrong_type_are_named(
+    tmp_path: Path, text: str, expect: str
+) -> None:
+    """Each field is checked against its annotation: bools are not ints, ints pass as floats."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(FleetConfigError) as info:
+        load_config(path)
+    assert str(info.value) == expect
+
+
+def test_fleet_toml_ints_are_accepted_where_numbers_are_expected(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[clock]\nduration_s = 3600\n[[tiers]]\nname = "mid"\nshare = 1\n'
+                    "budget_bits = 3\n")
+    cfg = load_config(path)
+    assert cfg.clock.duration_s == 3600 and cfg.tiers[0].budget_bits == 3
+
+
 def test_small_catalogue_refused_before_the_server_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -130,8 +193,9 @@ def test_small_catalogue_refused_before_the_server_starts(
                           "--devices", "2")
     assert code == 2
     assert err == [
-        "chord simulate: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
-        "per user; pass --negatives 74 or fewer, or --full-ranking"
+        "chord simulate: error: small: sampled ranking needs 100 unseen negatives per user, "
+        "but user u0 touched 10 of 75 items, leaving 65 unseen (the fewest of any user); pass "
+        "--negatives 65 or fewer, or --full-ranking"
     ]
 
 

@@ -231,16 +231,17 @@ def test_cli_train_small_catalogue_refused_before_training(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [
-        "chord train: error: small: a catalogue of 75 items cannot give 100 unseen negatives "
-        "per user; pass --negatives 74 or fewer, or --full-ranking"
+        "chord train: error: small: sampled ranking needs 100 unseen negatives per user, "
+        "but user u0 touched 10 of 75 items, leaving 65 unseen (the fewest of any user); pass "
+        "--negatives 65 or fewer, or --full-ranking"
     ]
     code = _cli_train(small_catalogue, tmp_path / "run", "--epochs", "1", "--negatives", "70")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [
-        "chord train: error: small: user u0 touched 10 of 75 items, leaving 65 unseen; sampled "
-        "ranking needs 70 unseen negatives per user; pass --negatives 65 or fewer, or "
-        "--full-ranking"
+        "chord train: error: small: sampled ranking needs 70 unseen negatives per user, but user "
+        "u0 touched 10 of 75 items, leaving 65 unseen (the fewest of any user); pass --negatives "
+        "65 or fewer, or --full-ranking"
     ]
 
 

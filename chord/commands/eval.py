@@ -8,6 +8,7 @@ import time
 
 from chord.baselines.rows import COLUMNS
 from chord.baselines.suite import ALL_METHODS, EvalConfig, EvalError, run_eval
+from chord.checkpoint import CheckpointError
 from chord.data import DataError
 from chord.divergence import DivergedError
 from chord.hyper.runs import RunError
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json_out:
             check_out_file(args.json_out, "--json")
         result = run_eval(cfg, log)
-    except (EvalError, RunError, DataError, StartupError) as exc:
+    except (EvalError, RunError, DataError, StartupError, CheckpointError) as exc:
         print(f"chord eval: error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:

@@ -542,11 +542,10 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     try:
         payload = torch.load(root / "hypernet.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt file
-        # torch's message spans lines and suggests the unsafe weights_only=False: not repeated.
-        raise RunError(
-            f"{root / 'hypernet.pt'} is not a valid hypernetwork checkpoint; rerun prepare_run "
-            "to rewrite it"
-        ) from exc
+        raise RunError(  # never torch's text: it advises the unsafe weights_only=False
+            f"cannot read {root / 'hypernet.pt'}: not a {HYPERNET_FORMAT} file (torch.load with "
+            f"weights_only=True refused it: {type(exc).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != HYPERNET_FORMAT:
         raise RunError(f"{root / 'hypernet.pt'} is not a {HYPERNET_FORMAT} file")
     if payload["version"] != version:

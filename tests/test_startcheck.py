@@ -1,0 +1,60 @@
+"""Output-path checks really try to write, so they hold for root (os.access says yes to root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chord.cli import main
+from chord.startcheck import StartupError, check_out_dir, check_out_file
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+
+
+@needs_proc
+def test_output_file_under_proc_is_refused_in_one_line() -> None:
+    with pytest.raises(StartupError) as info:
+        check_out_file("/proc/nope/x.jsonl", "--reports")
+    assert str(info.value) == (
+        "--reports '/proc/nope/x.jsonl' cannot be created ('/proc' is not a writable directory: "
+        "No such file or directory); send a path under a directory you can write"
+    )
+
+
+@needs_proc
+def test_simulate_out_under_proc_is_refused_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--out", "/proc/nope/out", "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "chord simulate: error: --out '/proc/nope/out' cannot be created ('/proc' is not a "
+        "writable directory: No such file or directory); send a path under a directory you "
+        "can write"
+    ]
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux /sys")
+def test_output_dir_under_sys_is_refused() -> None:
+    with pytest.raises(StartupError, match=r"^--out '/sys/chord-out' cannot be created \('/sys'"):
+        check_out_dir("/sys/chord-out", "--out")
+
+
+def test_check_never_truncates_an_existing_file_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    out.write_text('{"kept": true}\n')
+    assert check_out_file(out, "--json") == out
+    assert check_out_dir(tmp_path, "--out") == tmp_path
+    assert check_out_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+    assert out.read_text() == '{"kept": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no temp file left
+
+
+def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StartupError) as info:
+        check_out_file(blocker / "x.json", "--json")
+    assert str(info.value) == (
+        f"--json '{blocker / 'x.json'}' cannot be created ('{blocker}' is not a writable "
+        "directory: not a directory); send a path under a directory you can write"
+    )
