@@ -152,6 +152,33 @@ def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
         channel.close()
 
 
+LOCAL_RAY_ATTEMPTS = 2  # a raylet that does not register in Ray's 30 s is started once more
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """ray.init(address="local", **init_kwargs): always a new private cluster, never one that a
+    `ray start` left running on this machine.
+
+    Ray raises a bare Exception when its raylet does not register with the GCS within 30 s
+    (seen on a busy machine, and rarely on an idle one); the half-started cluster is shut down
+    and started once more. Raises SimulationError after LOCAL_RAY_ATTEMPTS failed starts.
+    """
+    import ray
+
+    for attempt in range(1, LOCAL_RAY_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", **init_kwargs)
+            return
+        except Exception as exc:  # Ray's startup timeout is a plain Exception
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_RAY_ATTEMPTS:
+                raise SimulationError(
+                    f"the local Ray did not start ({exc}); check free memory and /dev/shm, "
+                    "or pass --ray-address none to run devices in this process"
+                ) from exc
+            log.warning("local Ray did not start (attempt %d): %s; retrying", attempt, exc)
+
+
 @contextmanager
 def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
     """Ray for the run: a private local cluster, or join `auto`/an address; yields True if in use.
@@ -173,9 +200,8 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
         path = os.environ.get("PYTHONPATH", "")
         if str(REPO_ROOT) not in path.split(os.pathsep):  # workers import device_client from here
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), path) if p)
-        # address="local": always a new private cluster, never one a `ray start` left running.
-        ray.init(
-            address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
+        start_local_ray(
+            num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
             log_to_driver=False, logging_level=logging.WARNING,
             runtime_env={"env_vars": worker_env},
         )
