@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ray_fixtures import smoke_run_dir
-
-__all__ = ["smoke_run_dir"]  # the fixture, imported for pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,9 +11,6 @@ import ray
 from chord.cli import main
 from simulator.config import FleetConfigError, load_config
 from simulator.runner import probe_ray, run_simulation
-from tests.ray_fixtures import ray_session, smoke_run_dir
-
-__all__ = ["ray_session", "smoke_run_dir"]  # the fixtures, imported for pytest
 
 
 @pytest.fixture(autouse=True)
