@@ -312,17 +312,8 @@ class VirtualDevice:
         history = seq[: positions.start] if len(positions) or job.virtual else seq
         max_len = int(getattr(backbone, "max_len", spec.max_recent_items or 50))
         t0 = time.thread_time()
-        profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
+        req = self._request(spec, backbone, history, max_len, f"{job.request_tag}.{rec.round}")
         rec.profile_ms = (time.thread_time() - t0) * 1e3
-        req = StrategyRequest(
-            device_id=job.device_id,
-            request_id=f"{job.request_tag}.{rec.round}",
-            backbone_version=spec.version,
-            tier=job.tier,
-            budget_bits=float(job.budget_bits),
-            profile=np.asarray(profile, dtype=np.float32).ravel(),
-            reference_id=spec.offered_reference_id,
-        )
         reply, stats = self.transport.get_strategy(req)
         rec.rpc_ms, rec.rpc_attempts = stats.elapsed_ms, stats.attempts
         rec.injected_losses = stats.injected_losses
@@ -461,6 +452,28 @@ class VirtualDevice:
         rec.hr5, rec.hr10, rec.ndcg5, rec.ndcg10 = m["HR@5"], m["HR@10"], m["NDCG@5"], m["NDCG@10"]
         rec.infer_ms, rec.infer_ms_max = float(np.mean(times)), float(np.max(times))
 
+    def _request(
+        self,
+        spec: ModelSpec,
+        backbone: torch.nn.Module,
+        history: np.ndarray,
+        max_len: int,
+        request_id: str,
+    ) -> StrategyRequest:
+        """GetStrategy for this device: the profile of `history` (its last max_len items) from
+        the frozen backbone's encoder, float32 [profile_dim], under the job's tier and budget."""
+        job = self.job
+        profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
+        return StrategyRequest(
+            device_id=job.device_id,
+            request_id=request_id,
+            backbone_version=spec.version,
+            tier=job.tier,
+            budget_bits=float(job.budget_bits),
+            profile=np.asarray(profile, dtype=np.float32).ravel(),
+            reference_id=spec.offered_reference_id,
+        )
+
     def _fresh_model(
         self,
         rec: RoundRecord,
@@ -474,15 +487,8 @@ class VirtualDevice:
         """The device runtime for a strategy fetched now for `history`; None if that fails."""
         job = self.job
         tier = spec.tier_map[job.tier]
-        profile = backbone.encode(pad_history(history, max_len))[0].numpy()  # type: ignore[operator]
-        req = StrategyRequest(
-            device_id=job.device_id,
-            request_id=f"{job.request_tag}.{rec.round}.probe{pos}",
-            backbone_version=spec.version,
-            tier=job.tier,
-            budget_bits=float(job.budget_bits),
-            profile=np.asarray(profile, dtype=np.float32).ravel(),
-            reference_id=spec.offered_reference_id,
+        req = self._request(
+            spec, backbone, history, max_len, f"{job.request_tag}.{rec.round}.probe{pos}"
         )
         try:
             reply, _ = self.transport.get_strategy(req)
