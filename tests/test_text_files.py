@@ -30,6 +30,16 @@ def test_bom_reads_like_no_bom(tmp_path: Path) -> None:
     assert load_capacities(bom) == load_capacities(plain)
 
 
+def test_files_joined_with_cat_read_like_one_file(tmp_path: Path) -> None:
+    """Each part's BOM is dropped where it starts a line, so `cat a.toml b.toml` parses."""
+    joined = tmp_path / "fleet.toml"
+    joined.write_bytes(BOM + b"devices = 7\n" + BOM + TOML.split("\n", 1)[1].encode())
+    assert read_text(joined) == TOML
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TOML)
+    assert load_config(joined) == load_config(plain)
+
+
 def test_non_utf8_byte_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
     path.write_bytes(b"devices = 7\n# caf\xe9\n")

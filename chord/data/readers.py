@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from chord.data.errors import DataFormatError
+from chord.textfile import drop_boms
 
 FORMATS = ("auto", "grouplens", "movielens-dat", "inter", "csv")
 
@@ -31,8 +31,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) for every non-blank line.
 
     Lines are decoded one at a time as strict UTF-8, so an undecodable byte is reported with its
-    line number and column; a UTF-8 byte-order mark at the start of the file is dropped (a file
-    with a BOM reads exactly like the same file without one).
+    line number and column; a UTF-8 byte-order mark at the start of the file or of any line is
+    dropped (chord.textfile.drop_boms: a file with a BOM, or two such files joined with `cat`,
+    reads exactly like the same text without one).
     """
     try:
         fh = path.open("rb")
@@ -41,8 +42,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataFormatError(message) from exc
     with fh:
         for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
+            raw = drop_boms(raw)
             try:
                 line = raw.decode("utf-8", errors="strict")
             except UnicodeDecodeError as exc:
