@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS_DIR, ResultStore, markdown_table, write_result
+from benchmarks.intervals import add_intervals
 from chord.baselines.suite import code_bytes
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
@@ -38,6 +39,7 @@ from chord.hyper import HyperNetwork, HyperTrainConfig, PersonalScorer, train_hy
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.levels import DEFAULT_TIERS, Tier
 from chord.masks import MaskArtifact, MaskedSource, personal_model, stored_bytes
+from chord.metrics import user_ndcg
 from chord.models import build_backbone
 
 NAME = "accuracy_random"
@@ -48,31 +50,8 @@ VARIANTS: dict[str, tuple[tuple[float, ...], tuple[int, int, int, int], int]] = 
     "bits": ((0.5,), (1, 1, 1, 1), 1),
     "nested": ((0.6, 0.5, 0.4), (3, 2, 2, 1), 2),
 }
-BOOTSTRAP = 2000
 PRETRAINED_CHORD_3 = ("ml-100k", "sasrec", 3.0)  # the comparison the lead asked for
 LOG = Callable[[str], None]
-
-
-def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@10 of 0-based target ranks (one relevant item)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> tuple[
-        float, float, float]:
-    """Mean of a - b over users and its paired bootstrap 95% percentile interval.
-
-    Users are resampled with replacement `n` times (Efron & Tibshirani 1993, ch. 13); the
-    interval is the 2.5th and 97.5th percentile of the resampled means.
-    """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    for i in range(n):  # one row of indices at a time: [n, users] would not fit for ML-1M
-        means[i] = d[rng.integers(0, d.size, d.size)].mean()
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(d.mean()), float(lo), float(hi)
 
 
 def uniform_tier(bits: int) -> Tier:
@@ -164,7 +143,7 @@ def measure_pair(
     def add(method: str, budget: float | None, bits: float, scorer: Any, per_adapt: float,
             extra: dict[str, Any] | None = None) -> None:
         ranks = stage_ranks(scorer, split, "test", seed=seed)
-        nd = ndcg10(ranks)
+        nd = user_ndcg(ranks)
         key = f"{method}@{budget:g}" if budget is not None else method
         per_user[key] = nd
         rows.append({
@@ -217,27 +196,6 @@ def measure_pair(
         "prepare_seconds": run.meta.get("prepare_seconds"),
     }
     return rows, meta, per_user
-
-
-def add_intervals(rows: list[dict[str, Any]], per_user: dict[tuple[Any, ...], np.ndarray],
-                  seed: int) -> None:
-    """Each compressed row: NDCG@10 difference to the best other method at the same bits."""
-    compressed = [r for r in rows if r["budget"] != "-"]
-    for r in compressed:
-        group = [x for x in compressed if (x["dataset"], x["backbone"], x["width"], x["budget"])
-                 == (r["dataset"], r["backbone"], r["width"], r["budget"]) and x is not r]
-        if not group:
-            continue
-        best = max(group, key=lambda x: x["NDCG@10"])
-        k = (r["dataset"], r["backbone"], r["width"])
-        mean, lo, hi = paired_interval(
-            per_user[(*k, f"{r['method']}@{r['budget']:g}")],
-            per_user[(*k, f"{best['method']}@{best['budget']:g}")], seed,
-        )
-        r["vs"] = best["method"]
-        r["diff"] = round(mean, 4)
-        r["ci95"] = f"[{lo:+.4f}, {hi:+.4f}]"
-        r["win"] = "yes" if lo > 0 else ("loss" if hi < 0 else "no (tie)")
 
 
 def pretrained_points(dataset: str, backbone: str) -> list[dict[str, Any]]:
@@ -335,6 +293,20 @@ def rewrite(name: str, store: ResultStore) -> int:
     return 0
 
 
+def same_bits(row: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A compressed row's comparison group: (dataset, backbone, width, budget); None for fp32."""
+    if row["budget"] == "-":
+        return None
+    return row["dataset"], row["backbone"], row["width"], row["budget"]
+
+
+def vector_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Where a row's per-user NDCG@10 is kept in `main`'s per_user mapping."""
+    budget = row["budget"]
+    key = f"{row['method']}@{budget:g}" if budget != "-" else row["method"]
+    return row["dataset"], row["backbone"], row["width"], key
+
+
 def main(args: Any) -> int:
     """Measure every (dataset, backbone, width); rewrite the results after each.
 
@@ -366,7 +338,8 @@ def main(args: Any) -> int:
                     model = build_backbone(cfg, 0)
                     fp32_h64[(dataset, backbone)] = int(
                         sum(p.numel() for p in model.parameters()) * 4)
-                add_intervals(rows, per_user, args.seed)
+                add_intervals(rows, same_bits, lambda r: per_user.get(vector_key(r)),
+                              args.seed)
                 name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
                 write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
     log("done")
@@ -418,4 +391,4 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
     write_result(name, {"rows": rows, "meta": metas}, table, notes, store=store)
 
 
-__all__ = ["main", "paired_interval"]
+__all__ = ["main"]

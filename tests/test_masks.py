@@ -132,17 +132,6 @@ def test_device_reconstruction_equals_the_clouds_level_bank(tier: str) -> None:
     assert bool((device["blocks.0.ffn.fc1.weight"][torch.from_numpy(pruned)] == 0).all())
 
 
-def test_paired_bootstrap_interval_excludes_zero_only_for_a_real_difference() -> None:
-    from benchmarks.random_masks import paired_interval
-
-    rng = np.random.default_rng(0)
-    base = rng.random(500)
-    mean, lo, hi = paired_interval(base + 0.05 + rng.normal(0, 0.05, 500), base, seed=1, n=500)
-    assert lo > 0 and lo < mean < hi
-    mean, lo, hi = paired_interval(base + rng.normal(0, 0.05, 500), base, seed=1, n=500)
-    assert lo < 0 < hi
-
-
 def test_stored_bytes_count_kept_weights_at_their_bits() -> None:
     _, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
     tier = DEFAULT_TIERS["mid"]

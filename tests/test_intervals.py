@@ -1,0 +1,122 @@
+"""Paired bootstrap intervals of the accuracy tables: pairing, ties, groups and their storage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks import accuracy
+from benchmarks.harness import ResultStore
+from benchmarks.intervals import add_intervals, paired_interval, verdict
+
+
+def test_a_constant_shift_per_user_gives_that_shift_and_a_degenerate_interval() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(300)  # users differ far more than the shift: only pairing sees it
+    diff = paired_interval(base + 0.25, base, seed=3, n=400)
+    assert diff.mean == pytest.approx(0.25)
+    assert diff.lo == pytest.approx(0.25) and diff.hi == pytest.approx(0.25)
+    assert diff.users == 300 and verdict(diff.lo, diff.hi) == "yes"
+    # The same shift downwards is a loss, again with no spread.
+    down = paired_interval(base - 0.01, base, seed=3, n=400)
+    assert down.hi == pytest.approx(-0.01) and verdict(down.lo, down.hi) == "loss"
+    # Unpaired, the same vectors overlap: shuffling one side breaks the pairing and the interval
+    # widens by orders of magnitude.
+    shuffled = paired_interval(rng.permutation(base) - 0.01, base, seed=3, n=400)
+    assert shuffled.hi - shuffled.lo > 100 * (down.hi - down.lo + 1e-12)
+
+
+def test_identical_methods_tie() -> None:
+    a = np.random.default_rng(1).random(200)
+    diff = paired_interval(a, a.copy(), seed=0, n=300)
+    assert (diff.mean, diff.lo, diff.hi) == (0.0, 0.0, 0.0)
+    assert verdict(diff.lo, diff.hi) == "no (tie)"
+
+
+def test_interval_excludes_zero_only_for_a_real_difference() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(500)
+    real = paired_interval(base + 0.05 + rng.normal(0, 0.05, 500), base, seed=1, n=500)
+    assert 0 < real.lo < real.mean < real.hi
+    noise = paired_interval(base + rng.normal(0, 0.05, 500), base, seed=1, n=500)
+    assert noise.lo < 0 < noise.hi
+
+
+def test_users_one_method_did_not_evaluate_are_left_out_of_the_pair() -> None:
+    a = np.array([0.5, np.nan, 0.3, 0.2])
+    b = np.array([0.4, 0.9, np.nan, 0.1])
+    diff = paired_interval(a, b, seed=0, n=50)
+    assert diff.users == 2 and diff.mean == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same test users"):
+        paired_interval(a, b[:3], seed=0)
+    with pytest.raises(ValueError, match="no user was measured by both"):
+        paired_interval(np.array([np.nan, 1.0]), np.array([1.0, np.nan]), seed=0)
+
+
+def _row(method: str, budget: float, ndcg: float, mode: str = "pretrained") -> dict[str, Any]:
+    return {"dataset": "toy", "backbone": "sasrec", "backbone_mode": mode, "budget": budget,
+            "method": method, "NDCG@10": ndcg, "avg_bits": budget}
+
+
+def test_accuracy_rows_are_compared_with_the_best_other_method_at_their_bits() -> None:
+    users = 400
+    rng = np.random.default_rng(5)
+    base = rng.random(users)
+    # Budget-free rows are stored at the first budget (2); ptq-3 belongs with the budget-3 rows.
+    per = {
+        ("fp32", 2.0): base + 0.2, ("ptq-8", 2.0): base + 0.2, ("ptq-3", 2.0): base + 0.05,
+        ("ptq-2", 2.0): base - 0.1, ("mixed-static", 2.0): base,
+        ("chord-pretrained", 2.0): base + 0.02,
+        ("mixed-static", 3.0): base + 0.06, ("chord-pretrained", 3.0): base + 0.06,
+    }
+    rows = [_row(m, b, float(v.mean())) for (m, b), v in per.items()]
+    rows.append(_row("chord-random", 3.0, 0.04, mode="random"))  # alone in its mode: no vs
+    vectors = {accuracy.vector_key(r): per[(r["method"], r["budget"])] for r in rows[:-1]}
+    vectors[accuracy.vector_key(rows[-1])] = np.full(users, 0.04)
+    add_intervals(rows, accuracy.comparison_group,
+                  lambda r: vectors.get(accuracy.vector_key(r)), seed=0)
+    by = {(r["method"], r["budget"]): r for r in rows}
+    assert "vs" not in by[("fp32", 2.0)] and "vs" not in by[("ptq-8", 2.0)]
+    assert "vs" not in by[("chord-random", 3.0)]
+    chord2 = by[("chord-pretrained", 2.0)]
+    assert chord2["vs"] == "mixed-static" and chord2["diff"] == pytest.approx(0.02)
+    assert chord2["win"] == "yes" and chord2["ci_users"] == users
+    assert by[("ptq-2", 2.0)]["vs"] == "chord-pretrained" and by[("ptq-2", 2.0)]["win"] == "loss"
+    # At 3 bits CHORD equals mixed-static user by user: a tie, whichever is the best other.
+    chord3 = by[("chord-pretrained", 3.0)]
+    assert chord3["win"] == "no (tie)" and chord3["diff"] == 0.0
+    assert by[("ptq-3", 2.0)]["vs"] in ("mixed-static", "chord-pretrained")
+    assert by[("ptq-3", 2.0)]["diff"] == pytest.approx(-0.01)
+
+
+def test_replot_recomputes_intervals_from_the_stored_vectors(tmp_path: Path) -> None:
+    store = ResultStore.at(tmp_path)
+    base = np.linspace(0.0, 1.0, 50)
+    rows = [_row("mixed-static", 3.0, float(base.mean())),
+            _row("chord-pretrained", 3.0, float(base.mean()) + 0.1),
+            _row("fp32", 3.0, 0.9)]  # no vector kept: compared with nothing either way
+    vectors = {accuracy.vector_key(rows[0]): base, accuracy.vector_key(rows[1]): base + 0.1}
+    meta = {"config": {"dataset": "toy", "backbone": "sasrec", "allocation": "rd"}, "runs": {},
+            "seconds": 1.0}
+    accuracy.write(store, accuracy.NAME, rows, [meta], 1.0, vectors=vectors)
+    npz = tmp_path / f"{accuracy.NAME}_per_user.npz"
+    loaded = accuracy.load_vectors(npz)
+    assert set(loaded) == set(vectors)
+    assert all(np.array_equal(loaded[k], v) for k, v in vectors.items())
+    data = json.loads(store.path(accuracy.NAME).read_text())
+    chord = data["rows"][1]
+    assert (chord["vs"], chord["win"]) == ("mixed-static", "yes")
+    # Strip the columns; --replot brings them back from the .npz alone.
+    for r in data["rows"]:
+        for col in ("vs", "diff", "ci95", "win", "ci_users"):
+            r.pop(col, None)
+    store.path(accuracy.NAME).write_text(json.dumps(data))
+    assert accuracy.replot(argparse.Namespace(name=accuracy.NAME), store) == 0
+    again = json.loads(store.path(accuracy.NAME).read_text())["rows"][1]
+    assert (again["vs"], again["diff"], again["win"]) == ("mixed-static", 0.1, "yes")
+    assert "CHORD wins" in (tmp_path / "RESULTS.md").read_text()
