@@ -426,11 +426,9 @@ VERDICT_WORDS = {"yes": "CHORD wins", "loss": "CHORD loses", "no (tie)": "no win
 
 def interval_note(rows: list[dict[str, Any]]) -> str:
     """How the vs / diff / ci95 / win columns were computed, and which rows have none."""
-    missing = sorted({f"{r['dataset']} {r['backbone']}" for r in rows
-                      if comparison_group(r) is not None and "win" not in r
-                      and not (r["method"].startswith("ptq-") and not any(
-                          x is not r and comparison_group(x) == comparison_group(r)
-                          for x in rows))})
+    groups = [comparison_group(r) for r in rows]
+    missing = sorted({f"{r['dataset']} {r['backbone']}" for r, g in zip(rows, groups, strict=True)
+                      if g is not None and "win" not in r and groups.count(g) > 1})
     text = (
         "vs / diff / ci95 / win: each compressed row's per-user NDCG@10 minus that of the best "
         "other compressed method (highest mean NDCG@10) at the same bits, same dataset, backbone "
