@@ -523,6 +523,10 @@ def write(
     """
     vectors = vectors or {}
     add_intervals(rows, comparison_group, lambda r: vectors.get(vector_key(r)), seed=0)
+    for r in rows:  # uniform PTQ is listed at the first budget but compared at its own width
+        group = comparison_group(r)
+        if "vs" in r and group is not None and group[3] != float(r["budget"]):
+            r["vs"] = f"{r['vs']} @{group[3]:g} bits"
     at = COLUMNS.index("NDCG@10") + 1
     columns = ["dataset", "backbone", "budget", *COLUMNS[:at], *INTERVAL_COLUMNS, *COLUMNS[at:]]
     table = markdown_table(rows, columns)

@@ -99,8 +99,10 @@ def test_replot_recomputes_intervals_from_the_stored_vectors(tmp_path: Path) -> 
     base = np.linspace(0.0, 1.0, 50)
     rows = [_row("mixed-static", 3.0, float(base.mean())),
             _row("chord-pretrained", 3.0, float(base.mean()) + 0.1),
-            _row("fp32", 3.0, 0.9)]  # no vector kept: compared with nothing either way
-    vectors = {accuracy.vector_key(rows[0]): base, accuracy.vector_key(rows[1]): base + 0.1}
+            _row("fp32", 3.0, 0.9),  # no vector kept: compared with nothing either way
+            _row("ptq-3", 2.0, float(base.mean()) + 0.05)]  # listed at budget 2, compared at 3
+    vectors = {accuracy.vector_key(rows[0]): base, accuracy.vector_key(rows[1]): base + 0.1,
+               accuracy.vector_key(rows[3]): base + 0.05}
     meta = {"config": {"dataset": "toy", "backbone": "sasrec", "allocation": "rd"}, "runs": {},
             "seconds": 1.0}
     accuracy.write(store, accuracy.NAME, rows, [meta], 1.0, vectors=vectors)
@@ -109,8 +111,9 @@ def test_replot_recomputes_intervals_from_the_stored_vectors(tmp_path: Path) -> 
     assert set(loaded) == set(vectors)
     assert all(np.array_equal(loaded[k], v) for k, v in vectors.items())
     data = json.loads(store.path(accuracy.NAME).read_text())
-    chord = data["rows"][1]
-    assert (chord["vs"], chord["win"]) == ("mixed-static", "yes")
+    chord, ptq = data["rows"][1], data["rows"][3]
+    assert (chord["vs"], chord["win"]) == ("ptq-3", "yes")
+    assert (ptq["vs"], ptq["win"]) == ("chord-pretrained @3 bits", "loss")
     # Strip the columns; --replot brings them back from the .npz alone.
     for r in data["rows"]:
         for col in ("vs", "diff", "ci95", "win", "ci_users"):
@@ -118,5 +121,5 @@ def test_replot_recomputes_intervals_from_the_stored_vectors(tmp_path: Path) -> 
     store.path(accuracy.NAME).write_text(json.dumps(data))
     assert accuracy.replot(argparse.Namespace(name=accuracy.NAME), store) == 0
     again = json.loads(store.path(accuracy.NAME).read_text())["rows"][1]
-    assert (again["vs"], again["diff"], again["win"]) == ("mixed-static", 0.1, "yes")
+    assert (again["vs"], again["diff"], again["win"]) == ("ptq-3", 0.05, "yes")
     assert "CHORD wins" in (tmp_path / "RESULTS.md").read_text()
