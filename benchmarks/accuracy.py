@@ -33,6 +33,7 @@ from benchmarks.harness import (
     ResultStore,
     Stopwatch,
     add_output_arguments,
+    machine_info,
     markdown_table,
     read_json,
 )
@@ -119,6 +120,24 @@ def pair_key(entry: dict[str, Any]) -> tuple[str, str]:
     return str(c["dataset"]), str(c["backbone"])
 
 
+def stamp(metas: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entries with `measured` (date, commit, cpu of the run that made them) filled in where
+    missing, from the machine record of the file they were read from."""
+    when = {k: machine.get(k) for k in ("date", "commit", "cpu")}
+    return [m if "measured" in m else {**m, "measured": when} for m in metas]
+
+
+def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Old entries of pairs not in `new`, plus `new`, with pairs kept in the old order (new
+    pairs last), so a re-measured pair keeps its place in the table."""
+    ours = {pair_key(e) for e in new}
+    entries = [e for e in old if pair_key(e) not in ours] + new
+    order: dict[tuple[str, str], int] = {}
+    for e in [*old, *new]:
+        order.setdefault(pair_key(e), len(order))
+    return sorted(entries, key=lambda e: order[pair_key(e)])
+
+
 def vector_key(row: dict[str, Any]) -> VectorKey:
     """Where a row's per-user NDCG@10 is kept: (dataset, backbone, mode, method, row budget)."""
     return (str(row["dataset"]), str(row["backbone"]), str(row["backbone_mode"]),
@@ -187,14 +206,15 @@ def import_results(args: argparse.Namespace, store: ResultStore) -> int:
         data = json.loads(Path(f).read_text())
         machine = machine or dict(data.get("machine", {}))
         rows += data["rows"]
-        metas += data["meta"]
+        metas += stamp(data["meta"], dict(data.get("machine", {})))
         vectors.update(load_vectors(vectors_path(Path(f))))
         seconds += sum(float(m.get("seconds", 0.0)) for m in data["meta"])
     ours = {pair_key(r) for r in rows}
     old = store.read(args.name) if args.merge else None
     if old is not None:
-        rows = [r for r in old["rows"] if pair_key(r) not in ours] + rows
-        metas = [m for m in old["meta"] if pair_key(m) not in ours] + metas
+        rows = merged(old["rows"], rows)
+        metas = merged(stamp(old["meta"], dict(old.get("machine", {}))), metas)
+        # Vectors of a replaced pair go with its rows, even where the new file brings none.
         vectors.update({k: v for k, v in load_vectors(vectors_path(store.path(args.name))).items()
                         if (k[0], k[1]) not in ours})
     path = write(store, args.name, rows, metas, seconds, machine=machine, vectors=vectors)
@@ -321,13 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     metas: list[dict[str, Any]] = []
     vectors: dict[VectorKey, np.ndarray] = {}
     old = store.read(args.name) if args.merge else None
+    kept_rows: list[dict[str, Any]] = []
+    kept_metas: list[dict[str, Any]] = []
     if old is not None:
-        ours = {(d, b) for d in args.datasets for b in args.backbones}
-        rows = [r for r in old["rows"] if (r["dataset"], r["backbone"]) not in ours]
-        metas = [m for m in old["meta"]
-                 if (m["config"]["dataset"], m["config"]["backbone"]) not in ours]
-        vectors = {k: v for k, v in load_vectors(vectors_path(store.path(args.name))).items()
-                   if (k[0], k[1]) not in ours}
+        kept_rows = old["rows"]
+        kept_metas = stamp(old["meta"], dict(old.get("machine", {})))
+        vectors = load_vectors(vectors_path(store.path(args.name)))
     clock = Stopwatch()
     log = clock.log
     importance_run: str | None = None
@@ -355,10 +374,11 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     vectors[vector_key(row)] = result["per_user"][(r["backbone_mode"],
                                                                    r["method"])]
-                metas.append(result["meta"])
+                metas += stamp([result["meta"]], machine_info())
                 if importance_run is None:
                     importance_run = result["meta"]["runs"]["pretrained"]["path"]
-                write(store, args.name, rows, metas, clock.seconds, vectors=vectors)
+                write(store, args.name, merged(kept_rows, rows), merged(kept_metas, metas),
+                      clock.seconds, vectors=vectors)
                 plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
     if importance_run is not None and old is None:
         name = "importance" if args.name == NAME else f"{args.name}_importance"
@@ -457,6 +477,21 @@ def mask_epochs(config: dict[str, Any]) -> int:
     return RunConfig.mask_epochs if value is None else int(value)
 
 
+def measured_note(metas: list[dict[str, Any]]) -> str:
+    """When and at which commit each (dataset, backbone) pair was measured, where recorded."""
+    when: dict[tuple[str, str], set[str]] = {}
+    for m in metas:
+        info = m.get("measured")
+        if info:
+            when.setdefault(pair_key(m), set()).add(
+                f"{str(info.get('date'))[:10]} at commit {info.get('commit')} "
+                f"({info.get('cpu')})")
+    if len({frozenset(v) for v in when.values()}) <= 1:
+        return ""  # one run made every row: the header says when
+    return "Pairs were measured by separate runs: " + "; ".join(
+        f"{d} {b}: {', '.join(sorted(v))}" for (d, b), v in when.items()) + "."
+
+
 def random_note(metas: list[dict[str, Any]]) -> str:
     """What the random-backbone rows are: the seeded backbone as built, or a learned mask."""
     epochs = sorted({mask_epochs(m["config"]) for m in metas})
@@ -519,9 +554,11 @@ def write(
 
     machine: the machine imported results were measured on (named in the notes), None when this
     process measured them. vectors: every row's per-user NDCG@10 by `vector_key`; the intervals
-    (`comparison_group`) are recomputed from them and they are written to NAME_per_user.npz.
+    (`comparison_group`) are recomputed from them, and those of the rows are written to
+    NAME_per_user.npz.
     """
-    vectors = vectors or {}
+    present = {vector_key(r) for r in rows}
+    vectors = {k: v for k, v in (vectors or {}).items() if k in present}
     add_intervals(rows, comparison_group, lambda r: vectors.get(vector_key(r)), seed=0)
     for r in rows:  # uniform PTQ is listed at the first budget but compared at its own width
         group = comparison_group(r)
@@ -546,7 +583,7 @@ def write(
            f"side on {machine.get('cpu_count', '?')} cores, {machine.get('cpu', '?')}, torch "
            f"{machine.get('torch', '?')}; the header names the machine that imported them).")
         + f"{device_note(metas)} {rule_note(metas)} {random_note(metas)}\n\n"
-        + interval_note(rows) + "\n\n"
+        + interval_note(rows) + " " + measured_note(metas) + "\n\n"
         + training_notes(metas)
         + goal_lines(rows)
     )

@@ -123,3 +123,36 @@ def test_replot_recomputes_intervals_from_the_stored_vectors(tmp_path: Path) -> 
     again = json.loads(store.path(accuracy.NAME).read_text())["rows"][1]
     assert (again["vs"], again["diff"], again["win"]) == ("ptq-3", 0.05, "yes")
     assert "CHORD wins" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_import_replaces_one_pair_keeps_the_others_in_place_and_their_vectors(
+    tmp_path: Path,
+) -> None:
+    base = np.linspace(0.0, 1.0, 40)
+
+    def pair(dataset: str, shift: float) -> tuple[list[dict[str, Any]], dict[Any, np.ndarray]]:
+        rows = [{**_row("mixed-static", 3.0, float(base.mean())), "dataset": dataset},
+                {**_row("chord-pretrained", 3.0, float(base.mean()) + shift), "dataset": dataset}]
+        return rows, {accuracy.vector_key(rows[0]): base,
+                      accuracy.vector_key(rows[1]): base + shift}
+
+    def meta(dataset: str) -> dict[str, Any]:
+        return {"config": {"dataset": dataset, "backbone": "sasrec"}, "runs": {}, "seconds": 60.0}
+
+    committed = ResultStore.at(tmp_path / "committed")
+    rows_a, vec_a = pair("a", 0.1)
+    rows_b, _ = pair("b", 0.0)
+    accuracy.write(committed, accuracy.NAME, rows_a + rows_b, [meta("a"), meta("b")], 60.0,
+                   vectors=vec_a)  # pair b predates per-user vectors
+    measured = ResultStore.at(tmp_path / "run")
+    new_b, vec_b = pair("b", -0.2)
+    accuracy.write(measured, accuracy.NAME, new_b, [meta("b")], 60.0, vectors=vec_b)
+    args = argparse.Namespace(import_json=[str(measured.path(accuracy.NAME))], merge=True,
+                              name=accuracy.NAME)
+    assert accuracy.import_results(args, committed) == 0
+    rows = json.loads(committed.path(accuracy.NAME).read_text())["rows"]
+    assert [(r["dataset"], r["win"]) for r in rows] == [
+        ("a", "loss"), ("a", "yes"), ("b", "yes"), ("b", "loss")]
+    assert rows[3]["diff"] == pytest.approx(-0.2)
+    kept = accuracy.load_vectors(accuracy.vectors_path(committed.path(accuracy.NAME)))
+    assert set(kept) == set(vec_a) | set(vec_b)
