@@ -96,9 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         " random fp32, shared mask, DIET-style, CHORD; bootstrap intervals)")
     p.add_argument("--widths", nargs="+", type=int, default=[64],
                    help="--random-masks: backbone widths (the first gets the full table)")
-    p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
+    p.add_argument("--mask-epochs", type=int, default=None,
                    help="epochs of learning the shared mask of random mode (--random-masks, and "
-                        "the table's random-backbone rows; 0 = the seeded backbone as built)")
+                        "the table's random-backbone rows; 0 = the seeded backbone as built; "
+                        f"default: the preset's, {RunConfig.mask_epochs} for --random-masks)")
     p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
                    help="--random-masks: levels choose bits only, or also how much of a channel "
                         "the mask keeps (results go to accuracy_random_nested)")
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
     if args.random_masks:
+        if args.mask_epochs is None:
+            args.mask_epochs = RunConfig.mask_epochs
         return random_masks.main(args)
     store = ResultStore.default(args.results_dir)
     if args.replot:
@@ -377,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                 metas += stamp([result["meta"]], machine_info())
                 if importance_run is None:
                     importance_run = result["meta"]["runs"]["pretrained"]["path"]
-                write(store, args.name, merged(kept_rows, rows), merged(kept_metas, metas),
-                      clock.seconds, vectors=vectors)
-                plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
+                table = merged(kept_rows, rows)
+                write(store, args.name, table, merged(kept_metas, metas), clock.seconds,
+                      vectors=vectors)
+                plot_ndcg_vs_bits(table, store.path(args.name, "_ndcg_vs_bits.png"))
     if importance_run is not None and old is None:
         name = "importance" if args.name == NAME else f"{args.name}_importance"
         plot_importance(importance_run, store.path(name, ".png"))

@@ -13,6 +13,7 @@ import pytest
 from benchmarks import accuracy
 from benchmarks.harness import ResultStore
 from benchmarks.intervals import add_intervals, paired_interval, verdict
+from tests.hyper_fixtures import synthetic_csv  # noqa: F401
 
 
 def test_a_constant_shift_per_user_gives_that_shift_and_a_degenerate_interval() -> None:
@@ -156,3 +157,31 @@ def test_import_replaces_one_pair_keeps_the_others_in_place_and_their_vectors(
     assert rows[3]["diff"] == pytest.approx(-0.2)
     kept = accuracy.load_vectors(accuracy.vectors_path(committed.path(accuracy.NAME)))
     assert set(kept) == set(vec_a) | set(vec_b)
+
+
+def test_the_benchmark_keeps_a_vector_per_row_and_replot_reproduces_its_intervals(
+    synthetic_csv: str, tmp_path: Path  # noqa: F811
+) -> None:
+    out = tmp_path / "res"
+    assert accuracy.main([
+        "--datasets", synthetic_csv, "--backbones", "sasrec", "--budgets", "3",
+        "--preset", "smoke", "--hyper-steps", "6", "--duet-steps", "6", "--finetune-users", "15",
+        "--trained-backbones", str(tmp_path / "none"), "--results-dir", str(out),
+    ]) == 0
+    store = ResultStore.at(out)
+    data = json.loads(store.path(accuracy.NAME).read_text())
+    vectors = accuracy.load_vectors(accuracy.vectors_path(store.path(accuracy.NAME)))
+    n_test = data["meta"][0]["test_users"]
+    assert {accuracy.vector_key(r) for r in data["rows"]} == set(vectors)
+    assert all(v.shape == (n_test,) for v in vectors.values())
+    by = {(r["backbone_mode"], r["method"]): r for r in data["rows"]}
+    chord = by[("pretrained", "chord-pretrained")]
+    assert chord["win"] in ("yes", "no (tie)", "loss") and chord["ci_users"] == n_test
+    assert by[("pretrained", "finetune")]["ci_users"] == 15
+    assert "win" in by[("pretrained", "ptq-3")]  # at budget 3; ptq-2, 4, 8 have no peers here
+    assert not any("win" in by[("pretrained", m)] for m in ("fp32", "ptq-2", "ptq-4", "ptq-8"))
+    assert "win" in by[("random", "chord-random")]
+    before = [(r["method"], r.get("ci95")) for r in data["rows"]]
+    assert accuracy.main(["--replot", "--results-dir", str(out)]) == 0
+    after = json.loads(store.path(accuracy.NAME).read_text())["rows"]
+    assert [(r["method"], r.get("ci95")) for r in after] == before
