@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,38 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise TextFileError(
-            f"{p}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not UTF-8; "
-            "re-encode the file as UTF-8"
-        ) from None
+        raise _not_utf8(p, line, raw[exc.start], column) from None
+
+
+def _not_utf8(path: Path, line: int, byte: int, column: int) -> TextFileError:
+    """The error of a byte that is not UTF-8, by file, line and 1-based column."""
+    return TextFileError(
+        f"{path}:{line}: byte 0x{byte:02x} at column {column} is not UTF-8; "
+        "re-encode the file as UTF-8"
+    )
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without its line ending) of every line, read one at a time.
+
+    The same rules as read_text (strict UTF-8, BOMs dropped), in memory bounded by the longest
+    line: for files that grow without bound (a server's report log, interaction dumps).
+    Raises TextFileError naming the file (unreadable) or the file, line and column of a byte
+    that is not UTF-8.
+    """
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            raw = drop_boms(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(p, lineno, raw[exc.start], exc.start + 1) from None
+            yield lineno, line.rstrip("\r\n")
 
 
 class _ConstantError(ValueError):
@@ -111,4 +140,4 @@ def read_json(path: str | Path) -> Any:
     return loads_json(read_text(path), str(path))
 
 
-__all__ = ["TextFileError", "drop_boms", "loads_json", "read_json", "read_text"]
+__all__ = ["TextFileError", "drop_boms", "iter_lines", "loads_json", "read_json", "read_text"]
