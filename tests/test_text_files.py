@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from chord.spec import DeviceReport
 from chord.textfile import TextFileError, loads_json, read_json, read_text
 from cloud_server.reports import ReportStore
 from simulator.config import FleetConfigError, load_config
@@ -84,3 +85,22 @@ def test_json_errors_report_the_file_line(tmp_path: Path) -> None:
     path.write_bytes(BOM + b'{\n  "format": 1,\n  "v": -Infinity\n}')
     with pytest.raises(TextFileError, match=rf"^{path}:3: -Infinity is not a JSON number"):
         read_json(path)
+
+
+def test_report_store_memory_is_a_bounded_window(tmp_path: Path) -> None:
+    """However many devices report, memory holds the last `window` reports; the file holds all,
+    and a reload keeps the same window (repeats inside it are still duplicates)."""
+    path = tmp_path / "reports.jsonl"
+    store = ReportStore(path, window=3)
+    for i in range(5):
+        outcome = store.record(DeviceReport(device_id=f"d{i}", round=1, tier="mid"))
+        assert not outcome.duplicate
+    assert store.record(DeviceReport(device_id="d4", round=1, tier="mid")).duplicate
+    assert len(store) == 5 and len(path.read_text().splitlines()) == 5
+    assert [r.device_id for r in store.recent()] == ["d2", "d3", "d4"]
+    assert store.get("d0", 1) is None and store.get("d3", 1) is not None
+    reloaded = ReportStore(path, window=3)
+    assert len(reloaded) == 5 and reloaded.recent() == store.recent()
+    assert reloaded.record(DeviceReport(device_id="d2", round=1, tier="mid")).duplicate
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        ReportStore(None, window=0)
