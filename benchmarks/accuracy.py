@@ -582,10 +582,11 @@ def write(
         "quantization; DUET = generation per user (batched). Hypernetworks and DUET were "
         "trained with capped step counts"
         + (" because 2 CPU cores were shared by several jobs; " if not device_note(metas) else "; ")
-        + (f"this invocation took {seconds / 60:.0f} min." if machine is None else
+        + (f"this invocation took {seconds / 60:.0f} min" if machine is None else
            f"the imported runs took {seconds / 60:.0f} min of process time in all (run side by "
            f"side on {machine.get('cpu_count', '?')} cores, {machine.get('cpu', '?')}, torch "
-           f"{machine.get('torch', '?')}; the header names the machine that imported them).")
+           f"{machine.get('torch', '?')}; the header names the machine that imported them)")
+        + " (a run reused from the run cache counts only its loading: meta runs.*.prepare_s)."
         + f"{device_note(metas)} {rule_note(metas)} {random_note(metas)}\n\n"
         + interval_note(rows) + " " + measured_note(metas) + "\n\n"
         + training_notes(metas)
