@@ -34,6 +34,7 @@ from benchmarks.harness import (
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
+from chord.masks import DEFAULT_GENERATOR, GENERATORS
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
@@ -87,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--random-masks: backbone widths (the first gets the full table)")
     p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
                    help="--random-masks: epochs of learning the shared mask")
+    p.add_argument("--mask-lr", type=float, default=RunConfig.mask_lr,
+                   help="--random-masks: Adam learning rate of the shared mask's scores")
+    p.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
+                   help="--random-masks: named generator of the seeded weights the masks are "
+                        "learned over (chord.masks.GENERATORS)")
     p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
                    help="--random-masks: levels choose bits only, or also how much of a channel "
                         "the mask keeps (results go to accuracy_random_nested)")

@@ -119,6 +119,7 @@ def run_config(args: Any, dataset: str, backbone: str, width: int) -> RunConfig:
         dataset=dataset, backbone=backbone, mode="random", seed=args.seed, width=width,
         hyper_steps=args.hyper_steps, mask_epochs=args.mask_epochs, max_users=args.max_users,
         mask_fractions=fractions, mask_levels=levels, mask_shared=shared,
+        generator=args.generator, mask_lr=args.mask_lr,
     )
 
 
@@ -175,7 +176,7 @@ def measure_pair(
         })
         log(f"{dataset} {backbone} h{width} {key}: NDCG@10 {nd.mean():.4f}")
 
-    raw = build_backbone(run.backbone_config, run.seed)
+    raw = run.mask.raw  # the seeded weights as the generator built them, unmasked
     add("random-fp32", None, 32.0, raw, 0.0)
     add("shared-mask-fp32", None, 32.0, run.backbone, 0.0)
     budgets = args.budgets if full_table else [3.0]

@@ -16,7 +16,9 @@ from chord.hyper.personal import LevelBank
 from chord.levels import DEFAULT_TIERS
 from chord.levels.relaxed import one_hot_levels
 from chord.masks import (
+    GENERATORS,
     TORCH_XAVIER,
+    TORCH_XAVIER_SIGNED,
     MaskedSource,
     MaskError,
     WeightsMismatchError,
@@ -35,30 +37,58 @@ from chord.quant import channel_layout
 CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
 
 
-def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1)):
-    raw = rebuild_backbone(TORCH_XAVIER, CFG, seed)
+def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1),
+              generator: str = TORCH_XAVIER):
+    raw = rebuild_backbone(generator, CFG, seed)
     layout = channel_layout(raw)
     gen = torch.Generator().manual_seed(5)
     scores = [torch.rand(dict(raw.named_parameters())[x.weight_name].shape, generator=gen)
               for x in layout.layers]
-    art = build_artifact(raw, layout, scores, generator=TORCH_XAVIER, seed=seed,
+    art = build_artifact(raw, layout, scores, generator=generator, seed=seed,
                          keep_fractions=(0.6, 0.5, 0.4), level_min_class=level_min_class,
                          shared_min_class=2)
     return raw, layout, art
 
 
-def test_rebuilt_weights_match_across_processes_and_differ_for_another_seed() -> None:
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
+def test_rebuilt_weights_match_across_processes_and_differ_for_another_seed(
+    generator: str,
+) -> None:
     code = (
-        "from chord.masks import rebuild_backbone, TORCH_XAVIER\n"
+        "from chord.masks import rebuild_backbone\n"
         "from chord.checkpoint import weights_version\n"
         "from chord.config import config_from_json\n"
-        f"m = rebuild_backbone(TORCH_XAVIER, config_from_json({config_to_json(CFG)!r}), 3)\n"
+        f"m = rebuild_backbone({generator!r}, config_from_json({config_to_json(CFG)!r}), 3)\n"
         "print(weights_version(m))\n"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, timeout=120).stdout.strip()
-    assert other == weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 3))
-    assert other != weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 4))
+    assert other == weights_version(rebuild_backbone(generator, CFG, 3))
+    assert other != weights_version(rebuild_backbone(generator, CFG, 4))
+
+
+def test_generators_draw_different_weights_from_one_seed() -> None:
+    versions = {weights_version(rebuild_backbone(g, CFG, 3)) for g in GENERATORS}
+    assert len(versions) == len(GENERATORS)
+
+
+def test_signed_weights_are_one_magnitude_per_layer_and_quantize_exactly() -> None:
+    normal = rebuild_backbone(TORCH_XAVIER, CFG, 3).state_dict()
+    signed = rebuild_backbone(TORCH_XAVIER_SIGNED, CFG, 3)
+    params = dict(signed.named_parameters())
+    masked_names = {x.weight_name for x in channel_layout(signed).layers}
+    for name, value in signed.state_dict().items():  # norms and biases are TORCH_XAVIER's
+        if name not in masked_names:
+            assert torch.equal(value, normal[name]), name
+    for layer in channel_layout(signed).layers:
+        w, drawn = params[layer.weight_name], normal[layer.weight_name]
+        sigma = float(drawn[drawn != 0].double().square().mean().sqrt())
+        assert torch.equal(torch.sign(w), torch.sign(drawn)), layer.name
+        assert torch.allclose(w.abs()[w != 0], torch.tensor(sigma)), layer.name
+        keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+        masked = w * keep * 1.41
+        for bits in (1, 2, 3, 8):  # every kept weight of a channel has one magnitude
+            assert torch.allclose(quantize_keep_zeros(masked, bits), masked), (layer.name, bits)
 
 
 def test_a_device_that_builds_other_weights_refuses() -> None:
@@ -117,9 +147,10 @@ def test_quantize_keep_zeros_leaves_pruned_weights_at_zero() -> None:
     assert bool((quantize_keep_zeros(w, 1)[w != 0] != 0).all())
 
 
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
 @pytest.mark.parametrize("tier", ["low", "mid"])
-def test_device_reconstruction_equals_the_clouds_level_bank(tier: str) -> None:
-    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
+def test_device_reconstruction_equals_the_clouds_level_bank(tier: str, generator: str) -> None:
+    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1), generator=generator)
     levels = np.random.default_rng(3).integers(0, 4, layout.n_channels).astype(np.uint8)
     bank = LevelBank(raw, layout, DEFAULT_TIERS[tier], mask=MaskedSource(raw, decode_mask(
         encode_mask(art))))
