@@ -30,7 +30,14 @@ from chord.masks import (
     rebuild_backbone,
     stored_bytes,
 )
-from chord.masks.artifact import decode_classes, encode_classes, payload_bits
+from chord.masks.artifact import (
+    RICE_VERSION,
+    decode_classes,
+    decode_rice,
+    encode_classes,
+    encode_rice,
+    payload_bits,
+)
 from chord.masks.build import build_artifact
 from chord.quant import channel_layout
 
@@ -38,14 +45,15 @@ CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
 
 
 def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1),
-              generator: str = TORCH_XAVIER):
+              generator: str = TORCH_XAVIER,
+              fractions: tuple[float, ...] = (0.6, 0.5, 0.4)):
     raw = rebuild_backbone(generator, CFG, seed)
     layout = channel_layout(raw)
     gen = torch.Generator().manual_seed(5)
     scores = [torch.rand(dict(raw.named_parameters())[x.weight_name].shape, generator=gen)
               for x in layout.layers]
     art = build_artifact(raw, layout, scores, generator=generator, seed=seed,
-                         keep_fractions=(0.6, 0.5, 0.4), level_min_class=level_min_class,
+                         keep_fractions=fractions, level_min_class=level_min_class,
                          shared_min_class=2)
     return raw, layout, art
 
@@ -125,8 +133,28 @@ def test_mask_artifact_round_trips_and_refuses_tampered_truncated_or_foreign_byt
         decode_mask(data[:-5])
     wrong = bytearray(data)
     wrong[4] = 9
-    with pytest.raises(MaskError, match="version 9"):
+    with pytest.raises(MaskError, match="version 9 is not supported"):
         decode_mask(bytes(wrong))
+
+
+def test_a_sparse_mask_travels_rice_coded_shorter_and_round_trips() -> None:
+    _, _, dense = _artifact()
+    assert encode_mask(dense)[4] == 1  # half the weights kept: plain planes are shortest
+    _, _, art = _artifact(fractions=(0.2, 0.1), level_min_class=(2, 1, 1, 1))
+    data = encode_mask(art)
+    assert data[4] == RICE_VERSION
+    plain = payload_bits(art.classes, 2)
+    assert len(data) < len(encode_mask(dense)) and len(encode_rice(art.classes, 2)) * 8 < plain
+    back = decode_mask(data)
+    assert back.header == art.header and np.array_equal(back.classes, art.classes)
+    payload = encode_rice(art.classes, 2)
+    assert np.array_equal(decode_rice(payload, art.header), art.classes)
+    with pytest.raises(MaskError, match="ends"):
+        decode_rice(payload[: len(payload) // 2], art.header)
+    with pytest.raises(MaskError, match="beyond"):
+        decode_rice(payload + b"\x01", art.header)
+    with pytest.raises(MaskError, match="truncated"):
+        decode_mask(data[:-3])
 
 
 def test_rank_classes_are_nested_top_fractions() -> None:
