@@ -37,7 +37,7 @@ from chord.evaluation import stage_ranks
 from chord.hyper import HyperNetwork, HyperTrainConfig, PersonalScorer, train_hypernet
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.levels import DEFAULT_TIERS, Tier
-from chord.masks import MaskArtifact, MaskedSource, personal_model, stored_bytes
+from chord.masks import TORCH_XAVIER, MaskArtifact, MaskedSource, personal_model, stored_bytes
 from chord.models import build_backbone
 
 NAME = "accuracy_random"
@@ -374,6 +374,60 @@ def main(args: Any) -> int:
     return 0
 
 
+def _meta_values(metas: list[dict[str, Any]], key: str, default: Any) -> list[str]:
+    """The distinct values of a RunConfig field over the entries (`default` where a run
+    predates the field), as text."""
+    return sorted({str(m["config"].get(key, default)) for m in metas})
+
+
+# Ideas tried to make random mode rank (issue 13), each first as a probe: ML-100K SASRec, seed 0,
+# test NDCG@10 of the shared mask after the last epoch (no model selection), 1 CPU thread.
+# "a / b / c / d": the shared mask in fp32 and quantized per channel at 2, 3 and 4 bits.
+IDEAS: list[tuple[str, str, str, str]] = [
+    ("baseline", "Xavier-normal weights, h64, 20 epochs, lr 0.01, keep 0.5",
+     "0.298 / 0.237 / 0.291 / 0.300", "2 bits cost 0.06"),
+    ("1. quantization-aware mask learning",
+     "normal weights, bits drawn per step from {2, 3, 4}, straight-through through "
+     "chord.quant's per-channel quantizer, h64, 20 epochs", "0.262 / 0.239 / 0.265 / 0.264",
+     "no gain at 2 bits, slower learning: dropped"),
+    ("2. signed constants (torch-mt19937-xavier-signed/1)", "h64, 20 epochs, lr 0.01",
+     "0.355 at every width", "+0.057 in fp32, +0.118 at 2 bits: the default generator now"),
+    ("4a. learning rate", "signed, h64, 20 epochs, lr 0.05", "0.363",
+     "adopted (RunConfig.mask_lr)"),
+    ("4b. more epochs", "signed, h64, 60 epochs, lr 0.01", "0.368",
+     "the run's 60-epoch cap, with model selection"),
+    ("4c. keep fraction", "signed, h64, 20 epochs, lr 0.05, keep 0.3", "0.357",
+     "no gain over keep 0.5"),
+    ("4d. no dropout while learning", "signed, h64, 20 epochs, lr 0.05", "0.354", "worse"),
+    ("4e. depth", "signed, h64, 4 blocks, lr 0.05", "0.279 at 10 epochs (2 blocks: 0.355)",
+     "stopped"),
+    ("3. width", "signed, h96, lr 0.05", "0.394 at 20 epochs, 0.391 at 40",
+     "a 1-bit mask of about 35 KB fits 1/16"),
+    ("3. width", "signed, h128, lr 0.05", "0.393 / 0.399 / 0.417 at 10 / 20 / 30 epochs",
+     "closest to 0.419; its 1-bit mask is 1/12 of the fp32 h64 backbone"),
+    ("4f. sparse mask, Rice-coded (mask format version 2)", "signed, h128, keep 0.2, lr 0.05",
+     "0.371 at 10 epochs", "about 0.74 bits per weight: would fit 1/16"),
+]
+IDEAS_NOTE = (
+    "With signed constants every kept weight of a channel has the same magnitude, so "
+    "per-channel quantization at 1 to 8 bits is exact: the shared mask loses nothing at 2 bits, "
+    "and a CHORD code whose levels differ only in bits (the `bits` variant) gives every user "
+    "the shared-mask model (chord rows equal shared-mask rows up to float rounding). Per-user "
+    "structure then has to come from how much of a channel a level keeps (the `nested` "
+    "variant), which the rate-distortion level rule does not price yet: it measures loss "
+    "against bits only."
+)
+
+
+def ideas_log() -> str:
+    """The ideas tried, as a Markdown table and what they imply."""
+    rows = [dict(zip(("idea", "setting", "NDCG@10", "verdict"), x, strict=True)) for x in IDEAS]
+    return ("Ideas tried (probes: ML-100K SASRec, seed 0, test NDCG@10 of the shared mask after "
+            "its last epoch, no model selection; a / b / c / d = fp32 / 2 / 3 / 4 bits):\n\n"
+            + markdown_table(rows, ["idea", "setting", "NDCG@10", "verdict"]) + "\n\n"
+            + IDEAS_NOTE)
+
+
 COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_bits", "HR@10",
            "NDCG@10", "vs", "diff", "ci95", "win", "one_time_bytes", "bytes_per_adaptation",
            "device_bytes", "infer_ms"]
@@ -388,15 +442,17 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
     plot_bytes(rows, fp32_h64, store.path(f"{name}_bytes", ".png"))
     table = markdown_table(rows, COLUMNS)
     notes = (
-        "Random mode: the backbone is rebuilt on the device from a named generator "
-        "(torch-mt19937-xavier-normal/1), seed and config, never shipped; a shared element mask "
+        f"Random mode: the backbone is rebuilt on the device from a named generator "
+        f"({', '.join(_meta_values(metas, 'generator', TORCH_XAVIER))}), seed and config, never "
+        "shipped; a shared element mask "
         "learned over it (edge-popup, top 50% of each layer by score, kept weights x "
         "1/sqrt(0.5)) is the one-time download (one_time_bytes: the mask artifact, header and "
         "SHA-256 included; the reference-data artifact, 2 bytes per channel in either mode, is "
         "left out here and in the plot's pretrained points, whose one-time bytes are the fp32 "
-        "parameters x 4). Mask learning: Adam lr 0.01, 32 sequences a step, model selection on "
-        "validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs 100 seeded "
-        "unseen negatives. "
+        f"parameters x 4). Mask learning: Adam lr "
+        f"{', '.join(_meta_values(metas, 'mask_lr', 0.01))}, 32 sequences a step, model "
+        "selection on validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs "
+        "100 seeded unseen negatives. "
         "budget 2 uses tier low (1,2,3,4 bits), 3 and 4 tier mid (2,3,4,8). shared-mask rows "
         "quantize every kept weight at the budget's bits (pruned weights stay 0); diet prunes, "
         "per user, the quarter of the channel mass its hypernetwork ranks lowest (trained once "
@@ -414,7 +470,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "bits. "
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
-        + "\n\n" + goal_lines(rows, fp32_h64)
+        + "\n\n" + goal_lines(rows, fp32_h64) + "\n\n" + ideas_log()
     )
     write_result(name, {"rows": rows, "meta": metas}, table, notes, store=store)
 
