@@ -436,7 +436,12 @@ def prepare_run(
     cost: LevelCost | None = None
     if cfg.allocation == "rd":
         quantize = quantize_keep_zeros if mask is not None else quantize_per_channel
-        table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize)
+        source = mask
+        at_width = (None if source is None else
+                    lambda name, _w, bits: source.width_weights(name, bits,
+                                                                DEFAULT_TIERS.values()))
+        table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize,
+                                 at_width=at_width)
         cost = LevelCost.from_layout(table, layout)
         # Gate open from the start: a fresh hypernetwork moves log-costs by a few hundredths,
         # so training starts near the population rule and the heads get gradients at once.
