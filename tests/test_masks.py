@@ -220,3 +220,15 @@ def test_mask_header_rejects_levels_that_name_no_class() -> None:
         dataclasses.replace(art.header, level_min_class=(5, 1, 1, 1))
     with pytest.raises(MaskError, match="strictly decreasing"):
         dataclasses.replace(art.header, keep_fractions=(0.5, 0.6, 0.4))
+
+
+def test_a_width_is_priced_with_the_sparsest_class_a_level_of_that_width_keeps() -> None:
+    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1), generator=TORCH_XAVIER_SIGNED)
+    source = MaskedSource(raw, art)
+    tiers = [DEFAULT_TIERS["low"], DEFAULT_TIERS["mid"]]  # bits (1,2,3,4) and (2,3,4,8)
+    assert [source.width_class(b, tiers) for b in (1, 2, 3, 4, 5, 8)] == [4, 4, 2, 1, 2, 1]
+    name = layout.layers[1].name
+    pruned = source.width_weights(name, 2, tiers)  # mid tier's level 0 prunes the channel
+    assert not bool(pruned.any())
+    bank = source.level_weights(f"{name}.weight", DEFAULT_TIERS["mid"].level_bits)
+    assert torch.equal(source.width_weights(name, 8, tiers), bank[3])
