@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from chord.data.errors import DataFormatError
+from chord.textfile import TextFileError, iter_lines
 
 FORMATS = ("auto", "grouplens", "movielens-dat", "inter", "csv")
 
@@ -30,35 +30,41 @@ class RawInteractions:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) for every non-blank line.
 
-    Lines are decoded one at a time as strict UTF-8, so an undecodable byte is reported with its
-    line number and column; a UTF-8 byte-order mark at the start of the file is dropped (a file
-    with a BOM reads exactly like the same file without one).
+    chord.textfile.iter_lines: strict UTF-8 decoded one line at a time (an undecodable byte is
+    reported by line and column), a BOM at the start of the file or of any line dropped (a file
+    with one, or two such files joined with `cat`, reads exactly like the text without it).
     """
     try:
-        fh = path.open("rb")
-    except OSError as exc:
-        message = f"{path}: cannot read ({exc.strerror}); send a readable file"
-        raise DataFormatError(message) from exc
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8", errors="strict")
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(
-                    f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is "
-                    "not UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            text = line.rstrip("\r\n")
+        for lineno, text in iter_lines(path):
             if text.strip():
                 yield lineno, text
+    except TextFileError as exc:
+        raise DataFormatError(str(exc)) from None
 
 
 def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
     """A DataFormatError naming file, line, what was expected and what was found."""
     shown = line if len(line) <= 80 else line[:77] + "..."
     return DataFormatError(f"{path}:{lineno}: expected {expected}, got {shown!r}")
+
+
+# C0/C1 control characters (tab aside, a separator) and U+FEFF inside a field: never part of
+# an id a person wrote, and invisible in every error message that shows the id.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufeff]")
+
+
+def _ids(path: Path, lineno: int, user: str, item: str, line: str, names: str) -> None:
+    """Raise a DataFormatError naming file and line unless user and item are non-empty ids
+    without control characters; `names` says what the format calls them."""
+    if not user or not item:
+        raise _bad(path, lineno, f"non-empty {names}", line)
+    for label in (user, item):
+        bad = _CONTROL.search(label)
+        if bad is not None:
+            raise DataFormatError(
+                f"{path}:{lineno}: id {label!r} holds control character "
+                f"U+{ord(bad.group()):04X}; send ids of printable characters"
+            )
 
 
 def _number(path: Path, lineno: int, value: str, what: str, line: str) -> float:
@@ -82,8 +88,7 @@ def _read_fixed(path: Path, split: Callable[[str], list[str]], layout: str) -> R
         if len(fields) != 4:
             raise _bad(path, lineno, f"4 fields {layout}", line)
         user, item, rating, stamp = (f.strip() for f in fields)
-        if not user or not item:
-            raise _bad(path, lineno, f"non-empty user and item in {layout}", line)
+        _ids(path, lineno, user, item, line, f"user and item in {layout}")
         _number(path, lineno, rating, "rating", line)
         users.append(user)
         items.append(item)
@@ -134,8 +139,7 @@ def read_inter(path: Path) -> RawInteractions:
         if len(fields) != width:
             raise _bad(path, lineno, f"{width} tab-separated fields ({', '.join(names)})", line)
         user, item = fields[iu].strip(), fields[ii].strip()
-        if not user or not item:
-            raise _bad(path, lineno, "non-empty user_id and item_id", line)
+        _ids(path, lineno, user, item, line, "user_id and item_id")
         for name, kind, value in zip(names, kinds, fields, strict=True):
             if kind == "float" and value.strip():
                 _number(path, lineno, value, name, line)
@@ -175,8 +179,7 @@ def read_csv(path: Path) -> RawInteractions:
         if len(fields) != width:
             layout = "'user item timestamp'" if width == 3 else "'user item'"
             raise _bad(path, lineno, f"{width} fields {layout} like the first line", line)
-        if not fields[0] or not fields[1]:
-            raise _bad(path, lineno, "non-empty user and item", line)
+        _ids(path, lineno, fields[0], fields[1], line, "user and item")
         users.append(fields[0])
         items.append(fields[1])
         times.append(
