@@ -398,6 +398,9 @@ def _meta_values(metas: list[dict[str, Any]], key: str, default: Any) -> list[st
 # test NDCG@10 of the shared mask after the last epoch (no model selection), 1 CPU thread.
 # "a / b / c / d": the shared mask in fp32 and quantized per channel at 2, 3 and 4 bits.
 IDEAS: list[tuple[str, str, str, str]] = [
+    ("before (full run, model selection)", "Xavier-normal weights, lr 0.01, 60 epochs: h64; h128",
+     "h64 0.333 / 0.265 / 0.327 / 0.335, CHORD 0.335 at 3 bits; h128 0.398, CHORD 0.386",
+     "the table this section replaced"),
     ("baseline", "Xavier-normal weights, h64, 20 epochs, lr 0.01, keep 0.5",
      "0.298 / 0.237 / 0.291 / 0.300", "2 bits cost 0.06"),
     ("1. quantization-aware mask learning",
@@ -419,6 +422,9 @@ IDEAS: list[tuple[str, str, str, str]] = [
      "a 1-bit mask of about 35 KB fits 1/16"),
     ("3. width", "signed, h128, lr 0.05", "0.393 / 0.399 / 0.417 at 10 / 20 / 30 epochs",
      "closest to 0.419; its 1-bit mask is 1/12 of the fp32 h64 backbone"),
+    ("3. width", "signed, h128, keep 0.5, the full run (--widths 64 128)",
+     "valid 0.458 at mask epoch 40", "stopped there for lack of time (2 shared cores); h128 "
+     "is measured in accuracy_random_sparse"),
     ("4f. sparse mask, Rice-coded (mask format version 2)", "signed, h128, keep 0.2, lr 0.05",
      "0.371 / 0.408 at 10 / 30 epochs", "about 0.74 bits per weight: fits 1/16 (the "
      "sparse variant)"),
