@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--random-masks: backbone widths (the first gets the full table)")
     p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
                    help="--random-masks: epochs of learning the shared mask")
+    p.add_argument("--diet-steps", type=int, default=None,
+                   help="--random-masks: steps of the DIET-style hypernetwork at most (default: "
+                        "--hyper-steps)")
     p.add_argument("--mask-lr", type=float, default=RunConfig.mask_lr,
                    help="--random-masks: Adam learning rate of the shared mask's scores")
     p.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,

@@ -184,7 +184,8 @@ def measure_pair(
     add("shared-mask-fp32", None, 32.0, run.backbone, 0.0)
     budgets = args.budgets if full_table else [3.0]
     zero_levels = np.zeros(run.n_channels, dtype=np.uint8)
-    diet = train_diet(run, split, args.hyper_steps, seed, log) if full_table else None
+    diet_steps = args.diet_steps or args.hyper_steps
+    diet = train_diet(run, split, diet_steps, seed, log) if full_table else None
     source = diet_source(run)
     for budget in budgets:
         b = round(budget)
@@ -216,6 +217,7 @@ def measure_pair(
             r["infer_ms"] = round(latency_ms(model, split, run.backbone.max_len), 3)
     meta = {
         "config": dataclasses.asdict(cfg), "run": str(path),
+        **({"diet_steps": diet_steps} if full_table else {}),
         "mask": {k: v for k, v in run.meta["mask"].items() if k != "train"},
         "mask_train": run.meta["mask"]["train"], "hyper_train": run.meta["hyper_train"],
         "prepare_seconds": run.meta.get("prepare_seconds"),
@@ -388,6 +390,12 @@ def variant_text(rows: list[dict[str, Any]]) -> str:
     return "; ".join(out)
 
 
+def diet_steps_text(metas: list[dict[str, Any]]) -> str:
+    """Step caps of the DIET-style hypernetworks (the run's hyper_steps where not recorded)."""
+    return ", ".join(sorted({str(m.get("diet_steps", m["config"]["hyper_steps"]))
+                             for m in metas}))
+
+
 def _meta_values(metas: list[dict[str, Any]], key: str, default: Any) -> list[str]:
     """The distinct values of a RunConfig field over the entries (`default` where a run
     predates the field), as text."""
@@ -478,7 +486,8 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "budget 2 uses tier low (1,2,3,4 bits), 3 and 4 tier mid (2,3,4,8). shared-mask rows "
         "quantize every kept weight at the budget's bits (pruned weights stay 0); diet prunes, "
         "per user, the quarter of the channel mass its hypernetwork ranks lowest (trained once "
-        "at 3 bits, applied at each budget's bits); chord: per-user levels over the shared mask "
+        f"at 3 bits for at most {diet_steps_text(metas)} steps, applied at each budget's "
+        "bits); chord: per-user levels over the shared mask "
         "(the run's hypernetwork, rate-distortion level rule calibrated on the masked model). "
         "vs / diff / ci95: mean per-user NDCG@10 difference to the best other compressed method "
         "at the same budget and its paired bootstrap 95% interval (2,000 resamples of test "
