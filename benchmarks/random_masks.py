@@ -32,6 +32,7 @@ import torch
 
 from benchmarks.harness import RESULTS_DIR, ResultStore, markdown_table, write_result
 from chord.baselines.suite import code_bytes
+from chord.config import BackboneConfig, SASRecConfig
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
 from chord.hyper import HyperNetwork, HyperTrainConfig, PersonalScorer, train_hypernet
@@ -325,16 +326,20 @@ def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int])
     return "\n".join(lines)
 
 
+def h64_bytes(config: BackboneConfig) -> int:
+    """fp32 bytes of the width-64 model of `config`'s architecture (the download goal's unit)."""
+    width = {"hidden": 64} if isinstance(config, SASRecConfig) else {"embed": 64}
+    model = build_backbone(dataclasses.replace(config, **width), 0)  # type: ignore[arg-type]
+    return int(sum(p.numel() for p in model.parameters()) * 4)
+
+
 def rewrite(name: str, store: ResultStore) -> int:
     """Redraw the plot and rewrite the Markdown section of the store's NAME.json (no measuring)."""
     data = json.loads(store.path(name).read_text())
     fp32_h64: dict[tuple[str, str], int] = {}
     for m in data["meta"]:
         c = m["config"]
-        if c.get("width") == 64:
-            model = build_backbone(load_run(m["run"]).backbone_config, 0)
-            fp32_h64[(c["dataset"], c["backbone"])] = int(
-                sum(p.numel() for p in model.parameters()) * 4)
+        fp32_h64[(c["dataset"], c["backbone"])] = h64_bytes(load_run(m["run"]).backbone_config)
     for r in data["rows"]:
         r.setdefault("variant", "bits")
     write(data["rows"], data["meta"], fp32_h64, 0.0, name, store)
@@ -367,11 +372,7 @@ def main(args: Any) -> int:
                 rows += r
                 metas.append(m)
                 per_user.update({(dataset, backbone, width, key): v for key, v in pu.items()})
-                if width == 64:
-                    cfg = load_run(m["run"]).backbone_config
-                    model = build_backbone(cfg, 0)
-                    fp32_h64[(dataset, backbone)] = int(
-                        sum(p.numel() for p in model.parameters()) * 4)
+                fp32_h64[(dataset, backbone)] = h64_bytes(load_run(m["run"]).backbone_config)
                 add_intervals(rows, per_user, args.seed)
                 name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
                 write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
