@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chord.checkpoint import weights_version
-from chord.config import SASRecConfig, config_to_json
+from chord.config import CaserConfig, SASRecConfig, config_to_json
 from chord.hyper.personal import LevelBank
 from chord.levels import DEFAULT_TIERS
 from chord.levels.relaxed import one_hot_levels
@@ -80,9 +80,13 @@ def test_generators_draw_different_weights_from_one_seed() -> None:
     assert len(versions) == len(GENERATORS)
 
 
-def test_signed_weights_are_one_magnitude_per_layer_and_quantize_exactly() -> None:
-    normal = rebuild_backbone(TORCH_XAVIER, CFG, 3).state_dict()
-    signed = rebuild_backbone(TORCH_XAVIER_SIGNED, CFG, 3)
+@pytest.mark.parametrize("config", [CFG, CaserConfig(n_items=30, embed=8, max_len=4, n_h=2,
+                                                      n_v=2)], ids=["sasrec", "caser"])
+def test_signed_weights_are_one_magnitude_per_layer_and_quantize_exactly(
+    config: SASRecConfig | CaserConfig,
+) -> None:
+    normal = rebuild_backbone(TORCH_XAVIER, config, 3).state_dict()
+    signed = rebuild_backbone(TORCH_XAVIER_SIGNED, config, 3)
     params = dict(signed.named_parameters())
     masked_names = {x.weight_name for x in channel_layout(signed).layers}
     for name, value in signed.state_dict().items():  # norms and biases are TORCH_XAVIER's
