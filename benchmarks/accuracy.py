@@ -42,6 +42,7 @@ from benchmarks.intervals import COLUMNS as INTERVAL_COLUMNS
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
+from chord.masks import DEFAULT_GENERATOR, GENERATORS
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
@@ -100,6 +101,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="epochs of learning the shared mask of random mode (--random-masks, and "
                         "the table's random-backbone rows; 0 = the seeded backbone as built; "
                         f"default: the preset's, {RunConfig.mask_epochs} for --random-masks)")
+    p.add_argument("--diet-steps", type=int, default=None,
+                   help="--random-masks: steps of the DIET-style hypernetwork at most (default: "
+                        "--hyper-steps)")
+    p.add_argument("--mask-lr", type=float, default=RunConfig.mask_lr,
+                   help="--random-masks: Adam learning rate of the shared mask's scores")
+    p.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
+                   help="--random-masks: named generator of the seeded weights the masks are "
+                        "learned over (chord.masks.GENERATORS)")
     p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
                    help="--random-masks: levels choose bits only, or also how much of a channel "
                         "the mask keeps (results go to accuracy_random_nested)")
