@@ -48,7 +48,7 @@ def parse(path: Path) -> dict[str, list[tuple[list[str], int]]]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        key, start = "unknown", 0
+        key, start = "process 0", 0  # a single-process profile (py-spy --pid) names none
         for i, f in enumerate(frames):
             m = _PROC.match(f)
             if m:
