@@ -202,12 +202,13 @@ class HyperNetwork(nn.Module):
 @torch.no_grad()
 def eval_importance(model: nn.Module, profiles: torch.Tensor) -> torch.Tensor:
     """model(profiles) as float32, in eval mode and without autograd; the mode is restored."""
-    was_training = model.training
+    if not model.training:  # the serving case: no walk over every submodule per call
+        return model(profiles).float()
     model.eval()
     try:
         return model(profiles).float()
     finally:
-        model.train(was_training)
+        model.train(True)
 
 
 # Elements of the [B, n_out, n_in] score tensor built at once without autograd (~1 MiB of float32).
