@@ -37,6 +37,12 @@ GOAL_WALL_S = 600.0
 GOAL_RATE = 50.0  # devices/s on this 2-core machine (issue 15), with memory flat in devices
 
 
+def result_name(runtime: str) -> str:
+    """The result a run writes: fleet_scale for the default device runtime, else
+    fleet_scale_<runtime> (one section per runtime in RESULTS.md)."""
+    return NAME if runtime in ("", "ort") else f"{NAME}_{runtime}"
+
+
 class FleetScaleError(BenchProcessError):
     """A fleet-scale run failed or timed out; the message carries the child's log tail."""
 
@@ -264,7 +270,8 @@ def fleet_notes(
     c = rows[0]["config"]
     return (
         f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
-        f"{c['backbone']}, {c['mode']} backbone, in-process server on port 0, private local Ray "
+        f"{c['backbone']}, {c['mode']} backbone, device runtime {c.get('runtime', 'ort')}, "
+        f"in-process server on port 0, private local Ray "
         f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
         f"interactions per device, batch {c['batch_size']} devices per actor task, "
         f"{c.get('lanes', 1)} devices at once per actor, each actor 2 batches deep); the run "
@@ -367,9 +374,10 @@ def run_benchmark(cfg: FleetScaleConfig, store: ResultStore | None = None) -> di
     }
     table = markdown_table(rows, COLUMNS)
     print(table)
-    notes = fleet_notes(payload, cfg.sample_s, store.read(NAME))
+    name = result_name(cfg.runtime)
+    notes = fleet_notes(payload, cfg.sample_s, store.read(name))
     if cfg.write:
-        store.write(NAME, payload, table, notes)
+        store.write(name, payload, table, notes)
     else:
         print(json.dumps(payload, indent=1, default=str))
     return payload
