@@ -383,19 +383,22 @@ def run_benchmark(cfg: FleetScaleConfig, store: ResultStore | None = None) -> di
     return payload
 
 
-def rewrite_notes(previous_path: Path, extra: str = "", store: ResultStore | None = None) -> None:
-    """Re-render the Markdown section of the saved result, comparing with a previous JSON."""
+def rewrite_notes(
+    previous_path: Path, extra: str = "", store: ResultStore | None = None, name: str = NAME
+) -> None:
+    """Re-render the Markdown section of the saved result `name`, comparing with a previous
+    JSON."""
     store = store or ResultStore.default()
-    saved = store.read(NAME)
+    saved = store.read(name)
     if saved is None:
-        raise FleetScaleError(f"no saved result to re-render: {store.path(NAME)} is missing")
+        raise FleetScaleError(f"no saved result to re-render: {store.path(name)} is missing")
     measured = saved.get("machine", {}).get("date", "?")
     payload = {k: v for k, v in saved.items() if k != "benchmark"}  # keeps the measured machine
     notes = f"Figures measured {measured}; note re-rendered from the JSON. " + fleet_notes(
         payload, float(payload["config"]["sample_s"]), read_json(previous_path)
     )
     notes += f" {extra}" if extra else ""
-    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), notes)
+    store.write(name, payload, markdown_table(payload["rows"], COLUMNS), notes)
 
 
 PROFILES = ("before", "after")
@@ -476,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
         return _child_main(args)
     store = ResultStore.default(args.results_dir)
     if args.rewrite_notes:
-        rewrite_notes(Path(args.rewrite_notes), args.note, store)
+        rewrite_notes(Path(args.rewrite_notes), args.note, store, result_name(args.device_runtime))
         return 0
     run_benchmark(config_from_args(args), store)
     return 0
