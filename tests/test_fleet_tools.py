@@ -63,3 +63,17 @@ def test_single_process_profile_is_named_by_its_label(tmp_path: Path) -> None:
     text = summarize(raw, rate=100, label="ray-worker 20")
     assert "=== ray-worker 20: 5 samples ===" in text and "device-lane_0" in text
     assert list(parse(raw)) == ["process 0"]
+
+
+def test_step_timers_time_the_named_calls_and_put_them_back() -> None:
+    import json
+
+    from benchmarks.device_stages import STEPS, _owner, step_timers
+
+    for path, attr, _ in STEPS:  # every step names a function the device really calls
+        assert callable(_owner(path).__dict__[attr]), (path, attr)
+    original = json.dumps
+    with step_timers([("json", "dumps", "dump")]) as spent:
+        assert json.dumps is not original and json.dumps({"a": 1}) == '{"a": 1}'
+        assert set(spent) == {"dump"} and spent["dump"] >= 0.0
+    assert json.dumps is original
