@@ -218,8 +218,9 @@ def _limits(top: dict[str, Any]) -> str:
         f"{cpu:.0f} CPU-s the device actors used {share.get('device-actor', 0):.0f}%, the driver "
         f"(embedded server + simulator) {share.get('driver', 0):.0f}% and Ray's daemons "
         f"{ray:.0f}%. Inside an actor {_bucket_share('ray-worker', 'build_runtime')} of the "
-        f"py-spy samples build the device runtime (per-layer quantize_int, then the ONNX graph "
-        f"and the ORT session); in the driver "
+        f"py-spy samples of the ort runtime's profile (results/fleet_profile_after.txt) build "
+        f"the device runtime (quantize_int per row length, the ONNX graph and the ORT "
+        f"session); in the driver "
         f"{_bucket_share('driver', 'hypernetwork')} are the server's hypernetwork. "
     )
 
@@ -427,7 +428,7 @@ def _profile_digest() -> str:
     if not parts:
         return ""
     return (
-        "Where the time goes (shares of a process's non-idle py-spy samples, 1,000 devices; "
+        "Where the time goes (shares of a process's non-idle py-spy samples; "
         "conditions in each file's first line): " + " ".join(parts) + " "
     )
 
