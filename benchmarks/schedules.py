@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chord.textfile import TextFileError, read_text
+
 __all__ = [
     "ARRIVALS_HEADER",
     "SCHEDULES",
@@ -177,11 +179,9 @@ def read_arrivals(path: str | Path) -> Arrivals:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ScheduleError(f"cannot read arrivals file {str(p)!r}: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ScheduleError(f"{p}: not UTF-8 text ({exc.reason}); send the CSV") from exc
+        text = read_text(p)  # BOMs dropped; a byte that is not UTF-8 named by line and column
+    except TextFileError as exc:
+        raise ScheduleError(str(exc)) from None
     rows = csv.reader(text.splitlines())
     header = next(rows, None)
     if header is None or tuple(h.strip() for h in header[:3]) != ARRIVALS_HEADER:

@@ -1,7 +1,9 @@
 """Reading the text files users hand the project (TOML, JSON, JSONL): BOM-blind, line-exact errors.
 
-Every reader of a user's file goes through `read_text`: a UTF-8 byte-order mark is dropped, so a
-file with one reads exactly like the file without it, and a byte that is not UTF-8 is reported
+Every reader of a user's file goes through `read_text`: a UTF-8 byte-order mark is dropped, at
+the start of the file and at the start of any line (files joined with `cat` keep each part's
+mark), so a file with one reads exactly like the file without it, and a byte that is not UTF-8 is
+reported
 by file, line and column, never by an offset inside a decode buffer. `loads_json` parses strict
 JSON (RFC 8259: no NaN or Infinity tokens) and names the line and column of an error.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,18 @@ class TextFileError(ValueError):
     """A file that cannot be read as UTF-8 text or parsed; the message names file and line."""
 
 
+def drop_boms(raw: bytes) -> bytes:
+    """raw without a UTF-8 byte-order mark at its start or at the start of any line.
+
+    U+FEFF there is never content: it is the mark of a file that was joined to another one.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    return raw.replace(b"\n" + codecs.BOM_UTF8, b"\n")
+
+
 def read_text(path: str | Path) -> str:
-    """The file's text: strict UTF-8, a leading BOM dropped, newlines kept as they are.
+    """The file's text: strict UTF-8, BOMs dropped (drop_boms), newlines kept as they are.
 
     Raises TextFileError naming the file (unreadable) or the file, line and column of the first
     byte that is not UTF-8.
@@ -29,17 +42,44 @@ def read_text(path: str | Path) -> str:
         raw = p.read_bytes()
     except OSError as exc:
         raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8) :]
+    raw = drop_boms(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise TextFileError(
-            f"{p}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not UTF-8; "
-            "re-encode the file as UTF-8"
-        ) from None
+        raise _not_utf8(p, line, raw[exc.start], column) from None
+
+
+def _not_utf8(path: Path, line: int, byte: int, column: int) -> TextFileError:
+    """The error of a byte that is not UTF-8, by file, line and 1-based column."""
+    return TextFileError(
+        f"{path}:{line}: byte 0x{byte:02x} at column {column} is not UTF-8; "
+        "re-encode the file as UTF-8"
+    )
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without its line ending) of every line, read one at a time.
+
+    The same rules as read_text (strict UTF-8, BOMs dropped), in memory bounded by the longest
+    line: for files that grow without bound (a server's report log, interaction dumps).
+    Raises TextFileError naming the file (unreadable) or the file, line and column of a byte
+    that is not UTF-8.
+    """
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            raw = drop_boms(raw)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(p, lineno, raw[exc.start], exc.start + 1) from None
+            yield lineno, line.rstrip("\r\n")
 
 
 class _ConstantError(ValueError):
@@ -100,4 +140,4 @@ def read_json(path: str | Path) -> Any:
     return loads_json(read_text(path), str(path))
 
 
-__all__ = ["TextFileError", "loads_json", "read_json", "read_text"]
+__all__ = ["TextFileError", "drop_boms", "iter_lines", "loads_json", "read_json", "read_text"]

@@ -120,6 +120,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def _unservable(cfg: ServerConfig, reason: str) -> str:
+    """The one line `chord serve` prints for a run that cannot be served."""
+    return f"chord serve: error: --run {str(cfg.run_dir)!r} cannot be served: {reason}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; print the bound port; return the exit status."""
     logging.basicConfig(
@@ -159,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.workers > 1:
             # The parent imports neither grpc nor torch: workers are spawned interpreters.
-            from cloud_server.workers import WorkerGroupError, serve_workers
+            from cloud_server.workers import UnservableRunError, WorkerGroupError, serve_workers
 
             try:
                 return serve_workers(
@@ -171,23 +176,20 @@ def run(args: argparse.Namespace) -> int:
                     on_ready=lambda: print("ready", flush=True),
                     torch_threads=args.torch_threads,
                 )
+            except UnservableRunError as exc:
+                print(_unservable(cfg, exc.reason), file=sys.stderr)
+                return 2
             except WorkerGroupError as exc:
                 print(f"chord serve: error: {exc}", file=sys.stderr)
                 return 1
         from cloud_server.server import serve
-        from cloud_server.service import load_engine
+        from cloud_server.service import load_engine, unservable_reason
 
         try:
             # Loaded before binding: a run that can never serve is refused before `port=`.
             engine = load_engine(cfg) if cfg.run_dir is not None else None
         except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-            if not isinstance(exc, ValueError):
-                reason = f"{type(exc).__name__}: {reason}"
-            print(
-                f"chord serve: error: --run {str(cfg.run_dir)!r} cannot be served: {reason}",
-                file=sys.stderr,
-            )
+            print(_unservable(cfg, unservable_reason(exc)), file=sys.stderr)
             return 2
         return serve(
             cfg,

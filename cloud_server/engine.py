@@ -130,6 +130,7 @@ class StrategyEngine:
     def __init__(self, run: ChordRun) -> None:
         """Wrap a loaded run (chord.hyper.runs.load_run)."""
         self.run = run
+        run.importance_model.eval()  # serving only: eval_importance then skips mode switches
         self.run_dir = Path(run.path).resolve()
         self._tiers = dict(run.tiers)
         self._sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)

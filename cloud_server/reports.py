@@ -1,5 +1,5 @@
-"""Device reports, stored once per (device_id, round): every key and the recent reports in
-memory, every report in an optional JSONL file."""
+"""Device reports, stored once per (device_id, round): a JSONL file, and a bounded window of the
+most recent ones in memory for duplicate detection."""
 
 from __future__ import annotations
 
@@ -10,74 +10,76 @@ from pathlib import Path
 
 from chord.jsonfile import dumps
 from chord.spec import DeviceMetrics, DeviceReport, ReportOutcome
-from chord.textfile import TextFileError, loads_json, read_text
+from chord.textfile import TextFileError, iter_lines, loads_json
 
-__all__ = ["RECENT_REPORTS", "ReportStore"]
+__all__ = ["DEDUP_WINDOW", "ReportStore"]
 
-# Reports kept in memory for `get` (the newest); older ones live on only in the JSONL file.
-RECENT_REPORTS = 10_000
+# Distinct (device_id, round) keys kept in memory: a retried report arrives seconds after the
+# first, so this window catches every retry while a server that runs for months stays bounded
+# (about 0.5 KB per report: some 50 MB).
+DEDUP_WINDOW = 100_000
 
 
 class ReportStore:
     """Idempotent report storage: a repeat of (device_id, round) is acknowledged, not stored.
 
-    Memory grows by one key per report (~100 bytes: a device id and a round), not by the
-    report (~650 bytes as Python objects), so a server that takes a fleet's reports for days
-    stays small; the newest `keep_recent` reports are kept whole for `get`.
+    Repeats are recognised among the `window` most recent distinct reports (older ones live
+    only in the JSONL file), so memory stays bounded however many devices report.
     """
 
-    def __init__(self, path: Path | None = None, keep_recent: int = RECENT_REPORTS) -> None:
-        """path: JSONL file to append to (earlier reports are reloaded: their keys, and the
-        newest keep_recent whole); None = memory only. keep_recent >= 0."""
-        if keep_recent < 0:
-            raise ValueError(f"keep_recent must be >= 0, got {keep_recent}")
+    def __init__(self, path: Path | None = None, window: int = DEDUP_WINDOW) -> None:
+        """path: JSONL file to append to (its last `window` reports are reloaded, read a line at
+        a time); None = memory only. Raises ValueError for window < 1 and TextFileError naming
+        the file and line of a row that is not a report this server wrote."""
+        if window < 1:
+            raise ValueError(f"window must be >= 1 reports, got {window}")
         self.path = path
-        self.keep_recent = keep_recent
+        self.window = int(window)
         self._lock = threading.Lock()
-        self._keys: set[tuple[str, int]] = set()
-        self._recent: OrderedDict[tuple[str, int], DeviceReport] = OrderedDict()
+        self._reports: OrderedDict[tuple[str, int], DeviceReport] = OrderedDict()
+        self._stored = 0
         if path is not None and path.exists():
-            for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+            for lineno, line in iter_lines(path):
                 if not line.strip():
                     continue
                 row = loads_json(line, str(path), lineno)
                 try:
-                    self._keep(_from_row(row))
+                    report = _from_row(row)
                 except (KeyError, TypeError, ValueError) as exc:
                     raise TextFileError(
                         f"{path}:{lineno}: not a device report ({type(exc).__name__}: {exc}); "
                         "send the JSONL file this server wrote, or start with a new --reports"
                     ) from None
+                self._remember(report)
 
     def __len__(self) -> int:
-        """Number of distinct reports stored."""
-        return len(self._keys)
+        """Number of distinct reports stored (in the file; those reloaded at start included)."""
+        return self._stored
 
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        """Whether the report of (device_id, round) is stored."""
-        return key in self._keys
+    def _remember(self, report: DeviceReport) -> bool:
+        """Add to the window unless its key is there; False for a duplicate."""
+        key = (report.device_id, report.round)
+        if key in self._reports:
+            return False
+        self._reports[key] = report
+        if len(self._reports) > self.window:
+            self._reports.popitem(last=False)
+        self._stored += 1
+        return True
 
     def get(self, device_id: str, round_: int) -> DeviceReport | None:
-        """The stored report of one device and round while it is among the newest keep_recent
-        (None for one never stored, or stored longer ago: the JSONL file has those)."""
-        return self._recent.get((device_id, round_))
+        """The report of one device and round, if it is among the window's recent ones."""
+        return self._reports.get((device_id, round_))
 
-    def _keep(self, report: DeviceReport) -> None:
-        """Remember the report's key, and the report among the recent ones."""
-        key = (report.device_id, report.round)
-        self._keys.add(key)
-        if self.keep_recent:
-            self._recent[key] = report
-            if len(self._recent) > self.keep_recent:
-                self._recent.popitem(last=False)
+    def recent(self) -> list[DeviceReport]:
+        """The window's reports, oldest first."""
+        return list(self._reports.values())
 
     def record(self, report: DeviceReport) -> ReportOutcome:
-        """Store the report unless (device_id, round) is already stored."""
-        key = (report.device_id, report.round)
+        """Store the report unless (device_id, round) is among the window's recent reports."""
         with self._lock:
-            if key in self._keys:
+            if not self._remember(report):
                 return ReportOutcome(accepted=True, duplicate=True)
-            self._keep(report)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a") as f:

@@ -36,6 +36,13 @@ def load_engine(cfg: ServerConfig) -> Engine:
     return StrategyEngine.from_run_dir(cfg.run_dir)
 
 
+def unservable_reason(exc: BaseException) -> str:
+    """One line saying why load_engine failed (RunError, CheckpointError, TextFileError and
+    other ValueErrors as their message; anything else prefixed with its type)."""
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return reason if isinstance(exc, ValueError) else f"{type(exc).__name__}: {reason}"
+
+
 class StrategyService:
     """Serves strategies, the model spec and device reports; raises ServiceError subclasses."""
 

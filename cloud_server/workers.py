@@ -43,7 +43,9 @@ from typing import Any
 from chord.startcheck import join_host_port
 from cloud_server.config import ServerConfig
 
-__all__ = ["MULTIPROC_ENV", "WorkerGroupError", "reserve_port", "serve_workers"]
+__all__ = [
+    "MULTIPROC_ENV", "UnservableRunError", "WorkerGroupError", "reserve_port", "serve_workers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ _KILL_MARGIN_S = 30.0  # after grace_s, a worker still draining is killed
 
 class WorkerGroupError(RuntimeError):
     """The worker group could not start; the message says which worker and why."""
+
+
+class UnservableRunError(WorkerGroupError):
+    """A worker could not load the run (before any worker bound the port); `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the run cannot be served: {reason}")
+        self.reason = reason
 
 
 @contextlib.contextmanager
@@ -116,17 +126,31 @@ def _worker_main(
 
             torch.set_num_threads(torch_threads)
         from cloud_server.server import serve_async
+        from cloud_server.service import load_engine, unservable_reason
 
-        status = asyncio.run(
-            serve_async(
-                cfg,
-                address,
-                on_bound=lambda port: conn.send(("bound", port)),
-                reuse_port=True,
-                worker=index,
-                on_ready=lambda: conn.send(("ready", index)),
+        engine, reason = None, ""
+        if cfg.run_dir is not None:
+            # Loaded before binding, as `chord serve` alone does: a run that can never serve
+            # stops the group before `port=`, with the parent's one-line error.
+            try:
+                engine = load_engine(cfg)
+            except Exception as exc:  # RunError, CheckpointError, TextFileError, ...
+                reason = unservable_reason(exc)
+        if reason:
+            conn.send(("unservable", reason))
+            status = 2
+        else:
+            status = asyncio.run(
+                serve_async(
+                    cfg,
+                    address,
+                    on_bound=lambda port: conn.send(("bound", port)),
+                    reuse_port=True,
+                    worker=index,
+                    on_ready=lambda: conn.send(("ready", index)),
+                    engine=engine,
+                )
             )
-        )
     except BaseException as exc:  # reported to the parent, which stops the group
         with contextlib.suppress(OSError):
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -190,14 +214,18 @@ class _Group:
         self.reaped: set[int] = set()
         self.closed: set[int] = set()  # workers whose pipe reached EOF
 
-    def drain(self, why: str) -> None:
-        """Forward SIGTERM once to every live worker; each drains within grace_s."""
+    def drain(self, why: str, level: int = logging.INFO) -> None:
+        """Forward SIGTERM once to every live worker; each drains within grace_s.
+
+        level: of the log record saying why (DEBUG where the caller prints its own error).
+        """
         if self.draining:
             log.info("already draining; workers get up to %.1f s", self.grace_s)
             return
         self.draining = True
         self.drain_deadline = time.monotonic() + self.grace_s + _KILL_MARGIN_S
-        log.info("%s; draining %d worker(s) for up to %.1f s", why, len(self.procs), self.grace_s)
+        log.log(level, "%s; draining %d worker(s) for up to %.1f s", why, len(self.procs),
+                self.grace_s)
         for p in self.procs:
             if p.is_alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -351,6 +379,9 @@ def _await_bound(group: _Group, port: int, timeout_s: float) -> None:
                     kind, value = conn.recv()
                 except EOFError:
                     kind, value = "failed", f"exited with {proc.exitcode}"
+                if kind == "unservable":
+                    group.drain(f"worker {i} cannot serve the run", logging.DEBUG)
+                    raise UnservableRunError(str(value))
                 if kind == "bound":
                     if value != port:
                         group.drain("port mismatch")

@@ -253,6 +253,21 @@ def test_bom_reads_like_no_bom_in_every_reader(tmp_path: Path, name: str, fmt: s
         assert [s.tolist() for s in b.sequences] == [[1, 2, 3]]
 
 
+@pytest.mark.parametrize(("name", "fmt"), [k for k in ONE_USER if k[1] != "inter"])
+def test_files_joined_with_cat_keep_no_bom(tmp_path: Path, name: str, fmt: str) -> None:
+    """Two BOM'd files joined with `cat`: the second part's mark starts a line mid-file and must
+    not stick to that line's user id either (one user, six interactions)."""
+    text = ONE_USER[(name, fmt)]
+    header = text.splitlines(keepends=True)[0] if name == "y.csv" else ""
+    second = text.replace("1,1", "1,2").replace("\t1", "\t2").replace("::1", "::2")
+    second = second.replace(" 1", " 2")[len(header):]
+    path = tmp_path / name
+    path.write_bytes((BOM + text).encode("utf-8") + (BOM + second).encode("utf-8"))
+    data = load_dataset(str(path), fmt=fmt, min_interactions=3, cache=False)
+    assert list(data.user_labels) == ["1"]
+    assert data.n_interactions == 6
+
+
 def test_bom_grouplens_default_minimum_keeps_user(tmp_path: Path) -> None:
     """The issue's case: the BOM file loads as one user with 3 items under min_interactions=3."""
     path = tmp_path / "u.data"

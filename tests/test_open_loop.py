@@ -280,6 +280,18 @@ def test_bad_arrivals_files_name_the_line(tmp_path: Path, text: str, match: str)
         read_arrivals(path)
 
 
+def test_arrivals_read_bom_blind_and_name_a_bad_byte_by_line(tmp_path: Path) -> None:
+    """A BOM (also one starting a joined part) reads as no BOM; a latin-1 byte names its line."""
+    bom = b"\xef\xbb\xbf"
+    path = tmp_path / "arrivals.csv"
+    path.write_bytes(bom + b"t_s,device_id,reason\n1,a,first\n" + bom + b"2,b,drift\n")
+    arrivals = read_arrivals(path)
+    assert arrivals.device_ids == ("a", "b")
+    path.write_bytes(b"t_s,device_id,reason\n1,a,first\n2,caf\xe9,drift\n")
+    with pytest.raises(ScheduleError, match=r":3: byte 0xe9 at column 6 is not UTF-8"):
+        read_arrivals(path)
+
+
 def test_arrivals_exclude_a_rate() -> None:
     """A run names either a rate schedule or an arrivals file."""
     with pytest.raises(LoadConfigError, match="arrivals"):

@@ -168,28 +168,6 @@ def test_every_method_from_generated_stubs(server: EmbeddedServer) -> None:
     assert reloaded.get("dev-1", 3) == stored
 
 
-def test_report_store_keeps_every_key_and_only_recent_reports(tmp_path: Path) -> None:
-    from chord.spec import DeviceMetrics, DeviceReport
-
-    path = tmp_path / "reports.jsonl"
-    store = ReportStore(path, keep_recent=2)
-    reports = [DeviceReport(f"dev-{i}", i % 2, "mid", DeviceMetrics(hr10=i / 10)) for i in range(5)]
-    assert [store.record(r).duplicate for r in reports] == [False] * 5
-    assert len(store) == 5 and ("dev-0", 0) in store and ("dev-0", 1) not in store
-    assert store.get("dev-0", 0) is None  # evicted from memory, still a known key
-    assert store.get("dev-4", 0) == reports[4] and store.get("dev-3", 1) == reports[3]
-    assert store.record(reports[0]).duplicate  # idempotent past the recent window
-    assert len(path.read_text().splitlines()) == 5  # the file keeps every report once
-    reloaded = ReportStore(path, keep_recent=2)
-    assert len(reloaded) == 5 and reloaded.record(reports[1]).duplicate
-    assert reloaded.get("dev-4", 0) == reports[4] and reloaded.get("dev-2", 0) is None
-    keys_only = ReportStore(keep_recent=0)
-    keys_only.record(reports[0])
-    assert keys_only.get("dev-0", 0) is None and keys_only.record(reports[0]).duplicate
-    with pytest.raises(ValueError, match="keep_recent must be >= 0"):
-        ReportStore(keep_recent=-1)
-
-
 def test_recent_items_give_the_same_strategy_as_their_profile(
     server: EmbeddedServer, run_dir: Path
 ) -> None:

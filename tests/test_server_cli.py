@@ -422,6 +422,28 @@ def test_serve_refuses_a_run_that_cannot_load_before_binding(
     assert expect in err[0] and "weights_only=False" not in err[0]  # torch's unsafe advice
 
 
+def test_serve_workers_refuse_a_run_that_cannot_load_before_binding(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """With --workers 2 the run used to load after binding: `port=` printed, then worker
+    tracebacks and exit 1. Now each worker loads first; the parent prints the same one line."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "backbone.pt").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "chord.cli", "serve", "--run", str(run), "--workers", "2",
+         "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "port=" not in proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert err == [
+        f"chord serve: error: --run {str(run)!r} cannot be served: run directory {run} lacks "
+        "backbone.pt; rerun prepare_run to complete it"
+    ]
+
+
 def test_serve_stops_cleanly_when_the_metrics_port_is_taken_after_the_check(
     taken_port: int,
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from chord.spec import DeviceReport
 from chord.textfile import TextFileError, loads_json, read_json, read_text
 from cloud_server.reports import ReportStore
 from simulator.config import FleetConfigError, load_config
@@ -28,6 +29,16 @@ def test_bom_reads_like_no_bom(tmp_path: Path) -> None:
     assert load_config(tmp_path / "bom-fleet.toml") == load_config(tmp_path / "plain-fleet.toml")
     bom, plain = tmp_path / "bom-traces.json", tmp_path / "plain-traces.json"
     assert load_capacities(bom) == load_capacities(plain)
+
+
+def test_files_joined_with_cat_read_like_one_file(tmp_path: Path) -> None:
+    """Each part's BOM is dropped where it starts a line, so `cat a.toml b.toml` parses."""
+    joined = tmp_path / "fleet.toml"
+    joined.write_bytes(BOM + b"devices = 7\n" + BOM + TOML.split("\n", 1)[1].encode())
+    assert read_text(joined) == TOML
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TOML)
+    assert load_config(joined) == load_config(plain)
 
 
 def test_non_utf8_byte_names_line_and_column(tmp_path: Path) -> None:
@@ -74,3 +85,22 @@ def test_json_errors_report_the_file_line(tmp_path: Path) -> None:
     path.write_bytes(BOM + b'{\n  "format": 1,\n  "v": -Infinity\n}')
     with pytest.raises(TextFileError, match=rf"^{path}:3: -Infinity is not a JSON number"):
         read_json(path)
+
+
+def test_report_store_memory_is_a_bounded_window(tmp_path: Path) -> None:
+    """However many devices report, memory holds the last `window` reports; the file holds all,
+    and a reload keeps the same window (repeats inside it are still duplicates)."""
+    path = tmp_path / "reports.jsonl"
+    store = ReportStore(path, window=3)
+    for i in range(5):
+        outcome = store.record(DeviceReport(device_id=f"d{i}", round=1, tier="mid"))
+        assert not outcome.duplicate
+    assert store.record(DeviceReport(device_id="d4", round=1, tier="mid")).duplicate
+    assert len(store) == 5 and len(path.read_text().splitlines()) == 5
+    assert [r.device_id for r in store.recent()] == ["d2", "d3", "d4"]
+    assert store.get("d0", 1) is None and store.get("d3", 1) is not None
+    reloaded = ReportStore(path, window=3)
+    assert len(reloaded) == 5 and reloaded.recent() == store.recent()
+    assert reloaded.record(DeviceReport(device_id="d2", round=1, tier="mid")).duplicate
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        ReportStore(None, window=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from chord.data.errors import DataFormatError
+from chord.textfile import TextFileError, iter_lines
 
 FORMATS = ("auto", "grouplens", "movielens-dat", "inter", "csv")
 
@@ -30,29 +30,16 @@ class RawInteractions:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its newline) for every non-blank line.
 
-    Lines are decoded one at a time as strict UTF-8, so an undecodable byte is reported with its
-    line number and column; a UTF-8 byte-order mark at the start of the file is dropped (a file
-    with a BOM reads exactly like the same file without one).
+    chord.textfile.iter_lines: strict UTF-8 decoded one line at a time (an undecodable byte is
+    reported by line and column), a BOM at the start of the file or of any line dropped (a file
+    with one, or two such files joined with `cat`, reads exactly like the text without it).
     """
     try:
-        fh = path.open("rb")
-    except OSError as exc:
-        message = f"{path}: cannot read ({exc.strerror}); send a readable file"
-        raise DataFormatError(message) from exc
-    with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8", errors="strict")
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(
-                    f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is "
-                    "not UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            text = line.rstrip("\r\n")
+        for lineno, text in iter_lines(path):
             if text.strip():
                 yield lineno, text
+    except TextFileError as exc:
+        raise DataFormatError(str(exc)) from None
 
 
 def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
