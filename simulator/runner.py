@@ -152,6 +152,7 @@ def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
         channel.close()
 
 
+RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet a local Ray starts
 LOCAL_RAY_ATTEMPTS = 2  # a raylet that does not register in Ray's 30 s is started once more
 
 
@@ -159,12 +160,17 @@ def start_local_ray(**init_kwargs: Any) -> None:
     """ray.init(address="local", **init_kwargs): always a new private cluster, never one that a
     `ray start` left running on this machine.
 
+    Its workers run at this process's priority: Ray would start them 15 nice levels lower
+    (the raylet's `worker_niceness`), below the driver and its embedded server, although here
+    the device actors are the workload; $RAY_worker_niceness, when set, still decides.
+
     Ray raises a bare Exception when its raylet does not register with the GCS within 30 s
     (seen on a busy machine, and rarely on an idle one); the half-started cluster is shut down
     and started once more. Raises SimulationError after LOCAL_RAY_ATTEMPTS failed starts.
     """
     import ray
 
+    os.environ.setdefault(RAY_WORKER_NICENESS_ENV, "0")  # the raylet reads it at its start
     for attempt in range(1, LOCAL_RAY_ATTEMPTS + 1):
         try:
             ray.init(address="local", **init_kwargs)
