@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from chord.jsonfile import write_json
+from simulator.plotting import legend_if_labelled, log_scale_if_positive
 from simulator.store import ReportStore
 
 
@@ -57,6 +58,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
         ),
         strict=True,
     ):
+        plotted: list[np.ndarray] = []
         for t in tiers:
             v = np.sort(
                 _column(
@@ -67,10 +69,11 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
             )
             if len(v):
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=t)
+                plotted.append(v)
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of rounds")
-        ax.set_xscale("log")
-        ax.legend()
+        log_scale_if_positive(ax, "x", np.concatenate(plotted) if plotted else [])
+        legend_if_labelled(ax)
     fig.tight_layout()
     fig.savefig(out / "latency_cdf.png", dpi=100)
     plt.close(fig)
@@ -85,7 +88,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
     ax.set_xticks(x, labels)
     ax.set_ylabel("measured on device")
     ax.set_title("accuracy per tier and average bits")
-    ax.legend()
+    legend_if_labelled(ax)
     fig.tight_layout()
     fig.savefig(out / "accuracy_per_tier.png", dpi=100)
     plt.close(fig)
@@ -96,7 +99,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
     ax.bar(
         list(ref), list(ref.values()), color=["tab:green", "tab:red", "tab:orange", "tab:purple"]
     )
-    ax.set_yscale("log")
+    log_scale_if_positive(ax, "y", list(ref.values()))
     ax.set_ylabel("bytes per adaptation (log)")
     ax.set_title("what one personalization sends down")
     for i, n_bytes in enumerate(ref.values()):

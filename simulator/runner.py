@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,14 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
         raise SimulationError(
             f"tiers {missing} are not served; the server has {sorted(spec.tier_map)}"
         )
+    for i, tier in enumerate(cfg.tiers):  # a budget outside the tier's range fails every device
+        served = spec.tier(tier.name)
+        if served and not served.min_budget_bits <= tier.budget_bits <= served.max_budget_bits:
+            raise SimulationError(
+                f"tiers[{i}] ({tier.name!r}).budget_bits is {tier.budget_bits:g}, outside what "
+                f"the server's {tier.name!r} tier reaches; send a budget in "
+                f"[{served.min_budget_bits:g}, {served.max_budget_bits:g}]"
+            )
 
 
 def _state(out: Path, resume: bool) -> dict[str, Any]:
@@ -365,12 +373,43 @@ def run_simulation(
         cfg = read_saved_config(out / CONFIG_FILE)
         probe_ray(cfg.ray_address)
     else:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if (out / DB_FILE).exists():
             raise SimulationError(
                 f"{out} already holds a simulation; use --resume {out} or another --out"
             )
         save_config(cfg, out / CONFIG_FILE)
+        try:
+            return _simulate(cfg, out, resume=False, progress=progress)
+        except BaseException:
+            _discard_unstarted(out, created)
+            raise
+    return _simulate(cfg, out, resume=True, progress=progress)
+
+
+def _discard_unstarted(out: Path, created: bool) -> None:
+    """After a failed start: remove what the run wrote when no device was stored, so that the
+    same --out can be used again (not --resume of a run that never ran); else keep it all."""
+    db = out / DB_FILE
+    if db.exists():
+        import sqlite3
+
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                if conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass  # no devices table yet: nothing was stored
+    for name in (CONFIG_FILE, STATE_FILE, DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm",
+                 f"{DB_FILE}-journal"):
+        (out / name).unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _simulate(cfg: FleetConfig, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """The run itself, once fleet.json is in place (run_simulation's body)."""
     try:
         sequences, n_items = load_users(cfg.dataset, Protocol(cfg.ranking, cfg.negatives))
     except DataError as exc:
@@ -395,6 +434,9 @@ def run_simulation(
             if cfg.embedded
             else Cloud.external(cfg.server)
         )
+    except ValueError as exc:  # RunError, TextFileError, CheckpointError: a run that cannot serve
+        threads.close()
+        raise SimulationError(f"the embedded server cannot serve its run: {exc}") from None
     except BaseException:
         threads.close()
         raise

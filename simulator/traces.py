@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,20 +95,29 @@ def _load_pickle(data: bytes, path: Path) -> Any:
         raise TraceError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _number(client: str, field: str, value: Any, path: Path) -> float:
     """A finite float, or a TraceError naming the client and field."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+            f"{path}: client {client!r} field {field!r} must be a number, got {_shown(value)}"
         )
     try:
         out = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int beyond a double (10**400)
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+            f"{path}: client {client!r} field {field!r} must be a finite number, got "
+            f"{_shown(value)}"
         ) from None
     if not math.isfinite(out):
-        raise TraceError(f"{path}: client {client!r} field {field!r} must be finite, got {value!r}")
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} must be finite, got {_shown(value)}"
+        )
     return out
 
 
@@ -125,8 +135,9 @@ def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]
 def _read_map(path: Path) -> dict[str, dict[str, Any]]:
     """The client map of a pickle, JSON or CSV file (CSV: a `client_id` column, one row each).
 
-    Text files are read as strict UTF-8 with a leading BOM dropped, and JSON refuses NaN and
-    Infinity (chord.textfile); errors name the file and line.
+    Text files are read as strict UTF-8 with a leading BOM dropped, and JSON refuses NaN,
+    Infinity and overflowing numbers (chord.textfile); errors name the file and line. A client
+    listed twice is refused in every format (JSON: a key twice; CSV: a row twice).
     """
     suffix = path.suffix.lower()
     try:
@@ -150,14 +161,21 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
                 data[client] = row
         else:
             data = read_json(path)
-    except TextFileError as exc:
-        raise TraceError(f"{exc}; send a FedScale trace as .pkl, .csv or .json") from None
+    except TextFileError as exc:  # its message says what to send, except for a syntax error
+        advice = "; send a FedScale trace as .pkl, .csv or .json" if "invalid JSON" in str(exc) else ""
+        raise TraceError(f"{exc}{advice}") from None
     if not isinstance(data, dict) or not data:
         raise TraceError(f"{path}: expected a non-empty map of client id -> fields")
     out: dict[str, dict[str, Any]] = {}
     for client, entry in data.items():
+        if isinstance(client, bool) or not isinstance(client, str | int):
+            raise TraceError(
+                f"{path}: client id {client!r} must be a string or an integer"
+            )
         if not isinstance(entry, dict):
             raise TraceError(f"{path}: client {client!r} must map to a dict of fields")
+        if str(client) in out:  # a pickle holding both 1 and "1"
+            raise TraceError(f"{path}: client {str(client)!r} appears twice")
         out[str(client)] = entry
     return out
 
@@ -169,10 +187,13 @@ def _field(client: str, entry: dict[str, Any], field: str, path: Path) -> Any:
     return entry[field]
 
 
+_INTEGER_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() is True for "²"
+
+
 def _sorted_clients(data: dict[str, dict[str, Any]]) -> list[str]:
-    """Client ids in numeric order when they are all integers, else lexical."""
+    """Client ids in numeric order when they are all plain integers ("-?[0-9]+"), else lexical."""
     keys = list(data)
-    if all(k.lstrip("-").isdigit() for k in keys):
+    if all(_INTEGER_ID.fullmatch(k) for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
 
