@@ -136,8 +136,8 @@ FIELD_BOUNDS: dict[str, Bounds] = {
     "churn.offline_prob": _PROB,
     "faults.seed": _SEED,
     # kill_actor_after and restart_server_after must also be below `devices` (checked there).
-    "faults.kill_actor_after": _int(0, 10_000_000, "0 = never"),
-    "faults.restart_server_after": _int(0, 10_000_000, "0 = never"),
+    "faults.kill_actor_after": _int(0, 9_999_999, "0 = never"),
+    "faults.restart_server_after": _int(0, 9_999_999, "0 = never"),
     "faults.net_delay_ms": Bounds(0.0, 60_000.0, note="ms"),
     "faults.net_jitter_ms": Bounds(0.0, 60_000.0, note="ms"),
     "faults.net_loss": _PROB,

@@ -1,0 +1,108 @@
+"""`chord simulate` at start: refused runs leave nothing behind; a run prints no Python warning.
+
+Runs devices in this process (--ray-address none) on the cached smoke run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from chord.cli import main
+from simulator.plotting import legend_if_labelled, log_scale_if_positive
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CHORD_TOKEN", raising=False)
+
+
+def _simulate(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, list[str]]:
+    code = main(["simulate", "--quiet", "--ray-address", "none", *flags])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_budget_outside_the_served_tier_is_refused_and_the_out_dir_can_be_reused(
+    tmp_path: Path, smoke_run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """low reaches [1, 4] bits: 7.5 made every device fail (exit 1) with a legend warning.
+
+    A run refused before any device ran leaves nothing in --out, so the same command can run
+    again (before: "already holds a simulation; use --resume", and --resume failed the same way).
+    """
+    toml = tmp_path / "fleet.toml"
+    toml.write_text('[[tiers]]\nname = "low"\nshare = 1.0\nbudget_bits = 7.5\n')
+    out = tmp_path / "sim"
+    flags = ("--config", str(toml), "--devices", "2", "--run-dir", str(smoke_run_dir),
+             "--out", str(out))  # fmt: skip
+    expect = (
+        "chord simulate: error: tiers[0] ('low').budget_bits is 7.5, outside what the server's "
+        "'low' tier reaches; send a budget in [1, 4]"
+    )
+    for _ in range(2):  # the second run gets the same answer, not "already holds a simulation"
+        assert _simulate(capsys, *flags) == (2, [expect])
+        assert not out.exists()
+    out.mkdir()  # an --out that existed before keeps existing, emptied of what the run wrote
+    (out / "notes.txt").write_text("mine\n")
+    assert _simulate(capsys, *flags) == (2, [expect])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_trace_client_ids_that_are_not_integers_run(
+    tmp_path: Path, smoke_run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Client ids "--1" and "²" ended the run with `invalid literal for int()`."""
+    traces = tmp_path / "cap.json"
+    entry = {"computation": 5, "communication": 100}
+    traces.write_text(json.dumps({"--1": entry, "\u00b2": entry, "2": entry}))
+    out = tmp_path / "sim"
+    code, err = _simulate(capsys, "--devices", "2", "--run-dir", str(smoke_run_dir),
+                          "--traces", str(traces), "--out", str(out))  # fmt: skip
+    assert (code, err) == (0, [])
+    assert json.loads((out / "summary.json").read_text())["completed"] == 2
+
+
+def test_virtual_clock_run_prints_no_python_warning(
+    tmp_path: Path, smoke_run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An hour of 3 devices printed matplotlib's "Data has no positive values" warning."""
+    out = tmp_path / "sim"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = _simulate(capsys, "--devices", "3", "--clock", "virtual", "--duration-s",
+                              "3600", "--run-dir", str(smoke_run_dir), "--out", str(out))
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+            if "simulator" in w.filename or "matplotlib" in w.filename]
+    assert (code, err, ours) == (0, [], [])
+    assert (out / "timeline.png").stat().st_size > 0
+
+
+def test_plot_helpers_never_warn() -> None:
+    """No legend without labelled artists; no log axis without positive data."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        legend_if_labelled(ax)  # nothing drawn (every device failed)
+        assert ax.get_legend() is None
+        ax.bar([0, 1], [0.0, 0.0], label="one-time")
+        log_scale_if_positive(ax, "y", np.zeros(2))
+        assert ax.get_yscale() == "linear"
+        log_scale_if_positive(ax, "y", [np.nan, np.inf, -1.0])
+        assert ax.get_yscale() == "linear"
+        fig.canvas.draw()
+        ax.bar([2, 3], [0.0, 3.0], label="strategies")
+        log_scale_if_positive(ax, "y", [0.0, 0.0, 0.0, 3.0])
+        assert ax.get_yscale() == "log"
+        legend_if_labelled(ax)
+        assert ax.get_legend() is not None
+        fig.canvas.draw()
+    plt.close(fig)
