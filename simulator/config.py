@@ -375,12 +375,6 @@ class FleetConfig:
                 )
         if sum(t.share for t in self.tiers) <= 0:
             raise FleetConfigError("tier shares must sum to more than 0; give a tier a share > 0")
-        if self.ray_address == "local" and self.num_cpus > max_local_cpus():
-            raise FleetConfigError(
-                f"num_cpus (--num-cpus) is {self.num_cpus}, more than a local Ray can use on "
-                f"this machine ({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
-                f"({LOCAL_CPUS_PER_CORE} per CPU), or 0 for all CPUs"
-            )
         if self.server_workers > 1 and self.faults.restart_server_after:
             raise FleetConfigError(
                 "faults.restart_server_after restarts the in-process server; with "
@@ -459,6 +453,28 @@ class FleetConfig:
     def embedded(self) -> bool:
         """True when the simulator starts its own cloud server."""
         return self.server == "embedded"
+
+
+def check_runnable(cfg: FleetConfig) -> None:
+    """What a FleetConfig cannot check on its own, as flags may still override a TOML file's
+    fields: run once the config is final, before any work. Raises FleetConfigError.
+
+    - a private local Ray gets at most max_local_cpus() CPUs (more start workers that never
+      answer);
+    - a behaviour trace drives only the virtual clock (on the round clock it would be ignored).
+    """
+    if cfg.ray_address == "local" and cfg.num_cpus > max_local_cpus():
+        raise FleetConfigError(
+            f"num_cpus (--num-cpus) is {cfg.num_cpus}, more than a local Ray can use on "
+            f"this machine ({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
+            f"({LOCAL_CPUS_PER_CORE} per CPU), or 0 for all CPUs"
+        )
+    if cfg.clock.behaviour_trace and cfg.clock.mode != "virtual":
+        raise FleetConfigError(
+            "clock.behaviour_trace (--behaviour-trace) sets when devices are online on the "
+            "virtual clock, but the clock is 'rounds'; add --clock virtual ([clock] mode = "
+            '"virtual") or leave the trace out'
+        )
 
 
 def _check_clock(c: ClockConfig) -> None:

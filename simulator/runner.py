@@ -32,6 +32,7 @@ from simulator.config import (
     FleetConfig,
     FleetConfigError,
     check_ray_address,
+    check_runnable,
     read_saved_config,
     save_config,
 )
@@ -364,6 +365,7 @@ def run_simulation(
     """Run (or finish) a simulation into `out`; returns the summary also written to summary.json."""
     out = Path(out)
     if not resume:
+        check_runnable(cfg)
         probe_ray(cfg.ray_address)  # before any work: a wrong address fails in seconds
     if resume:
         if not (out / CONFIG_FILE).exists():
@@ -371,6 +373,7 @@ def run_simulation(
                 f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
             )
         cfg = read_saved_config(out / CONFIG_FILE)
+        check_runnable(cfg)
         probe_ray(cfg.ray_address)
     else:
         created = not out.exists()

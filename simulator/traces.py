@@ -162,7 +162,8 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
         else:
             data = read_json(path)
     except TextFileError as exc:  # its message says what to send, except for a syntax error
-        advice = "; send a FedScale trace as .pkl, .csv or .json" if "invalid JSON" in str(exc) else ""
+        syntax = "invalid JSON" in str(exc)
+        advice = "; send a FedScale trace as .pkl, .csv or .json" if syntax else ""
         raise TraceError(f"{exc}{advice}") from None
     if not isinstance(data, dict) or not data:
         raise TraceError(f"{path}: expected a non-empty map of client id -> fields")

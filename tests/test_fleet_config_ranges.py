@@ -7,7 +7,6 @@ refused in one line too, before any work starts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -26,9 +25,11 @@ from simulator.config import (
     FleetConfigError,
     TierProfile,
     TransportConfig,
+    check_runnable,
     config_from_dict,
     load_config,
     max_local_cpus,
+    save_config,
 )
 from tests.tls_certs import self_signed
 
@@ -48,9 +49,9 @@ def _numeric_fields() -> set[str]:
     out = set()
     for prefix, cls in SECTIONS.items():
         for name, kind in typing.get_type_hints(cls).items():
-            if kind in (int, float) or typing.get_origin(kind) is tuple and typing.get_args(
+            if kind in (int, float) or (typing.get_origin(kind) is tuple and typing.get_args(
                 kind
-            )[0] in (int, float):
+            )[0] in (int, float)):
                 out.add(prefix + name)
     return out
 
@@ -109,7 +110,7 @@ COMPANIONS: dict[str, dict[str, Any]] = {
 def test_each_field_accepts_both_ends_of_its_range() -> None:
     for key, b in FIELD_BOUNDS.items():
         for value in (b.lo, b.hi):
-            if value == b.lo and b.lo_open or value == b.hi and b.hi_open:
+            if (value == b.lo and b.lo_open) or (value == b.hi and b.hi_open):
                 continue
             value = int(value) if b.integer else float(value)
             data = _layout(key, value)
@@ -187,17 +188,57 @@ def test_fleet_toml_cases_are_refused_in_one_line(tmp_path: Path, text: str, exp
 def test_local_ray_cpus_are_bounded_by_this_machine() -> None:
     """--num-cpus 100000 started a local Ray that never answered (and left a worker behind)."""
     limit = max_local_cpus()
-    assert FleetConfig(num_cpus=limit).num_cpus == limit
+    check_runnable(FleetConfig(num_cpus=limit))
     with pytest.raises(FleetConfigError) as info:
-        FleetConfig(num_cpus=limit + 1)
+        check_runnable(FleetConfig(num_cpus=limit + 1))
     assert str(info.value).startswith(f"num_cpus (--num-cpus) is {limit + 1}, more than a local "
                                       "Ray can use on this machine")
     assert str(info.value).endswith(f"send at most {limit} (4 per CPU), or 0 for all CPUs")
     # A cluster joined by address has its own CPUs: the local cap does not apply.
-    assert FleetConfig(num_cpus=limit + 1, ray_address="none").num_cpus == limit + 1
+    check_runnable(FleetConfig(num_cpus=limit + 1, ray_address="none"))
 
 
-def _simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, list[str]]:
+def test_behaviour_trace_on_the_round_clock_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was read, then ignored: the round clock has no availability windows."""
+    trace = tmp_path / "beh.json"
+    trace.write_text('{"1": {"active": [0], "inactive": [5], "finish_time": 10}}')
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "none", "--behaviour-trace",
+                          str(trace))  # fmt: skip
+    assert (code, err) == (2, [
+        "chord simulate: error: clock.behaviour_trace (--behaviour-trace) sets when devices are "
+        "online on the virtual clock, but the clock is 'rounds'; add --clock virtual ([clock] "
+        'mode = "virtual") or leave the trace out'
+    ])
+    assert not (tmp_path / "sim").exists()
+    # In a TOML file the trace may wait for the flag that turns the virtual clock on.
+    toml = tmp_path / "fleet.toml"
+    toml.write_text(f'[clock]\nbehaviour_trace = "{trace}"\n')
+    assert load_config(toml).clock.behaviour_trace == str(trace)
+
+
+def test_resumed_config_with_an_overflowing_number_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fleet.json edited to "duration_s": 1e400 was read as inf and accepted on --resume."""
+    out = tmp_path / "sim"
+    out.mkdir()
+    save_config(FleetConfig(), out / "fleet.json")
+    text = (out / "fleet.json").read_text()
+    assert '"duration_s": 86400.0' in text
+    (out / "fleet.json").write_text(text.replace('"duration_s": 86400.0', '"duration_s": 1e400'))
+    line = text[: text.index('"duration_s"')].count("\n") + 1
+    assert main(["simulate", "--quiet", "--resume", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"chord simulate: error: saved fleet config {out / 'fleet.json'}:{line}: 1e400 is beyond "
+        "the range of a double (about 1.8e308); send a finite number"
+    ]
+
+
+def _simulate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str
+) -> tuple[int, list[str]]:
     code = main(["simulate", "--out", str(tmp_path / "sim"), "--quiet", *flags])
     return code, capsys.readouterr().err.strip().splitlines()
 
