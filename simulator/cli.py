@@ -108,6 +108,11 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
             token=token if token is not None else transport.token,
             tls_root_ca=args.tls_root_ca if args.tls_root_ca is not None else transport.tls_root_ca,
         )
+    if args.duration_s is not None and (args.clock or cfg.clock.mode) != "virtual":
+        raise FleetConfigError(
+            "--duration-s sets the span of the virtual clock, but the clock is 'rounds'; add "
+            "--clock virtual, or leave --duration-s out (the round clock runs [drift] rounds)"
+        )
     clock = dataclasses.replace(
         cfg.clock,
         **{

@@ -252,6 +252,9 @@ def _simulate(
         (("--clock", "virtual", "--duration-s", "1e400"), "clock.duration_s (--duration-s) is "
          "inf; send a finite number in (0, 31622400] (virtual seconds, 366 days)"),
         (("--devices", "0"), "devices (--devices) is 0; send an integer in [1, 10000000]"),
+        (("--duration-s", "3600"), "--duration-s sets the span of the virtual clock, but the "
+         "clock is 'rounds'; add --clock virtual, or leave --duration-s out (the round clock "
+         "runs [drift] rounds)"),
         (("--lanes", "1000"), "lanes (--lanes) is 1000; send an integer in [1, 64]"),
         (("--actors", "100000"),
          "actors (--actors) is 100000; send an integer in [0, 1024] (0 = the cluster's CPUs)"),
