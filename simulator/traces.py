@@ -28,6 +28,9 @@ from chord.textfile import TextFileError, read_json, read_text
 from simulator.config import FleetConfigError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
+MAX_WINDOWS = 1_000_000  # online windows one behaviour client may unroll to over the span
+MAX_COMPUTATION_MS = 1e7  # ms per sample (as trace_reference_ms); beyond, modeled times overflow
+MAX_COMMUNICATION_KBPS = 1e8  # kbit/s (100 Gbit/s), as a tier's bandwidth_kbps
 CSV_SUFFIXES = (".csv",)
 
 
@@ -212,20 +215,30 @@ def load_capacities(path: str | Path) -> list[DeviceTrace]:
         entry = data[client]
         comp = _number(client, "computation", _field(client, entry, "computation", path), path)
         comm = _number(client, "communication", _field(client, entry, "communication", path), path)
-        for name, v in (("computation", comp), ("communication", comm)):
+        for name, v, top, unit in (
+            ("computation", comp, MAX_COMPUTATION_MS, "ms per sample"),
+            ("communication", comm, MAX_COMMUNICATION_KBPS, "kbit/s"),
+        ):
             if v <= 0:
                 raise TraceError(f"{path}: client {client!r} field {name!r} must be > 0, got {v}")
+            if v > top:
+                raise TraceError(
+                    f"{path}: client {client!r} field {name!r} is {v:g}; send at most {top:g} "
+                    f"({unit})"
+                )
         out.append(DeviceTrace(client, comp, comm))
     return out
 
 
-def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
+def load_behaviour(path: str | Path, span_s: float | None = None) -> list[BehaviourTrace]:
     """Read a FedScale behaviour (availability) trace; one BehaviourTrace per client, in order.
 
     Accepts `.pkl` (restricted unpickler), `.csv` (columns client_id, active, inactive,
     finish_time; the lists as space- or semicolon-separated seconds) or JSON. Checks, naming the
     client and field on failure: equal-length lists, 0 <= active[i] < inactive[i] <= active[i+1],
-    and every time <= finish_time > 0.
+    and every time <= finish_time > 0. With span_s (the virtual clock's duration, seconds), a
+    client whose pattern repeats into more than MAX_WINDOWS online windows over span_s is refused
+    (a finish_time of a millisecond would plan for hours).
     """
     path = Path(path)
     data = _read_map(path)
@@ -259,6 +272,13 @@ def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
             raise TraceError(
                 f"{path}: client {client!r} field 'finish_time' = {finish} is before the last "
                 f"inactive time {last}"
+            )
+        if span_s is not None and math.ceil(span_s / finish) * len(active) > MAX_WINDOWS:
+            raise TraceError(
+                f"{path}: client {client!r} repeats every {finish:g} s, so its {len(active)} "
+                f"window(s) per period unroll to more than {MAX_WINDOWS:,} over the "
+                f"{span_s:g} s simulated; send a finish_time of at least "
+                f"{span_s * len(active) / MAX_WINDOWS:.3g} s, or a shorter --duration-s"
             )
         out.append(BehaviourTrace(client, active, inactive, finish))
     return out

@@ -213,3 +213,39 @@ def test_a_client_twice_is_refused_in_json_as_in_csv(tmp_path: Path) -> None:
     with pytest.raises(TraceError) as info:
         load_capacities(csv_path)
     assert str(info.value) == f"{csv_path}: client '1' appears twice (row 3)"
+
+
+def test_a_pattern_that_unrolls_without_bound_is_refused(tmp_path: Path) -> None:
+    """finish_time 1 ms over a day is 86.4 million periods: planning would never end."""
+    path = _write(tmp_path, "beh.json", {"1": {"active": [0], "inactive": [0.0005],
+                                               "finish_time": 0.001}})  # fmt: skip
+    assert load_behaviour(path)[0].finish_time == 0.001  # without a span, nothing to unroll
+    with pytest.raises(TraceError) as info:
+        load_behaviour(path, 86_400.0)
+    assert str(info.value) == (
+        f"{path}: client '1' repeats every 0.001 s, so its 1 window(s) per period unroll to more "
+        "than 1,000,000 over the 86400 s simulated; send a finish_time of at least 0.0864 s, or "
+        "a shorter --duration-s"
+    )
+    ok = _write(tmp_path, "ok.json", {"1": {"active": [0], "inactive": [0.05],
+                                            "finish_time": 0.0864}})  # fmt: skip
+    assert len(load_behaviour(ok, 86_400.0)[0].windows(0.0, 86_400.0)) == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"computation": 1e300, "communication": 1.0},
+         "client '1' field 'computation' is 1e+300; send at most 1e+07 (ms per sample)"),
+        ({"computation": 1.0, "communication": 1e200},
+         "client '1' field 'communication' is 1e+200; send at most 1e+08 (kbit/s)"),
+    ],
+)
+def test_capacities_beyond_their_range_are_refused(
+    tmp_path: Path, entry: dict[str, float], message: str
+) -> None:
+    """Finite but huge: modeled times x 1e300 overflow to inf in the summary."""
+    path = _write(tmp_path, "cap.json", {"1": entry})
+    with pytest.raises(TraceError) as info:
+        load_capacities(path)
+    assert str(info.value) == f"{path}: {message}"
