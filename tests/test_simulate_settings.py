@@ -225,3 +225,5 @@ def test_unreachable_server_fails_in_one_line_within_the_timeout(
     )
     assert err[0].endswith("check that `chord serve` listens there (and that --token / --tls-ca "
                            "match its settings)")
+    # Refused before any device ran: nothing is left that would make the rerun say "use --resume".
+    assert not (tmp_path / "sim").exists()
