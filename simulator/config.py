@@ -125,11 +125,14 @@ FIELD_BOUNDS: dict[str, Bounds] = {
     "batch_size": _int(1, 10_000),
     "lanes": _int(1, 64),
     "negatives": _int(1, 1_000_000),
-    "trace_reference_ms": Bounds(0.0, 1e7, note="ms per sample; 0 = the traces' median"),
+    "trace_reference_ms": Bounds(
+        1e-3, 1e7, off=0.0, note="ms per sample; 0 = the traces' median"
+    ),
     "tiers.share": Bounds(0.0, 1e9),
     "tiers.budget_bits": Bounds(1.0, 8.0, note="bits per weight; the tier's own range applies"),
     "tiers.compute_factor": Bounds(0.0, 1000.0, lo_open=True),
-    "tiers.bandwidth_kbps": Bounds(0.0, 1e8, lo_open=True, note="kbit/s"),
+    # A slower link models transfers of hours per artifact; near 0 they overflow to infinity.
+    "tiers.bandwidth_kbps": Bounds(1.0, 1e8, note="kbit/s"),
     "tiers.rtt_ms": Bounds(0.0, 60_000.0, note="ms"),
     "drift.rounds": _int(1, 10_000),
     "drift.interactions_per_round": _int(1, 10_000),

@@ -31,6 +31,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle")
 MAX_WINDOWS = 1_000_000  # online windows one behaviour client may unroll to over the span
 MAX_COMPUTATION_MS = 1e7  # ms per sample (as trace_reference_ms); beyond, modeled times overflow
 MAX_COMMUNICATION_KBPS = 1e8  # kbit/s (100 Gbit/s), as a tier's bandwidth_kbps
+MIN_COMMUNICATION_KBPS = 1.0  # kbit/s; near 0, modeled transfer times overflow to infinity
 CSV_SUFFIXES = (".csv",)
 
 
@@ -215,16 +216,17 @@ def load_capacities(path: str | Path) -> list[DeviceTrace]:
         entry = data[client]
         comp = _number(client, "computation", _field(client, entry, "computation", path), path)
         comm = _number(client, "communication", _field(client, entry, "communication", path), path)
-        for name, v, top, unit in (
-            ("computation", comp, MAX_COMPUTATION_MS, "ms per sample"),
-            ("communication", comm, MAX_COMMUNICATION_KBPS, "kbit/s"),
+        for name, v, least, top, unit in (
+            ("computation", comp, 0.0, MAX_COMPUTATION_MS, "ms per sample"),
+            ("communication", comm, MIN_COMMUNICATION_KBPS, MAX_COMMUNICATION_KBPS, "kbit/s"),
         ):
             if v <= 0:
                 raise TraceError(f"{path}: client {client!r} field {name!r} must be > 0, got {v}")
-            if v > top:
+            if not least <= v <= top:
+                low = "(0" if least == 0 else f"[{least:g}"
                 raise TraceError(
-                    f"{path}: client {client!r} field {name!r} is {v:g}; send at most {top:g} "
-                    f"({unit})"
+                    f"{path}: client {client!r} field {name!r} is {v:g}; send a value in "
+                    f"{low}, {top:g}] ({unit})"
                 )
         out.append(DeviceTrace(client, comp, comm))
     return out

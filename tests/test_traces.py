@@ -236,9 +236,12 @@ def test_a_pattern_that_unrolls_without_bound_is_refused(tmp_path: Path) -> None
     ("entry", "message"),
     [
         ({"computation": 1e300, "communication": 1.0},
-         "client '1' field 'computation' is 1e+300; send at most 1e+07 (ms per sample)"),
+         "client '1' field 'computation' is 1e+300; send a value in (0, 1e+07] (ms per sample)"),
         ({"computation": 1.0, "communication": 1e200},
-         "client '1' field 'communication' is 1e+200; send at most 1e+08 (kbit/s)"),
+         "client '1' field 'communication' is 1e+200; send a value in [1, 1e+08] (kbit/s)"),
+        # Near 0 a modeled transfer (bits / kbit/s) overflows to infinity.
+        ({"computation": 1.0, "communication": 1e-300},
+         "client '1' field 'communication' is 1e-300; send a value in [1, 1e+08] (kbit/s)"),
     ],
 )
 def test_capacities_beyond_their_range_are_refused(
