@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chord.jsonfile import write_json
+from chord.jsonfile import dumps, write_json
 from simulator.plotting import legend_if_labelled, log_scale_if_positive
 from simulator.store import ReportStore
 
@@ -187,10 +186,10 @@ def write_outputs(
         "|---|---|",
         *[f"| {k} | {v:,.0f} |" for k, v in ref.items()],
         "",
-        f"Modeled (fleet): {json.dumps(summary['modeled'])}",
+        f"Modeled (fleet): {dumps(summary['modeled'])}",
         "",
-        f"Failures by reason: {json.dumps(summary['failures'])}; recovered faults: "
-        f"{json.dumps(summary['faults'])}.",
+        f"Failures by reason: {dumps(summary['failures'])}; recovered faults: "
+        f"{dumps(summary['faults'])}.",
         "",
         *[f"![{p}]({p})" for p in plots],
         "",

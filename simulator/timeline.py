@@ -7,13 +7,13 @@ so memory stays flat in the number of devices.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chord.jsonfile import write_json
 from simulator.clock import TRIGGERS, OnlineCounter
 from simulator.plotting import legend_if_labelled, log_scale_if_positive
 from simulator.store import ReportStore
@@ -206,7 +206,7 @@ def write_timeline(
     """arrivals.csv, timeline.json and timeline.png; returns the headline figures (no series)."""
     n = write_arrivals(store, out / ARRIVALS_FILE)
     series = timeline_series(store, online, duration_s)
-    (out / TIMELINE_FILE).write_text(json.dumps(series) + "\n")
+    write_json(out / TIMELINE_FILE, series, indent=None)  # strict: NaN or inf written as null
     plot_timeline(out, series)
     keep = ("requests_by_trigger", "staleness")
     head = {k: v for k, v in series.items() if not isinstance(v, list | dict) or k in keep}
