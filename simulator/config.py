@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import tomllib
 import typing
@@ -77,16 +78,19 @@ class Bounds:
 
     def holds(self, value: Any) -> bool:
         """True when value is a number of the right kind, finite, and in range (or `off`)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if self.integer and not isinstance(value, int):
+        if self.integer and not isinstance(value, numbers.Integral):
             return False
-        if not math.isfinite(value):  # NaN compares False with everything: test it first
+        # NaN compares False with everything: test it first. An int is finite (and float() of
+        # one beyond a double raises OverflowError), so only non-integers are tested.
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
             return False
-        if self.off is not None and value == self.off:
+        v: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if self.off is not None and v == self.off:
             return True
-        above = value > self.lo if self.lo_open else value >= self.lo
-        below = value < self.hi if self.hi_open else value <= self.hi
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
         return above and below
 
     def describe(self) -> str:
@@ -188,9 +192,10 @@ def check_field(key: str, value: Any, where: str | None = None) -> None:
     """
     bounds = FIELD_BOUNDS[key]
     if not bounds.holds(value):
-        raise FleetConfigError(
-            f"{field_name(key, where)} is {value!r}; send {bounds.describe()}"
-        )
+        shown = repr(value)
+        if len(shown) > 40:  # an int of hundreds of digits stays one readable line
+            shown = f"{shown[:20]}... ({len(shown)} characters)"
+        raise FleetConfigError(f"{field_name(key, where)} is {shown}; send {bounds.describe()}")
 
 
 def _check_fields(obj: Any, prefix: str, where: str | None = None) -> None:

@@ -252,6 +252,11 @@ def _simulate(
         (("--clock", "virtual", "--duration-s", "1e400"), "clock.duration_s (--duration-s) is "
          "inf; send a finite number in (0, 31622400] (virtual seconds, 366 days)"),
         (("--devices", "0"), "devices (--devices) is 0; send an integer in [1, 10000000]"),
+        # float() of this int raises OverflowError: ints are finite and only compared.
+        (("--devices", "9" * 400), "devices (--devices) is 99999999999999999999... (400 "
+         "characters); send an integer in [1, 10000000]"),
+        (("--seed", "-1"), "seed (--seed) is -1; send an integer in [0, 4294967295]"),
+        (("--batch-size", "0"), "batch_size (--batch-size) is 0; send an integer in [1, 10000]"),
         (("--duration-s", "3600"), "--duration-s sets the span of the virtual clock, but the "
          "clock is 'rounds'; add --clock virtual, or leave --duration-s out (the round clock "
          "runs [drift] rounds)"),
