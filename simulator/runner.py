@@ -27,7 +27,7 @@ from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
 from simulator.backend import Backend, InProcessBackend, RayBackend
 from simulator.clock import OnlineCounter
-from simulator.cloud import Cloud
+from simulator.cloud import Cloud, CloudError
 from simulator.config import (
     FleetConfig,
     FleetConfigError,
@@ -437,9 +437,9 @@ def _simulate(cfg: FleetConfig, out: Path, *, resume: bool, progress: bool) -> d
             if cfg.embedded
             else Cloud.external(cfg.server)
         )
-    except ValueError as exc:  # RunError, TextFileError, CheckpointError: a run that cannot serve
+    except CloudError as exc:  # a run that cannot serve, said in one line
         threads.close()
-        raise SimulationError(f"the embedded server cannot serve its run: {exc}") from None
+        raise SimulationError(str(exc)) from None
     except BaseException:
         threads.close()
         raise

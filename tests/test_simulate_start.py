@@ -106,3 +106,22 @@ def test_plot_helpers_never_warn() -> None:
         assert ax.get_legend() is not None
         fig.canvas.draw()
     plt.close(fig)
+
+
+def test_run_dir_that_does_not_load_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's own ERROR log line and a traceback came before; now the loader's one line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}\n")
+    (run / "backbone.pt").write_bytes(b"")
+    (run / "hypernet.pt").write_bytes(b"")
+    out = tmp_path / "sim"
+    code, err = _simulate(capsys, "--devices", "2", "--run-dir", str(run), "--out", str(out))
+    assert (code, err) == (2, [
+        f"chord simulate: error: the embedded server cannot serve run directory {run} ({run}/"
+        "run.json is not a chord-run/1 file); send a directory written by `chord simulate "
+        "--prepare-run DIR`, or leave --run-dir out to use the cached run"
+    ])
+    assert not out.exists()
