@@ -25,7 +25,7 @@ from chord.textfile import TextFileError, read_json
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
-from simulator.backend import Backend, InProcessBackend, RayBackend
+from simulator.backend import Backend, BackendError, InProcessBackend, RayBackend
 from simulator.clock import OnlineCounter
 from simulator.cloud import Cloud, CloudError
 from simulator.config import (
@@ -449,7 +449,10 @@ def _simulate(cfg: FleetConfig, out: Path, *, resume: bool, progress: bool) -> d
         _check_server(cfg, cloud.target, n_items)
         with ray_cluster(cfg) as use_ray:
             backend = RayBackend(cfg.actors) if use_ray else InProcessBackend()
-            backend.build(_host_config(cfg, cloud.target, out))
+            try:
+                backend.build(_host_config(cfg, cloud.target, out))
+            except BackendError as exc:
+                raise SimulationError(str(exc)) from None
             done = store.done_ids()
             todo = _batches((j for j in jobs if j.device_id not in done), cfg.batch_size)
             window = 4 * max(1, backend.stats.actors)  # batches queued or running at once

@@ -227,3 +227,34 @@ def test_unreachable_server_fails_in_one_line_within_the_timeout(
                            "match its settings)")
     # Refused before any device ran: nothing is left that would make the rerun say "use --resume".
     assert not (tmp_path / "sim").exists()
+
+
+def test_actors_that_cannot_start_fail_in_one_line_instead_of_waiting(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """A joined cluster whose CPUs another job holds kept the run waiting for its actors forever
+    (seen with `--ray-address auto` finding a busy cluster)."""
+    from device_client.actor import HostConfig
+    from simulator.backend import BackendError, RayBackend
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        """Holds both CPUs of the session's cluster."""
+
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()  # type: ignore[attr-defined]
+    ray.get(hog.ready.remote())
+    try:
+        backend = RayBackend(2)
+        with pytest.raises(BackendError) as info:
+            backend.build(HostConfig("127.0.0.1:1", artifact_cache_dir=str(tmp_path)),
+                          start_timeout_s=3.0)  # fmt: skip
+        assert str(info.value) == (
+            "2 device actor(s) did not start within 3 s on a Ray cluster of 2 CPUs (other jobs "
+            "may hold them: `ray status` shows what is used); free CPUs there, pass a smaller "
+            "--actors, or --ray-address local for a private cluster"
+        )
+    finally:
+        ray.kill(hog)
