@@ -154,11 +154,19 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
                 ) from None
             data = _load_pickle(raw, path)
         elif suffix in CSV_SUFFIXES:
-            rows = list(csv.DictReader(io.StringIO(read_text(path))))
-            if rows and "client_id" not in rows[0]:
+            reader = csv.DictReader(io.StringIO(read_text(path)))
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+            if rows and "client_id" not in header:
                 raise TraceError(f"{path}: a CSV trace needs a 'client_id' column")
             data = {}
             for i, row in enumerate(rows):
+                extra = row.pop(None, None)  # type: ignore[call-overload]  # cells past the header
+                if extra is not None:
+                    raise TraceError(
+                        f"{path}: row {i + 2} has {len(header) + len(extra)} cells but the header "
+                        f"has {len(header)} columns; send one cell per column"
+                    )
                 client = row.pop("client_id")
                 if client in data:
                     raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
@@ -259,6 +267,11 @@ def load_behaviour(path: str | Path, span_s: float | None = None) -> list[Behavi
             )
         last = 0.0
         for i, (a, b) in enumerate(zip(active, inactive, strict=True)):
+            if a < 0:
+                raise TraceError(
+                    f"{path}: client {client!r} field 'active[{i}]' = {a} is negative; send "
+                    "seconds from the start of the trace (>= 0)"
+                )
             if a < last:
                 raise TraceError(
                     f"{path}: client {client!r} field 'active[{i}]' = {a} starts before the "

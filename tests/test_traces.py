@@ -252,3 +252,25 @@ def test_capacities_beyond_their_range_are_refused(
     with pytest.raises(TraceError) as info:
         load_capacities(path)
     assert str(info.value) == f"{path}: {message}"
+
+
+def test_a_csv_row_with_more_cells_than_the_header_is_refused(tmp_path: Path) -> None:
+    """The extra cell was dropped without a word (csv.DictReader files it under None)."""
+    path = tmp_path / "cap.csv"
+    path.write_text("client_id,computation,communication\n1,5,100\n2,5,100,99\n")
+    with pytest.raises(TraceError) as info:
+        load_capacities(path)
+    assert str(info.value) == (
+        f"{path}: row 3 has 4 cells but the header has 3 columns; send one cell per column"
+    )
+
+
+def test_a_negative_active_time_is_named_as_negative(tmp_path: Path) -> None:
+    path = _write(tmp_path, "beh.json", {"1": {"active": [-5], "inactive": [1],
+                                               "finish_time": 10}})  # fmt: skip
+    with pytest.raises(TraceError) as info:
+        load_behaviour(path)
+    assert str(info.value) == (
+        f"{path}: client '1' field 'active[0]' = -5.0 is negative; send seconds from the start "
+        "of the trace (>= 0)"
+    )
