@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -194,6 +196,7 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
     if ray.is_initialized():
         yield True
         return
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with a native handler
     worker_env = apply_process_env()  # workers of a cluster joined by address need them too
     if cfg.ray_address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private cluster on this machine only
@@ -218,6 +221,10 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
                 f"cannot join Ray at {cfg.ray_address!r}: {exc}; start `ray start --head` there "
                 "or pass --ray-address local"
             ) from exc
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        # Ray's handler prints a native stack and aborts, skipping every `finally` below it:
+        # the caller's handler (chord simulate: unwind as on Ctrl-C) is put back.
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         yield True
     finally:
