@@ -125,3 +125,44 @@ def test_run_dir_that_does_not_load_is_refused_in_one_line(
         "--prepare-run DIR`, or leave --run-dir out to use the cached run"
     ])
     assert not out.exists()
+
+
+def test_sigterm_stops_the_run_in_one_line_and_keeps_it_resumable(
+    tmp_path: Path, smoke_run_dir: Path
+) -> None:
+    """SIGTERM unwinds like Ctrl-C: every `finally` runs (Ray, the server), one line, exit 130."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "sim"
+    toml = tmp_path / "slow.toml"
+    toml.write_text("[faults]\nnet_delay_ms = 40.0\n")  # slow devices: the signal lands mid-run
+    cmd = [sys.executable, "-m", "chord.cli", "simulate", "--config", str(toml), "--devices",
+           "40", "--run-dir", str(smoke_run_dir), "--ray-address", "none", "--batch-size", "1",
+           "--quiet", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("CHORD_TOKEN", None)
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    db = out / "reports.db"
+    deadline = time.time() + 120  # a bound on waiting, not a measured figure
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if db.exists() and sqlite3.connect(db).execute(
+                "SELECT COUNT(*) FROM devices"
+            ).fetchone()[0]:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, "the simulation ended before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.strip().splitlines()) == (
+        130, [f"chord simulate: stopped; finish it with --resume {out}"]
+    )
