@@ -467,16 +467,21 @@ def check_runnable(cfg: FleetConfig) -> None:
     """What a FleetConfig cannot check on its own, as flags may still override a TOML file's
     fields: run once the config is final, before any work. Raises FleetConfigError.
 
-    - a private local Ray gets at most max_local_cpus() CPUs (more start workers that never
-      answer);
+    - a private local Ray gets at most max_local_cpus() CPUs and device actors (more start
+      workers that never answer, or exhaust memory);
     - a behaviour trace drives only the virtual clock (on the round clock it would be ignored).
     """
-    if cfg.ray_address == "local" and cfg.num_cpus > max_local_cpus():
-        raise FleetConfigError(
-            f"num_cpus (--num-cpus) is {cfg.num_cpus}, more than a local Ray can use on "
-            f"this machine ({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
-            f"({LOCAL_CPUS_PER_CORE} per CPU), or 0 for all CPUs"
-        )
+    for name, flag, zero in (
+        ("num_cpus", "--num-cpus", "0 for all CPUs"),
+        ("actors", "--actors", "0 for one per CPU"),  # each actor is a process with a model
+    ):
+        value = getattr(cfg, name)
+        if cfg.ray_address == "local" and value > max_local_cpus():
+            raise FleetConfigError(
+                f"{name} ({flag}) is {value}, more than a local Ray can use on this machine "
+                f"({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
+                f"({LOCAL_CPUS_PER_CORE} per CPU), or {zero}"
+            )
     if cfg.clock.behaviour_trace and cfg.clock.mode != "virtual":
         raise FleetConfigError(
             "clock.behaviour_trace (--behaviour-trace) sets when devices are online on the "

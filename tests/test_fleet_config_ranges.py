@@ -196,6 +196,11 @@ def test_local_ray_cpus_are_bounded_by_this_machine() -> None:
     assert str(info.value).endswith(f"send at most {limit} (4 per CPU), or 0 for all CPUs")
     # A cluster joined by address has its own CPUs: the local cap does not apply.
     check_runnable(FleetConfig(num_cpus=limit + 1, ray_address="none"))
+    check_runnable(FleetConfig(actors=limit))
+    with pytest.raises(FleetConfigError) as info:
+        check_runnable(FleetConfig(actors=limit + 1))
+    assert str(info.value).startswith(f"actors (--actors) is {limit + 1}, more than a local Ray")
+    assert str(info.value).endswith(f"send at most {limit} (4 per CPU), or 0 for one per CPU")
 
 
 def test_behaviour_trace_on_the_round_clock_is_refused(
