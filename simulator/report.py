@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,16 @@ def write_rounds_csv(path: Path, store: ReportStore) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(columns)
-        w.writerow(["" if v is None else v for v in first])
+        w.writerow([_cell(v) for v in first])
         for row in cur:
-            w.writerow(["" if v is None else v for v in row])
+            w.writerow([_cell(v) for v in row])
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: None and non-finite floats (SQLite keeps inf) as an empty cell."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
 
 
 def _column(store: ReportStore, sql: str, params: tuple[Any, ...] = ()) -> np.ndarray:

@@ -6,6 +6,7 @@ Runs devices in this process (--ray-address none) on the cached smoke run.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -166,3 +167,27 @@ def test_sigterm_stops_the_run_in_one_line_and_keeps_it_resumable(
     assert (proc.returncode, err.strip().splitlines()) == (
         130, [f"chord simulate: stopped; finish it with --resume {out}"]
     )
+
+
+def test_rounds_csv_has_no_nan_or_infinity_cells(tmp_path: Path) -> None:
+    """SQLite keeps inf (NaN becomes NULL): both leave rounds.csv as an empty cell."""
+    import csv
+    import sqlite3
+
+    from simulator.report import write_rounds_csv
+    from simulator.store import ReportStore
+
+    store = ReportStore(tmp_path / "reports.db")
+    cols = [r[1] for r in store.query("PRAGMA table_info(rounds)")]
+    real = [r[1] for r in store.query("PRAGMA table_info(rounds)") if r[2] == "REAL"]
+    assert real, cols
+    values = {c: 0 for c in cols} | {"device_id": "d", "round": 0}
+    values |= {real[0]: math.inf, real[-1]: math.nan}
+    with sqlite3.connect(tmp_path / "reports.db") as con:
+        con.execute(f"INSERT INTO rounds ({', '.join(values)}) VALUES "
+                    f"({', '.join('?' * len(values))})", list(values.values()))  # fmt: skip
+    write_rounds_csv(tmp_path / "rounds.csv", store)
+    with (tmp_path / "rounds.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert (row[real[0]], row[real[-1]]) == ("", "")
+    assert not any(v.lower() in ("nan", "inf", "-inf") for v in row.values())
