@@ -325,3 +325,17 @@ def test_tls_ca_with_the_plaintext_embedded_server_is_refused(
         "embedded server speaks plaintext; leave --tls-ca out, or pass --server HOST:PORT of a "
         "`chord serve --tls-cert ... --tls-key ...`"
     ])
+
+
+def test_unusable_cache_dir_from_the_environment_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CHORD_CACHE_DIR=/proc/x ended in a FileNotFoundError traceback."""
+    monkeypatch.setenv("CHORD_CACHE_DIR", "/proc/x")
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "none", "--devices", "2")
+    assert (code, err) == (2, [
+        "chord simulate: error: $CHORD_CACHE_DIR '/proc/x' cannot be created ('/proc' is not a "
+        "writable directory: No such file or directory); send a path under a directory you can "
+        "write (or unset it for ~/.cache/chord)"
+    ])
+    assert not (tmp_path / "sim").exists()
