@@ -109,6 +109,7 @@ class Bounds:
 
 
 def _int(lo: int, hi: int, note: str = "", off: int | None = None) -> Bounds:
+    """Bounds of an integer field."""
     return Bounds(lo, hi, integer=True, note=note, off=off)
 
 
@@ -123,7 +124,7 @@ FIELD_BOUNDS: dict[str, Bounds] = {
     "devices": _int(1, 10_000_000),
     "seed": _SEED,
     "server_workers": _int(1, 64),
-    # num_cpus: on a private local Ray also at most max_local_cpus() (FleetConfig checks it).
+    # num_cpus and actors: on a private local Ray also at most max_local_cpus() (check_runnable).
     "num_cpus": _int(0, 4096, "0 = this machine's CPUs"),
     "actors": _int(0, 1024, "0 = the cluster's CPUs"),
     "batch_size": _int(1, 10_000),
