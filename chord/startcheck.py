@@ -376,3 +376,14 @@ def check_in_range(
             f"{source} is {exact(value)}; send {what} in {bracket}{exact(lo)}, {exact(hi)}]"
         )
     return float(value)
+
+
+ECHO_CHARS = 40  # how much of a refused string an error message quotes
+
+
+def shown(value: str, limit: int = ECHO_CHARS) -> str:
+    """A refused string as an error quotes it: repr of at most limit characters, then how long
+    it was, so an error never grows with a hostile value (gRPC caps status details at ~8 KiB)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
