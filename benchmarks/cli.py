@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import sys
@@ -24,6 +23,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.schedules import MAX_ARRIVAL_T_S, SCHEDULES, ScheduleError, parse_seconds
 from benchmarks.slo import check_search
+from chord.jsonfile import dumps
 from chord.startcheck import StartupError, check_in_range, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
@@ -160,7 +160,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
 def _write(path: str | None, payload: Any) -> None:
     """JSON to path (or stdout when path is None)."""
     if path is None:
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        sys.stdout.write(dumps(payload, indent=2, default=str) + "\n")  # no NaN tokens
     else:
         write_json(path, payload)
 
