@@ -1,4 +1,4 @@
-"""`chord serve`: every flag checked before anything binds, in one line naming its unit and range."""
+"""`chord serve`: every flag checked before anything binds, in one line with its unit and range."""
 
 from __future__ import annotations
 
