@@ -34,14 +34,15 @@ def drop_boms(raw: bytes) -> bytes:
 def read_text(path: str | Path) -> str:
     """The file's text: strict UTF-8, BOMs dropped (drop_boms), newlines kept as they are.
 
-    Raises TextFileError naming the file (unreadable) or the file, line and column of the first
-    byte that is not UTF-8.
+    Raises TextFileError naming the file (unreadable, or UTF-16/32 by its byte-order mark) or
+    the file, line and column of the first byte that is not UTF-8.
     """
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
+    _refuse_wide(p, raw[:4])
     raw = drop_boms(raw)
     try:
         return raw.decode("utf-8")
@@ -59,13 +60,31 @@ def _not_utf8(path: Path, line: int, byte: int, column: int) -> TextFileError:
     )
 
 
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16 LE: it starts with the same two bytes
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _refuse_wide(path: Path, head: bytes) -> None:
+    """Raise TextFileError when head starts with a UTF-16 or UTF-32 byte-order mark."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise TextFileError(
+                f"{path}: the file is {name} text (it starts with a {name} byte-order mark); "
+                f"re-encode it as UTF-8 (e.g. iconv -f {name} -t UTF-8)"
+            )
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, text without its line ending) of every line, read one at a time.
 
     The same rules as read_text (strict UTF-8, BOMs dropped), in memory bounded by the longest
     line: for files that grow without bound (a server's report log, interaction dumps).
-    Raises TextFileError naming the file (unreadable) or the file, line and column of a byte
-    that is not UTF-8.
+    Raises TextFileError naming the file (unreadable, or UTF-16/32 by its byte-order mark) or
+    the file, line and column of a byte that is not UTF-8.
     """
     p = Path(path)
     try:
@@ -73,6 +92,7 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     except OSError as exc:
         raise TextFileError(f"{p}: cannot read ({exc.strerror}); send a readable file") from None
     with fh:
+        _refuse_wide(p, fh.peek(4)[:4])
         for lineno, raw in enumerate(fh, start=1):
             raw = drop_boms(raw)
             try:

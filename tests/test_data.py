@@ -268,6 +268,38 @@ def test_files_joined_with_cat_keep_no_bom(tmp_path: Path, name: str, fmt: str) 
     assert data.n_interactions == 6
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_files_are_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """A UTF-16/32 file (its BOM says so) gets advice to convert from that encoding."""
+    path = tmp_path / "u.data"
+    text = ONE_USER[("u.data", "grouplens")]
+    data = text.encode(encoding) if encoding != "utf-16-be" else b"\xfe\xff" + text.encode(encoding)
+    path.write_bytes(data)
+    name = "UTF-32" if encoding == "utf-32" else "UTF-16"
+    with pytest.raises(DataFormatError) as info:
+        load_dataset(str(path), cache=False)
+    assert str(info.value) == (
+        f"{path}: the file is {name} text (it starts with a {name} byte-order mark); "
+        f"re-encode it as UTF-8 (e.g. iconv -f {name} -t UTF-8)"
+    )
+
+
+@pytest.mark.parametrize(("name", "fmt"), list(ONE_USER))
+def test_control_characters_in_ids_are_refused_by_line(
+    tmp_path: Path, name: str, fmt: str
+) -> None:
+    """A NUL inside an item id used to load as one more item ('\\x005')."""
+    lines = ONE_USER[(name, fmt)].splitlines(keepends=True)
+    lines[-1] = lines[-1].replace("12", "1\x002", 1)
+    path = write(tmp_path, name, "".join(lines))
+    with pytest.raises(DataFormatError) as info:
+        load_dataset(str(path), fmt=fmt, min_interactions=1, cache=False)
+    assert str(info.value) == (
+        f"{path}:{len(lines)}: id '1\\x002' holds control character U+0000; "
+        "send ids of printable characters"
+    )
+
+
 def test_bom_grouplens_default_minimum_keeps_user(tmp_path: Path) -> None:
     """The issue's case: the BOM file loads as one user with 3 items under min_interactions=3."""
     path = tmp_path / "u.data"

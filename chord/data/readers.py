@@ -48,6 +48,25 @@ def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
     return DataFormatError(f"{path}:{lineno}: expected {expected}, got {shown!r}")
 
 
+# C0/C1 control characters (tab aside, a separator) and U+FEFF inside a field: never part of
+# an id a person wrote, and invisible in every error message that shows the id.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufeff]")
+
+
+def _ids(path: Path, lineno: int, user: str, item: str, line: str, names: str) -> None:
+    """Raise a DataFormatError naming file and line unless user and item are non-empty ids
+    without control characters; `names` says what the format calls them."""
+    if not user or not item:
+        raise _bad(path, lineno, f"non-empty {names}", line)
+    for label in (user, item):
+        bad = _CONTROL.search(label)
+        if bad is not None:
+            raise DataFormatError(
+                f"{path}:{lineno}: id {label!r} holds control character "
+                f"U+{ord(bad.group()):04X}; send ids of printable characters"
+            )
+
+
 def _number(path: Path, lineno: int, value: str, what: str, line: str) -> float:
     """Parse a numeric field as a finite float or raise a DataFormatError naming the field."""
     try:
@@ -69,8 +88,7 @@ def _read_fixed(path: Path, split: Callable[[str], list[str]], layout: str) -> R
         if len(fields) != 4:
             raise _bad(path, lineno, f"4 fields {layout}", line)
         user, item, rating, stamp = (f.strip() for f in fields)
-        if not user or not item:
-            raise _bad(path, lineno, f"non-empty user and item in {layout}", line)
+        _ids(path, lineno, user, item, line, f"user and item in {layout}")
         _number(path, lineno, rating, "rating", line)
         users.append(user)
         items.append(item)
@@ -121,8 +139,7 @@ def read_inter(path: Path) -> RawInteractions:
         if len(fields) != width:
             raise _bad(path, lineno, f"{width} tab-separated fields ({', '.join(names)})", line)
         user, item = fields[iu].strip(), fields[ii].strip()
-        if not user or not item:
-            raise _bad(path, lineno, "non-empty user_id and item_id", line)
+        _ids(path, lineno, user, item, line, "user_id and item_id")
         for name, kind, value in zip(names, kinds, fields, strict=True):
             if kind == "float" and value.strip():
                 _number(path, lineno, value, name, line)
@@ -162,8 +179,7 @@ def read_csv(path: Path) -> RawInteractions:
         if len(fields) != width:
             layout = "'user item timestamp'" if width == 3 else "'user item'"
             raise _bad(path, lineno, f"{width} fields {layout} like the first line", line)
-        if not fields[0] or not fields[1]:
-            raise _bad(path, lineno, "non-empty user and item", line)
+        _ids(path, lineno, fields[0], fields[1], line, "user and item")
         users.append(fields[0])
         items.append(fields[1])
         times.append(
