@@ -23,6 +23,7 @@ from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
 from chord.startcheck import (
     StartupError,
     check_address,
+    check_host,
     check_in_range,
     check_int,
     check_pem_ca,
@@ -155,6 +156,8 @@ class LoadConfig:
                            unit="virtual seconds per real second", lo_open=True)
             if self.tls_ca is not None:
                 check_pem_ca(self.tls_ca, "tls_ca (--tls-ca)")
+            if self.tls_server_name:
+                check_host(self.tls_server_name, "tls_server_name (--tls-server-name)")
         except StartupError as exc:
             raise LoadConfigError(str(exc)) from None
         if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):

@@ -62,6 +62,8 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
          "seconds per real second in (0, 1000000000]"),
         ("timeout_s", float("inf"), "timeout_s (--timeout) is inf"),
         ("budget_bits", 32.5, "budget_bits (--budget-bits) is 32.5; send a finite number of bits"),
+        ("tls_server_name", "bad name", "tls_server_name (--tls-server-name) 'bad name' is not "
+         "an IP address or host name"),
         ("warmup_s", 600.000001, "warmup_s (--warmup) is 600.000001; send a finite number of "
          "seconds in [0, 600]"),
     ],
