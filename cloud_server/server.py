@@ -178,8 +178,10 @@ async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s
     """Graceful stop within grace_s seconds (see cloud_server.drain for the rule).
 
     Health turns NOT_SERVING; calls already on the wire are admitted and run to completion;
-    later calls get UNAVAILABLE; once the admitted calls are done (or grace_s has passed) the
-    server stops, the model load is cancelled if still running, and the service closes.
+    later calls get UNAVAILABLE; once the admitted calls are done (or grace_s has passed; when
+    a download ran during the drain, once grace_s has passed, so that its buffered last chunks
+    reach the client) the server stops, the model load is cancelled if still running, and the
+    service closes.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
