@@ -9,6 +9,11 @@ for a few users (results/importance.png). Results are rewritten after every (dat
 budget), so a long run leaves a usable partial table. With --results-dir the files go there
 (NAME.json, RESULTS.md, plots) and the committed ones are left alone; --import-json later folds
 such files into results/NAME.json and RESULTS.md.
+
+Every compressed row carries a paired bootstrap 95% interval over test users of its NDCG@10
+minus that of the best other compressed method at the same bits (benchmarks.intervals); the
+per-user NDCG@10 of every row is kept beside the JSON (NAME_per_user.npz), so --replot and
+--import-json recompute the intervals without measuring.
 """
 
 from __future__ import annotations
@@ -28,17 +33,23 @@ from benchmarks.harness import (
     ResultStore,
     Stopwatch,
     add_output_arguments,
+    machine_info,
     markdown_table,
     read_json,
 )
+from benchmarks.intervals import BOOTSTRAP, add_intervals
+from benchmarks.intervals import COLUMNS as INTERVAL_COLUMNS
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
+from chord.masks import DEFAULT_GENERATOR, GENERATORS
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
 BUDGET_FREE = ("fp32", "ptq-8", "ptq-4", "ptq-3", "ptq-2")
 TRAINED_BACKBONES = Path("/tmp/chord_bench_backbones")  # benchmarks.backbones' default --out
+# A row's per-user NDCG@10: (dataset, backbone, backbone_mode, method, budget of the row).
+VectorKey = tuple[str, str, str, str, float]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu",
                    help="torch device for training, evaluation and timings (cpu, cuda)")
     p.add_argument("--replot", action="store_true",
-                   help="only redraw the NDCG plot from results/NAME.json")
+                   help="measure nothing: recompute the intervals from results/NAME.json and "
+                        "NAME_per_user.npz, rewrite them and the section, redraw the NDCG plot")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on cpu; on cuda half the cores, at most 8)")
@@ -85,8 +97,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         " random fp32, shared mask, DIET-style, CHORD; bootstrap intervals)")
     p.add_argument("--widths", nargs="+", type=int, default=[64],
                    help="--random-masks: backbone widths (the first gets the full table)")
-    p.add_argument("--mask-epochs", type=int, default=RunConfig.mask_epochs,
-                   help="--random-masks: epochs of learning the shared mask")
+    p.add_argument("--mask-epochs", type=int, default=None,
+                   help="epochs of learning the shared mask of random mode (--random-masks, and "
+                        "the table's random-backbone rows; 0 = the seeded backbone as built; "
+                        f"default: the preset's, {RunConfig.mask_epochs} for --random-masks)")
+    p.add_argument("--diet-steps", type=int, default=None,
+                   help="--random-masks: steps of the DIET-style hypernetwork at most (default: "
+                        "--hyper-steps)")
+    p.add_argument("--mask-lr", type=float, default=RunConfig.mask_lr,
+                   help="--random-masks: Adam learning rate of the shared mask's scores")
+    p.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
+                   help="--random-masks: named generator of the seeded weights the masks are "
+                        "learned over (chord.masks.GENERATORS)")
     p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
                    help="--random-masks: levels choose bits only, or also how much of a channel "
                         "the mask keeps (results go to accuracy_random_nested)")
@@ -108,26 +130,120 @@ def pair_key(entry: dict[str, Any]) -> tuple[str, str]:
     return str(c["dataset"]), str(c["backbone"])
 
 
+def stamp(metas: list[dict[str, Any]], machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entries with `measured` (date, commit, cpu of the run that made them) filled in where
+    missing, from the machine record of the file they were read from."""
+    when = {k: machine.get(k) for k in ("date", "commit", "cpu")}
+    return [m if "measured" in m else {**m, "measured": when} for m in metas]
+
+
+def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Old entries of pairs not in `new`, plus `new`, with pairs kept in the old order (new
+    pairs last), so a re-measured pair keeps its place in the table."""
+    ours = {pair_key(e) for e in new}
+    entries = [e for e in old if pair_key(e) not in ours] + new
+    order: dict[tuple[str, str], int] = {}
+    for e in [*old, *new]:
+        order.setdefault(pair_key(e), len(order))
+    return sorted(entries, key=lambda e: order[pair_key(e)])
+
+
+def vector_key(row: dict[str, Any]) -> VectorKey:
+    """Where a row's per-user NDCG@10 is kept: (dataset, backbone, mode, method, row budget)."""
+    return (str(row["dataset"]), str(row["backbone"]), str(row["backbone_mode"]),
+            str(row["method"]), float(row["budget"]))
+
+
+def comparison_group(row: dict[str, Any]) -> tuple[str, str, str, float] | None:
+    """The rows a row is compared with: same (dataset, backbone, backbone mode, bits).
+
+    Bits are the budget, except for uniform PTQ, which is measured once per pair and counts at
+    its own width (ptq-3 joins the budget-3 rows; ptq-8 joins none when 8 is not a budget).
+    fp32 is compared with nothing (None).
+    """
+    method = str(row["method"])
+    if method == "fp32":
+        return None
+    bits = float(method.removeprefix("ptq-")) if method.startswith("ptq-") else float(
+        row["budget"])
+    return str(row["dataset"]), str(row["backbone"]), str(row["backbone_mode"]), bits
+
+
+def vectors_path(json_path: Path) -> Path:
+    """The per-user file beside a result JSON: NAME.json -> NAME_per_user.npz."""
+    return json_path.with_name(f"{json_path.stem}_per_user.npz")
+
+
+def save_vectors(path: Path, vectors: dict[VectorKey, np.ndarray]) -> None:
+    """Write per-user vectors [n_test] as one compressed .npz (atomically).
+
+    Layout: `keys` holds each VectorKey as a JSON list; array `v{i}` is the vector of keys[i].
+    """
+    keys = sorted(vectors)
+    arrays: dict[str, Any] = {
+        f"v{i}": np.asarray(vectors[k], dtype=np.float64) for i, k in enumerate(keys)
+    }
+    arrays["keys"] = np.array([json.dumps(list(k)) for k in keys], dtype=str)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_vectors(path: Path) -> dict[VectorKey, np.ndarray]:
+    """The per-user vectors `save_vectors` wrote; {} when there is no such file."""
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        out: dict[VectorKey, np.ndarray] = {}
+        for i, text in enumerate(data["keys"]):
+            d, b, mode, method, budget = json.loads(str(text))
+            out[(d, b, mode, method, float(budget))] = data[f"v{i}"]
+        return out
+
+
 def import_results(args: argparse.Namespace, store: ResultStore) -> int:
-    """Fold result files (e.g. from a GPU run) into the store's NAME.json and Markdown."""
+    """Fold result files (e.g. from a GPU run) into the store's NAME.json and Markdown.
+
+    Each FILE's per-user vectors are read from FILE's NAME_per_user.npz when it has one.
+    """
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
+    vectors: dict[VectorKey, np.ndarray] = {}
     seconds = 0.0
     machine: dict[str, Any] = {}
     for f in args.import_json:
         data = json.loads(Path(f).read_text())
         machine = machine or dict(data.get("machine", {}))
         rows += data["rows"]
-        metas += data["meta"]
+        metas += stamp(data["meta"], dict(data.get("machine", {})))
+        vectors.update(load_vectors(vectors_path(Path(f))))
         seconds += sum(float(m.get("seconds", 0.0)) for m in data["meta"])
     ours = {pair_key(r) for r in rows}
     old = store.read(args.name) if args.merge else None
     if old is not None:
-        rows = [r for r in old["rows"] if pair_key(r) not in ours] + rows
-        metas = [m for m in old["meta"] if pair_key(m) not in ours] + metas
-    path = write(store, args.name, rows, metas, seconds, machine=machine)
+        rows = merged(old["rows"], rows)
+        metas = merged(stamp(old["meta"], dict(old.get("machine", {}))), metas)
+        # Vectors of a replaced pair go with its rows, even where the new file brings none.
+        vectors.update({k: v for k, v in load_vectors(vectors_path(store.path(args.name))).items()
+                        if (k[0], k[1]) not in ours})
+    path = write(store, args.name, rows, metas, seconds, machine=machine, vectors=vectors)
     plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
     print(f"wrote {path} ({len(rows)} rows)")
+    return 0
+
+
+def replot(args: argparse.Namespace, store: ResultStore) -> int:
+    """Recompute the intervals of the stored NAME.json from its per-user vectors; rewrite all."""
+    data = read_json(store.path(args.name))
+    if data is None:
+        print(f"--replot: no result at {store.path(args.name)}", file=sys.stderr)
+        return 2
+    vectors = load_vectors(vectors_path(store.path(args.name)))
+    seconds = sum(float(m.get("seconds", 0.0)) for m in data["meta"])
+    write(store, args.name, data["rows"], data["meta"], seconds,
+          machine=dict(data.get("machine", {})), vectors=vectors)
+    plot_ndcg_vs_bits(data["rows"], store.path(args.name, "_ndcg_vs_bits.png"))
     return 0
 
 
@@ -219,15 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run every (dataset, backbone, budget), rewriting the results after each."""
     args = parse_args(argv)
     if args.random_masks:
+        if args.mask_epochs is None:
+            args.mask_epochs = RunConfig.mask_epochs
         return random_masks.main(args)
     store = ResultStore.default(args.results_dir)
     if args.replot:
-        data = read_json(store.path(args.name))
-        if data is None:
-            print(f"--replot: no result at {store.path(args.name)}", file=sys.stderr)
-            return 2
-        plot_ndcg_vs_bits(data["rows"], store.path(args.name, "_ndcg_vs_bits.png"))
-        return 0
+        return replot(args, store)
     if args.import_json:
         return import_results(args, store)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
@@ -238,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     store.folder.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
+    vectors: dict[VectorKey, np.ndarray] = {}
     old = store.read(args.name) if args.merge else None
+    kept_rows: list[dict[str, Any]] = []
+    kept_metas: list[dict[str, Any]] = []
     if old is not None:
-        ours = {(d, b) for d in args.datasets for b in args.backbones}
-        rows = [r for r in old["rows"] if (r["dataset"], r["backbone"]) not in ours]
-        metas = [m for m in old["meta"]
-                 if (m["config"]["dataset"], m["config"]["backbone"]) not in ours]
+        kept_rows = old["rows"]
+        kept_metas = stamp(old["meta"], dict(old.get("machine", {})))
+        vectors = load_vectors(vectors_path(store.path(args.name)))
     clock = Stopwatch()
     log = clock.log
     importance_run: str | None = None
@@ -260,19 +375,24 @@ def main(argv: list[str] | None = None) -> int:
                     finetune_users=args.finetune_users,
                     duet_steps=args.duet_steps, hyper_steps=args.hyper_steps,
                     hyper_lr=args.hyper_lr, prior=args.prior, fold=args.fold,
-                    allocation=args.allocation,
+                    allocation=args.allocation, mask_epochs=args.mask_epochs,
                     backbone_path=str(trained) if trained.is_file() else None,
                     device=args.device,
                 )
                 log(f"{dataset} {backbone} budget {budget}")
                 result = run_eval(cfg, log)
                 for r in result["rows"]:
-                    rows.append({"dataset": dataset, "backbone": backbone, "budget": budget, **r})
-                metas.append(result["meta"])
+                    row = {"dataset": dataset, "backbone": backbone, "budget": budget, **r}
+                    rows.append(row)
+                    vectors[vector_key(row)] = result["per_user"][(r["backbone_mode"],
+                                                                   r["method"])]
+                metas += stamp([result["meta"]], machine_info())
                 if importance_run is None:
                     importance_run = result["meta"]["runs"]["pretrained"]["path"]
-                write(store, args.name, rows, metas, clock.seconds)
-                plot_ndcg_vs_bits(rows, store.path(args.name, "_ndcg_vs_bits.png"))
+                table = merged(kept_rows, rows)
+                write(store, args.name, table, merged(kept_metas, metas), clock.seconds,
+                      vectors=vectors)
+                plot_ndcg_vs_bits(table, store.path(args.name, "_ndcg_vs_bits.png"))
     if importance_run is not None and old is None:
         name = "importance" if args.name == NAME else f"{args.name}_importance"
         plot_importance(importance_run, store.path(name, ".png"))
@@ -302,35 +422,98 @@ def training_notes(metas: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-SAME_BITS_BASELINES = ("mixed-static", "mixed-random", "finetune")
-
-
 def goal_lines(rows: list[dict[str, Any]]) -> str:
-    """Against the goal, per (dataset, backbone, budget): CHORD (pretrained) vs the best
-    compressed baseline at the same average bits on NDCG@10 and HR@10, and CHORD / fp32."""
+    """Against the goal, per (dataset, backbone, budget): CHORD (pretrained) against the best
+    other compressed method at the same bits, with the paired interval where one was computed,
+    and CHORD / fp32."""
     pre = [r for r in rows if r["backbone_mode"] == "pretrained"]
     lines = []
     for r in (x for x in pre if x["method"] == "chord-pretrained"):
         pair = (r["dataset"], r["backbone"])
-        same = [x for x in pre if (x["dataset"], x["backbone"]) == pair and (
-            (x["budget"] == r["budget"] and x["method"] in SAME_BITS_BASELINES)
-            or x["method"] == f"ptq-{round(r['budget'])}")]
+        group = comparison_group(r)
+        same = [x for x in pre if x is not r and comparison_group(x) == group]
         fp32 = [x for x in pre if (x["dataset"], x["backbone"]) == pair and x["method"] == "fp32"]
         if not same or not fp32:
             continue
-        parts = []
-        for metric in ("NDCG@10", "HR@10"):
-            best = max(same, key=lambda x: x[metric])
-            verdict = "beats" if r[metric] > best[metric] else "does not beat"
-            parts.append(f"{metric} {r[metric]:.4f} {verdict} {best['method']} {best[metric]:.4f}")
         ratio = r["NDCG@10"] / fp32[0]["NDCG@10"]
-        lines.append(f"- {pair[0]} {pair[1]} at {r['budget']:g} bits: CHORD " + "; ".join(parts)
-                     + f"; NDCG@10 = {ratio:.3f} of fp32")
+        head = f"- {pair[0]} {pair[1]} at {r['budget']:g} bits: CHORD NDCG@10 {r['NDCG@10']:.4f}"
+        if "win" in r:
+            best = next(x for x in same if x["method"] == r["vs"])
+            text = (f"{head} vs {r['vs']} {best['NDCG@10']:.4f}: paired difference "
+                    f"{r['diff']:+.4f}, 95% CI {r['ci95']} over {r['ci_users']} users -> "
+                    f"{VERDICT_WORDS[r['win']]}")
+        else:
+            best = max(same, key=lambda x: x["NDCG@10"])
+            text = (f"{head}, best other {best['method']} {best['NDCG@10']:.4f} (no per-user "
+                    "vectors were kept for this run, so no win is called)")
+        lines.append(f"{text}; NDCG@10 = {ratio:.3f} of fp32")
     if not lines:
         return ""
-    return ("\n\nAgainst the goal (CHORD, pretrained backbone, vs the best of uniform PTQ at the "
-            "budget, mixed-static, mixed-random and fine-tuning; DUET spends more bits and is "
-            "listed above):\n" + "\n".join(lines))
+    return ("\n\nAgainst the goal (CHORD, pretrained backbone, vs the best other compressed "
+            "method at the same bits: uniform PTQ at the budget's width, mixed-static, "
+            "mixed-random, fine-tuning and DUET):\n" + "\n".join(lines))
+
+
+VERDICT_WORDS = {"yes": "CHORD wins", "loss": "CHORD loses", "no (tie)": "no win (tie)"}
+
+
+def interval_note(rows: list[dict[str, Any]]) -> str:
+    """How the vs / diff / ci95 / win columns were computed, and which rows have none."""
+    groups = [comparison_group(r) for r in rows]
+    missing = sorted({f"{r['dataset']} {r['backbone']}" for r, g in zip(rows, groups, strict=True)
+                      if g is not None and "win" not in r and groups.count(g) > 1})
+    text = (
+        "vs / diff / ci95 / win: each compressed row's per-user NDCG@10 minus that of the best "
+        "other compressed method (highest mean NDCG@10) at the same bits, same dataset, backbone "
+        f"and backbone mode; ci95 is the paired bootstrap 95% percentile interval ({BOOTSTRAP:,} "
+        "resamples of test users, benchmarks/intervals.py), and win = yes only where it excludes "
+        "zero (loss where it lies below zero). Same bits = the same budget; uniform PTQ, "
+        "measured once per pair, counts at its own width (ptq-2, ptq-3, ptq-4 with the budget "
+        "2, 3, 4 rows; ptq-8 and fp32 are compared with nothing). DUET counts at its budget "
+        "although its generated fp32 layer raises its avg_bits, which makes the comparison "
+        "stricter for the others. Every method ranks the same seeded negatives per user; "
+        "finetune is evaluated on a sample of test users, so its comparisons pair those users "
+        "only (ci_users in the JSON). Per-user vectors: NAME_per_user.npz beside the JSON "
+        "(`--replot` recomputes the intervals from it)."
+    ).replace("NAME", NAME)
+    if missing:
+        text += (" Rows of " + ", ".join(missing) + " were measured before per-user vectors "
+                 "were kept and have no interval (rerun those pairs to get them).")
+    return text
+
+
+def mask_epochs(config: dict[str, Any]) -> int:
+    """Mask epochs of an entry's random mode: absent (entries before masks) 0, None the default."""
+    if "mask_epochs" not in config:
+        return 0
+    value = config["mask_epochs"]
+    return RunConfig.mask_epochs if value is None else int(value)
+
+
+def measured_note(metas: list[dict[str, Any]]) -> str:
+    """When and at which commit each (dataset, backbone) pair was measured, where recorded."""
+    when: dict[tuple[str, str], set[str]] = {}
+    for m in metas:
+        info = m.get("measured")
+        if info:
+            when.setdefault(pair_key(m), set()).add(
+                f"{str(info.get('date'))[:10]} at commit {info.get('commit')} "
+                f"({info.get('cpu')})")
+    if len({frozenset(v) for v in when.values()}) <= 1:
+        return ""  # one run made every row: the header says when
+    return "Pairs were measured by separate runs: " + "; ".join(
+        f"{d} {b}: {', '.join(sorted(v))}" for (d, b), v in when.items()) + "."
+
+
+def random_note(metas: list[dict[str, Any]]) -> str:
+    """What the random-backbone rows are: the seeded backbone as built, or a learned mask."""
+    epochs = sorted({mask_epochs(m["config"]) for m in metas})
+    if epochs == [0]:
+        return ("Random-backbone rows measure the seeded backbone as built (no learned mask; "
+                "random mode with learned masks is the accuracy_random section).")
+    return ("Random-backbone rows: epochs of the shared mask learned first, per entry: "
+            + ", ".join(str(e) for e in epochs) + " (0 = the seeded backbone as built; meta "
+            "config mask_epochs).")
 
 
 def rule_note(metas: list[dict[str, Any]]) -> str:
@@ -378,12 +561,24 @@ def write(
     metas: list[dict[str, Any]],
     seconds: float,
     machine: dict[str, Any] | None = None,
+    vectors: dict[VectorKey, np.ndarray] | None = None,
 ) -> Path:
-    """JSON + Markdown section of everything measured so far; returns the JSON's path.
+    """JSON, per-user vectors and Markdown section of everything so far; returns the JSON's path.
 
     machine: the machine imported results were measured on (named in the notes), None when this
-    process measured them."""
-    columns = ["dataset", "backbone", "budget", *COLUMNS]
+    process measured them. vectors: every row's per-user NDCG@10 by `vector_key`; the intervals
+    (`comparison_group`) are recomputed from them, and those of the rows are written to
+    NAME_per_user.npz.
+    """
+    present = {vector_key(r) for r in rows}
+    vectors = {k: v for k, v in (vectors or {}).items() if k in present}
+    add_intervals(rows, comparison_group, lambda r: vectors.get(vector_key(r)), seed=0)
+    for r in rows:  # uniform PTQ is listed at the first budget but compared at its own width
+        group = comparison_group(r)
+        if "vs" in r and group is not None and group[3] != float(r["budget"]):
+            r["vs"] = f"{r['vs']} @{group[3]:g} bits"
+    at = COLUMNS.index("NDCG@10") + 1
+    columns = ["dataset", "backbone", "budget", *COLUMNS[:at], *INTERVAL_COLUMNS, *COLUMNS[at:]]
     table = markdown_table(rows, columns)
     notes = (
         "Test split, leave-one-out; HR/NDCG of the target against 100 seeded unseen negatives. "
@@ -396,15 +591,19 @@ def write(
         "quantization; DUET = generation per user (batched). Hypernetworks and DUET were "
         "trained with capped step counts"
         + (" because 2 CPU cores were shared by several jobs; " if not device_note(metas) else "; ")
-        + (f"this invocation took {seconds / 60:.0f} min." if machine is None else
+        + (f"this invocation took {seconds / 60:.0f} min" if machine is None else
            f"the imported runs took {seconds / 60:.0f} min of process time in all (run side by "
            f"side on {machine.get('cpu_count', '?')} cores, {machine.get('cpu', '?')}, torch "
-           f"{machine.get('torch', '?')}; the header names the machine that imported them).")
-        + f"{device_note(metas)} {rule_note(metas)}\n\n"
+           f"{machine.get('torch', '?')}; the header names the machine that imported them)")
+        + " (a run reused from the run cache counts only its loading: meta runs.*.prepare_s)."
+        + f"{device_note(metas)} {rule_note(metas)} {random_note(metas)}\n\n"
+        + interval_note(rows) + " " + measured_note(metas) + "\n\n"
         + training_notes(metas)
         + goal_lines(rows)
     )
-    return store.write(name, {"rows": rows, "meta": metas}, table, notes)
+    path = store.write(name, {"rows": rows, "meta": metas}, table, notes)
+    save_vectors(vectors_path(path), vectors)
+    return path
 
 
 if __name__ == "__main__":

@@ -31,48 +31,31 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS_DIR, ResultStore, markdown_table, write_result
+from benchmarks.intervals import add_intervals
 from chord.baselines.suite import code_bytes
+from chord.config import BackboneConfig, SASRecConfig
 from chord.data import Split, pad_sequences
 from chord.evaluation import stage_ranks
 from chord.hyper import HyperNetwork, HyperTrainConfig, PersonalScorer, train_hypernet
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.levels import DEFAULT_TIERS, Tier
-from chord.masks import MaskArtifact, MaskedSource, personal_model, stored_bytes
+from chord.masks import TORCH_XAVIER, MaskArtifact, MaskedSource, personal_model, stored_bytes
+from chord.metrics import user_ndcg
 from chord.models import build_backbone
 
 NAME = "accuracy_random"
 # Mask variants: (keep fractions, level -> lowest class kept, shared class). "bits": every level
 # keeps the shared 50% mask and levels differ in bits only (RunConfig's default); "nested":
-# levels also choose how much of a channel survives (40%, 50%, 50%, 60% of its layer's ranks).
+# levels also choose how much of a channel survives (40%, 50%, 50%, 60% of its layer's ranks);
+# "sparse": one class of the top 20%, which the artifact Rice-codes (format version 2) in about
+# 0.74 bits per weight, so a hidden-128 mask fits 1/16 of the fp32 hidden-64 backbone.
 VARIANTS: dict[str, tuple[tuple[float, ...], tuple[int, int, int, int], int]] = {
     "bits": ((0.5,), (1, 1, 1, 1), 1),
     "nested": ((0.6, 0.5, 0.4), (3, 2, 2, 1), 2),
+    "sparse": ((0.2,), (1, 1, 1, 1), 1),
 }
-BOOTSTRAP = 2000
 PRETRAINED_CHORD_3 = ("ml-100k", "sasrec", 3.0)  # the comparison the lead asked for
 LOG = Callable[[str], None]
-
-
-def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@10 of 0-based target ranks (one relevant item)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> tuple[
-        float, float, float]:
-    """Mean of a - b over users and its paired bootstrap 95% percentile interval.
-
-    Users are resampled with replacement `n` times (Efron & Tibshirani 1993, ch. 13); the
-    interval is the 2.5th and 97.5th percentile of the resampled means.
-    """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    for i in range(n):  # one row of indices at a time: [n, users] would not fit for ML-1M
-        means[i] = d[rng.integers(0, d.size, d.size)].mean()
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(d.mean()), float(lo), float(hi)
 
 
 def uniform_tier(bits: int) -> Tier:
@@ -119,6 +102,7 @@ def run_config(args: Any, dataset: str, backbone: str, width: int) -> RunConfig:
         dataset=dataset, backbone=backbone, mode="random", seed=args.seed, width=width,
         hyper_steps=args.hyper_steps, mask_epochs=args.mask_epochs, max_users=args.max_users,
         mask_fractions=fractions, mask_levels=levels, mask_shared=shared,
+        generator=args.generator, mask_lr=args.mask_lr,
     )
 
 
@@ -164,7 +148,7 @@ def measure_pair(
     def add(method: str, budget: float | None, bits: float, scorer: Any, per_adapt: float,
             extra: dict[str, Any] | None = None) -> None:
         ranks = stage_ranks(scorer, split, "test", seed=seed)
-        nd = ndcg10(ranks)
+        nd = user_ndcg(ranks)
         key = f"{method}@{budget:g}" if budget is not None else method
         per_user[key] = nd
         rows.append({
@@ -175,12 +159,13 @@ def measure_pair(
         })
         log(f"{dataset} {backbone} h{width} {key}: NDCG@10 {nd.mean():.4f}")
 
-    raw = build_backbone(run.backbone_config, run.seed)
+    raw = run.mask.raw  # the seeded weights as the generator built them, unmasked
     add("random-fp32", None, 32.0, raw, 0.0)
     add("shared-mask-fp32", None, 32.0, run.backbone, 0.0)
     budgets = args.budgets if full_table else [3.0]
     zero_levels = np.zeros(run.n_channels, dtype=np.uint8)
-    diet = train_diet(run, split, args.hyper_steps, seed, log) if full_table else None
+    diet_steps = args.diet_steps or args.hyper_steps
+    diet = train_diet(run, split, diet_steps, seed, log) if full_table else None
     source = diet_source(run)
     for budget in budgets:
         b = round(budget)
@@ -212,32 +197,12 @@ def measure_pair(
             r["infer_ms"] = round(latency_ms(model, split, run.backbone.max_len), 3)
     meta = {
         "config": dataclasses.asdict(cfg), "run": str(path),
+        **({"diet_steps": diet_steps} if full_table else {}),
         "mask": {k: v for k, v in run.meta["mask"].items() if k != "train"},
         "mask_train": run.meta["mask"]["train"], "hyper_train": run.meta["hyper_train"],
         "prepare_seconds": run.meta.get("prepare_seconds"),
     }
     return rows, meta, per_user
-
-
-def add_intervals(rows: list[dict[str, Any]], per_user: dict[tuple[Any, ...], np.ndarray],
-                  seed: int) -> None:
-    """Each compressed row: NDCG@10 difference to the best other method at the same bits."""
-    compressed = [r for r in rows if r["budget"] != "-"]
-    for r in compressed:
-        group = [x for x in compressed if (x["dataset"], x["backbone"], x["width"], x["budget"])
-                 == (r["dataset"], r["backbone"], r["width"], r["budget"]) and x is not r]
-        if not group:
-            continue
-        best = max(group, key=lambda x: x["NDCG@10"])
-        k = (r["dataset"], r["backbone"], r["width"])
-        mean, lo, hi = paired_interval(
-            per_user[(*k, f"{r['method']}@{r['budget']:g}")],
-            per_user[(*k, f"{best['method']}@{best['budget']:g}")], seed,
-        )
-        r["vs"] = best["method"]
-        r["diff"] = round(mean, 4)
-        r["ci95"] = f"[{lo:+.4f}, {hi:+.4f}]"
-        r["win"] = "yes" if lo > 0 else ("loss" if hi < 0 else "no (tie)")
 
 
 def pretrained_points(dataset: str, backbone: str) -> list[dict[str, Any]]:
@@ -319,20 +284,38 @@ def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int])
     return "\n".join(lines)
 
 
+def h64_bytes(config: BackboneConfig) -> int:
+    """fp32 bytes of the width-64 model of `config`'s architecture (the download goal's unit)."""
+    width = {"hidden": 64} if isinstance(config, SASRecConfig) else {"embed": 64}
+    model = build_backbone(dataclasses.replace(config, **width), 0)  # type: ignore[arg-type]
+    return int(sum(p.numel() for p in model.parameters()) * 4)
+
+
 def rewrite(name: str, store: ResultStore) -> int:
     """Redraw the plot and rewrite the Markdown section of the store's NAME.json (no measuring)."""
     data = json.loads(store.path(name).read_text())
     fp32_h64: dict[tuple[str, str], int] = {}
     for m in data["meta"]:
         c = m["config"]
-        if c.get("width") == 64:
-            model = build_backbone(load_run(m["run"]).backbone_config, 0)
-            fp32_h64[(c["dataset"], c["backbone"])] = int(
-                sum(p.numel() for p in model.parameters()) * 4)
+        fp32_h64[(c["dataset"], c["backbone"])] = h64_bytes(load_run(m["run"]).backbone_config)
     for r in data["rows"]:
         r.setdefault("variant", "bits")
     write(data["rows"], data["meta"], fp32_h64, 0.0, name, store)
     return 0
+
+
+def same_bits(row: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A compressed row's comparison group: (dataset, backbone, width, budget); None for fp32."""
+    if row["budget"] == "-":
+        return None
+    return row["dataset"], row["backbone"], row["width"], row["budget"]
+
+
+def vector_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Where a row's per-user NDCG@10 is kept in `main`'s per_user mapping."""
+    budget = row["budget"]
+    key = f"{row['method']}@{budget:g}" if budget != "-" else row["method"]
+    return row["dataset"], row["backbone"], row["width"], key
 
 
 def main(args: Any) -> int:
@@ -361,16 +344,92 @@ def main(args: Any) -> int:
                 rows += r
                 metas.append(m)
                 per_user.update({(dataset, backbone, width, key): v for key, v in pu.items()})
-                if width == 64:
-                    cfg = load_run(m["run"]).backbone_config
-                    model = build_backbone(cfg, 0)
-                    fp32_h64[(dataset, backbone)] = int(
-                        sum(p.numel() for p in model.parameters()) * 4)
-                add_intervals(rows, per_user, args.seed)
+                fp32_h64[(dataset, backbone)] = h64_bytes(load_run(m["run"]).backbone_config)
+                add_intervals(rows, same_bits, lambda r: per_user.get(vector_key(r)),
+                              args.seed)
                 name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
                 write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
     log("done")
     return 0
+
+
+def variant_text(rows: list[dict[str, Any]]) -> str:
+    """The mask variants of the rows: name, keep fractions of its classes and the shared one."""
+    out = []
+    for name in sorted({str(r.get("variant", "bits")) for r in rows}):
+        fractions, levels, shared = VARIANTS[name]
+        out.append(f"{name}: classes keep the top {', '.join(f'{f:.0%}' for f in fractions)} of "
+                   f"each layer by score, levels 0-3 keep class >= {list(levels)}, the shared "
+                   f"mask class >= {shared}")
+    return "; ".join(out)
+
+
+def diet_steps_text(metas: list[dict[str, Any]]) -> str:
+    """Step caps of the DIET-style hypernetworks (the run's hyper_steps where not recorded)."""
+    return ", ".join(sorted({str(m.get("diet_steps", m["config"]["hyper_steps"]))
+                             for m in metas}))
+
+
+def _meta_values(metas: list[dict[str, Any]], key: str, default: Any) -> list[str]:
+    """The distinct values of a RunConfig field over the entries (`default` where a run
+    predates the field), as text."""
+    return sorted({str(m["config"].get(key, default)) for m in metas})
+
+
+# Ideas tried to make random mode rank (issue 13), each first as a probe: ML-100K SASRec, seed 0,
+# test NDCG@10 of the shared mask after the last epoch (no model selection), 1 CPU thread.
+# "a / b / c / d": the shared mask in fp32 and quantized per channel at 2, 3 and 4 bits.
+IDEAS: list[tuple[str, str, str, str]] = [
+    ("before (full run, model selection)", "Xavier-normal weights, lr 0.01, 60 epochs: h64; h128",
+     "h64 0.333 / 0.265 / 0.327 / 0.335, CHORD 0.335 at 3 bits; h128 0.398, CHORD 0.386",
+     "the table this section replaced"),
+    ("baseline", "Xavier-normal weights, h64, 20 epochs, lr 0.01, keep 0.5",
+     "0.298 / 0.237 / 0.291 / 0.300", "2 bits cost 0.06"),
+    ("1. quantization-aware mask learning",
+     "normal weights, bits drawn per step from {2, 3, 4}, straight-through through "
+     "chord.quant's per-channel quantizer, h64, 20 epochs", "0.262 / 0.239 / 0.265 / 0.264",
+     "no gain at 2 bits, slower learning: dropped"),
+    ("2. signed constants (torch-mt19937-xavier-signed/1)", "h64, 20 epochs, lr 0.01",
+     "0.355 at every width", "+0.057 in fp32, +0.118 at 2 bits: the default generator now"),
+    ("4a. learning rate", "signed, h64, 20 epochs, lr 0.05", "0.363",
+     "adopted (RunConfig.mask_lr)"),
+    ("4b. more epochs", "signed, h64, 60 epochs, lr 0.01", "0.368",
+     "the run's 60-epoch cap, with model selection"),
+    ("4c. keep fraction", "signed, h64, 20 epochs, lr 0.05, keep 0.3", "0.357",
+     "no gain over keep 0.5"),
+    ("4d. no dropout while learning", "signed, h64, 20 epochs, lr 0.05", "0.354", "worse"),
+    ("4e. depth", "signed, h64, 4 blocks, lr 0.05", "0.279 at 10 epochs (2 blocks: 0.355)",
+     "stopped"),
+    ("3. width", "signed, h96, lr 0.05", "0.394 at 20 epochs, 0.391 at 40",
+     "a 1-bit mask of about 35 KB fits 1/16"),
+    ("3. width", "signed, h128, lr 0.05", "0.393 / 0.399 / 0.417 at 10 / 20 / 30 epochs",
+     "closest to 0.419; its 1-bit mask is 1/12 of the fp32 h64 backbone"),
+    ("3. width", "signed, h128, keep 0.5, the full run (--widths 64 128)",
+     "valid 0.458 at mask epoch 40", "stopped there for lack of time (2 shared cores); h128 "
+     "is measured in accuracy_random_sparse"),
+    ("4f. sparse mask, Rice-coded (mask format version 2)", "signed, h128, keep 0.2, lr 0.05",
+     "0.371 / 0.408 at 10 / 30 epochs", "about 0.74 bits per weight: fits 1/16 (the "
+     "sparse variant)"),
+]
+IDEAS_NOTE = (
+    "With signed constants every kept weight of a channel has the same magnitude, so "
+    "per-channel quantization at 1 to 8 bits is exact: the shared mask loses nothing at 2 bits, "
+    "and a CHORD code whose levels differ only in bits (the `bits` variant) gives every user "
+    "the shared-mask model (chord rows equal shared-mask rows up to float rounding). Per-user "
+    "structure then has to come from how much of a channel a level keeps (the `nested` "
+    "variant). The rate-distortion table of a masked run now prices each width with the "
+    "sparsest class a level of that width keeps (chord.masks.MaskedSource.width_weights): "
+    "measured against bits alone, signed weights made a pruning level look free."
+)
+
+
+def ideas_log() -> str:
+    """The ideas tried, as a Markdown table and what they imply."""
+    rows = [dict(zip(("idea", "setting", "NDCG@10", "verdict"), x, strict=True)) for x in IDEAS]
+    return ("Ideas tried (probes: ML-100K SASRec, seed 0, test NDCG@10 of the shared mask after "
+            "its last epoch, no model selection; a / b / c / d = fp32 / 2 / 3 / 4 bits):\n\n"
+            + markdown_table(rows, ["idea", "setting", "NDCG@10", "verdict"]) + "\n\n"
+            + IDEAS_NOTE)
 
 
 COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_bits", "HR@10",
@@ -387,19 +446,22 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
     plot_bytes(rows, fp32_h64, store.path(f"{name}_bytes", ".png"))
     table = markdown_table(rows, COLUMNS)
     notes = (
-        "Random mode: the backbone is rebuilt on the device from a named generator "
-        "(torch-mt19937-xavier-normal/1), seed and config, never shipped; a shared element mask "
-        "learned over it (edge-popup, top 50% of each layer by score, kept weights x "
-        "1/sqrt(0.5)) is the one-time download (one_time_bytes: the mask artifact, header and "
-        "SHA-256 included; the reference-data artifact, 2 bytes per channel in either mode, is "
-        "left out here and in the plot's pretrained points, whose one-time bytes are the fp32 "
-        "parameters x 4). Mask learning: Adam lr 0.01, 32 sequences a step, model selection on "
-        "validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs 100 seeded "
-        "unseen negatives. "
+        f"Random mode: the backbone is rebuilt on the device from a named generator "
+        f"({', '.join(_meta_values(metas, 'generator', TORCH_XAVIER))}), seed and config, never "
+        "shipped; a shared element mask learned over it (edge-popup; variant "
+        f"{variant_text(rows)}; kept weights x 1/sqrt(keep fraction)) is the one-time download "
+        "(one_time_bytes: the mask artifact, header and SHA-256 included; the reference-data "
+        "artifact, 2 bytes per channel in either mode, is left out here and in the plot's "
+        "pretrained points, whose one-time bytes are the fp32 parameters x 4). Mask learning: "
+        "Adam lr "
+        f"{', '.join(_meta_values(metas, 'mask_lr', 0.01))}, 32 sequences a step, model "
+        "selection on validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs "
+        "100 seeded unseen negatives. "
         "budget 2 uses tier low (1,2,3,4 bits), 3 and 4 tier mid (2,3,4,8). shared-mask rows "
         "quantize every kept weight at the budget's bits (pruned weights stay 0); diet prunes, "
         "per user, the quarter of the channel mass its hypernetwork ranks lowest (trained once "
-        "at 3 bits, applied at each budget's bits); chord: per-user levels over the shared mask "
+        f"at 3 bits for at most {diet_steps_text(metas)} steps, applied at each budget's "
+        "bits); chord: per-user levels over the shared mask "
         "(the run's hypernetwork, rate-distortion level rule calibrated on the masked model). "
         "vs / diff / ci95: mean per-user NDCG@10 difference to the best other compressed method "
         "at the same budget and its paired bootstrap 95% interval (2,000 resamples of test "
@@ -413,9 +475,9 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "bits. "
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
-        + "\n\n" + goal_lines(rows, fp32_h64)
+        + "\n\n" + goal_lines(rows, fp32_h64) + "\n\n" + ideas_log()
     )
     write_result(name, {"rows": rows, "meta": metas}, table, notes, store=store)
 
 
-__all__ = ["main", "paired_interval"]
+__all__ = ["main"]

@@ -102,6 +102,16 @@ def full_ranks(
     return _pessimistic_ranks(s, target, live)
 
 
+def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k [n] of 0-based target ranks [n]: 1 / log2(rank + 2) if rank < k, else 0.
+
+    One relevant item per user (Järvelin & Kekäläinen 2002); the per-user values whose mean
+    `rank_metrics` reports, kept apart for paired comparisons between methods.
+    """
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
 def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
     """HR@k and NDCG@k averaged over users from 0-based target ranks (one relevant item).
 
@@ -118,8 +128,10 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
     for k in ks:
         out[f"HR@{k}"] = float(np.mean(r < k))
     for k in ks:
-        out[f"NDCG@{k}"] = float(np.mean(np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)))
+        out[f"NDCG@{k}"] = float(np.mean(user_ndcg(r, k)))
     return out
 
 
-__all__ = ["KS", "full_ranks", "rank_metrics", "sample_negatives", "target_ranks"]
+__all__ = [
+    "KS", "full_ranks", "rank_metrics", "sample_negatives", "target_ranks", "user_ndcg",
+]

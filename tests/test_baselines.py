@@ -49,6 +49,16 @@ def test_every_method_gives_a_valid_row(synthetic_csv: str) -> None:  # noqa: F8
     assert duet["avg_bits"] > 3.0  # its generated layer stays fp32
     assert pretrained["finetune"]["adapt_ms"] > 0
     assert result["meta"]["tier"] == "mid"
+    # Per-user NDCG@10 for every row, over the same test users in split order.
+    n_test = result["meta"]["test_users"]
+    assert set(result["per_user"]) == {(r["backbone_mode"], r["method"]) for r in rows}
+    for r in rows:
+        v = result["per_user"][(r["backbone_mode"], r["method"])]
+        assert v.shape == (n_test,)
+        measured = ~np.isnan(v)
+        assert measured.sum() == (15 if r["method"] == "finetune" else n_test), r["method"]
+        assert np.all((v[measured] >= 0) & (v[measured] <= 1))
+        assert np.mean(v[measured]) == pytest.approx(r["NDCG@10"], abs=1e-5)
     assert np.isclose(pretrained["fp32"]["NDCG@10"], pretrained["ptq-8"]["NDCG@10"], atol=0.05)
 
 

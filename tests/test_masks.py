@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from chord.checkpoint import weights_version
-from chord.config import SASRecConfig, config_to_json
+from chord.config import CaserConfig, SASRecConfig, config_to_json
 from chord.hyper.personal import LevelBank
 from chord.levels import DEFAULT_TIERS
 from chord.levels.relaxed import one_hot_levels
 from chord.masks import (
+    GENERATORS,
     TORCH_XAVIER,
+    TORCH_XAVIER_SIGNED,
     MaskedSource,
     MaskError,
     WeightsMismatchError,
@@ -28,37 +30,77 @@ from chord.masks import (
     rebuild_backbone,
     stored_bytes,
 )
-from chord.masks.artifact import decode_classes, encode_classes, payload_bits
+from chord.masks.artifact import (
+    RICE_VERSION,
+    decode_classes,
+    decode_rice,
+    encode_classes,
+    encode_rice,
+    payload_bits,
+)
 from chord.masks.build import build_artifact
 from chord.quant import channel_layout
 
 CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
 
 
-def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1)):
-    raw = rebuild_backbone(TORCH_XAVIER, CFG, seed)
+def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1),
+              generator: str = TORCH_XAVIER,
+              fractions: tuple[float, ...] = (0.6, 0.5, 0.4)):
+    raw = rebuild_backbone(generator, CFG, seed)
     layout = channel_layout(raw)
     gen = torch.Generator().manual_seed(5)
     scores = [torch.rand(dict(raw.named_parameters())[x.weight_name].shape, generator=gen)
               for x in layout.layers]
-    art = build_artifact(raw, layout, scores, generator=TORCH_XAVIER, seed=seed,
-                         keep_fractions=(0.6, 0.5, 0.4), level_min_class=level_min_class,
+    art = build_artifact(raw, layout, scores, generator=generator, seed=seed,
+                         keep_fractions=fractions, level_min_class=level_min_class,
                          shared_min_class=2)
     return raw, layout, art
 
 
-def test_rebuilt_weights_match_across_processes_and_differ_for_another_seed() -> None:
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
+def test_rebuilt_weights_match_across_processes_and_differ_for_another_seed(
+    generator: str,
+) -> None:
     code = (
-        "from chord.masks import rebuild_backbone, TORCH_XAVIER\n"
+        "from chord.masks import rebuild_backbone\n"
         "from chord.checkpoint import weights_version\n"
         "from chord.config import config_from_json\n"
-        f"m = rebuild_backbone(TORCH_XAVIER, config_from_json({config_to_json(CFG)!r}), 3)\n"
+        f"m = rebuild_backbone({generator!r}, config_from_json({config_to_json(CFG)!r}), 3)\n"
         "print(weights_version(m))\n"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, timeout=120).stdout.strip()
-    assert other == weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 3))
-    assert other != weights_version(rebuild_backbone(TORCH_XAVIER, CFG, 4))
+    assert other == weights_version(rebuild_backbone(generator, CFG, 3))
+    assert other != weights_version(rebuild_backbone(generator, CFG, 4))
+
+
+def test_generators_draw_different_weights_from_one_seed() -> None:
+    versions = {weights_version(rebuild_backbone(g, CFG, 3)) for g in GENERATORS}
+    assert len(versions) == len(GENERATORS)
+
+
+@pytest.mark.parametrize("config", [CFG, CaserConfig(n_items=30, embed=8, max_len=4, n_h=2,
+                                                      n_v=2)], ids=["sasrec", "caser"])
+def test_signed_weights_are_one_magnitude_per_layer_and_quantize_exactly(
+    config: SASRecConfig | CaserConfig,
+) -> None:
+    normal = rebuild_backbone(TORCH_XAVIER, config, 3).state_dict()
+    signed = rebuild_backbone(TORCH_XAVIER_SIGNED, config, 3)
+    params = dict(signed.named_parameters())
+    masked_names = {x.weight_name for x in channel_layout(signed).layers}
+    for name, value in signed.state_dict().items():  # norms and biases are TORCH_XAVIER's
+        if name not in masked_names:
+            assert torch.equal(value, normal[name]), name
+    for layer in channel_layout(signed).layers:
+        w, drawn = params[layer.weight_name], normal[layer.weight_name]
+        sigma = float(drawn[drawn != 0].double().square().mean().sqrt())
+        assert torch.equal(torch.sign(w), torch.sign(drawn)), layer.name
+        assert torch.allclose(w.abs()[w != 0], torch.tensor(sigma)), layer.name
+        keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+        masked = w * keep * 1.41
+        for bits in (1, 2, 3, 8):  # every kept weight of a channel has one magnitude
+            assert torch.allclose(quantize_keep_zeros(masked, bits), masked), (layer.name, bits)
 
 
 def test_a_device_that_builds_other_weights_refuses() -> None:
@@ -95,8 +137,28 @@ def test_mask_artifact_round_trips_and_refuses_tampered_truncated_or_foreign_byt
         decode_mask(data[:-5])
     wrong = bytearray(data)
     wrong[4] = 9
-    with pytest.raises(MaskError, match="version 9"):
+    with pytest.raises(MaskError, match="version 9 is not supported"):
         decode_mask(bytes(wrong))
+
+
+def test_a_sparse_mask_travels_rice_coded_shorter_and_round_trips() -> None:
+    _, _, dense = _artifact()
+    assert encode_mask(dense)[4] == 1  # half the weights kept: plain planes are shortest
+    _, _, art = _artifact(fractions=(0.2, 0.1), level_min_class=(2, 1, 1, 1))
+    data = encode_mask(art)
+    assert data[4] == RICE_VERSION
+    plain = payload_bits(art.classes, 2)
+    assert len(data) < len(encode_mask(dense)) and len(encode_rice(art.classes, 2)) * 8 < plain
+    back = decode_mask(data)
+    assert back.header == art.header and np.array_equal(back.classes, art.classes)
+    payload = encode_rice(art.classes, 2)
+    assert np.array_equal(decode_rice(payload, art.header), art.classes)
+    with pytest.raises(MaskError, match="ends"):
+        decode_rice(payload[: len(payload) // 2], art.header)
+    with pytest.raises(MaskError, match="beyond"):
+        decode_rice(payload + b"\x01", art.header)
+    with pytest.raises(MaskError, match="truncated"):
+        decode_mask(data[:-3])
 
 
 def test_rank_classes_are_nested_top_fractions() -> None:
@@ -117,9 +179,10 @@ def test_quantize_keep_zeros_leaves_pruned_weights_at_zero() -> None:
     assert bool((quantize_keep_zeros(w, 1)[w != 0] != 0).all())
 
 
+@pytest.mark.parametrize("generator", sorted(GENERATORS))
 @pytest.mark.parametrize("tier", ["low", "mid"])
-def test_device_reconstruction_equals_the_clouds_level_bank(tier: str) -> None:
-    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1))
+def test_device_reconstruction_equals_the_clouds_level_bank(tier: str, generator: str) -> None:
+    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1), generator=generator)
     levels = np.random.default_rng(3).integers(0, 4, layout.n_channels).astype(np.uint8)
     bank = LevelBank(raw, layout, DEFAULT_TIERS[tier], mask=MaskedSource(raw, decode_mask(
         encode_mask(art))))
@@ -130,17 +193,6 @@ def test_device_reconstruction_equals_the_clouds_level_bank(tier: str) -> None:
         assert torch.equal(cloud[key][0], value), key
     pruned = layout.split(levels)["blocks.0.ffn.fc1"] == 0
     assert bool((device["blocks.0.ffn.fc1.weight"][torch.from_numpy(pruned)] == 0).all())
-
-
-def test_paired_bootstrap_interval_excludes_zero_only_for_a_real_difference() -> None:
-    from benchmarks.random_masks import paired_interval
-
-    rng = np.random.default_rng(0)
-    base = rng.random(500)
-    mean, lo, hi = paired_interval(base + 0.05 + rng.normal(0, 0.05, 500), base, seed=1, n=500)
-    assert lo > 0 and lo < mean < hi
-    mean, lo, hi = paired_interval(base + rng.normal(0, 0.05, 500), base, seed=1, n=500)
-    assert lo < 0 < hi
 
 
 def test_stored_bytes_count_kept_weights_at_their_bits() -> None:
@@ -161,3 +213,15 @@ def test_mask_header_rejects_levels_that_name_no_class() -> None:
         dataclasses.replace(art.header, level_min_class=(5, 1, 1, 1))
     with pytest.raises(MaskError, match="strictly decreasing"):
         dataclasses.replace(art.header, keep_fractions=(0.5, 0.6, 0.4))
+
+
+def test_a_width_is_priced_with_the_sparsest_class_a_level_of_that_width_keeps() -> None:
+    raw, layout, art = _artifact(level_min_class=(4, 2, 1, 1), generator=TORCH_XAVIER_SIGNED)
+    source = MaskedSource(raw, art)
+    tiers = [DEFAULT_TIERS["low"], DEFAULT_TIERS["mid"]]  # bits (1,2,3,4) and (2,3,4,8)
+    assert [source.width_class(b, tiers) for b in (1, 2, 3, 4, 5, 8)] == [4, 4, 2, 1, 2, 1]
+    name = layout.layers[1].name
+    pruned = source.width_weights(name, 2, tiers)  # mid tier's level 0 prunes the channel
+    assert not bool(pruned.any())
+    bank = source.level_weights(f"{name}.weight", DEFAULT_TIERS["mid"].level_bits)
+    assert torch.equal(source.width_weights(name, 8, tiers), bank[3])

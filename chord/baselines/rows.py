@@ -15,7 +15,11 @@ COLUMNS = (
 
 @dataclass
 class MethodRow:
-    """A method's test accuracy at a measured average precision, and what it costs per user."""
+    """A method's test accuracy at a measured average precision, and what it costs per user.
+
+    per_user: its NDCG@10 per test user [n_test] in split order (NaN: not evaluated), kept for
+    paired comparisons and left out of the JSON row.
+    """
 
     method: str
     backbone_mode: str
@@ -25,6 +29,7 @@ class MethodRow:
     adapt_ms: float = 0.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    per_user: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON row of `chord eval`."""

@@ -22,13 +22,14 @@ from chord.baselines.static import (
 )
 from chord.codes import encode_levels
 from chord.data import Split, pad_sequences
-from chord.evaluation import evaluate
+from chord.evaluation import stage_ranks
 from chord.hyper.fisher import fisher_importance
 from chord.hyper.personal import sync
 from chord.hyper.prior import PriorImportance
 from chord.hyper.runs import ChordRun, RunConfig, load_run, load_split, prepare_run
 from chord.hyper.scoring import PersonalScorer
 from chord.levels import DEFAULT_TIERS, Tier, assign_levels, budget_range, levels_to_bits
+from chord.metrics import rank_metrics, user_ndcg
 from chord.protocol import Protocol, ProtocolError, check_protocol
 from chord.quant import quantize_backbone
 
@@ -67,6 +68,9 @@ class EvalConfig:
     prior: str = "none"  # CHORD's importance prior (chord.hyper.prior): none | fisher
     fold: bool = True  # rewrite the backbone into its quantization-friendly form (RunConfig.fold)
     allocation: str = "rd"  # how levels follow importance (RunConfig.allocation): rd | quota
+    # Random mode: epochs of the shared element mask learned over the seeded backbone before
+    # anything else (RunConfig.mask_epochs); 0 measures the backbone as built; None: RunConfig's.
+    mask_epochs: int | None = None
     device: str = "cpu"  # where training, evaluation and the timings run (not a run-cache key)
     n_negatives: int = 100  # sampled negatives per test user (ranking="sampled")
     ranking: str = "sampled"  # sampled | full: how the table's metrics rank the target
@@ -79,6 +83,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise EvalError(f"{name} must be >= 1, got {value}")
+        if self.mask_epochs is not None and self.mask_epochs < 0:
+            raise EvalError(f"mask_epochs must be >= 0 (0: no mask), got {self.mask_epochs}")
         if self.seed < 0:
             raise EvalError(f"seed must be >= 0, got {self.seed}")
         if self.finetune_steps < 1:
@@ -154,10 +160,21 @@ def population_prior(run: ChordRun) -> np.ndarray:
 
 def _metrics(
     score_fn: Any, split: Split, seed: int, protocol: Protocol, users: np.ndarray | None = None
-) -> dict[str, float]:
-    """Test-split metrics of a backbone or score function under the table's protocol."""
-    return evaluate(score_fn, split, "test", full=protocol.full, seed=seed, users=users,
-                    n_negatives=protocol.n_negatives)
+) -> tuple[dict[str, float], np.ndarray]:
+    """Test-split metrics of a backbone or score function under the table's protocol.
+
+    Returns the metrics averaged over the evaluated users and the per-user NDCG@10 over every
+    test user of the split, in split order ([n_test] float64; NaN for users outside `users`),
+    so that methods can be compared user by user (benchmarks.intervals).
+    """
+    ranks = stage_ranks(score_fn, split, "test", full=protocol.full, seed=seed, users=users,
+                        n_negatives=protocol.n_negatives)
+    per_user = np.full(len(split.test), np.nan)
+    if users is None:
+        per_user[:] = user_ndcg(ranks, 10)
+    else:
+        per_user[users] = user_ndcg(ranks, 10)
+    return rank_metrics(ranks), per_user
 
 
 def code_bytes(levels: np.ndarray, version: str) -> int:
@@ -173,7 +190,7 @@ def _chord_row(
     """CHORD: per-user importance -> assign_levels -> per-user quantized backbone."""
     scorer = PersonalScorer(run.backbone, run.layout, run.importance_model.importance, tier, budget,
                             cost=run.level_cost, mask=run.mask)
-    metrics = _metrics(scorer, split, seed, protocol)
+    metrics, per_user = _metrics(scorer, split, seed, protocol)
     levels = np.concatenate(scorer.level_rows)
     n_bytes = float(np.mean([code_bytes(row, run.version) for row in levels[:200]]))
     # Per-user adaptation: cloud importance + levels + code, device quantization (20 users).
@@ -205,6 +222,7 @@ def _chord_row(
             "distinct_strategies": distinct, "users": len(levels),
             "per_user_bits_std": float(np.std(scorer.avg_bits)),
         },
+        per_user=per_user,
     )
 
 
@@ -218,14 +236,15 @@ def _static_rows(
         RANDOM_MODE_METHODS
     )
     if "fp32" in wanted:
-        fp32 = _metrics(run.backbone, split, cfg.seed, cfg.protocol)
-        rows.append(MethodRow("fp32", run.mode, 32.0, fp32, notes=STATIC_NOTE))
+        fp32, per_user = _metrics(run.backbone, split, cfg.seed, cfg.protocol)
+        rows.append(MethodRow("fp32", run.mode, 32.0, fp32, notes=STATIC_NOTE, per_user=per_user))
     for bits in (8, 4, 3, 2):
         if f"ptq-{bits}" in wanted:
             model = quantize_backbone(run.backbone, uniform_bits(run.layout, bits),
                                       layout=run.layout)
-            ptq = _metrics(model, split, cfg.seed, cfg.protocol)
-            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits), ptq, notes=STATIC_NOTE))
+            ptq, per_user = _metrics(model, split, cfg.seed, cfg.protocol)
+            rows.append(MethodRow(f"ptq-{bits}", run.mode, float(bits), ptq, notes=STATIC_NOTE,
+                                  per_user=per_user))
     for name in ("mixed-static", "mixed-random"):
         if name not in wanted:
             continue
@@ -242,11 +261,12 @@ def _static_rows(
             static_levels(imp, run.layout, tier, budget, cost), tier
         ).astype(np.int64)
         model = quantize_backbone(run.backbone, mixed, layout=run.layout)
-        measured = _metrics(model, split, cfg.seed, cfg.protocol)
+        measured, per_user = _metrics(model, split, cfg.seed, cfg.protocol)
         rows.append(MethodRow(
             name, run.mode, size_weighted_bits(mixed, sizes), measured,
             notes=STATIC_NOTE,
             extra={"tier": tier.name, "budget": budget, "rule": "rd" if cost else "quota"},
+            per_user=per_user,
         ))
     return rows
 
@@ -265,9 +285,9 @@ def _finetune_row(
         users = np.sort(np.random.default_rng(cfg.seed).choice(
             len(split.test), cfg.finetune_users, replace=False))
         note += f"; evaluated on {cfg.finetune_users} random test users"
-    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol, users)
+    metrics, per_user = _metrics(scorer, split, cfg.seed, cfg.protocol, users)
     return MethodRow("finetune", run.mode, float(bits), metrics, 0.0, scorer.mean_adapt_ms(),
-                     notes=note)
+                     notes=note, per_user=per_user)
 
 
 def _duet_row(
@@ -282,7 +302,7 @@ def _duet_row(
                       valid_negatives=cfg.n_negatives, valid_ranking=cfg.ranking)
     gen, key, info = train_duet(base, run.backbone, run.layout, split, dcfg, log)
     scorer = DuetScorer(base, run.backbone, gen, key)
-    metrics = _metrics(scorer, split, cfg.seed, cfg.protocol)
+    metrics, per_user = _metrics(scorer, split, cfg.seed, cfg.protocol)
     sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
     per_channel = uniform_bits(run.layout, bits)
     sl = run.layout.slices()[key.removesuffix(".weight")]
@@ -293,11 +313,20 @@ def _duet_row(
         notes=f"generates {key} ({gen.n_generated} fp32 params) per user; rest {bits}-bit PTQ"
         + ("" if scorer.device.type == "cpu" else f" (timed on {scorer.device.type})"),
         extra={"duet_valid_ndcg10": info["best_valid_ndcg10"]},
+        per_user=per_user,
     )
 
 
 def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
-    """Measure every requested method on the test split; returns {"rows": [...], "meta": {...}}."""
+    """Measure every requested method on the test split.
+
+    Returns {"rows": [...], "meta": {...}, "per_user": {(backbone_mode, method): [n_test]}}:
+    JSON rows (MethodRow.to_dict) and, per row, its NDCG@10 for every test user of the split
+    in split order (float64; NaN for users a method did not evaluate, e.g. fine-tuning's
+    sample). Every method is ranked against the same seeded negatives per user, so the vectors
+    pair user by user (benchmarks.intervals). Raises EvalError on an unknown method or a budget
+    outside its tier.
+    """
     unknown = sorted(set(cfg.methods) - set(ALL_METHODS))
     if unknown:
         raise EvalError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
@@ -326,6 +355,8 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
         over["eval_ranking"] = cfg.ranking
         if mode == "pretrained" and cfg.backbone_path is not None:
             over["backbone_path"] = cfg.backbone_path
+        if mode == "random" and cfg.mask_epochs is not None:
+            over["mask_epochs"] = cfg.mask_epochs
         rcfg = RunConfig.preset(cfg.preset, dataset=cfg.dataset, backbone=cfg.backbone,
                                 mode=mode, seed=cfg.seed, max_users=cfg.max_users, **over)
         t0 = time.perf_counter()
@@ -354,4 +385,6 @@ def run_eval(cfg: EvalConfig, log: LOG | None = None) -> dict[str, Any]:
             else f"test split, target vs {protocol.n_negatives} sampled unseen negatives (seeded)"
         ),
     }
-    return {"rows": [r.to_dict() for r in rows], "meta": meta}
+    per_user = {(r.backbone_mode, r.method): r.per_user for r in rows if r.per_user is not None}
+    meta["test_users"] = len(split0.test)
+    return {"rows": [r.to_dict() for r in rows], "meta": meta, "per_user": per_user}

@@ -87,6 +87,7 @@ def calibrate(
     n_examples: int = 1024,
     n_negatives: int = 100,
     quantize: Callable[[torch.Tensor, int], torch.Tensor] = quantize_per_channel,
+    at_width: Callable[[str, torch.Tensor, int], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(layer_loss float32 [n_layers, 8], channel prior float32 [n_channels]).
 
@@ -95,7 +96,9 @@ def calibrate(
     share of its layer's score-weighted quantization error at 3 bits, relative to an even split
     by size, so exp(prior) * layer_loss * n_c / N_L estimates what the channel alone costs.
     `quantize(w, bits)` is the per-channel quantizer (a masked backbone passes one that keeps
-    pruned weights at zero).
+    pruned weights at zero). `at_width(layer name, weight, bits)`, when given, is the layer's
+    weight at a width instead of `quantize(weight, bits)`: a masked run's levels also choose
+    how much of a channel survives (chord.masks.MaskedSource.width_weights).
     """
     seqs, cands = calibration_batch(backbone, split, n_examples, n_negatives, seed)
     base = _loss(backbone, seqs, cands)
@@ -107,7 +110,8 @@ def calibrate(
         original = weight.detach().clone()
         try:
             for b in range(1, MAX_WIDTH + 1):
-                weight.copy_(quantize(original, b))
+                weight.copy_(quantize(original, b) if at_width is None
+                             else at_width(layer.name, original, b))
                 table[i, b - 1] = max(_loss(backbone, seqs, cands) - base, 0.0)
         finally:
             weight.copy_(original)

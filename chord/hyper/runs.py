@@ -29,6 +29,8 @@ from chord.hyper.training import HyperTrainConfig, train_hypernet
 from chord.jsonfile import write_json
 from chord.levels import DEFAULT_TIERS, LevelCost, LevelCostError, Tier
 from chord.masks import (
+    DEFAULT_GENERATOR,
+    GENERATORS,
     TORCH_XAVIER,
     MaskArtifact,
     MaskedSource,
@@ -41,6 +43,7 @@ from chord.masks import (
     learn_scores,
     masked_backbone,
     quantize_keep_zeros,
+    rebuild_backbone,
 )
 from chord.masks.build import build_artifact
 from chord.models import Backbone, build_backbone, fit_length
@@ -102,7 +105,7 @@ class RunConfig:
     # Random mode: epochs of learning the shared element mask over the seeded weights
     # (chord.masks); 0 keeps the unmasked random backbone (the chance-level baseline).
     mask_epochs: int = 60
-    mask_lr: float = 0.01
+    mask_lr: float = 0.05  # Adam; 0.05 beat 0.01 after 20 epochs on ML-100K (accuracy_random log)
     mask_batch: int = 32  # sequences per step (32 learned faster per epoch than 128 on ML-100K)
     # Nested keep fractions of the rank classes (class >= j keeps the top fractions[j-1] of a
     # layer's weights), the lowest class each level keeps (len + 1 = channel pruned) and the
@@ -111,6 +114,11 @@ class RunConfig:
     mask_fractions: tuple[float, ...] = (0.5,)
     mask_levels: tuple[int, int, int, int] = (1, 1, 1, 1)
     mask_shared: int = 1
+    # Random mode with a mask: the named generator (chord.masks.GENERATORS) of the weights the
+    # mask is learned over; the devices rebuild them from it. Random runs without a mask (the
+    # chance baseline) use chord.models.build_backbone (TORCH_XAVIER). Left out of the cache
+    # key at TORCH_XAVIER, so runs cached before this field existed keep their directories.
+    generator: str = DEFAULT_GENERATOR
     # The evaluation protocol of model selection (backbone early stopping, hypernetwork
     # validation): chord.protocol. Left out of the cache keys at their defaults, so runs cached
     # before these fields existed keep their directories.
@@ -129,6 +137,10 @@ class RunConfig:
             raise RunError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.mask_epochs < 0:
             raise RunError(f"mask_epochs must be >= 0, got {self.mask_epochs}")
+        if self.generator not in GENERATORS:
+            raise RunError(
+                f"generator must be one of {sorted(GENERATORS)}, got {self.generator!r}"
+            )
         object.__setattr__(self, "mask_fractions", tuple(float(f) for f in self.mask_fractions))
         object.__setattr__(self, "mask_levels", tuple(int(c) for c in self.mask_levels))
         if self.allocation == "rd" and self.prior != "none":
@@ -169,6 +181,8 @@ class RunConfig:
         fields = asdict(self)
         for name in ("eval_negatives", "eval_ranking"):
             del fields[name]
+        if not self.masked() or self.generator == TORCH_XAVIER:
+            del fields["generator"]
         text = json.dumps({**fields, **self._protocol_key()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -265,7 +279,8 @@ def obtain_backbone(
     )
     if cfg.mode == "random":
         bcfg = backbone_config_for(tcfg, split.n_items, split.name)
-        model = build_backbone(bcfg, cfg.seed)
+        model = (rebuild_backbone(cfg.generator, bcfg, cfg.seed) if cfg.masked()
+                 else build_backbone(bcfg, cfg.seed))
         info: dict[str, Any] = {}
     elif cfg.backbone_path is not None:
         model, meta = load_backbone(cfg.backbone_path)
@@ -327,6 +342,14 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return cache_root() / name
 
 
+def _stored_config(meta: dict[str, Any]) -> Any:
+    """run.json's run_config; runs written before `generator` existed used TORCH_XAVIER."""
+    stored = meta.get("run_config")
+    if isinstance(stored, dict) and "generator" not in stored:
+        return {**stored, "generator": TORCH_XAVIER}
+    return stored
+
+
 def run_matches(out: Path, cfg: RunConfig) -> bool:
     """Whether OUT already holds a complete run of exactly this config."""
     try:
@@ -335,7 +358,7 @@ def run_matches(out: Path, cfg: RunConfig) -> bool:
         return False
     return (
         meta.get("format") == RUN_FORMAT
-        and meta.get("run_config") == json.loads(json.dumps(asdict(cfg)))
+        and _stored_config(meta) == json.loads(json.dumps(asdict(cfg)))
         and (out / "backbone.pt").is_file()
         and (out / "hypernet.pt").is_file()
         and (not cfg.masked() or (out / MASK_FILE).is_file())
@@ -359,7 +382,7 @@ def learn_mask(
     )
     scores, report = learn_scores(raw, layout, split, mcfg, log)
     artifact = build_artifact(
-        raw, layout, scores, generator=TORCH_XAVIER, seed=cfg.seed,
+        raw, layout, scores, generator=cfg.generator, seed=cfg.seed,
         keep_fractions=cfg.mask_fractions, level_min_class=cfg.mask_levels,
         shared_min_class=cfg.mask_shared,
     )
@@ -413,7 +436,12 @@ def prepare_run(
     cost: LevelCost | None = None
     if cfg.allocation == "rd":
         quantize = quantize_keep_zeros if mask is not None else quantize_per_channel
-        table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize)
+        source = mask
+        at_width = (None if source is None else
+                    lambda name, _w, bits: source.width_weights(name, bits,
+                                                                DEFAULT_TIERS.values()))
+        table, share = calibrate(backbone, layout, split, seed=cfg.seed, quantize=quantize,
+                                 at_width=at_width)
         cost = LevelCost.from_layout(table, layout)
         # Gate open from the start: a fresh hypernetwork moves log-costs by a few hundredths,
         # so training starts near the population rule and the heads get gradients at once.
@@ -561,11 +589,15 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     if version != expected:
         raise RunError(f"{root}: backbone.pt has version {version} but run.json says {expected}")
     if meta["mode"] == "random":
-        rebuilt = build_backbone(backbone.config, int(meta["seed"]))
+        generator = (meta.get("mask") or {}).get("generator", TORCH_XAVIER)
+        try:
+            rebuilt = rebuild_backbone(generator, backbone.config, int(meta["seed"]))
+        except MaskError as exc:
+            raise RunError(f"{root}: {exc}") from exc
         if weights_version(rebuilt) != version:
             raise RunError(
-                f"{root}: random-mode backbone does not match build_backbone(config, seed="
-                f"{meta['seed']}); the run was written by another model version"
+                f"{root}: random-mode backbone does not match generator {generator} (config, "
+                f"seed={meta['seed']}); the run was written by another model version"
             )
     backbone.eval()
     for p in backbone.parameters():

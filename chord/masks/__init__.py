@@ -20,8 +20,10 @@ from chord.masks.artifact import (
     encode_mask,
 )
 from chord.masks.generator import (
+    DEFAULT_GENERATOR,
     GENERATORS,
     TORCH_XAVIER,
+    TORCH_XAVIER_SIGNED,
     WeightsMismatchError,
     check_weights,
     rebuild_backbone,
@@ -30,9 +32,11 @@ from chord.masks.learn import MaskTrainConfig, MaskTrainReport, learn_scores
 from chord.masks.ranks import MaskError, rank_classes
 
 __all__ = [
+    "DEFAULT_GENERATOR",
     "FORMAT_VERSION",
     "GENERATORS",
     "TORCH_XAVIER",
+    "TORCH_XAVIER_SIGNED",
     "MaskArtifact",
     "MaskError",
     "MaskHeader",

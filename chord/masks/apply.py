@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -176,6 +176,23 @@ class MaskedSource:
         self.raw = raw
         self.artifact = artifact
         self._classes = artifact.layer_classes()
+
+    def width_class(self, bits: int, tiers: Iterable[Tier]) -> int:
+        """The lowest class kept at a width: the sparsest class any level of `tiers` with
+        `bits` bits keeps (the shared class where no level has that width)."""
+        h = self.artifact.header
+        classes = [int(h.level_min_class[lv]) for t in tiers for lv in range(4)
+                   if int(t.level_bits[lv]) == int(bits)]
+        return max(classes) if classes else int(h.shared_min_class)
+
+    def width_weights(self, name: str, bits: int, tiers: Iterable[Tier]) -> torch.Tensor:
+        """Layer `name`'s weight as a channel at `bits` bits keeps it (width_class, scaled,
+        quantized with zeros kept): what the rate-distortion table prices for that width."""
+        h = self.artifact.header
+        m = self.width_class(bits, tiers)
+        w = dict(self.raw.state_dict())[f"{name}.weight"].detach().float()
+        keep = torch.from_numpy(self._classes[name] >= m).reshape(w.shape).to(w.device)
+        return quantize_keep_zeros(w * keep * class_gain(h, m), int(bits))
 
     def level_weights(self, key: str, level_bits: tuple[int, ...]) -> torch.Tensor:
         """[4, *w.shape] of the layer whose weight is `key` (see level_bank_weights)."""

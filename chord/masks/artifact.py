@@ -3,7 +3,7 @@
 Layout (all integers little-endian):
 
     offset 0   magic  b"CHMK"
-    offset 4   u8     format version (1)
+    offset 4   u8     format version: 1 (plain bit planes) or 2 (Rice-coded bit planes)
     offset 5   u8     reserved, 0
     offset 6   u16    reserved, 0
     offset 8   u32    H, length of the header
@@ -18,6 +18,13 @@ so element order is model-wide. Classes 0..K (K = len(keep_fractions)) are writt
 planes: plane 1 holds one bit per element (1 = class >= 1); plane j > 1 one bit per element
 of class >= j - 1 (1 = class >= j), in element order. The planes follow each other in one bit
 stream; bits fill each byte from its least significant bit, the last byte padded with zeros.
+Version 2 writes the same planes, in the same bit stream, Rice-coded (chord.masks.rice): per
+plane 4 bits holding its parameter k (LSB first), then, for each 1 bit of the plane in order,
+the gap g since the previous 1 (the first gap counts from the plane's start) as g >> k one
+bits, a 0 bit and the k low bits of g, least significant first. Plane j holds exactly the sum
+over layers of round-half-up(keep_fractions[j-1] x n) ones, which is how a reader knows where
+each plane ends. An encoder writes version 2 only where it is shorter (sparse masks: keep
+fractions well below one half), so version 1 readers still read every dense mask.
 Element e of a layer has class >= j iff it is among the round-half-up(keep_fractions[j-1] x n)
 highest learned scores of its layer (n = the layer's weights).
 
@@ -40,10 +47,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from chord.artifacts.mask import MASK_FORMAT
-from chord.masks.ranks import MaskError, check_fractions
+from chord.masks.ranks import MaskError, check_fractions, keep_count
+from chord.masks.rice import best_k, code_bits, decode_plane, encode_plane
 
 MAGIC = b"CHMK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # plain bit planes
+RICE_VERSION = 2  # Rice-coded bit planes
+VERSIONS = (FORMAT_VERSION, RICE_VERSION)
+_K_BITS = 4
 _PREFIX = struct.Struct("<4sBBHI")
 _DIGEST = 32
 
@@ -129,11 +140,55 @@ def encode_classes(classes: np.ndarray, max_class: int) -> bytes:
     Plane 1 has one bit per element; plane j > 1 one bit per element of class >= j - 1, in
     element order. Planes follow each other in one stream, LSB-first within each byte.
     """
+    return np.packbits(np.concatenate(_planes(classes, max_class)), bitorder="little").tobytes()
+
+
+def _planes(classes: np.ndarray, max_class: int) -> list[np.ndarray]:
+    """The K bit planes of classes (uint8 0/1; plane j covers the elements of class >= j-1)."""
     c = np.asarray(classes, dtype=np.uint8).reshape(-1)
     if c.size and int(c.max()) > max_class:
         raise MaskError(f"classes must lie in 0..{max_class}, got {int(c.max())}")
-    planes = [(c[c >= j - 1] >= j).astype(np.uint8) for j in range(1, max_class + 1)]
-    return np.packbits(np.concatenate(planes), bitorder="little").tobytes()
+    return [(c[c >= j - 1] >= j).astype(np.uint8) for j in range(1, max_class + 1)]
+
+
+def encode_rice(classes: np.ndarray, max_class: int) -> bytes:
+    """Version 2 payload: every plane as its 4-bit Rice parameter and Rice codes."""
+    parts = []
+    for plane in _planes(classes, max_class):
+        k = best_k(plane)
+        parts.append(((k >> np.arange(_K_BITS)) & 1).astype(np.uint8))
+        parts.append(encode_plane(plane, k))
+    return np.packbits(np.concatenate(parts), bitorder="little").tobytes()
+
+
+def rice_bits(classes: np.ndarray, max_class: int) -> int:
+    """Bits of the version 2 payload before padding."""
+    return sum(_K_BITS + code_bits(p, best_k(p)) for p in _planes(classes, max_class))
+
+
+def plane_ones(header: MaskHeader) -> list[int]:
+    """1 bits of each plane: elements of class >= j over all layers, j = 1..K."""
+    return [sum(keep_count(n * s, f) for _, n, s in header.layers) for f in header.keep_fractions]
+
+
+def decode_rice(payload: bytes, header: MaskHeader) -> np.ndarray:
+    """Inverse of encode_rice for the header's layers and fractions; MaskError if the codes
+    end early, overrun a plane or leave bits over."""
+    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
+    count = header.n_weights
+    out = np.zeros(count, dtype=np.uint8)
+    covered = np.arange(count)
+    at = 0
+    for ones in plane_ones(header):
+        if at + _K_BITS > bits.size:
+            raise MaskError("mask payload ends before every element's class was read")
+        k = int((bits[at : at + _K_BITS].astype(np.int64) << np.arange(_K_BITS)).sum())
+        plane, at = decode_plane(bits, at + _K_BITS, k, covered.size, ones)
+        covered = covered[plane.astype(bool)]
+        out[covered] += 1
+    if bits.size - at >= 8 or bits[at:].any():
+        raise MaskError("mask payload holds bits beyond its last plane")
+    return out
 
 
 def payload_bits(classes: np.ndarray, max_class: int) -> int:
@@ -168,9 +223,14 @@ def encode_mask(artifact: MaskArtifact) -> bytes:
             f"{artifact.classes.size} classes for {h.n_weights} weights; give one per weight"
         )
     header = h.to_json().encode()
-    payload = encode_classes(artifact.classes, len(h.keep_fractions))
+    k = len(h.keep_fractions)
+    version = FORMAT_VERSION
+    if rice_bits(artifact.classes, k) < payload_bits(artifact.classes, k):
+        version, payload = RICE_VERSION, encode_rice(artifact.classes, k)
+    else:
+        payload = encode_classes(artifact.classes, k)
     body = (
-        _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, 0, len(header)) + header
+        _PREFIX.pack(MAGIC, version, 0, 0, len(header)) + header
         + struct.pack("<I", len(payload)) + payload
     )
     return body + hashlib.sha256(body).digest()
@@ -183,10 +243,10 @@ def decode_mask(data: bytes) -> MaskArtifact:
     magic, version, _, _, h_len = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise MaskError(f"not a CHORD mask artifact (magic {magic!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
+    if version not in VERSIONS:
         raise MaskError(
-            f"mask format version {version} is not supported; this device reads version "
-            f"{FORMAT_VERSION}"
+            f"mask format version {version} is not supported; this device reads versions "
+            f"{', '.join(map(str, VERSIONS))}"
         )
     at = _PREFIX.size + h_len
     if len(data) < at + 4 + _DIGEST:
@@ -201,7 +261,9 @@ def decode_mask(data: bytes) -> MaskArtifact:
     if hashlib.sha256(data[:end]).digest() != data[end:]:
         raise MaskError("mask artifact fails its SHA-256 check: corrupted or tampered")
     header = MaskHeader.from_json(data[_PREFIX.size : at].decode())
-    classes = decode_classes(data[at + 4 : end], header.n_weights, len(header.keep_fractions))
+    payload = data[at + 4 : end]
+    classes = (decode_rice(payload, header) if version == RICE_VERSION
+               else decode_classes(payload, header.n_weights, len(header.keep_fractions)))
     return MaskArtifact(header, classes)
 
 
@@ -214,12 +276,18 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "MASK_FORMAT",
+    "RICE_VERSION",
+    "VERSIONS",
     "MaskArtifact",
     "MaskHeader",
     "content_id",
     "decode_classes",
     "decode_mask",
+    "decode_rice",
     "encode_classes",
     "encode_mask",
+    "encode_rice",
     "payload_bits",
+    "plane_ones",
+    "rice_bits",
 ]

@@ -27,7 +27,7 @@ class MaskTrainConfig:
 
     epochs: int = 60  # passes over the training sequences at most
     batch_size: int = 32  # sequences per step
-    lr: float = 0.01  # Adam on the scores
+    lr: float = 0.05  # Adam on the scores
     keep: float = 0.5  # fraction of each layer's weights the shared mask keeps
     # Extra keep fractions sampled per step (nested masks: levels keep more or less of a
     # channel); an empty tuple trains the shared fraction only.
