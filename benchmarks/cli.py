@@ -33,6 +33,7 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "communication": ("benchmarks.communication", "bytes per adaptation against shipping weights"),
     "fleet": ("benchmarks.fleet_scale", "1,000 / 10,000 virtual devices: wall time and memory"),
     "fleet-day": ("benchmarks.fleet_day", "a simulated day on the virtual clock: devices/s/core"),
+    "device-stages": ("benchmarks.device_stages", "one device's CPU per step, per runtime"),
 }
 
 

@@ -40,15 +40,17 @@ def _nolineno(frame: str) -> str:
     return re.sub(r":\d+\)$", ")", frame)
 
 
-def parse(path: Path) -> dict[str, list[tuple[list[str], int]]]:
-    """Stacks per process key `label pid` (innermost process frame wins), each with its count."""
+def parse(path: Path, label: str = "process 0") -> dict[str, list[tuple[list[str], int]]]:
+    """Stacks per process key `label pid` (innermost process frame wins), each with its count.
+
+    A profile of one process (`py-spy record --pid`) names no process; its key is `label`."""
     out: dict[str, list[tuple[list[str], int]]] = defaultdict(list)
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        key, start = "unknown", 0
+        key, start = label, 0
         for i, f in enumerate(frames):
             m = _PROC.match(f)
             if m:
@@ -115,9 +117,14 @@ def buckets(stacks: list[tuple[list[str], int]]) -> Counter[str]:
     return out
 
 
-def summarize(path: Path, top: int = 25, rate: float = 0.0, title: str = "") -> str:
-    """The text summary: per process total samples, top own frames, top total frames, threads."""
-    procs = parse(path)
+def summarize(
+    path: Path, top: int = 25, rate: float = 0.0, title: str = "", label: str = "process 0"
+) -> str:
+    """The text summary: per process total samples, top own frames, top total frames, threads.
+
+    label: the process key of a single-process profile (e.g. "ray-worker 123", "driver 45").
+    """
+    procs = parse(path, label)
     totals = {k: sum(c for _, c in v) for k, v in procs.items()}
     grand = sum(totals.values()) or 1
     lines = [title or f"py-spy profile {path.name}"]
@@ -166,9 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0, help="py-spy sampling rate (Hz)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--title", default="")
+    p.add_argument(
+        "--label", default="process 0", help="key of a single-process profile (py-spy --pid)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    text = summarize(args.raw, args.top, args.rate, args.title)
+    text = summarize(args.raw, args.top, args.rate, args.title, args.label)
     if args.out:
         args.out.write_text(text)
     else:

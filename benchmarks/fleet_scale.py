@@ -37,6 +37,12 @@ GOAL_WALL_S = 600.0
 GOAL_RATE = 50.0  # devices/s on this 2-core machine (issue 15), with memory flat in devices
 
 
+def result_name(runtime: str) -> str:
+    """The result a run writes: fleet_scale for the default device runtime, else
+    fleet_scale_<runtime> (one section per runtime in RESULTS.md)."""
+    return NAME if runtime in ("", "ort") else f"{NAME}_{runtime}"
+
+
 class FleetScaleError(BenchProcessError):
     """A fleet-scale run failed or timed out; the message carries the child's log tail."""
 
@@ -212,8 +218,9 @@ def _limits(top: dict[str, Any]) -> str:
         f"{cpu:.0f} CPU-s the device actors used {share.get('device-actor', 0):.0f}%, the driver "
         f"(embedded server + simulator) {share.get('driver', 0):.0f}% and Ray's daemons "
         f"{ray:.0f}%. Inside an actor {_bucket_share('ray-worker', 'build_runtime')} of the "
-        f"py-spy samples build the device runtime (per-layer quantize_int, then the ONNX graph "
-        f"and the ORT session); in the driver "
+        f"py-spy samples of the ort runtime's profile (results/fleet_profile_after.txt) build "
+        f"the device runtime (quantize_int per row length, the ONNX graph and the ORT "
+        f"session); in the driver "
         f"{_bucket_share('driver', 'hypernetwork')} are the server's hypernetwork. "
     )
 
@@ -264,7 +271,8 @@ def fleet_notes(
     c = rows[0]["config"]
     return (
         f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
-        f"{c['backbone']}, {c['mode']} backbone, in-process server on port 0, private local Ray "
+        f"{c['backbone']}, {c['mode']} backbone, device runtime {c.get('runtime', 'ort')}, "
+        f"in-process server on port 0, private local Ray "
         f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
         f"interactions per device, batch {c['batch_size']} devices per actor task, "
         f"{c.get('lanes', 1)} devices at once per actor, each actor 2 batches deep); the run "
@@ -367,27 +375,31 @@ def run_benchmark(cfg: FleetScaleConfig, store: ResultStore | None = None) -> di
     }
     table = markdown_table(rows, COLUMNS)
     print(table)
-    notes = fleet_notes(payload, cfg.sample_s, store.read(NAME))
+    name = result_name(cfg.runtime)
+    notes = fleet_notes(payload, cfg.sample_s, store.read(name))
     if cfg.write:
-        store.write(NAME, payload, table, notes)
+        store.write(name, payload, table, notes)
     else:
         print(json.dumps(payload, indent=1, default=str))
     return payload
 
 
-def rewrite_notes(previous_path: Path, extra: str = "", store: ResultStore | None = None) -> None:
-    """Re-render the Markdown section of the saved result, comparing with a previous JSON."""
+def rewrite_notes(
+    previous_path: Path, extra: str = "", store: ResultStore | None = None, name: str = NAME
+) -> None:
+    """Re-render the Markdown section of the saved result `name`, comparing with a previous
+    JSON."""
     store = store or ResultStore.default()
-    saved = store.read(NAME)
+    saved = store.read(name)
     if saved is None:
-        raise FleetScaleError(f"no saved result to re-render: {store.path(NAME)} is missing")
+        raise FleetScaleError(f"no saved result to re-render: {store.path(name)} is missing")
     measured = saved.get("machine", {}).get("date", "?")
     payload = {k: v for k, v in saved.items() if k != "benchmark"}  # keeps the measured machine
     notes = f"Figures measured {measured}; note re-rendered from the JSON. " + fleet_notes(
         payload, float(payload["config"]["sample_s"]), read_json(previous_path)
     )
     notes += f" {extra}" if extra else ""
-    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), notes)
+    store.write(name, payload, markdown_table(payload["rows"], COLUMNS), notes)
 
 
 PROFILES = ("before", "after")
@@ -416,7 +428,7 @@ def _profile_digest() -> str:
     if not parts:
         return ""
     return (
-        "Where the time goes (shares of a process's non-idle py-spy samples, 1,000 devices; "
+        "Where the time goes (shares of a process's non-idle py-spy samples; "
         "conditions in each file's first line): " + " ".join(parts) + " "
     )
 
@@ -468,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
         return _child_main(args)
     store = ResultStore.default(args.results_dir)
     if args.rewrite_notes:
-        rewrite_notes(Path(args.rewrite_notes), args.note, store)
+        rewrite_notes(Path(args.rewrite_notes), args.note, store, result_name(args.device_runtime))
         return 0
     run_benchmark(config_from_args(args), store)
     return 0

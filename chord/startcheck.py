@@ -82,9 +82,24 @@ def check_host(host: str, source: str) -> str:
 
 
 def check_address(address: str, source: str) -> tuple[str, int]:
-    """(host, port) of "HOST:PORT" ("[v6]:PORT" for IPv6) with a port in 1..65535."""
+    """(host, port) of "HOST:PORT" ("[v6]:PORT" for IPv6) with a port in 1..65535.
+
+    An IPv6 host must be bracketed: "::1:50051" is refused, naming "[::1]:50051" to send.
+    """
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
+        raise StartupError(
+            f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
+        )
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        # "::1:50051": the last colon is read as the port's, so the host is not a name gRPC
+        # resolves ("Misformatted domain name" after every retry). RFC 3986 3.2.2 brackets it.
+        bracketed = join_host_port(host, int(port))
+        if bracketed.startswith("["):
+            raise StartupError(
+                f"{source} {address!r} has an IPv6 host without brackets; send {bracketed} "
+                "([IPv6]:PORT)"
+            )
         raise StartupError(
             f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
         )

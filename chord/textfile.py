@@ -3,18 +3,23 @@
 Every reader of a user's file goes through `read_text`: a UTF-8 byte-order mark is dropped, at
 the start of the file and at the start of any line (files joined with `cat` keep each part's
 mark), so a file with one reads exactly like the file without it, and a byte that is not UTF-8 is
-reported
-by file, line and column, never by an offset inside a decode buffer. `loads_json` parses strict
-JSON (RFC 8259: no NaN or Infinity tokens) and names the line and column of an error.
+reported by file, line and column, never by an offset inside a decode buffer. `loads_json` parses
+strict JSON (RFC 8259: no NaN or Infinity tokens, no number that overflows a double, no key twice
+in one object) and names the line of an error.
 """
 
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
+import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+MAX_INT_DIGITS = 4300  # Python's default int() limit (sys.get_int_max_str_digits)
 
 
 class TextFileError(ValueError):
@@ -102,17 +107,61 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n")
 
 
-class _ConstantError(ValueError):
-    """A NaN, Infinity or -Infinity token (json's parse_constant hook does not say where)."""
+class _TokenError(ValueError):
+    """A JSON token json.loads parses but no reader here can use; its hooks do not say where.
 
-    def __init__(self, token: str) -> None:
-        super().__init__(token)
+    token: the text to find (to name its line); reason: the message after the line.
+    """
+
+    def __init__(self, token: str, reason: str) -> None:
+        super().__init__(reason)
         self.token = token
+        self.reason = reason
 
 
 def _no_constants(token: str) -> Any:
     """parse_constant hook: NaN, Infinity and -Infinity are not JSON numbers."""
-    raise _ConstantError(token)
+    raise _TokenError(token, f"{token} is not a JSON number; send a finite number")
+
+
+def _finite_float(token: str) -> float:
+    """parse_float hook: a number literal that overflows a double (1e400) is refused, not inf."""
+    value = float(token)
+    if not math.isfinite(value):
+        raise _TokenError(
+            token, f"{token} is beyond the range of a double (about 1.8e308); send a finite number"
+        )
+    return value
+
+
+def _bounded_int(token: str) -> int:
+    """parse_int hook: Python refuses int() of over 4300 digits with a bare ValueError."""
+    if len(token.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TokenError(
+            token[:20],
+            f"an integer of {len(token.lstrip('-'))} digits is too long; send at most "
+            f"{MAX_INT_DIGITS} digits",
+        )
+    return int(token)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a key given twice in one object is refused (RFC 8259 4: names SHOULD
+    be unique; json.loads would silently keep the last value)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKeyError(ValueError):
+    """A key given twice in one JSON object."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 def _token_line(text: str, token: str) -> int:
@@ -129,29 +178,51 @@ def _token_line(text: str, token: str) -> int:
                 escaped = True
             elif ch == '"':
                 in_string = False
-        elif ch == '"':
-            in_string = True
-        elif text.startswith(token, i):
+            continue
+        if text.startswith(token, i):
             return line
+        if ch == '"':
+            in_string = True
     return 1
 
 
-def loads_json(text: str, where: str, first_line: int = 1) -> Any:
-    """Strict JSON of `text`; TextFileError names `where`, the line and the column of an error.
+def _key_line(text: str, key: str) -> int:
+    """1-based line of the second occurrence of `key` as an object key (1 when not found)."""
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:")
+    matches = list(itertools.islice(pattern.finditer(text), 2))
+    if len(matches) < 2:
+        pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:")
+        matches = list(itertools.islice(pattern.finditer(text), 2))
+    return text.count("\n", 0, matches[1].start()) + 1 if len(matches) == 2 else 1
 
-    first_line: the file line `text` starts on (JSONL rows).
+
+def loads_json(text: str, where: str, first_line: int = 1) -> Any:
+    """Strict JSON of `text`; TextFileError names `where`, the line and what to send instead.
+
+    Refused beyond json.loads: NaN/Infinity tokens, number literals that overflow a double
+    (1e400 would read as inf), integers of over MAX_INT_DIGITS digits, and a key given twice
+    in one object. first_line: the file line `text` starts on (JSONL rows).
     """
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(
+            text,
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as exc:
         raise TextFileError(
             f"{where}:{first_line + exc.lineno - 1}: invalid JSON at column {exc.colno} "
             f"({exc.msg})"
         ) from None
-    except _ConstantError as exc:
+    except _TokenError as exc:
         line = first_line + _token_line(text, exc.token) - 1
+        raise TextFileError(f"{where}:{line}: {exc.reason}") from None
+    except _DuplicateKeyError as exc:
+        line = first_line + _key_line(text, exc.key) - 1
         raise TextFileError(
-            f"{where}:{line}: {exc.token} is not a JSON number; send a finite number"
+            f"{where}:{line}: key {exc.key!r} appears twice in one object; send each key once"
         ) from None
 
 

@@ -14,6 +14,9 @@ from device_client.device import DeviceJob, DeviceReport
 log = logging.getLogger(__name__)
 
 
+ACTOR_START_TIMEOUT_S = 180.0  # device actors must all answer within this after being created
+
+
 class BackendError(RuntimeError):
     """The execution backend cannot start or lost its cluster."""
 
@@ -118,8 +121,12 @@ class RayBackend:
         self._queue: deque[tuple[int, list[DeviceJob]]] = deque()
         self._running: dict[Any, tuple[int, int, int, list[DeviceJob]]] = {}
 
-    def build(self, host: HostConfig) -> None:
-        """Start n_actors actors (default: the cluster's CPUs) and wait until they answer."""
+    def build(self, host: HostConfig, start_timeout_s: float = ACTOR_START_TIMEOUT_S) -> None:
+        """Start n_actors actors (default: the cluster's CPUs) and wait until they answer.
+
+        Raises BackendError when they do not all answer within start_timeout_s (a joined
+        cluster whose CPUs other jobs hold would otherwise keep them pending forever).
+        """
         import ray
 
         if not ray.is_initialized():
@@ -129,7 +136,17 @@ class RayBackend:
         n = self.n_actors or max(1, int(cpus))
         self._cpus = min(1.0, cpus / n)  # more actors than CPUs share them
         self._actors = [self._new_actor() for _ in range(n)]
-        self.stats.nodes = sorted(set(ray.get([a.node_id.remote() for a in self._actors])))
+        try:
+            nodes = ray.get([a.node_id.remote() for a in self._actors], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.terminate()
+            raise BackendError(
+                f"{n} device actor(s) did not start within {start_timeout_s:g} s on a Ray cluster "
+                f"of {cpus:g} CPUs (other jobs may hold them: `ray status` shows what is used); "
+                "free CPUs there, pass a smaller --actors, or --ray-address local for a private "
+                "cluster"
+            ) from None
+        self.stats.nodes = sorted(set(nodes))
         self._load = [0] * n
         self._gen = [0] * n
         self.stats.actors = n

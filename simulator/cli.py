@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from chord.data.errors import DataError
 from chord.startcheck import StartupError, check_out_dir, check_token
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
-from simulator.runner import SimulationError, prepare_embedded_run, run_simulation
+from simulator.runner import DB_FILE, SimulationError, prepare_embedded_run, run_simulation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +110,11 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
             token=token if token is not None else transport.token,
             tls_root_ca=args.tls_root_ca if args.tls_root_ca is not None else transport.tls_root_ca,
         )
+    if args.duration_s is not None and (args.clock or cfg.clock.mode) != "virtual":
+        raise FleetConfigError(
+            "--duration-s sets the span of the virtual clock, but the clock is 'rounds'; add "
+            "--clock virtual, or leave --duration-s out (the round clock runs [drift] rounds)"
+        )
     clock = dataclasses.replace(
         cfg.clock,
         **{
@@ -149,6 +156,30 @@ def run(args: argparse.Namespace) -> int:
     """Run or resume a simulation; exit status 0 when every device completed, 1 otherwise."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_log_budget()  # the embedded server's repeated warnings stay bounded here too
+    # SIGTERM unwinds like Ctrl-C, so the local Ray, its workers and the embedded server are
+    # stopped by their `finally` blocks instead of left running.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        out = args.resume or args.out
+        kept = out is not None and (Path(out) / DB_FILE).exists()
+        print("chord simulate: stopped" + (f"; finish it with --resume {out}" if kept else ""),
+              file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler: raise KeyboardInterrupt in the main thread (unwinds every finally)."""
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
+    """run() without the signal handling."""
     try:
         for flag, value in (("--out", args.out), ("--prepare-run", args.prepare_run)):
             if value is not None:

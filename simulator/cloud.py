@@ -47,9 +47,18 @@ class Cloud:
             return cls._start_group(Path(run_dir), port, token, workers)
         from cloud_server.config import ServerConfig
         from cloud_server.embedded import EmbeddedServer
+        from cloud_server.service import load_engine, unservable_reason
 
         cfg = ServerConfig(run_dir=Path(run_dir), token=token or None, grace_s=1.0)
-        server = EmbeddedServer(cfg, port=port).start()
+        try:  # loaded here, as `chord serve` does: a run that cannot serve is one line, not a log
+            engine = load_engine(cfg)
+        except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
+            raise CloudError(
+                f"the embedded server cannot serve run directory {run_dir} "
+                f"({unservable_reason(exc)}); send a directory written by `chord simulate "
+                "--prepare-run DIR`, or leave --run-dir out to use the cached run"
+            ) from None
+        server = EmbeddedServer(cfg, port=port, engine=engine).start()
         return cls(server.address, server)
 
     @classmethod

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +20,8 @@ from chord.startcheck import (
     check_address,
     check_dir,
     check_file,
-    check_number,
+    check_out_dir,
     check_pem_ca,
-    check_seconds,
     check_token,
 )
 from chord.textfile import TextFileError, read_json, read_text
@@ -45,6 +47,171 @@ def check_ray_address(address: str) -> str:
             "HOST:PORT or ray://HOST:PORT; send e.g. local or 127.0.0.1:6379"
         ) from None
     return address
+
+
+DAY_S = 86_400.0
+MAX_DURATION_S = 366 * DAY_S  # the virtual clock spans at most a (leap) year
+LOCAL_CPUS_PER_CORE = 4  # a private local Ray may claim at most this many CPUs per core
+RUN_FILES = ("run.json", "backbone.pt", "hypernet.pt")  # what `chord serve --run` loads
+
+
+def max_local_cpus() -> int:
+    """The most CPUs a private local Ray may claim: LOCAL_CPUS_PER_CORE x os.cpu_count()."""
+    return LOCAL_CPUS_PER_CORE * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The documented range of one numeric config field: [lo, hi], lo excluded when lo_open.
+
+    off: a value outside [lo, hi] that is also accepted and means "off" (0 = never / all CPUs).
+    integer: the field is a whole number. note: the meaning of `off`, or the unit, for messages.
+    """
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    off: float | None = None
+    integer: bool = False
+    note: str = ""
+
+    def holds(self, value: Any) -> bool:
+        """True when value is a number of the right kind, finite, and in range (or `off`)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.integer and not isinstance(value, numbers.Integral):
+            return False
+        # NaN compares False with everything: test it first. An int is finite (and float() of
+        # one beyond a double raises OverflowError), so only non-integers are tested.
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+            return False
+        v: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if self.off is not None and v == self.off:
+            return True
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        """e.g. "a finite number in (0, 31622400]" or "an integer in [1, 64] (0 = never)"."""
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else repr(x)
+
+        kind = "an integer" if self.integer else "a finite number"
+        interval = (
+            f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}"
+            f"{')' if self.hi_open else ']'}"
+        )
+        off = f" or {num(self.off)}" if self.off is not None else ""
+        note = f" ({self.note})" if self.note else ""
+        return f"{kind} in {interval}{off}{note}"
+
+
+def _int(lo: int, hi: int, note: str = "", off: int | None = None) -> Bounds:
+    """Bounds of an integer field."""
+    return Bounds(lo, hi, integer=True, note=note, off=off)
+
+
+_SEED = _int(0, 2**32 - 1)
+_PROB = Bounds(0.0, 1.0, hi_open=True)
+_SHARE = Bounds(0.0, 1.0)
+
+# Every numeric field of the fleet config and its range, in one place. Keys are the dotted
+# names messages use ("tiers." applies to every [[tiers]] entry). A test keeps this table
+# complete: a new int or float field without an entry here fails it.
+FIELD_BOUNDS: dict[str, Bounds] = {
+    "devices": _int(1, 10_000_000),
+    "seed": _SEED,
+    "server_workers": _int(1, 64),
+    # num_cpus and actors: on a private local Ray also at most max_local_cpus() (check_runnable).
+    "num_cpus": _int(0, 4096, "0 = this machine's CPUs"),
+    "actors": _int(0, 1024, "0 = the cluster's CPUs"),
+    "batch_size": _int(1, 10_000),
+    "lanes": _int(1, 64),
+    "negatives": _int(1, 1_000_000),
+    "trace_reference_ms": Bounds(
+        1e-3, 1e7, off=0.0, note="ms per sample; 0 = the traces' median"
+    ),
+    "tiers.share": Bounds(0.0, 1e9),
+    "tiers.budget_bits": Bounds(1.0, 8.0, note="bits per weight; the tier's own range applies"),
+    "tiers.compute_factor": Bounds(0.0, 1000.0, lo_open=True),
+    # A slower link models transfers of hours per artifact; near 0 they overflow to infinity.
+    "tiers.bandwidth_kbps": Bounds(1.0, 1e8, note="kbit/s"),
+    "tiers.rtt_ms": Bounds(0.0, 60_000.0, note="ms"),
+    "drift.rounds": _int(1, 10_000),
+    "drift.interactions_per_round": _int(1, 10_000),
+    "churn.offline_prob": _PROB,
+    "faults.seed": _SEED,
+    # kill_actor_after and restart_server_after must also be below `devices` (checked there).
+    "faults.kill_actor_after": _int(0, 9_999_999, "0 = never"),
+    "faults.restart_server_after": _int(0, 9_999_999, "0 = never"),
+    "faults.net_delay_ms": Bounds(0.0, 60_000.0, note="ms"),
+    "faults.net_jitter_ms": Bounds(0.0, 60_000.0, note="ms"),
+    "faults.net_loss": _PROB,
+    "faults.corrupt_code_prob": _PROB,
+    "faults.net_stream_cut_bytes": _int(0, 2**31 - 1, "0 = never"),
+    "transport.call_timeout_s": Bounds(0.0, 3600.0, lo_open=True, note="seconds"),
+    "transport.overall_timeout_s": Bounds(0.0, DAY_S, lo_open=True, note="seconds"),
+    "transport.max_attempts": _int(1, 100),
+    "transport.backoff_base_s": Bounds(0.0, 60.0, note="seconds"),
+    "transport.backoff_max_s": Bounds(0.0, 3600.0, note="seconds"),
+    "clock.duration_s": Bounds(0.0, MAX_DURATION_S, lo_open=True, note="virtual seconds, 366 days"),
+    "clock.sessions_per_day": Bounds(0.0, 1440.0, lo_open=True),
+    "clock.session_minutes": Bounds(0.0, 366 * 1440.0, lo_open=True),
+    "clock.peak_hour": Bounds(0.0, 24.0, hi_open=True, note="hour of the day"),
+    "clock.diurnal_amplitude": _SHARE,
+    "clock.interactions_per_hour": Bounds(0.0, 3600.0, lo_open=True),
+    "clock.drift_every": _int(0, 1_000_000, "0 = never"),
+    "clock.refresh_interval_s": Bounds(
+        60.0, MAX_DURATION_S, off=0.0, note="seconds; 0 = never"
+    ),
+    "clock.model_releases_s": Bounds(0.0, MAX_DURATION_S, hi_open=True, note="virtual seconds"),
+    "clock.min_history": _int(1, 10_000),
+    "clock.staleness_sample": _SHARE,
+}
+
+# Flags that set a field, named in its message next to the field.
+FIELD_FLAGS: dict[str, str] = {
+    "devices": "--devices", "seed": "--seed", "server_workers": "--server-workers",
+    "num_cpus": "--num-cpus", "actors": "--actors", "batch_size": "--batch-size",
+    "lanes": "--lanes", "negatives": "--negatives", "clock.duration_s": "--duration-s",
+}  # fmt: skip
+
+
+def field_name(key: str, where: str | None = None) -> str:
+    """The field as messages name it: `where` (e.g. "tiers[0] ('low').share") or the key, plus
+    its flag, e.g. "devices (--devices)"."""
+    flag = FIELD_FLAGS.get(key)
+    return f"{where or key}" + (f" ({flag})" if flag else "")
+
+
+def check_field(key: str, value: Any, where: str | None = None) -> None:
+    """Raise FleetConfigError unless value lies in FIELD_BOUNDS[key] (finite, right kind).
+
+    The message names the field (and its flag), the value, and the range to send.
+    """
+    bounds = FIELD_BOUNDS[key]
+    if not bounds.holds(value):
+        shown = repr(value)
+        if len(shown) > 40:  # an int of hundreds of digits stays one readable line
+            shown = f"{shown[:20]}... ({len(shown)} characters)"
+        raise FleetConfigError(f"{field_name(key, where)} is {shown}; send {bounds.describe()}")
+
+
+def _check_fields(obj: Any, prefix: str, where: str | None = None) -> None:
+    """check_field on every numeric field of dataclass obj; prefix "clock." etc."""
+    for f in dataclasses.fields(obj):
+        key = prefix + f.name
+        if key not in FIELD_BOUNDS:
+            continue
+        value = getattr(obj, f.name)
+        label = f"{where}.{f.name}" if where else None
+        if isinstance(value, tuple):
+            for i, v in enumerate(value):
+                check_field(key, v, f"{label or key}[{i}]")
+        else:
+            check_field(key, value, label)
 
 
 @dataclass(frozen=True)
@@ -98,6 +265,8 @@ class ClockConfig:
 
     def __post_init__(self) -> None:
         """Keep releases a tuple (TOML and JSON give lists) and reject unusable values."""
+        for i, t in enumerate(self.model_releases_s):
+            check_field("clock.model_releases_s", t, f"clock.model_releases_s[{i}]")
         object.__setattr__(self, "model_releases_s", tuple(float(t) for t in self.model_releases_s))
         _check_clock(self)
 
@@ -175,98 +344,119 @@ class FleetConfig:
     clock: ClockConfig = field(default_factory=ClockConfig)
 
     def __post_init__(self) -> None:
-        """Reject values the simulator cannot run with, saying what to send instead."""
-        if self.devices < 1:
-            raise FleetConfigError(f"devices must be >= 1, got {self.devices}")
+        """Reject values the simulator cannot run with, saying what to send instead.
+
+        Every numeric field is checked against FIELD_BOUNDS (finite, in its documented range);
+        then the fields that must agree with each other, then addresses, files and tokens.
+        Raises FleetConfigError with one line naming the field.
+        """
+        try:
+            Protocol(self.ranking, self.negatives)
+        except ProtocolError as exc:
+            raise FleetConfigError(str(exc)) from None
+        for f in dataclasses.fields(self):
+            if f.name in FIELD_BOUNDS and not (f.name == "negatives" and self.ranking == "full"):
+                check_field(f.name, getattr(self, f.name))
         if not self.tiers:
             raise FleetConfigError("at least one [[tiers]] entry is needed")
-        if any(t.share < 0 for t in self.tiers) or sum(t.share for t in self.tiers) <= 0:
-            raise FleetConfigError("tier shares must be >= 0 and sum to more than 0")
-        if self.drift.rounds < 1 or self.drift.interactions_per_round < 1:
-            raise FleetConfigError("drift.rounds and drift.interactions_per_round must be >= 1")
-        if self.mode not in ("pretrained", "random"):
-            raise FleetConfigError(f"mode must be 'pretrained' or 'random', got {self.mode!r}")
-        if self.batch_size < 1:
-            raise FleetConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lanes < 1:
-            raise FleetConfigError(f"lanes must be >= 1, got {self.lanes}")
-        if self.server_workers < 1:
-            raise FleetConfigError(f"server_workers must be >= 1, got {self.server_workers}")
+        for i, t in enumerate(self.tiers):
+            _check_fields(t, "tiers.", f"tiers[{i}] ({t.name!r})")
+        for name in ("drift", "churn", "faults", "transport", "clock"):
+            _check_fields(getattr(self, name), f"{name}.")
+        self._check_agreement()
+        try:
+            self._check_settings()
+        except (StartupError, ProtocolError) as exc:
+            raise FleetConfigError(str(exc)) from None
+
+    def _check_agreement(self) -> None:
+        """Fields that are each in range but contradict each other."""
+        names = [t.name for t in self.tiers]
+        for i, name in enumerate(names):
+            if not name:
+                raise FleetConfigError(
+                    f"tiers[{i}].name is empty; send a tier the server serves (e.g. low, mid, high)"
+                )
+            if name in names[:i]:
+                raise FleetConfigError(
+                    f"tiers[{i}].name {name!r} repeats tiers[{names.index(name)}]; send each "
+                    "tier once (merge their shares)"
+                )
+        if sum(t.share for t in self.tiers) <= 0:
+            raise FleetConfigError("tier shares must sum to more than 0; give a tier a share > 0")
         if self.server_workers > 1 and self.faults.restart_server_after:
             raise FleetConfigError(
                 "faults.restart_server_after restarts the in-process server; with "
                 "server_workers > 1 leave it 0 (or run one worker)"
             )
-        for name in ("net_loss", "corrupt_code_prob"):
-            p = getattr(self.faults, name)
-            if not 0.0 <= p < 1.0:
-                raise FleetConfigError(f"faults.{name} must be in [0, 1), got {p}")
-        if self.faults.net_stream_cut_bytes < 0:
-            raise FleetConfigError(
-                f"faults.net_stream_cut_bytes must be >= 0, got {self.faults.net_stream_cut_bytes}"
-            )
+        for name in ("kill_actor_after", "restart_server_after"):
+            after = getattr(self.faults, name)
+            if after >= self.devices:
+                raise FleetConfigError(
+                    f"faults.{name} is {after}, so it would never fire in a fleet of "
+                    f"{self.devices} devices; send 1 to {self.devices - 1}, or 0 for never"
+                )
         if self.clock.mode == "virtual" and self.churn.offline_prob > 0:
             raise FleetConfigError(
                 "churn.offline_prob drives the round-based clock; on the virtual clock devices "
                 "are offline as [clock] says (a behaviour_trace or the diurnal model): set "
                 "churn.offline_prob = 0"
             )
-        if not 0.0 <= self.churn.offline_prob < 1.0:
+        tr = self.transport
+        if tr.overall_timeout_s < tr.call_timeout_s:
             raise FleetConfigError(
-                f"churn.offline_prob must be in [0, 1), got {self.churn.offline_prob}"
+                f"transport.overall_timeout_s ({tr.overall_timeout_s:g} s) is shorter than "
+                f"transport.call_timeout_s ({tr.call_timeout_s:g} s), so no call gets its "
+                "deadline; send overall_timeout_s >= call_timeout_s"
             )
-        try:
-            self._check_settings()
-        except (StartupError, ProtocolError) as exc:
-            raise FleetConfigError(str(exc)) from None
+        if tr.backoff_max_s < tr.backoff_base_s:
+            raise FleetConfigError(
+                f"transport.backoff_max_s ({tr.backoff_max_s:g} s) is below "
+                f"transport.backoff_base_s ({tr.backoff_base_s:g} s); send backoff_max_s >= "
+                "backoff_base_s"
+            )
 
     def _check_settings(self) -> None:
-        """Addresses, Ray settings, tokens, files and numbers that can never work."""
+        """Addresses, Ray settings, tokens, files and names that can never work."""
         if self.server != "embedded":
             check_address(self.server, "server (--server or `server` in the fleet TOML)")
         check_ray_address(self.ray_address)
-        for name in ("num_cpus", "actors", "seed"):
-            if getattr(self, name) < 0:
-                raise FleetConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mode not in ("pretrained", "random"):
+            raise FleetConfigError(f"mode must be 'pretrained' or 'random', got {self.mode!r}")
         if self.backbone not in ("sasrec", "caser"):
             raise FleetConfigError(f"backbone must be 'sasrec' or 'caser', got {self.backbone!r}")
         if self.run_preset not in ("smoke", "quick", "full"):
             raise FleetConfigError(
                 f"run_preset must be 'smoke', 'quick' or 'full', got {self.run_preset!r}"
             )
-        Protocol(self.ranking, self.negatives)
         if self.runtime not in RUNTIMES:
             raise FleetConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.run_dir:
-            check_dir(self.run_dir, "run_dir (--run-dir)")
+            run = check_dir(self.run_dir, "run_dir (--run-dir)")
+            missing = [n for n in RUN_FILES if not (run / n).is_file()]
+            if missing:
+                raise FleetConfigError(
+                    f"run_dir (--run-dir) {self.run_dir!r} is not a run directory (it lacks "
+                    f"{', '.join(missing)}); send a directory written by `chord simulate "
+                    "--prepare-run DIR`, or leave --run-dir out to use the cached run"
+                )
+        if self.device_cache_dir:
+            check_out_dir(self.device_cache_dir, "device_cache_dir")
         if self.traces_file:
             check_file(self.traces_file, "traces_file (--traces)")
         if self.clock.behaviour_trace:
             check_file(self.clock.behaviour_trace, "clock.behaviour_trace (--behaviour-trace)")
-        check_number(self.trace_reference_ms, "trace_reference_ms", allow_zero=True)
-        for i, t in enumerate(self.tiers):
-            where = f"tiers[{i}] ({t.name!r})"
-            check_number(t.share, f"{where}.share", allow_zero=True)
-            check_number(t.budget_bits, f"{where}.budget_bits")
-            check_number(t.compute_factor, f"{where}.compute_factor")
-            check_number(t.bandwidth_kbps, f"{where}.bandwidth_kbps")
-            check_number(t.rtt_ms, f"{where}.rtt_ms", allow_zero=True)
-        for name in ("net_delay_ms", "net_jitter_ms"):
-            check_number(getattr(self.faults, name), f"faults.{name}", allow_zero=True)
-        for name in ("kill_actor_after", "restart_server_after"):
-            if getattr(self.faults, name) < 0:
-                raise FleetConfigError(f"faults.{name} must be >= 0 (0 = never)")
         tr = self.transport
         if tr.token:
             check_token(tr.token, "transport.token (--token or [transport] token)")
         if tr.tls_root_ca:
             check_pem_ca(tr.tls_root_ca, "transport.tls_root_ca (--tls-ca)")
-        check_seconds(tr.call_timeout_s, "transport.call_timeout_s")
-        check_seconds(tr.overall_timeout_s, "transport.overall_timeout_s")
-        check_seconds(tr.backoff_base_s, "transport.backoff_base_s", allow_zero=True)
-        check_seconds(tr.backoff_max_s, "transport.backoff_max_s", allow_zero=True)
-        if tr.max_attempts < 1:
-            raise FleetConfigError(f"transport.max_attempts must be >= 1, got {tr.max_attempts}")
+            if self.embedded:
+                raise FleetConfigError(
+                    "transport.tls_root_ca (--tls-ca) verifies a TLS server, but the embedded "
+                    "server speaks plaintext; leave --tls-ca out, or pass --server HOST:PORT of "
+                    "a `chord serve --tls-cert ... --tls-key ...`"
+                )
 
     @property
     def embedded(self) -> bool:
@@ -274,29 +464,41 @@ class FleetConfig:
         return self.server == "embedded"
 
 
+def check_runnable(cfg: FleetConfig) -> None:
+    """What a FleetConfig cannot check on its own, as flags may still override a TOML file's
+    fields: run once the config is final, before any work. Raises FleetConfigError.
+
+    - a private local Ray gets at most max_local_cpus() CPUs and device actors (more start
+      workers that never answer, or exhaust memory);
+    - a behaviour trace drives only the virtual clock (on the round clock it would be ignored).
+    """
+    for name, flag, zero in (
+        ("num_cpus", "--num-cpus", "0 for all CPUs"),
+        ("actors", "--actors", "0 for one per CPU"),  # each actor is a process with a model
+    ):
+        value = getattr(cfg, name)
+        if cfg.ray_address == "local" and value > max_local_cpus():
+            raise FleetConfigError(
+                f"{name} ({flag}) is {value}, more than a local Ray can use on this machine "
+                f"({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
+                f"({LOCAL_CPUS_PER_CORE} per CPU), or {zero}"
+            )
+    if cfg.clock.behaviour_trace and cfg.clock.mode != "virtual":
+        raise FleetConfigError(
+            "clock.behaviour_trace (--behaviour-trace) sets when devices are online on the "
+            "virtual clock, but the clock is 'rounds'; add --clock virtual ([clock] mode = "
+            '"virtual") or leave the trace out'
+        )
+
+
 def _check_clock(c: ClockConfig) -> None:
-    """Reject clock values the planner cannot use."""
+    """Reject clock values the planner cannot use (ranges from FIELD_BOUNDS, then the mode)."""
     if c.mode not in ("rounds", "virtual"):
         raise FleetConfigError(f"clock.mode must be 'rounds' or 'virtual', got {c.mode!r}")
-    positive = ("duration_s", "sessions_per_day", "session_minutes", "interactions_per_hour")
-    for name in positive:
-        if getattr(c, name) <= 0:
-            raise FleetConfigError(f"clock.{name} must be > 0, got {getattr(c, name)}")
-    if not 0.0 <= c.diurnal_amplitude <= 1.0:
-        raise FleetConfigError(
-            f"clock.diurnal_amplitude must be in [0, 1], got {c.diurnal_amplitude}"
-        )
-    if c.drift_every < 0 or c.refresh_interval_s < 0 or c.min_history < 1:
-        raise FleetConfigError(
-            "clock.drift_every and clock.refresh_interval_s must be >= 0, clock.min_history >= 1"
-        )
-    if not 0.0 <= c.staleness_sample <= 1.0:
-        raise FleetConfigError(
-            f"clock.staleness_sample must be in [0, 1], got {c.staleness_sample}"
-        )
+    _check_fields(c, "clock.")
     if any(not 0 <= t < c.duration_s for t in c.model_releases_s):
         raise FleetConfigError(
-            f"clock.model_releases_s must lie in [0, duration_s={c.duration_s}), got "
+            f"clock.model_releases_s must lie in [0, duration_s={c.duration_s:g}), got "
             f"{list(c.model_releases_s)}"
         )
 

@@ -54,7 +54,9 @@ def iter_jobs(
     traces = load_capacities(cfg.traces_file) if cfg.traces_file else []
     virtual = cfg.clock.mode == "virtual"
     behaviour = (
-        load_behaviour(cfg.clock.behaviour_trace) if virtual and cfg.clock.behaviour_trace else []
+        load_behaviour(cfg.clock.behaviour_trace, cfg.clock.duration_s)
+        if virtual and cfg.clock.behaviour_trace
+        else []
     )
     return _jobs(cfg, sequences, request_tag, online, traces, behaviour)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chord.jsonfile import write_json
+from chord.jsonfile import dumps, write_json
+from simulator.plotting import legend_if_labelled, log_scale_if_positive
 from simulator.store import ReportStore
 
 
@@ -27,9 +28,16 @@ def write_rounds_csv(path: Path, store: ReportStore) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(columns)
-        w.writerow(["" if v is None else v for v in first])
+        w.writerow([_cell(v) for v in first])
         for row in cur:
-            w.writerow(["" if v is None else v for v in row])
+            w.writerow([_cell(v) for v in row])
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: None and non-finite floats (SQLite keeps inf) as an empty cell."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
 
 
 def _column(store: ReportStore, sql: str, params: tuple[Any, ...] = ()) -> np.ndarray:
@@ -57,6 +65,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
         ),
         strict=True,
     ):
+        plotted: list[np.ndarray] = []
         for t in tiers:
             v = np.sort(
                 _column(
@@ -67,10 +76,11 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
             )
             if len(v):
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=t)
+                plotted.append(v)
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of rounds")
-        ax.set_xscale("log")
-        ax.legend()
+        log_scale_if_positive(ax, "x", np.concatenate(plotted) if plotted else [])
+        legend_if_labelled(ax)
     fig.tight_layout()
     fig.savefig(out / "latency_cdf.png", dpi=100)
     plt.close(fig)
@@ -85,7 +95,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
     ax.set_xticks(x, labels)
     ax.set_ylabel("measured on device")
     ax.set_title("accuracy per tier and average bits")
-    ax.legend()
+    legend_if_labelled(ax)
     fig.tight_layout()
     fig.savefig(out / "accuracy_per_tier.png", dpi=100)
     plt.close(fig)
@@ -96,7 +106,7 @@ def _plots(out: Path, summary: dict[str, Any], store: ReportStore) -> list[str]:
     ax.bar(
         list(ref), list(ref.values()), color=["tab:green", "tab:red", "tab:orange", "tab:purple"]
     )
-    ax.set_yscale("log")
+    log_scale_if_positive(ax, "y", list(ref.values()))
     ax.set_ylabel("bytes per adaptation (log)")
     ax.set_title("what one personalization sends down")
     for i, n_bytes in enumerate(ref.values()):
@@ -184,10 +194,10 @@ def write_outputs(
         "|---|---|",
         *[f"| {k} | {v:,.0f} |" for k, v in ref.items()],
         "",
-        f"Modeled (fleet): {json.dumps(summary['modeled'])}",
+        f"Modeled (fleet): {dumps(summary['modeled'])}",
         "",
-        f"Failures by reason: {json.dumps(summary['failures'])}; recovered faults: "
-        f"{json.dumps(summary['faults'])}.",
+        f"Failures by reason: {dumps(summary['failures'])}; recovered faults: "
+        f"{dumps(summary['faults'])}.",
         "",
         *[f"![{p}]({p})" for p in plots],
         "",

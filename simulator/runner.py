@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,14 @@ from chord.textfile import TextFileError, read_json
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
-from simulator.backend import Backend, InProcessBackend, RayBackend
+from simulator.backend import Backend, BackendError, InProcessBackend, RayBackend
 from simulator.clock import OnlineCounter
-from simulator.cloud import Cloud
+from simulator.cloud import Cloud, CloudError
 from simulator.config import (
     FleetConfig,
     FleetConfigError,
     check_ray_address,
+    check_runnable,
     read_saved_config,
     save_config,
 )
@@ -152,6 +155,7 @@ def probe_ray(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
         channel.close()
 
 
+RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet a local Ray starts
 LOCAL_RAY_ATTEMPTS = 2  # a raylet that does not register in Ray's 30 s is started once more
 
 
@@ -159,12 +163,17 @@ def start_local_ray(**init_kwargs: Any) -> None:
     """ray.init(address="local", **init_kwargs): always a new private cluster, never one that a
     `ray start` left running on this machine.
 
+    Its workers run at this process's priority: Ray would start them 15 nice levels lower
+    (the raylet's `worker_niceness`), below the driver and its embedded server, although here
+    the device actors are the workload; $RAY_worker_niceness, when set, still decides.
+
     Ray raises a bare Exception when its raylet does not register with the GCS within 30 s
     (seen on a busy machine, and rarely on an idle one); the half-started cluster is shut down
     and started once more. Raises SimulationError after LOCAL_RAY_ATTEMPTS failed starts.
     """
     import ray
 
+    os.environ.setdefault(RAY_WORKER_NICENESS_ENV, "0")  # the raylet reads it at its start
     for attempt in range(1, LOCAL_RAY_ATTEMPTS + 1):
         try:
             ray.init(address="local", **init_kwargs)
@@ -193,6 +202,7 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
     if ray.is_initialized():
         yield True
         return
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with a native handler
     worker_env = apply_process_env()  # workers of a cluster joined by address need them too
     if cfg.ray_address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private cluster on this machine only
@@ -217,6 +227,10 @@ def ray_cluster(cfg: FleetConfig) -> Iterator[bool]:
                 f"cannot join Ray at {cfg.ray_address!r}: {exc}; start `ray start --head` there "
                 "or pass --ray-address local"
             ) from exc
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        # Ray's handler prints a native stack and aborts, skipping every `finally` below it:
+        # the caller's handler (chord simulate: unwind as on Ctrl-C) is put back.
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         yield True
     finally:
@@ -282,6 +296,14 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
         raise SimulationError(
             f"tiers {missing} are not served; the server has {sorted(spec.tier_map)}"
         )
+    for i, tier in enumerate(cfg.tiers):  # a budget outside the tier's range fails every device
+        served = spec.tier(tier.name)
+        if served and not served.min_budget_bits <= tier.budget_bits <= served.max_budget_bits:
+            raise SimulationError(
+                f"tiers[{i}] ({tier.name!r}).budget_bits is {tier.budget_bits:g}, outside what "
+                f"the server's {tier.name!r} tier reaches; send a budget in "
+                f"[{served.min_budget_bits:g}, {served.max_budget_bits:g}]"
+            )
 
 
 def _state(out: Path, resume: bool) -> dict[str, Any]:
@@ -356,6 +378,7 @@ def run_simulation(
     """Run (or finish) a simulation into `out`; returns the summary also written to summary.json."""
     out = Path(out)
     if not resume:
+        check_runnable(cfg)
         probe_ray(cfg.ray_address)  # before any work: a wrong address fails in seconds
     if resume:
         if not (out / CONFIG_FILE).exists():
@@ -363,14 +386,46 @@ def run_simulation(
                 f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
             )
         cfg = read_saved_config(out / CONFIG_FILE)
+        check_runnable(cfg)
         probe_ray(cfg.ray_address)
     else:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if (out / DB_FILE).exists():
             raise SimulationError(
                 f"{out} already holds a simulation; use --resume {out} or another --out"
             )
         save_config(cfg, out / CONFIG_FILE)
+        try:
+            return _simulate(cfg, out, resume=False, progress=progress)
+        except BaseException:
+            _discard_unstarted(out, created)
+            raise
+    return _simulate(cfg, out, resume=True, progress=progress)
+
+
+def _discard_unstarted(out: Path, created: bool) -> None:
+    """After a failed start: remove what the run wrote when no device was stored, so that the
+    same --out can be used again (not --resume of a run that never ran); else keep it all."""
+    db = out / DB_FILE
+    if db.exists():
+        import sqlite3
+
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                if conn.execute("SELECT COUNT(*) FROM devices").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass  # no devices table yet: nothing was stored
+    for name in (CONFIG_FILE, STATE_FILE, DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm",
+                 f"{DB_FILE}-journal"):
+        (out / name).unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _simulate(cfg: FleetConfig, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """The run itself, once fleet.json is in place (run_simulation's body)."""
     try:
         sequences, n_items = load_users(cfg.dataset, Protocol(cfg.ranking, cfg.negatives))
     except DataError as exc:
@@ -395,6 +450,9 @@ def run_simulation(
             if cfg.embedded
             else Cloud.external(cfg.server)
         )
+    except CloudError as exc:  # a run that cannot serve, said in one line
+        threads.close()
+        raise SimulationError(str(exc)) from None
     except BaseException:
         threads.close()
         raise
@@ -404,7 +462,10 @@ def run_simulation(
         _check_server(cfg, cloud.target, n_items)
         with ray_cluster(cfg) as use_ray:
             backend = RayBackend(cfg.actors) if use_ray else InProcessBackend()
-            backend.build(_host_config(cfg, cloud.target, out))
+            try:
+                backend.build(_host_config(cfg, cloud.target, out))
+            except BackendError as exc:
+                raise SimulationError(str(exc)) from None
             done = store.done_ids()
             todo = _batches((j for j in jobs if j.device_id not in done), cfg.batch_size)
             window = 4 * max(1, backend.stats.actors)  # batches queued or running at once

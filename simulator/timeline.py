@@ -7,14 +7,15 @@ so memory stays flat in the number of devices.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chord.jsonfile import write_json
 from simulator.clock import TRIGGERS, OnlineCounter
+from simulator.plotting import legend_if_labelled, log_scale_if_positive
 from simulator.store import ReportStore
 
 ARRIVALS_FILE = "arrivals.csv"
@@ -165,19 +166,20 @@ def plot_timeline(out: Path, t: dict[str, Any]) -> str:
     ax.set_title(f"strategy requests per virtual minute (peak {t['rpm_peak']})")
     ax.set_xlabel("virtual hour")
     ax.set_ylabel("requests / minute")
-    ax.legend()
+    legend_if_labelled(ax)
 
     ax = axes[1, 0]
     hours = np.arange(len(t["bytes_per_hour"]["strategies"]))
     kinds = (("one_time", "tab:purple"), ("strategies", "tab:green"), ("reports", "tab:orange"))
-    for k, (kind, color) in enumerate(kinds):
-        v = np.asarray(t["bytes_per_hour"][kind], dtype=float) / 2**20
+    mib = [np.asarray(t["bytes_per_hour"][kind], dtype=float) / 2**20 for kind, _ in kinds]
+    for k, ((kind, color), v) in enumerate(zip(kinds, mib, strict=True)):
         ax.bar(hours + (k - 1) * 0.27, v, 0.27, color=color, label=kind.replace("_", "-"))
-    ax.set_yscale("log")  # one-time downloads are orders of magnitude above strategies
+    # one-time downloads are orders of magnitude above strategies; no bytes at all: stay linear
+    log_scale_if_positive(ax, "y", np.concatenate(mib))
     ax.set_title("bytes per virtual hour by kind (measured message sizes)")
     ax.set_xlabel("virtual hour")
     ax.set_ylabel("MiB (log)")
-    ax.legend()
+    legend_if_labelled(ax)
 
     ax = axes[1, 1]
     st = t["staleness_per_hour"]
@@ -191,7 +193,7 @@ def plot_timeline(out: Path, t: dict[str, Any]) -> str:
     ax.set_title(f"strategy staleness (NDCG@10, {t['staleness_probes']} probed targets)")
     ax.set_xlabel("virtual hour")
     ax.set_ylabel("NDCG@10 on the staleness sample")
-    ax.legend()
+    legend_if_labelled(ax)
     fig.tight_layout()
     fig.savefig(out / TIMELINE_PLOT, dpi=100)
     plt.close(fig)
@@ -204,7 +206,7 @@ def write_timeline(
     """arrivals.csv, timeline.json and timeline.png; returns the headline figures (no series)."""
     n = write_arrivals(store, out / ARRIVALS_FILE)
     series = timeline_series(store, online, duration_s)
-    (out / TIMELINE_FILE).write_text(json.dumps(series) + "\n")
+    write_json(out / TIMELINE_FILE, series, indent=None)  # strict: NaN or inf written as null
     plot_timeline(out, series)
     keep = ("requests_by_trigger", "staleness")
     head = {k: v for k, v in series.items() if not isinstance(v, list | dict) or k in keep}

@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from chord.textfile import TextFileError, read_json, read_text
 from simulator.config import FleetConfigError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
+MAX_WINDOWS = 1_000_000  # online windows one behaviour client may unroll to over the span
+MAX_COMPUTATION_MS = 1e7  # ms per sample (as trace_reference_ms); beyond, modeled times overflow
+MAX_COMMUNICATION_KBPS = 1e8  # kbit/s (100 Gbit/s), as a tier's bandwidth_kbps
+MIN_COMMUNICATION_KBPS = 1.0  # kbit/s; near 0, modeled transfer times overflow to infinity
 CSV_SUFFIXES = (".csv",)
 
 
@@ -94,20 +99,29 @@ def _load_pickle(data: bytes, path: Path) -> Any:
         raise TraceError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """repr(value), cut to `limit` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _number(client: str, field: str, value: Any, path: Path) -> float:
     """A finite float, or a TraceError naming the client and field."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+            f"{path}: client {client!r} field {field!r} must be a number, got {_shown(value)}"
         )
     try:
         out = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int beyond a double (10**400)
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {value!r}"
+            f"{path}: client {client!r} field {field!r} must be a finite number, got "
+            f"{_shown(value)}"
         ) from None
     if not math.isfinite(out):
-        raise TraceError(f"{path}: client {client!r} field {field!r} must be finite, got {value!r}")
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} must be finite, got {_shown(value)}"
+        )
     return out
 
 
@@ -125,8 +139,9 @@ def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]
 def _read_map(path: Path) -> dict[str, dict[str, Any]]:
     """The client map of a pickle, JSON or CSV file (CSV: a `client_id` column, one row each).
 
-    Text files are read as strict UTF-8 with a leading BOM dropped, and JSON refuses NaN and
-    Infinity (chord.textfile); errors name the file and line.
+    Text files are read as strict UTF-8 with a leading BOM dropped, and JSON refuses NaN,
+    Infinity and overflowing numbers (chord.textfile); errors name the file and line. A client
+    listed twice is refused in every format (JSON: a key twice; CSV: a row twice).
     """
     suffix = path.suffix.lower()
     try:
@@ -139,25 +154,41 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
                 ) from None
             data = _load_pickle(raw, path)
         elif suffix in CSV_SUFFIXES:
-            rows = list(csv.DictReader(io.StringIO(read_text(path))))
-            if rows and "client_id" not in rows[0]:
+            reader = csv.DictReader(io.StringIO(read_text(path)))
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+            if rows and "client_id" not in header:
                 raise TraceError(f"{path}: a CSV trace needs a 'client_id' column")
             data = {}
             for i, row in enumerate(rows):
+                extra = row.pop(None, None)  # type: ignore[call-overload]  # cells past the header
+                if extra is not None:
+                    raise TraceError(
+                        f"{path}: row {i + 2} has {len(header) + len(extra)} cells but the header "
+                        f"has {len(header)} columns; send one cell per column"
+                    )
                 client = row.pop("client_id")
                 if client in data:
                     raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
                 data[client] = row
         else:
             data = read_json(path)
-    except TextFileError as exc:
-        raise TraceError(f"{exc}; send a FedScale trace as .pkl, .csv or .json") from None
+    except TextFileError as exc:  # its message says what to send, except for a syntax error
+        syntax = "invalid JSON" in str(exc)
+        advice = "; send a FedScale trace as .pkl, .csv or .json" if syntax else ""
+        raise TraceError(f"{exc}{advice}") from None
     if not isinstance(data, dict) or not data:
         raise TraceError(f"{path}: expected a non-empty map of client id -> fields")
     out: dict[str, dict[str, Any]] = {}
     for client, entry in data.items():
+        if isinstance(client, bool) or not isinstance(client, str | int):
+            raise TraceError(
+                f"{path}: client id {client!r} must be a string or an integer"
+            )
         if not isinstance(entry, dict):
             raise TraceError(f"{path}: client {client!r} must map to a dict of fields")
+        if str(client) in out:  # a pickle holding both 1 and "1"
+            raise TraceError(f"{path}: client {str(client)!r} appears twice")
         out[str(client)] = entry
     return out
 
@@ -169,10 +200,13 @@ def _field(client: str, entry: dict[str, Any], field: str, path: Path) -> Any:
     return entry[field]
 
 
+_INTEGER_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() is True for "²"
+
+
 def _sorted_clients(data: dict[str, dict[str, Any]]) -> list[str]:
-    """Client ids in numeric order when they are all integers, else lexical."""
+    """Client ids in numeric order when they are all plain integers ("-?[0-9]+"), else lexical."""
     keys = list(data)
-    if all(k.lstrip("-").isdigit() for k in keys):
+    if all(_INTEGER_ID.fullmatch(k) for k in keys):
         return sorted(keys, key=int)
     return sorted(keys)
 
@@ -190,20 +224,31 @@ def load_capacities(path: str | Path) -> list[DeviceTrace]:
         entry = data[client]
         comp = _number(client, "computation", _field(client, entry, "computation", path), path)
         comm = _number(client, "communication", _field(client, entry, "communication", path), path)
-        for name, v in (("computation", comp), ("communication", comm)):
+        for name, v, least, top, unit in (
+            ("computation", comp, 0.0, MAX_COMPUTATION_MS, "ms per sample"),
+            ("communication", comm, MIN_COMMUNICATION_KBPS, MAX_COMMUNICATION_KBPS, "kbit/s"),
+        ):
             if v <= 0:
                 raise TraceError(f"{path}: client {client!r} field {name!r} must be > 0, got {v}")
+            if not least <= v <= top:
+                low = "(0" if least == 0 else f"[{least:g}"
+                raise TraceError(
+                    f"{path}: client {client!r} field {name!r} is {v:g}; send a value in "
+                    f"{low}, {top:g}] ({unit})"
+                )
         out.append(DeviceTrace(client, comp, comm))
     return out
 
 
-def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
+def load_behaviour(path: str | Path, span_s: float | None = None) -> list[BehaviourTrace]:
     """Read a FedScale behaviour (availability) trace; one BehaviourTrace per client, in order.
 
     Accepts `.pkl` (restricted unpickler), `.csv` (columns client_id, active, inactive,
     finish_time; the lists as space- or semicolon-separated seconds) or JSON. Checks, naming the
     client and field on failure: equal-length lists, 0 <= active[i] < inactive[i] <= active[i+1],
-    and every time <= finish_time > 0.
+    and every time <= finish_time > 0. With span_s (the virtual clock's duration, seconds), a
+    client whose pattern repeats into more than MAX_WINDOWS online windows over span_s is refused
+    (a finish_time of a millisecond would plan for hours).
     """
     path = Path(path)
     data = _read_map(path)
@@ -222,6 +267,11 @@ def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
             )
         last = 0.0
         for i, (a, b) in enumerate(zip(active, inactive, strict=True)):
+            if a < 0:
+                raise TraceError(
+                    f"{path}: client {client!r} field 'active[{i}]' = {a} is negative; send "
+                    "seconds from the start of the trace (>= 0)"
+                )
             if a < last:
                 raise TraceError(
                     f"{path}: client {client!r} field 'active[{i}]' = {a} starts before the "
@@ -237,6 +287,13 @@ def load_behaviour(path: str | Path) -> list[BehaviourTrace]:
             raise TraceError(
                 f"{path}: client {client!r} field 'finish_time' = {finish} is before the last "
                 f"inactive time {last}"
+            )
+        if span_s is not None and math.ceil(span_s / finish) * len(active) > MAX_WINDOWS:
+            raise TraceError(
+                f"{path}: client {client!r} repeats every {finish:g} s, so its {len(active)} "
+                f"window(s) per period unroll to more than {MAX_WINDOWS:,} over the "
+                f"{span_s:g} s simulated; send a finish_time of at least "
+                f"{span_s * len(active) / MAX_WINDOWS:.3g} s, or a shorter --duration-s"
             )
         out.append(BehaviourTrace(client, active, inactive, finish))
     return out

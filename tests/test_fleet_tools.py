@@ -47,3 +47,33 @@ def test_sampler_sees_memory_and_cpu_of_the_tree() -> None:
     assert sampler.peak_rss_kb > 0 and sampler.peak_pss_kb > 0 and sampler.peak_procs >= 1
     assert sampler.cpu_by_role().get("driver", 0.0) > 0
     assert process_role(os.getpid(), os.getpid()) == "driver"
+
+
+def test_single_process_profile_is_named_by_its_label(tmp_path: Path) -> None:
+    # `py-spy record --pid` writes stacks without a process frame.
+    raw = tmp_path / "one.raw"
+    raw.write_text(
+        "thread (20): device-lane_0;VirtualDevice._round (a/device.py:3);"
+        "build_runtime (chord/quant/adapt.py:70) 4\n"
+        "thread (21): device-lane_1;VirtualDevice._score (d.py:9) 1\n"
+    )
+    procs = parse(raw, label="ray-worker 20")
+    assert list(procs) == ["ray-worker 20"]
+    assert buckets(procs["ray-worker 20"])["device: build_runtime, ONNX graph + ORT session"] == 4
+    text = summarize(raw, rate=100, label="ray-worker 20")
+    assert "=== ray-worker 20: 5 samples ===" in text and "device-lane_0" in text
+    assert list(parse(raw)) == ["process 0"]
+
+
+def test_step_timers_time_the_named_calls_and_put_them_back() -> None:
+    import json
+
+    from benchmarks.device_stages import STEPS, _owner, step_timers
+
+    for path, attr, _ in STEPS:  # every step names a function the device really calls
+        assert callable(_owner(path).__dict__[attr]), (path, attr)
+    original = json.dumps
+    with step_timers([("json", "dumps", "dump")]) as spent:
+        assert json.dumps is not original and json.dumps({"a": 1}) == '{"a": 1}'
+        assert set(spent) == {"dump"} and spent["dump"] >= 0.0
+    assert json.dumps is original

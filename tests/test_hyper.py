@@ -48,6 +48,18 @@ def test_importance_shape_dtype_and_determinism() -> None:
     assert not torch.allclose(out[0], out[1])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_importance_runs_in_eval_mode_and_keeps_the_callers_mode(training: bool) -> None:
+    model, layout = _small()
+    net = HyperNetwork(layout, model.state_dim, model.state_dict(), hidden=16, seed=3)
+    profiles = torch.randn(4, model.state_dim, generator=torch.Generator().manual_seed(1))
+    net.eval()
+    want = net(profiles).detach()
+    net.train(training)
+    torch.testing.assert_close(net.importance(profiles), want, rtol=0, atol=0)
+    assert all(m.training == training for m in net.modules())
+
+
 def test_hypernet_rejects_wrong_profiles_and_weights() -> None:
     model, layout = _small()
     net = HyperNetwork(layout, model.state_dim, model.state_dict(), hidden=8)

@@ -11,8 +11,14 @@ from onnx import helper
 from chord.config import BackboneConfig, CaserConfig, SASRecConfig
 from chord.models import Backbone, build_backbone
 from chord.quant import DEVICE_RUNTIME, build_runtime, channel_layout, quantize_backbone
-from chord.quant.adapt import DEVICE_TABLES, DEVICE_WIDTHS
-from chord.quant.onnx_runtime import build_onnx, initializer_bytes, to_ort
+from chord.quant.adapt import DEVICE_GRAPH_OPTIMIZATION, DEVICE_TABLES, DEVICE_WIDTHS
+from chord.quant.onnx_runtime import (
+    GRAPH_OPTIMIZATIONS,
+    OrtScorer,
+    build_onnx,
+    initializer_bytes,
+    to_ort,
+)
 from chord.quant.quantizer import QuantError
 
 N_ITEMS = 300
@@ -146,6 +152,29 @@ def test_weights_are_stored_in_low_precision() -> None:
     # Zero points and 5..8-bit rows' second scale cost little next to splitting by width.
     split = build_onnx(model, bits, widths=(4, 8), tables="split")
     assert initializer_bytes(nibbles) < 1.1 * initializer_bytes(split)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_graph_optimization_levels_score_alike(kind: str) -> None:
+    """Every ORT optimization level opens the same graph and scores it alike (the rewrites
+    reorder float sums only); the device runtime opens its session at its level."""
+    model, bits, seqs, cands = _setup(kind, seed=2)
+    graph = build_onnx(model, bits, widths=DEVICE_WIDTHS, tables=DEVICE_TABLES).SerializeToString()
+    scores = {}
+    for name, level in GRAPH_OPTIMIZATIONS.items():
+        scorer = OrtScorer(graph, model.max_len, N_ITEMS, optimization=name)
+        assert scorer.session.get_session_options().graph_optimization_level == level
+        scores[name] = (scorer.score_all(seqs), scorer.score_candidates(seqs, cands))
+    spread = float(scores["all"][0][:, 1:].std())
+    for got_all, got_cand in scores.values():
+        assert float((got_all - scores["all"][0]).abs().max()) <= 1e-4 * spread
+        assert float((got_cand - scores["all"][1]).abs().max()) <= 1e-4 * spread
+    device = build_runtime(model, bits, DEVICE_RUNTIME)
+    assert isinstance(device, OrtScorer)
+    opened = device.session.get_session_options().graph_optimization_level
+    assert opened == GRAPH_OPTIMIZATIONS[DEVICE_GRAPH_OPTIMIZATION]
+    with pytest.raises(QuantError, match="graph optimization 'fast'"):
+        OrtScorer(graph, model.max_len, N_ITEMS, optimization="fast")
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

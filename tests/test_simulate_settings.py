@@ -106,7 +106,8 @@ def test_ray_address_from_the_environment_is_probed_too(
         (("--tls-ca", "/nonexistent/ca.pem"), "", "transport.tls_root_ca (--tls-ca) "
          "'/nonexistent/ca.pem' is not an existing file"),
         (("--negatives", "0"), "", "--negatives must be >= 1, got 0"),
-        (("--num-cpus", "-2"), "", "num_cpus must be >= 0, got -2"),
+        (("--num-cpus", "-2"), "", "num_cpus (--num-cpus) is -2; send an integer in [0, 4096] "
+         "(0 = this machine's CPUs)"),
         (("--run-dir", "/nonexistent/run"), "", "run_dir (--run-dir) '/nonexistent/run' is not "
          "an existing directory"),
         (("--traces", "/nonexistent/t.json"), "", "traces_file (--traces)"),
@@ -128,9 +129,10 @@ def test_settings_that_can_never_work_are_refused_at_start(
     ("text", "expect"),
     [
         ("[transport]\ncall_timeout_s = nan\n", "transport.call_timeout_s is nan"),
-        ("[transport]\nmax_attempts = 0\n", "transport.max_attempts must be >= 1"),
+        ("[transport]\nmax_attempts = 0\n",
+         "transport.max_attempts is 0; send an integer in [1, 100]"),
         ('[[tiers]]\nname = "mid"\nshare = 1.0\nbudget_bits = inf\n',
-         "tiers[0] ('mid').budget_bits is inf; send a finite number > 0"),
+         "tiers[0] ('mid').budget_bits is inf; send a finite number in [1, 8]"),
         ("[faults]\nnet_delay_ms = -5.0\n", "faults.net_delay_ms is -5.0"),
         ('server = "localhost"\n', "is not HOST:PORT"),
         ('ray_address = "10.0.0.1"\n', "ray_address (--ray-address) '10.0.0.1' is not"),
@@ -223,3 +225,36 @@ def test_unreachable_server_fails_in_one_line_within_the_timeout(
     )
     assert err[0].endswith("check that `chord serve` listens there (and that --token / --tls-ca "
                            "match its settings)")
+    # Refused before any device ran: nothing is left that would make the rerun say "use --resume".
+    assert not (tmp_path / "sim").exists()
+
+
+def test_actors_that_cannot_start_fail_in_one_line_instead_of_waiting(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """A joined cluster whose CPUs another job holds kept the run waiting for its actors forever
+    (seen with `--ray-address auto` finding a busy cluster)."""
+    from device_client.actor import HostConfig
+    from simulator.backend import BackendError, RayBackend
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        """Holds both CPUs of the session's cluster."""
+
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()  # type: ignore[attr-defined]
+    ray.get(hog.ready.remote())
+    try:
+        backend = RayBackend(2)
+        with pytest.raises(BackendError) as info:
+            backend.build(HostConfig("127.0.0.1:1", artifact_cache_dir=str(tmp_path)),
+                          start_timeout_s=3.0)  # fmt: skip
+        assert str(info.value) == (
+            "2 device actor(s) did not start within 3 s on a Ray cluster of 2 CPUs (other jobs "
+            "may hold them: `ray status` shows what is used); free CPUs there, pass a smaller "
+            "--actors, or --ray-address local for a private cluster"
+        )
+    finally:
+        ray.kill(hog)

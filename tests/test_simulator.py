@@ -229,6 +229,18 @@ def test_lanes_and_more_actors_than_cpus_store_every_device_once(
     assert db.execute("SELECT MIN(n_targets), MIN(quantize_ms) FROM rounds").fetchone()[0] == 1
 
 
+def test_local_ray_workers_run_at_the_drivers_priority(ray_session: None) -> None:
+    # Ray's default starts workers 15 nice levels below the driver (the device actors would
+    # then yield both cores to any other job); start_local_ray keeps them level.
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote(), timeout=60) == os.nice(0)
+
+
 def test_lanes_config_is_validated() -> None:
     with pytest.raises(FleetConfigError, match="lanes"):
         FleetConfig(lanes=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from chord.cli import main
-from chord.startcheck import StartupError, check_out_dir, check_out_file
+from chord.startcheck import StartupError, check_address, check_out_dir, check_out_file
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 
@@ -58,3 +58,25 @@ def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
         f"--json '{blocker / 'x.json'}' cannot be created ('{blocker}' is not a writable "
         "directory: not a directory); send a path under a directory you can write"
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "expect"),
+    [
+        # Passed the check, then gRPC spent every retry on "Misformatted domain name".
+        ("::1:50051", "server '::1:50051' has an IPv6 host without brackets; send [::1]:50051 "
+         "([IPv6]:PORT)"),
+        ("fe80::1:80", "server 'fe80::1:80' has an IPv6 host without brackets; send "
+         "[fe80::1]:80 ([IPv6]:PORT)"),
+        ("a:b:1", "server 'a:b:1' is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"),
+        ("[::1]:50051", None),
+        ("127.0.0.1:50051", None),
+    ],
+)
+def test_ipv6_address_needs_brackets(address: str, expect: str | None) -> None:
+    if expect is None:
+        assert check_address(address, "server")[1] == 50051
+        return
+    with pytest.raises(StartupError) as info:
+        check_address(address, "server")
+    assert str(info.value) == expect

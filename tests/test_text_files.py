@@ -56,7 +56,8 @@ def test_non_utf8_byte_names_line_and_column(tmp_path: Path) -> None:
     [
         ('{"a": {"computation": NaN, "communication": 1.0}}', "NaN is not a JSON number"),
         ('{"a": {"computation": 1.0, "communication": Infinity}}', "Infinity is not a JSON"),
-        ('{"a": {"computation": 1e999, "communication": 1.0}}', "must be finite, got inf"),
+        ('{"a": {"computation": 1e999, "communication": 1.0}}',
+         ":1: 1e999 is beyond the range of a double (about 1.8e308); send a finite number"),
         ('{"a": {"computation": 1.0,\n "communication": }}', ":2: invalid JSON at column 19"),
     ],
 )
@@ -66,6 +67,30 @@ def test_traces_numbers_must_be_finite(tmp_path: Path, text: str, expect: str) -
     with pytest.raises(TraceError) as info:
         load_capacities(path)
     assert str(info.value).startswith(str(path)) and expect in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        # A literal that overflows a double read as inf (a resumed fleet.json ran with it).
+        ('{"clock": {\n "duration_s": 1e400}}',
+         ":2: 1e400 is beyond the range of a double (about 1.8e308); send a finite number"),
+        ("[1,\n-1e400]", ":2: -1e400 is beyond the range of a double"),
+        ("[1.0, 2.5e-400]", None),  # underflow to 0.0 is a finite number: accepted
+        ("[" + "9" * 4301 + "]", ":1: an integer of 4301 digits is too long; send at most 4300"),
+        # json.loads keeps the last of two equal keys: refused, naming the second one's line.
+        ('{"a": 1,\n "b": {"x": 1,\n  "x": 2}}',
+         ":3: key 'x' appears twice in one object; send each key once"),
+        ('{"\u00b2": 1, "\u00b2": 2}', ":1: key '\u00b2' appears twice in one object"),
+    ],
+)
+def test_loads_json_refuses_what_reads_as_something_else(text: str, expect: str | None) -> None:
+    if expect is None:
+        assert loads_json(text, "f.json") == [1.0, 0.0]
+        return
+    with pytest.raises(TextFileError) as info:
+        loads_json(text, "f.json")
+    assert str(info.value).startswith("f.json" + expect), str(info.value)
 
 
 def test_reports_jsonl_errors_name_the_line(tmp_path: Path) -> None:

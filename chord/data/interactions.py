@@ -96,7 +96,13 @@ def build_interactions(
 
 
 def default_cache_dir() -> Path:
-    """$CHORD_CACHE_DIR, or ~/.cache/chord; DataError when $CHORD_CACHE_DIR names a file."""
+    """$CHORD_CACHE_DIR, or ~/.cache/chord.
+
+    Raises DataError when $CHORD_CACHE_DIR names a file, or a directory that cannot be written
+    or created (tried for real, as chord.startcheck.check_out_dir does).
+    """
+    from chord.startcheck import StartupError, check_out_dir
+
     env = os.environ.get("CHORD_CACHE_DIR")
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "chord"
     if path.exists() and not path.is_dir():
@@ -104,6 +110,11 @@ def default_cache_dir() -> Path:
             f"$CHORD_CACHE_DIR {str(path)!r} is a file; set it to a directory (or unset it for "
             "~/.cache/chord)"
         )
+    if env:
+        try:
+            check_out_dir(path, "$CHORD_CACHE_DIR")
+        except StartupError as exc:
+            raise DataError(f"{exc} (or unset it for ~/.cache/chord)") from None
     return path
 
 

@@ -25,6 +25,11 @@ MODES = RUNTIMES  # the name adapt_backbone's argument had first
 DEVICE_RUNTIME = "ort"
 DEVICE_WIDTHS: tuple[int, ...] = (4, 8)
 DEVICE_TABLES = "nibbles"
+# A device opens one ORT session per strategy and scores a few targets with it. ORT's graph
+# rewrites ("all") cost ~3.5 ms of the ~6.3 ms a session takes to open on the default
+# SASRec (ml-100k) and save nothing measurable per query (0.168 vs 0.169 ms, scores equal to
+# ~1e-5), so the device opens its sessions unoptimized (benchmarks/RESULTS.md, fleet_scale).
+DEVICE_GRAPH_OPTIMIZATION = "none"
 
 
 class Scorer(Protocol):
@@ -59,7 +64,8 @@ def build_runtime(
 
     runtime "ort": ONNX Runtime on the CPU provider, each layer stored packed at the smallest of
     DEVICE_WIDTHS bits holding its widest channel and item tables in 4-bit units (MatMulNBits,
-    GatherBlockQuantized; `threads` intra-op threads); "int8": the eager PyTorch runtime on
+    GatherBlockQuantized; `threads` intra-op threads; graph optimization
+    DEVICE_GRAPH_OPTIMIZATION); "int8": the eager PyTorch runtime on
     int8 weights (`to_lowbit`); "packed": the same with bit-packed item tables; "fake": a
     fake-quantized copy of the backbone (`quantize_backbone`, the numerical reference).
     `model` is left untouched. Raises QuantError for an unknown runtime or bits outside 1..8.
@@ -76,6 +82,7 @@ def build_runtime(
             widths=DEVICE_WIDTHS,
             tables=DEVICE_TABLES,
             threads=threads,
+            optimization=DEVICE_GRAPH_OPTIMIZATION,
         )
     if runtime == "fake":
         if not isinstance(model, Backbone):
@@ -106,6 +113,7 @@ def adapt_backbone(
 
 
 __all__ = [
+    "DEVICE_GRAPH_OPTIMIZATION",
     "DEVICE_RUNTIME",
     "DEVICE_TABLES",
     "DEVICE_WIDTHS",

@@ -32,7 +32,7 @@ from chord.models.base import PAD_SCORE, fit_length
 from chord.models.caser import Caser
 from chord.models.sasrec import SASRec, SASRecBlock
 from chord.quant.apply import _check_bits_array
-from chord.quant.layout import ChannelLayout, LayoutError, channel_layout
+from chord.quant.layout import ChannelLayer, ChannelLayout, LayoutError, channel_layout
 from chord.quant.packed_table import PackedTable
 from chord.quant.quantizer import FULL_PRECISION_BITS, QuantError, quantize_int
 
@@ -61,8 +61,10 @@ class QWeight:
         return QWeight(q, s, self.w.reshape(self.w.shape[0], -1)[idx])
 
     def matrix(self) -> QWeight:
-        """The weight flattened to [out, in]."""
-        return self.rows(torch.arange(self.w.shape[0]))
+        """The weight flattened to [out, in] (views of the same storage, no copy)."""
+        n = self.w.shape[0]
+        q = None if self.q is None else self.q.reshape(n, -1)
+        return QWeight(q, self.scale, self.w.reshape(n, -1))
 
 
 def _cat(parts: list[QWeight]) -> QWeight:
@@ -432,29 +434,45 @@ def _expand(
 def _quantized_weights(
     model: nn.Module, layout: ChannelLayout, bits: np.ndarray | None, clip: str, kernel: str
 ) -> dict[str, QWeight]:
-    """Per layer: int8 codes and scales (zero channels get q = 0, scale 1) and the float view."""
+    """Per layer: int8 codes and scales (zero channels get q = 0, scale 1) and the float view.
+
+    Channels are quantized row by row, so the layers whose rows have one length are stacked
+    and quantized in one `quantize_int` call (a handful of tensor ops instead of a handful per
+    layer: the per-op overhead, not the arithmetic, dominates at these sizes); each layer
+    gets views of its rows back.
+    """
     modules = dict(model.named_modules())
-    out: dict[str, QWeight] = {}
-    split = layout.split(bits) if bits is not None else {}
+    weights = {
+        layer.name: modules[layer.name].weight.detach().float()  # type: ignore[union-attr, operator]
+        for layer in layout.layers
+    }
+    if bits is None:
+        if kernel == "int8":
+            raise QuantError("the int8 kernel needs a bit assignment (1..8 bits a channel)")
+        return {name: QWeight(None, None, w.clone()) for name, w in weights.items()}
+    if (bits == FULL_PRECISION_BITS).any():
+        raise QuantError("low-bit runtimes need 1..8 bits for every channel, not 32")
+    split = layout.split(bits)
+    by_size: dict[int, list[ChannelLayer]] = {}
     for layer in layout.layers:
-        w = modules[layer.name].weight.detach().float()  # type: ignore[union-attr, operator]
-        if bits is None:
-            if kernel == "int8":
-                raise QuantError("the int8 kernel needs a bit assignment (1..8 bits a channel)")
-            out[layer.name] = QWeight(None, None, w.clone())
-            continue
-        layer_bits = split[layer.name]
-        if (layer_bits == FULL_PRECISION_BITS).any():
-            raise QuantError("low-bit runtimes need 1..8 bits for every channel, not 32")
-        q, scale = quantize_int(w, layer_bits, clip)
+        by_size.setdefault(layer.channel_size, []).append(layer)
+    out: dict[str, QWeight] = {}
+    for layers in by_size.values():
+        flat = torch.cat([weights[layer.name].reshape(layer.n_channels, -1) for layer in layers])
+        q, scale = quantize_int(flat, np.concatenate([split[layer.name] for layer in layers]), clip)
         zero = scale <= 0
         if bool(zero.any()):
-            q = q.clone()
-            q[zero] = 0
+            q[zero] = 0  # q is a fresh tensor of this call
             scale = torch.where(zero, torch.ones_like(scale), scale)
-        fq = q.float() * scale.view((-1,) + (1,) * (w.dim() - 1))
-        out[layer.name] = QWeight(q, scale, fq, np.asarray(layer_bits))
-    return out
+        fq = q.float() * scale[:, None]
+        start = 0
+        for layer in layers:
+            rows, shape = slice(start, start + layer.n_channels), weights[layer.name].shape
+            start += layer.n_channels
+            out[layer.name] = QWeight(
+                q[rows].reshape(shape), scale[rows], fq[rows].reshape(shape), split[layer.name]
+            )
+    return {layer.name: out[layer.name] for layer in layout.layers}
 
 
 @torch.no_grad()

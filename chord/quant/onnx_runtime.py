@@ -44,6 +44,13 @@ TABLE_LAYOUTS: tuple[str, ...] = ("split", "nibbles")  # how n-bit item tables a
 DEFAULT_WIDTHS: tuple[int, ...] = (2, 4, 8)  # storage widths MatMulNBits runs on the CPU
 BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)  # MatMulNBits needs 2^k >= 16
 OPSET = 21
+# ORT's graph optimization levels by name (onnxruntime.GraphOptimizationLevel).
+GRAPH_OPTIMIZATIONS: dict[str, ort.GraphOptimizationLevel] = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass
@@ -663,13 +670,22 @@ def node_count(model: onnx.ModelProto) -> int:
     return count(model.graph)
 
 
-def session_options(threads: int = 1, profile: str = "") -> ort.SessionOptions:
-    """CPU session options: `threads` intra-op threads, sequential; `profile`: trace prefix."""
+def session_options(
+    threads: int = 1, profile: str = "", optimization: str = "all"
+) -> ort.SessionOptions:
+    """CPU session options: `threads` intra-op threads, sequential; `profile`: trace prefix;
+    `optimization`: ORT's graph optimization level, one of GRAPH_OPTIMIZATIONS ("none" skips
+    the graph rewrites at session creation). Raises QuantError for an unknown level."""
+    level = GRAPH_OPTIMIZATIONS.get(optimization)
+    if level is None:
+        raise QuantError(
+            f"unknown graph optimization {optimization!r}; use one of {tuple(GRAPH_OPTIMIZATIONS)}"
+        )
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = level
     so.log_severity_level = 3
     if profile:
         so.enable_profiling = True
@@ -696,12 +712,14 @@ class OrtScorer:
         n_items: int,
         threads: int = 1,
         profile: str = "",
+        optimization: str = "all",
     ) -> None:
-        """Open the serialized graph (bytes or a file path) on the CPU provider."""
+        """Open the serialized graph (bytes or a file path) on the CPU provider, with ORT's
+        graph optimization level `optimization` (see session_options)."""
         self.max_len, self.n_items = max_len, n_items
         self.session = ort.InferenceSession(
             model,
-            session_options(threads, profile),
+            session_options(threads, profile, optimization),
             providers=["CPUExecutionProvider"],
             # Folding would copy constant expressions of packed weights (scale views).
             disabled_optimizers=["ConstantFolding"],
@@ -814,9 +832,11 @@ def to_ort(
     threads: int = 1,
     profile: str = "",
     tables: str = "split",
+    optimization: str = "all",
 ) -> OrtScorer:
     """Build the scoring graphs of a backbone (see `build_onnx`) and open them on ORT's CPU
-    provider with `threads` intra-op threads (`profile`: a trace file prefix)."""
+    provider with `threads` intra-op threads (`profile`: a trace file prefix) and graph
+    optimization level `optimization` (see session_options)."""
     onnx_model = build_onnx(
         model, bits_per_channel, kind, clip, layout, widths, accuracy_level, split_layers, tables
     )
@@ -826,11 +846,13 @@ def to_ort(
         int(model.n_items),  # type: ignore[arg-type]
         threads,
         profile,
+        optimization,
     )
 
 
 __all__ = [
     "DEFAULT_WIDTHS",
+    "GRAPH_OPTIMIZATIONS",
     "ORT_KINDS",
     "TABLE_LAYOUTS",
     "OrtScorer",
