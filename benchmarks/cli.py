@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import math
 import os
 import sys
 from typing import Any, Protocol, cast
@@ -16,11 +16,15 @@ from benchmarks.loadgen import (
     LoadConfigError,
     LoadResult,
     LoadRunError,
+    check_served,
     format_summary,
     run_load,
+    send_schedule,
 )
-from benchmarks.schedules import SCHEDULES, ScheduleError, parse_seconds
-from chord.startcheck import StartupError, check_out_file
+from benchmarks.schedules import MAX_ARRIVAL_T_S, SCHEDULES, ScheduleError, parse_seconds
+from benchmarks.slo import check_search
+from chord.jsonfile import dumps
+from chord.startcheck import StartupError, check_in_range, check_out_file
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -41,6 +45,14 @@ class _Script(Protocol):
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the benchmark with parsed flags; return the exit status."""
+
+
+def _duration(text: str) -> float:
+    """argparse type of a duration flag: parse_seconds, its message shown as argparse's error."""
+    try:
+        return parse_seconds(text)
+    except ScheduleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +88,10 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--load-end", type=float, default=0.0, help="step/line: last rate (0 = none)"
     )
     open_loop.add_argument(
-        "--load-step-duration", type=parse_seconds, default=0.0, help="step: e.g. 5s or 500ms"
+        "--load-step-duration", type=_duration, default=0.0, help="step: e.g. 5s or 500ms"
     )
     open_loop.add_argument(
-        "--load-max-duration", type=parse_seconds, default=0.0, help="ramp stops after this"
+        "--load-max-duration", type=_duration, default=0.0, help="ramp stops after this"
     )
     open_loop.add_argument(
         "--arrivals", default=None, help="arrivals.csv (t_s,device_id,reason) of a simulation"
@@ -101,7 +113,7 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-tolerance", type=float, default=0.1, help="capacity search: stop at hi/lo"
     )
     open_loop.add_argument(
-        "--peak-window", type=parse_seconds, default=60.0, help="arrivals: peak window (virtual)"
+        "--peak-window", type=_duration, default=60.0, help="arrivals: peak window (virtual)"
     )
     parser.add_argument(
         "--format",
@@ -149,7 +161,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
 def _write(path: str | None, payload: Any) -> None:
     """JSON to path (or stdout when path is None)."""
     if path is None:
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        sys.stdout.write(dumps(payload, indent=2, default=str) + "\n")  # no NaN tokens
     else:
         write_json(path, payload)
 
@@ -187,9 +199,11 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
         on_probe=show,
     )
     hi = cap.bracket[1]
+    failure = (f"first failure at {hi:.1f} rps" if math.isfinite(hi)
+               else f"no probe failed up to {cap.bracket[0]:.1f} rps")
     line = (
         f"Capacity at p99 <= {cap.slo_p99_ms:g} ms: {cap.capacity_rps:.1f} rps "
-        f"(first failure at {hi:.1f} rps; {len(cap.probes)} probes of {cfg.duration_s:g} s)"
+        f"({failure}; {len(cap.probes)} probes of {cfg.duration_s:g} s)"
     )
     print(line, file=sys.stderr if args.format == "ghz" else sys.stdout)
     if args.format == "ghz":
@@ -197,6 +211,24 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
     if args.json_out:
         _write(args.json_out, cap.to_json())
     return 0 if cap.capacity_rps > 0 else 1
+
+
+def check_report_flags(args: argparse.Namespace) -> None:
+    """Refuse --slo-p99-ms and --peak-window values that can never be judged (LoadConfigError).
+
+    Checked before any load is sent, so that a bad value does not surface after the run.
+    """
+    from benchmarks.slo import MAX_SLO_MS
+
+    try:
+        if args.slo_p99_ms is not None:
+            check_in_range(args.slo_p99_ms, "--slo-p99-ms", 0, MAX_SLO_MS, unit="milliseconds",
+                           lo_open=True)
+        if args.arrivals is not None:
+            check_in_range(args.peak_window, "--peak-window", 0, MAX_ARRIVAL_T_S,
+                           unit="virtual seconds (e.g. 60s or 1m)", lo_open=True)
+    except StartupError as exc:
+        raise LoadConfigError(str(exc)) from None
 
 
 def run_load_command(args: argparse.Namespace) -> int:
@@ -213,8 +245,14 @@ def run_load_command(args: argparse.Namespace) -> int:
             check_out_file(args.output, "--output")
         cfg = load_config_from_args(args)
         cfg.validate()
+        check_report_flags(args)
         if args.slo_p99_ms is not None and cfg.arrivals is None:
+            check_search(args.slo_p99_ms, args.search_start_rps, args.search_tolerance)
+            check_served(cfg)
             return _search(args, cfg)
+        if cfg.arrivals is not None:
+            send_schedule(cfg)  # an arrivals file that cannot be replayed is refused here
+        check_served(cfg)
         result = run_load(cfg)
     except (LoadConfigError, ScheduleError, StartupError) as exc:
         print(f"chord bench load: error: {exc}", file=sys.stderr)
@@ -228,10 +266,12 @@ def run_load_command(args: argparse.Namespace) -> int:
 
         slo = args.slo_p99_ms if args.slo_p99_ms is not None else 50.0
         verdict = replay_verdict(result, slo, args.peak_window)
+        p99 = verdict["peak_p99_ms"]
+        there = f"p99 there {p99:.2f} ms" if p99 is not None else "no call measured there"
         print(
             f"Fleet peak: {verdict['peak_arrivals']} requests in {verdict['window_s']:g} virtual s "
             f"from t={verdict['peak_start_s']:.0f} s ({verdict['peak_rps_sent']:.1f} rps sent at "
-            f"{cfg.speedup:g}x); p99 there {verdict['peak_p99_ms']:.2f} ms, "
+            f"{cfg.speedup:g}x); {there}, "
             f"{verdict['peak_errors']} errors: SLO p99 <= {slo:g} ms "
             f"{'KEPT' if verdict['kept'] else 'NOT kept'}",
             file=sys.stderr if args.format == "ghz" and args.output is None else sys.stdout,

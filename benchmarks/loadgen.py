@@ -23,9 +23,12 @@ from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
 from chord.startcheck import (
     StartupError,
     check_address,
+    check_host,
+    check_in_range,
+    check_int,
     check_pem_ca,
-    check_seconds,
     check_token,
+    exact,
 )
 from chord.strategy import StrategyRequest
 from protos import serde
@@ -45,6 +48,18 @@ __all__ = [
 METHODS = ("strategy", "spec", "health")
 # One Python process saturates near 4,000 requests/s; more than this many would only thrash.
 MAX_PROCESSES = 64
+# Limits a run can work within; each flag's error states its limit.
+MAX_CONCURRENCY = 100_000  # calls in flight over all processes
+MAX_CHANNELS = 64  # gRPC channels (TCP connections) per client process
+MAX_PROFILES = 100_000
+MAX_REQUESTS = 1_000_000_000
+MAX_SEED = 2**64 - 1  # numpy's SeedSequence takes non-negative integers; uint64 like the proto
+MAX_DURATION_S = 3600.0  # a measured window (and a replay's real length) of at most an hour
+MAX_WARMUP_S = 600.0
+MAX_TIMEOUT_S = 3600.0  # per-call deadline
+MAX_BUDGET_BITS = 32.0  # no tier's level is wider; the served spec's range is checked as well
+MAX_RPS = 1e6
+MAX_SPEEDUP = 1e9
 # Distinct error messages kept per process (the counts of all errors are always exact).
 _MAX_ERROR_MESSAGES = 20
 
@@ -109,52 +124,54 @@ class LoadConfig:
         )
 
     def validate(self) -> None:
-        """Raise LoadConfigError naming the first field that is out of range."""
+        """Raise LoadConfigError naming the first field (and its flag) that is out of range.
+
+        Every number is checked to be finite and within a range that can run (see the MAX_*
+        limits), so that a run that can never work is refused before any process starts.
+        """
         try:
             check_address(self.target, "target (--target)")
             if self.token is not None:
                 check_token(self.token, "token (--token or $CHORD_TOKEN)")
-            check_seconds(self.timeout_s, "timeout_s (--timeout)")
-            check_seconds(self.duration_s, "duration_s (--duration)")
-            check_seconds(self.warmup_s, "warmup_s (--warmup)", allow_zero=True)
+            if self.method not in METHODS:
+                raise StartupError(f"method {self.method!r} is unknown; send one of {METHODS}")
+            check_int(self.concurrency, "concurrency (--concurrency)", 1, MAX_CONCURRENCY,
+                      "calls in flight over all processes")
+            check_int(self.processes, "processes (--processes)", 1, MAX_PROCESSES)
+            check_int(self.channels_per_process, "channels_per_process (--channels)", 1,
+                      MAX_CHANNELS, "gRPC channels per client process")
+            check_int(self.n_profiles, "n_profiles", 1, MAX_PROFILES)
+            check_int(self.max_requests, "max_requests (--max-requests)", 1, MAX_REQUESTS)
+            check_int(self.seed, "seed (--seed)", 0, MAX_SEED)
+            check_in_range(self.duration_s, "duration_s (--duration)", 0, MAX_DURATION_S,
+                           unit="seconds", lo_open=True)
+            check_in_range(self.warmup_s, "warmup_s (--warmup)", 0, MAX_WARMUP_S, unit="seconds")
+            check_in_range(self.timeout_s, "timeout_s (--timeout)", 0, MAX_TIMEOUT_S,
+                           unit="seconds", lo_open=True)
+            check_in_range(self.budget_bits, "budget_bits (--budget-bits)", 0, MAX_BUDGET_BITS,
+                           unit="bits per weight (0 = the tier's default)")
+            check_in_range(self.rps, "rps (--rps)", 0, MAX_RPS,
+                           unit="calls per second (0 = closed loop)")
+            check_in_range(self.speedup, "speedup (--speedup)", 0, MAX_SPEEDUP,
+                           unit="virtual seconds per real second", lo_open=True)
             if self.tls_ca is not None:
                 check_pem_ca(self.tls_ca, "tls_ca (--tls-ca)")
+            if self.tls_server_name:
+                check_host(self.tls_server_name, "tls_server_name (--tls-server-name)")
         except StartupError as exc:
             raise LoadConfigError(str(exc)) from None
-        if not math.isfinite(self.budget_bits):
-            raise LoadConfigError(f"budget_bits {self.budget_bits} must be a finite number")
-        if self.method not in METHODS:
-            raise LoadConfigError(f"method {self.method!r} is unknown; send one of {METHODS}")
-        if self.concurrency < 1:
-            raise LoadConfigError(f"concurrency {self.concurrency} must be >= 1")
-        if not 1 <= self.processes <= MAX_PROCESSES:
-            raise LoadConfigError(f"processes {self.processes} must be in 1..{MAX_PROCESSES}")
-        if not 0 < self.duration_s <= 3600:
-            raise LoadConfigError(f"duration_s {self.duration_s} must be in (0, 3600]")
-        if not 0 <= self.warmup_s <= 600:
-            raise LoadConfigError(f"warmup_s {self.warmup_s} must be in [0, 600]")
-        if self.max_requests < 1:
-            raise LoadConfigError(f"max_requests {self.max_requests} must be >= 1")
-        if self.timeout_s <= 0:
-            raise LoadConfigError(f"timeout_s {self.timeout_s} must be > 0")
-        if self.n_profiles < 1 or self.channels_per_process < 1:
-            raise LoadConfigError("n_profiles and channels_per_process must be >= 1")
-        if self.budget_bits < 0:
-            raise LoadConfigError(f"budget_bits {self.budget_bits} must be >= 0 (0 = tier default)")
         if self.cpus and not set(self.cpus) <= os.sched_getaffinity(0):
             raise LoadConfigError(
                 f"cpus {sorted(self.cpus)} are not all available; this process may use "
                 f"{sorted(os.sched_getaffinity(0))}"
             )
-        if self.rps < 0:
-            raise LoadConfigError(f"rps {self.rps} must be >= 0 (0 = closed loop)")
         if self.arrivals is not None:
             if self.rps > 0 or self.load_schedule != "const":
-                raise LoadConfigError("arrivals replace rps and load_schedule; send one of them")
+                raise LoadConfigError(
+                    "--arrivals replaces --rps and --load-schedule; send only one of them"
+                )
             if not Path(self.arrivals).is_file():
-                raise LoadConfigError(f"arrivals {self.arrivals!r} is not a file; send the CSV")
-            if not (math.isfinite(self.speedup) and self.speedup > 0):
-                raise LoadConfigError(f"speedup {self.speedup} must be a finite number > 0")
+                raise LoadConfigError(f"--arrivals {self.arrivals!r} is not a file; send the CSV")
         elif self.open_loop:
             try:
                 self.schedule().validate()
@@ -222,6 +239,69 @@ class LoadResult:
         if self.config.token:  # never write a credential into a result file
             out["config"]["token"] = "<redacted>"
         return out
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def check_served(cfg: LoadConfig) -> None:
+    """Ask the target for its model spec once and check --tier and --budget-bits against it.
+
+    Run before any client process starts (strategy method only), so that a tier the server does
+    not serve or a budget outside the tier's reachable range is refused in one line instead of
+    failing every call of the run. Raises LoadConfigError for a bad tier or budget,
+    LoadRunError when the target does not answer within cfg.timeout_s or refuses the call.
+    """
+    if cfg.method != "strategy":
+        return
+    if cfg.tls_ca is None:
+        channel = grpc.insecure_channel(cfg.target)
+    else:
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(cfg.tls_ca).read_bytes())
+        options = ([("grpc.ssl_target_name_override", cfg.tls_server_name)]
+                   if cfg.tls_server_name else [])
+        channel = grpc.secure_channel(cfg.target, creds, options=options)
+    try:
+        stub = serde.ProtoStrategyServiceStub(channel)
+        reply = stub.GetModelSpec(
+            serde.model_spec_request_to_proto("loadgen-preflight"),
+            timeout=cfg.timeout_s, metadata=_metadata(cfg), wait_for_ready=True,
+        )
+        spec = serde.model_spec_from_proto(reply)
+    except grpc.RpcError as err:
+        code = err.code() if isinstance(err, grpc.Call) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise LoadRunError(
+                f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
+                "`chord serve` listens there (and pass --tls-ca for a TLS server, or a longer "
+                "--timeout)"
+            ) from None
+        details = err.details() if isinstance(err, grpc.Call) else str(err)
+        name = code.name if code is not None else "an error"
+        raise LoadRunError(f"GetModelSpec on {cfg.target} failed with {name}: {details}") from None
+    except serde.SerdeError as err:
+        raise LoadRunError(f"GetModelSpec on {cfg.target} sent an unusable spec: {err}") from None
+    finally:
+        channel.close()
+    tiers = {t.name: t for t in spec.tiers}
+    if not tiers:
+        return
+    name = cfg.tier or spec.tiers[0].name
+    tier = tiers.get(name)
+    if tier is None:
+        raise LoadConfigError(
+            f"--tier {cfg.tier[:64]!r} is not served by {cfg.target}; send one of: "
+            f"{', '.join(tiers)} (or none for the first)"
+        )
+    b = cfg.budget_bits
+    slack = 1e-9
+    if b and not tier.min_budget_bits - slack <= b <= tier.max_budget_bits + slack:
+        raise LoadConfigError(
+            f"--budget-bits {exact(b)} is outside tier {name!r}'s reachable range on "
+            f"{cfg.target}; send a value in [{exact(tier.min_budget_bits)}, "
+            f"{exact(tier.max_budget_bits)}] (or 0 for the tier's default, "
+            f"{exact(tier.default_budget_bits)})"
+        )
 
 
 # ----------------------------------------------------------------------------- worker process
@@ -764,9 +844,15 @@ def format_summary(res: LoadResult) -> str:
         f"  Count:        {res.total}"
         + (f" of {res.scheduled} scheduled" if res.scheduled is not None else ""),
         f"  Total:        {res.elapsed_s:.2f} s (after {c.warmup_s:g} s warmup)",
-        f"  Slowest:      {res.max_ms:.2f} ms",
-        f"  Fastest:      {res.min_ms:.2f} ms",
-        f"  Average:      {res.mean_ms:.2f} ms",
+        *(
+            [
+                f"  Slowest:      {res.max_ms:.2f} ms",
+                f"  Fastest:      {res.min_ms:.2f} ms",
+                f"  Average:      {res.mean_ms:.2f} ms",
+            ]
+            if res.total
+            else ["  Latency:      none measured (no call completed in the window)"]
+        ),
         f"  Requests/sec: {res.rps:.2f}",
     ]
     if res.mode == "open":
@@ -790,12 +876,15 @@ def format_summary(res: LoadResult) -> str:
     if len(res.workers_seen) > 1:
         spread = ", ".join(f"{w}: {n}" for w, n in res.workers_seen.items())
         lines.append(f"  Workers:      replies by server worker {spread}")
+    if res.total:
+        lines += [
+            "",
+            "Latency distribution:",
+            f"  50 % in {res.p50_ms:.2f} ms",
+            f"  90 % in {res.p90_ms:.2f} ms",
+            f"  99 % in {res.p99_ms:.2f} ms",
+        ]
     lines += [
-        "",
-        "Latency distribution:",
-        f"  50 % in {res.p50_ms:.2f} ms",
-        f"  90 % in {res.p90_ms:.2f} ms",
-        f"  99 % in {res.p99_ms:.2f} ms",
         "",
         "Status code distribution:",
         *(f"  [{code}]   {n} responses" for code, n in res.status_codes.items()),

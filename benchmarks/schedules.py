@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chord.startcheck import StartupError, check_in_range, exact
 from chord.textfile import TextFileError, read_text
 
 __all__ = [
@@ -38,6 +39,12 @@ SCHEDULES = ("const", "step", "line")
 ARRIVALS_HEADER = ("t_s", "device_id", "reason")
 _GRID_S = 1e-3  # resolution of the integrated rate for step and line schedules
 MAX_CALLS = 50_000_000
+MAX_RATE = 1e6  # calls per second: far above what one generator can send
+MAX_SCHEDULE_S = 3600.0  # step durations and ramp lengths: at most an hour
+# Latest t_s an arrivals file may hold: a year of virtual time. A replay must also take at most
+# MAX_REPLAY_S of real time at the chosen speedup (t_s / speedup), like a measured window.
+MAX_ARRIVAL_T_S = 366 * 86_400.0
+MAX_REPLAY_S = 3600.0
 
 
 class ScheduleError(ValueError):
@@ -84,25 +91,39 @@ class RateSchedule:
     max_duration_s: float = 0.0  # step, line: the ramp stops changing after this (0 = never)
 
     def validate(self) -> None:
-        """Raise ScheduleError naming the first flag that is out of range."""
+        """Raise ScheduleError naming the first flag that is out of range, with its range."""
         if self.kind not in SCHEDULES:
-            raise ScheduleError(f"load schedule {self.kind!r} is unknown; send one of {SCHEDULES}")
-        values = (self.rps, self.start, self.step, self.end, self.step_duration_s,
-                  self.max_duration_s)
-        if not all(math.isfinite(v) for v in values):
-            raise ScheduleError("load schedule values must be finite numbers")
+            raise ScheduleError(
+                f"--load-schedule {self.kind!r} is unknown; send one of {', '.join(SCHEDULES)}"
+            )
+        rate = "calls per second"
+        try:
+            check_in_range(self.rps, "--rps", 0, MAX_RATE, unit=rate)
+            check_in_range(self.start, "--load-start", 0, MAX_RATE, unit=rate)
+            check_in_range(self.step, "--load-step", -MAX_RATE, MAX_RATE, unit=rate)
+            check_in_range(self.end, "--load-end", 0, MAX_RATE, unit=f"{rate} (0 = no limit)")
+            check_in_range(self.step_duration_s, "--load-step-duration", 0, MAX_SCHEDULE_S,
+                           unit="seconds")
+            check_in_range(self.max_duration_s, "--load-max-duration", 0, MAX_SCHEDULE_S,
+                           unit="seconds (0 = never)")
+        except StartupError as exc:
+            raise ScheduleError(str(exc)) from None
         if self.kind == "const" and self.rps <= 0:
-            raise ScheduleError(f"rps {self.rps} must be > 0 for a const schedule")
+            raise ScheduleError(f"--rps is {exact(self.rps)}; send a rate > 0 for a const schedule")
         if self.kind != "const":
             if self.start <= 0:
-                raise ScheduleError(f"load-start {self.start} must be > 0 for {self.kind}")
+                raise ScheduleError(
+                    f"--load-start is {exact(self.start)}; send a rate > 0 for a {self.kind} "
+                    "schedule"
+                )
             if self.step == 0:
-                raise ScheduleError(f"load-step must be non-zero for {self.kind}")
-            if self.end < 0 or self.max_duration_s < 0:
-                raise ScheduleError("load-end and load-max-duration must be >= 0")
+                raise ScheduleError(
+                    f"--load-step is 0; send a non-zero rate change for a {self.kind} schedule"
+                )
         if self.kind == "step" and self.step_duration_s <= 0:
             raise ScheduleError(
-                f"load-step-duration {self.step_duration_s} must be > 0 for a step schedule"
+                f"--load-step-duration is {exact(self.step_duration_s)}; send a duration > 0 "
+                "(e.g. 5s) for a step schedule"
             )
 
     def rate_at(self, t: np.ndarray) -> np.ndarray:
@@ -157,11 +178,30 @@ class Arrivals:
     def send_times(self, speedup: float) -> np.ndarray:
         """Real send times: t_s / speedup after the replay starts (the simulation's start)."""
         if not math.isfinite(speedup) or speedup <= 0:
-            raise ScheduleError(f"speedup {speedup} must be a finite number > 0")
-        return self.t_s / speedup
+            raise ScheduleError(
+                f"--speedup is {exact(speedup)}; send a finite number of virtual seconds per "
+                "real second > 0"
+            )
+        times = self.t_s / speedup
+        if times.size and times[-1] > MAX_REPLAY_S:
+            need = float(self.t_s[-1]) / MAX_REPLAY_S
+            raise ScheduleError(
+                f"{self.path}: the last arrival (t_s {exact(float(self.t_s[-1]))}) is "
+                f"{float(times[-1]):.0f} s of real time at --speedup {exact(speedup)}; a replay "
+                f"may take at most {MAX_REPLAY_S:.0f} s: send --speedup >= {need:.6g}"
+            )
+        return times
 
     def peak_window(self, window_s: float) -> tuple[float, float, int]:
-        """(start, end, arrivals) of the window_s virtual-second window with most arrivals."""
+        """(start, end, arrivals) of the window_s virtual-second window with most arrivals.
+
+        Raises ScheduleError unless window_s is a finite number of seconds in (0, a year].
+        """
+        try:
+            check_in_range(window_s, "--peak-window", 0, MAX_ARRIVAL_T_S, unit="virtual seconds",
+                           lo_open=True)
+        except StartupError as exc:
+            raise ScheduleError(str(exc)) from None
         if self.t_s.size == 0:
             return 0.0, window_s, 0
         ends = np.searchsorted(self.t_s, self.t_s + window_s, side="left")
@@ -182,32 +222,45 @@ def read_arrivals(path: str | Path) -> Arrivals:
         text = read_text(p)  # BOMs dropped; a byte that is not UTF-8 named by line and column
     except TextFileError as exc:
         raise ScheduleError(str(exc)) from None
-    rows = csv.reader(text.splitlines())
-    header = next(rows, None)
+    # Blank and whitespace-only lines (a trailing one from an editor or `echo`) are skipped,
+    # as the interaction readers skip them; line numbers stay those of the file.
+    numbered = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+    rows = ((n, row) for (n, _), row in zip(numbered, csv.reader(ln for _, ln in numbered),
+                                            strict=True))
+    first = next(rows, None)
+    header = first[1] if first is not None else None
     if header is None or tuple(h.strip() for h in header[:3]) != ARRIVALS_HEADER:
+        where = first[0] if first is not None else 1
         raise ScheduleError(
-            f"{p}:1: header must be {','.join(ARRIVALS_HEADER)}, got {','.join(header or [])!r}"
+            f"{p}:{where}: header must be {','.join(ARRIVALS_HEADER)}, got "
+            f"{','.join(header or [])[:80]!r}"
         )
     times: list[float] = []
     devices: list[str] = []
     reasons: list[str] = []
-    for line, row in enumerate(rows, start=2):
-        if not row:
-            continue
+    for line, row in rows:
         if len(row) < 3:
             raise ScheduleError(f"{p}:{line}: expected 3 fields (t_s,device_id,reason)")
         try:
             t = float(row[0])
         except ValueError:
             raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} is not a number") from None
-        if not math.isfinite(t) or t < 0:
-            raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} must be a finite number >= 0")
+        if not math.isfinite(t) or not 0 <= t <= MAX_ARRIVAL_T_S:
+            raise ScheduleError(
+                f"{p}:{line}: t_s {row[0][:40]!r} is not a finite number of virtual seconds in "
+                f"[0, {MAX_ARRIVAL_T_S:.0f}] (a year); send the simulation's arrival times"
+            )
         if times and t < times[-1]:
             raise ScheduleError(f"{p}:{line}: t_s {t} is before the previous row's {times[-1]}; "
                                 "sort the rows by t_s")
         times.append(t)
         devices.append(row[1])
         reasons.append(row[2])
+    if not times:
+        raise ScheduleError(
+            f"{p}: no arrivals after the header; send a file with at least one row "
+            "t_s,device_id,reason (`chord simulate` writes one)"
+        )
     if len(times) > MAX_CALLS:
         raise ScheduleError(f"{p}: {len(times)} arrivals exceed the cap of {MAX_CALLS}")
     return Arrivals(np.asarray(times, dtype=np.float64), tuple(devices), tuple(reasons), str(p))

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import LoadConfig, LoadConfigError, LoadResult, run_load
-from benchmarks.schedules import read_arrivals
+from benchmarks.schedules import MAX_RATE, ScheduleError, read_arrivals
+from chord.startcheck import StartupError, check_in_range
 
 __all__ = ["CapacityResult", "Probe", "find_capacity", "replay_verdict"]
 
@@ -56,6 +57,24 @@ class CapacityResult:
         return out
 
 
+MAX_SLO_MS = 3_600_000.0  # an SLO of at most an hour
+MAX_TOLERANCE = 10.0  # the search stops when hi / lo <= 1 + tolerance
+
+
+def check_search(slo_p99_ms: float, start_rps: float, tolerance: float) -> None:
+    """Raise LoadConfigError naming the first of --slo-p99-ms, --search-start-rps and
+    --search-tolerance that is not a finite number in its range."""
+    try:
+        check_in_range(slo_p99_ms, "--slo-p99-ms", 0, MAX_SLO_MS, unit="milliseconds",
+                       lo_open=True)
+        check_in_range(start_rps, "--search-start-rps", 0, MAX_RATE, unit="calls per second",
+                       lo_open=True)
+        check_in_range(tolerance, "--search-tolerance", 0, MAX_TOLERANCE,
+                       unit="(the search stops at hi/lo <= 1 + this)", lo_open=True)
+    except StartupError as exc:
+        raise LoadConfigError(str(exc)) from None
+
+
 def find_capacity(
     base: LoadConfig,
     slo_p99_ms: float,
@@ -76,11 +95,9 @@ def find_capacity(
     the capacity is then reported as 0 with the bracket's upper end. Raises LoadConfigError for
     a non-positive SLO, start rate or tolerance.
     """
-    if not slo_p99_ms > 0 or not start_rps > 0 or not tolerance > 0 or max_probes < 1:
-        raise LoadConfigError(
-            f"slo_p99_ms {slo_p99_ms}, start_rps {start_rps}, tolerance {tolerance} must be > 0 "
-            f"and max_probes {max_probes} >= 1"
-        )
+    check_search(slo_p99_ms, start_rps, tolerance)
+    if max_probes < 1:
+        raise LoadConfigError(f"max_probes is {max_probes!r}; send an integer >= 1")
     duration = probe_s if probe_s is not None else base.duration_s
     floor = min_rps if min_rps is not None else start_rps / 16
     probes: list[Probe] = []
@@ -139,8 +156,13 @@ def replay_verdict(res: LoadResult, slo_p99_ms: float, window_s: float = 60.0) -
     cfg = res.config
     if cfg.arrivals is None or res.samples is None:
         raise LoadConfigError("replay_verdict needs a run with arrivals; pass --arrivals FILE")
-    arrivals = read_arrivals(cfg.arrivals)
-    start, end, n_peak = arrivals.peak_window(window_s)
+    try:
+        check_in_range(slo_p99_ms, "--slo-p99-ms", 0, MAX_SLO_MS, unit="milliseconds",
+                       lo_open=True)
+        arrivals = read_arrivals(cfg.arrivals)
+        start, end, n_peak = arrivals.peak_window(window_s)
+    except (StartupError, ScheduleError) as exc:
+        raise LoadConfigError(str(exc)) from None
     lo, hi = start / cfg.speedup, end / cfg.speedup
     s = res.samples
     # Scheduled offsets are rounded through float arithmetic: widen the window by 1 us.
@@ -148,7 +170,7 @@ def replay_verdict(res: LoadResult, slo_p99_ms: float, window_s: float = 60.0) -
     ok_code = s.codes.index("OK") if "OK" in s.codes else -1
     lat_ms = s.latency_s[inside] * 1e3
     errors = int((s.code[inside] != ok_code).sum())
-    p99 = float(np.percentile(lat_ms, 99)) if lat_ms.size else float("nan")
+    p99 = float(np.percentile(lat_ms, 99)) if lat_ms.size else None  # None: no call measured
     return {
         "arrivals": cfg.arrivals,
         "speedup": cfg.speedup,
@@ -163,5 +185,5 @@ def replay_verdict(res: LoadResult, slo_p99_ms: float, window_s: float = 60.0) -
         "peak_p99_ms": p99,
         "overall_p99_ms": res.p99_ms,
         "slo_p99_ms": slo_p99_ms,
-        "kept": bool(lat_ms.size and errors == 0 and p99 <= slo_p99_ms),
+        "kept": bool(p99 is not None and errors == 0 and p99 <= slo_p99_ms),
     }

@@ -354,3 +354,51 @@ __all__ = [
     "positive_int",
     "wait_for_tcp",
 ]
+
+
+def exact(value: object) -> str:
+    """A value as an error writes it back, never rounded: 1.0000001 stays so, 3600001.0 is
+    3600001, so an out-of-range value cannot look in range. Non-numbers: repr."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and (
+        abs(value) < 2**63
+    ):
+        return str(int(value))
+    return repr(value)
+
+
+def check_int(value: int, source: str, lo: int, hi: int, note: str = "") -> int:
+    """An integer in lo..hi (bools refused); note (e.g. "0 = off") goes into the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        extra = f" ({note})" if note else ""
+        raise StartupError(f"{source} is {value!r}; send an integer in {lo}..{hi}{extra}")
+    return value
+
+
+def check_in_range(
+    value: float, source: str, lo: float, hi: float, *, unit: str = "", lo_open: bool = False
+) -> float:
+    """A finite number in [lo, hi] ((lo, hi] when lo_open); unit (e.g. "seconds") for the message.
+
+    The offending value is shown exactly (repr), never rounded into the range.
+    """
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        or value < lo or value > hi or (lo_open and value == lo)
+    ):
+        what = f"a finite number of {unit}" if unit else "a finite number"
+        bracket = "(" if lo_open else "["
+        raise StartupError(
+            f"{source} is {exact(value)}; send {what} in {bracket}{exact(lo)}, {exact(hi)}]"
+        )
+    return float(value)
+
+
+ECHO_CHARS = 40  # how much of a refused string an error message quotes
+
+
+def shown(value: str, limit: int = ECHO_CHARS) -> str:
+    """A refused string as an error quotes it: repr of at most limit characters, then how long
+    it was, so an error never grows with a hostile value (gRPC caps status details at ~8 KiB)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

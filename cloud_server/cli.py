@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ from chord.startcheck import (
     check_bindable,
     check_dir,
     check_host,
+    check_in_range,
+    check_int,
     check_out_file,
     check_port,
     check_token,
@@ -88,6 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def max_workers() -> int:
+    """Most server processes (and torch threads per worker) that can work: 4 per usable core."""
+    return 4 * len(os.sched_getaffinity(0))
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Turn parsed flags (and $CHORD_TOKEN) into a ServerConfig; StartupError names a bad one."""
     if args.token is not None:
@@ -101,14 +107,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         check_out_file(args.reports, "--reports")
     check_host(args.host, "--host")
     check_port(args.port, "--port")
-    if not math.isfinite(args.max_receive_mib):
-        raise StartupError(f"--max-receive-mib is {args.max_receive_mib}; send a number of MiB")
+    check_in_range(args.max_receive_mib, "--max-receive-mib", 1 / 1024, 1024.0, unit="MiB")
+    check_int(args.workers, "--workers", 1, max_workers(), "server processes; at most 4 per core")
+    check_int(args.torch_threads, "--torch-threads", 0, max_workers(),
+              "threads per worker; 0 = cores / workers")
     return ServerConfig(
         run_dir=args.run,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_concurrency=args.max_concurrency,
-        max_receive_bytes=int(args.max_receive_mib * MIB),
+        max_receive_bytes=round(args.max_receive_mib * MIB),
         metrics_port=args.metrics_port,
         metrics_host=args.host.strip("[]"),
         tls_cert=args.tls_cert,
@@ -136,9 +144,6 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print(f"chord serve: error: --workers {args.workers}; use 1 or more", file=sys.stderr)
         return 2
     try:
         # Bind plain sockets first, so that a host or port that cannot work is refused here in

@@ -8,13 +8,18 @@ from pathlib import Path
 from chord.startcheck import (
     StartupError,
     check_host,
-    check_port,
-    check_seconds,
+    check_in_range,
+    check_int,
     check_tls_pair,
     check_token,
 )
 
 MIB = 1 << 20
+# Limits a server can work within; each setting's error states its limit.
+MAX_BATCH = 4096  # requests per forward pass
+MAX_WAIT_MS = 60_000.0  # batch wait: a minute at most (tests hold calls in the batcher for 20 s)
+MAX_CONCURRENCY = 100_000  # in-flight calls
+MAX_GRACE_S = 3600.0  # drain period and artifact stream length: at most an hour
 
 
 @dataclass(frozen=True)
@@ -47,33 +52,30 @@ class ServerConfig:
         """
         if self.run_dir is None and not self.echo:
             raise ValueError("no run_dir; pass --run DIR (or --echo for fixed replies)")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch={self.max_batch}; use 1 (unbatched) or more")
-        check_seconds(self.max_wait_ms, "max_wait_ms (--max-wait-ms)", allow_zero=True)
-        if self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency={self.max_concurrency}; use 1 or more")
+        check_int(self.max_batch, "max_batch (--max-batch)", 1, MAX_BATCH, "1 = unbatched")
+        check_in_range(self.max_wait_ms, "max_wait_ms (--max-wait-ms)", 0, MAX_WAIT_MS,
+                       unit="milliseconds")
+        check_int(self.max_concurrency, "max_concurrency (--max-concurrency)", 1,
+                  MAX_CONCURRENCY, "GetStrategy calls in flight")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key (or neither)")
-        if self.max_artifact_streams < 1:
-            raise ValueError(f"max_artifact_streams={self.max_artifact_streams}; use 1 or more")
-        if not self.artifact_stream_s > 0:
-            raise ValueError(f"artifact_stream_s={self.artifact_stream_s}; use more than 0")
+        check_int(self.max_artifact_streams, "max_artifact_streams", 1, MAX_CONCURRENCY)
+        check_in_range(self.artifact_stream_s, "artifact_stream_s", 0, MAX_GRACE_S,
+                       unit="seconds", lo_open=True)
         if self.token is not None and not self.token:
             raise StartupError("empty token; pass a non-empty --token or none")
         if self.token is not None:
             check_token(self.token, "token")
-        if not 1024 <= self.max_receive_bytes <= 1 << 30:
-            raise StartupError(
-                f"max_receive_bytes={self.max_receive_bytes}; send 1 KiB..1 GiB (--max-receive-mib)"
-            )
-        if not 1024 <= self.max_send_bytes <= 1 << 30:
-            raise StartupError(f"max_send_bytes={self.max_send_bytes}; send 1 KiB..1 GiB")
-        check_port(self.metrics_port, "metrics_port (--metrics-port)")
+        check_int(self.max_receive_bytes, "max_receive_bytes (--max-receive-mib x 2**20)", 1024,
+                  1 << 30, "1 KiB..1 GiB")
+        check_int(self.max_send_bytes, "max_send_bytes", 1024, 1 << 30, "1 KiB..1 GiB")
+        check_int(self.metrics_port, "metrics_port (--metrics-port)", 0, 65535,
+                  "a TCP port; 0 = no exporter")
         check_host(self.metrics_host, "metrics_host")
-        check_seconds(self.grace_s, "grace_s (--grace-s)", allow_zero=True)
-        check_seconds(self.dedup_window_s, "dedup_window_s")
-        if self.dedup_max_entries < 1:
-            raise StartupError(f"dedup_max_entries={self.dedup_max_entries}; use 1 or more")
+        check_in_range(self.grace_s, "grace_s (--grace-s)", 0, MAX_GRACE_S, unit="seconds")
+        check_in_range(self.dedup_window_s, "dedup_window_s", 0, 86_400.0, unit="seconds",
+                       lo_open=True)
+        check_int(self.dedup_max_entries, "dedup_max_entries", 1, 10_000_000)
         if self.tls_cert is not None and self.tls_key is not None:
             check_tls_pair(self.tls_cert, self.tls_key)
         if self.reports_path is not None and self.reports_path.is_dir():

@@ -4,13 +4,22 @@ grpc.aio's `server.stop(grace)` cancels every call the server has received but n
 to a handler, so calls a client sent just before the signal came back CANCELLED. The drain
 here avoids that in three steps:
 
-1. Admission stays open while calls keep arriving: it closes once no call has arrived for
-   `quiet_s` (100 ms), and at the latest `max_admit_s` (1 s, at most half the grace period)
-   after the signal. Calls admitted run to completion.
-2. After admission closes, a new call is answered UNAVAILABLE at once (clients retry it
-   elsewhere or after the restart); health and reflection stay open.
+1. Admission stays open only for calls already on the wire: it closes once no call has
+   arrived for `quiet_s` (25 ms), and at the latest `max_admit_s` (250 ms, at most half the
+   grace period) after the signal. Calls admitted run to completion. (A client sending every
+   50 ms kept a 100 ms window open for a whole second, so most calls sent during the drain
+   were admitted.)
+2. After admission closes, a new call of every method (FetchArtifact included) is answered
+   UNAVAILABLE at once (clients retry it elsewhere or after the restart); health and
+   reflection stay open.
 3. When every admitted call has finished, or the grace period is spent, the gRPC server stops
-   with whatever grace is left.
+   with whatever grace is left. A response stream is the exception: grpc hands each message to
+   its transport before the client has read it, so a download's handler (and its RPC, as grpc
+   counts it) ends while its last chunks may still wait on the client's flow-control window,
+   and stopping the server then drops them (the client saw DEADLINE_EXCEEDED, "Stream
+   removed"). gRPC gives no signal when the client has read them, so when a stream ran during
+   the drain, the server keeps its connections open, refusing new calls, until the grace
+   period ends (`streamed`).
 """
 
 from __future__ import annotations
@@ -43,7 +52,11 @@ class DrainGate(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
         """An open gate with no call running."""
         self.active = 0
+        self.active_streams = 0
         self.refused = 0
+        # True once a response stream ran during the drain (admitted, or running at its start).
+        self.streamed = False
+        self._draining = False
         self._admitting = True
         self._last_arrival = time.monotonic()
         self._idle = asyncio.Event()
@@ -78,6 +91,8 @@ class DrainGate(grpc.aio.ServerInterceptor):
                 self.refused += 1
                 return grpc.unary_stream_rpc_method_handler(_refuse_stream, des, ser)
             self._last_arrival = time.monotonic()
+            if self._draining:
+                self.streamed = True
             return grpc.unary_stream_rpc_method_handler(
                 self._counted_stream(handler.unary_stream), des, ser
             )
@@ -95,32 +110,41 @@ class DrainGate(grpc.aio.ServerInterceptor):
             self._idle.set()
 
     def _counted(self, behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Any]:
-        """A unary behavior, counted in `active` while it runs."""
+        """A unary behavior, counted in `active` until its RPC has terminated."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._enter()
-            try:
-                return await behavior(request, context)
-            finally:
-                self._leave()
+            self._enter_until_done(context)
+            return await behavior(request, context)
 
         return run
 
     def _counted_stream(self, behavior: Callable[[Any, Any], Any]) -> Callable[..., Any]:
-        """A response-streaming behavior (an async generator), counted while it streams."""
+        """A response-streaming behavior (an async generator), counted until its RPC has
+        terminated: grpc hands a yielded message to its transport before the client reads it,
+        so the generator ends while the last chunks are still buffered; stopping the server
+        then would drop them (the client saw DEADLINE_EXCEEDED, "Stream removed")."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            self._enter()
+            self._enter_until_done(context)
+            self.active_streams += 1
             try:
                 async for item in behavior(request, context):
                     yield item
             finally:
-                self._leave()
+                self.active_streams -= 1
 
         return run
 
-    async def close_admission(self, quiet_s: float = 0.1, max_admit_s: float = 1.0) -> None:
+    def _enter_until_done(self, context: grpc.aio.ServicerContext) -> None:
+        """Count one more admitted call until grpc reports its RPC terminated (status sent
+        after every message, or cancelled)."""
+        self._enter()
+        context.add_done_callback(lambda _: self._leave())
+
+    async def close_admission(self, quiet_s: float = 0.025, max_admit_s: float = 0.25) -> None:
         """Keep admitting until no call arrived for quiet_s (at most max_admit_s), then close."""
+        self._draining = True
+        self.streamed = self.streamed or self.active_streams > 0
         start = time.monotonic()
         self._last_arrival = max(self._last_arrival, start)
         while True:

@@ -178,8 +178,10 @@ async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s
     """Graceful stop within grace_s seconds (see cloud_server.drain for the rule).
 
     Health turns NOT_SERVING; calls already on the wire are admitted and run to completion;
-    later calls get UNAVAILABLE; once the admitted calls are done (or grace_s has passed) the
-    server stops, the model load is cancelled if still running, and the service closes.
+    later calls get UNAVAILABLE; once the admitted calls are done (or grace_s has passed; when
+    a download ran during the drain, once grace_s has passed, so that its buffered last chunks
+    reach the client) the server stops, the model load is cancelled if still running, and the
+    service closes.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
@@ -188,13 +190,20 @@ async def stop_server(server: grpc.aio.Server, service: StrategyService, grace_s
     gate = service.drain
     tail = 0.0
     if isinstance(gate, DrainGate) and grace_s > 0:
-        await gate.close_admission(max_admit_s=min(1.0, grace_s / 2))
+        await gate.close_admission(max_admit_s=min(0.25, grace_s / 2))
         if not await gate.wait_idle(deadline - loop.time()):
             log.warning(
                 "grace period of %.1f s spent with %d calls still running; they get UNAVAILABLE",
                 grace_s, gate.active,
             )
             await service.close()  # fails every queued or computing strategy call: UNAVAILABLE
+            tail = DRAIN_TAIL_S
+        elif gate.streamed:
+            # A download's last chunks may still wait on the client (see cloud_server.drain):
+            # keep the connections open, refusing new calls, for the rest of the grace period.
+            log.info("a download ran during the drain: holding connections for the rest of "
+                     "the %.1f s grace period so its last chunks reach the client", grace_s)
+            await asyncio.sleep(max(0.0, deadline - loop.time() - DRAIN_TAIL_S))
             tail = DRAIN_TAIL_S
         if gate.refused:
             log.info("refused %d calls with UNAVAILABLE while draining", gate.refused)

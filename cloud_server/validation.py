@@ -14,10 +14,13 @@ import numpy as np
 
 from chord.artifacts import ArtifactRequest, check_digest
 from chord.spec import DeviceReport, ModelSpec, TierSpec
+from chord.startcheck import exact, shown
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
 
 MAX_ID_CHARS = 128  # device_id / request_id length limit
+MAX_TIER_CHARS = 64  # tier: a ModelSpec.tiers[].name is a short word ("low", "mid", "high")
+MAX_VERSION_CHARS = 64  # backbone_version: the served one is 16 hex digits
 # |profile[i]| bound. The on-device profiler (the backbone's encoder, ending in a LayerNorm for
 # SASRec) gives values of order 1-10; larger values overflow the hypernetwork's float32
 # normalization (1e30 squared is inf) and can only come from a broken or hostile client.
@@ -30,6 +33,8 @@ MIN_REQUEST_CHUNK_BYTES = 1024
 MAX_REQUEST_CHUNK_BYTES = 4 << 20
 # Tolerance on the published budget range: assign_levels meets a budget within 0.1 bit.
 BUDGET_SLACK = 1e-9
+# Rounding slack on the metric orders HR@5 <= HR@10, NDCG@k <= HR@k (means of float32 values).
+METRIC_SLACK = 1e-6
 
 
 def _check_id(value: str, field: str) -> None:
@@ -46,6 +51,35 @@ def _check_id(value: str, field: str) -> None:
         raise InvalidRequestError(f"{field} contains control characters; send printable text only")
 
 
+def _float32(value: np.floating) -> str:
+    """A float32 as it round-trips (numpy's shortest form), "-10001" rather than "-10001.0"."""
+    text = str(value)
+    return text.removesuffix(".0")
+
+
+def _check_length(value: str, field: str, limit: int) -> None:
+    """A string field of at most limit characters (the .proto comment's bound)."""
+    if len(value) > limit:
+        raise InvalidRequestError(
+            f"{field} has {len(value)} characters; send at most {limit} ({field} "
+            f"{shown(value)})"
+        )
+
+
+def _tier(name: str, tiers: Sequence[TierSpec], *, allow_empty: bool) -> TierSpec | None:
+    """The tier called name; None for "" when allow_empty; InvalidRequestError otherwise."""
+    if not name and allow_empty:
+        return None
+    names = ", ".join(t.name for t in tiers)
+    if not name:
+        raise InvalidRequestError(f"tier is empty; send one of: {names}")
+    _check_length(name, "tier", MAX_TIER_CHARS)
+    tier = next((t for t in tiers if t.name == name), None)
+    if tier is None:
+        raise InvalidRequestError(f"unknown tier {shown(name)}; send one of: {names}")
+    return tier
+
+
 def validate_spec_request(device_id: str) -> None:
     """GetModelSpec: device_id is optional ("" for anonymous probes) but, if set, an id."""
     if device_id:
@@ -56,31 +90,35 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
     """Raise InvalidRequestError / StaleVersionError when req cannot be served under spec."""
     _check_id(req.device_id, "device_id")
     _check_id(req.request_id, "request_id")
+    _check_length(req.backbone_version, "backbone_version", MAX_VERSION_CHARS)
     if req.backbone_version != spec.version:
-        got = repr(req.backbone_version) if req.backbone_version else "no backbone_version"
+        if not req.backbone_version:
+            raise StaleVersionError(
+                f"backbone_version is empty; call GetModelSpec and send its version "
+                f"{spec.version!r} (the served backbone) once the device holds that backbone"
+            )
         raise StaleVersionError(
-            f"{got} is not the served backbone version {spec.version!r}; "
-            "call GetModelSpec, rebuild the backbone and send its version"
+            f"backbone_version {shown(req.backbone_version)} is not the served backbone version "
+            f"{spec.version!r}; call GetModelSpec, rebuild the backbone and send its version"
         )
-    tier = spec.tier(req.tier)
-    if tier is None:
-        names = ", ".join(t.name for t in spec.tiers)
-        raise InvalidRequestError(f"unknown tier {req.tier!r}; send one of: {names}")
+    tier = _tier(req.tier, spec.tiers, allow_empty=False)
+    assert tier is not None
     budget = req.budget_bits
     lo, hi = tier.min_budget_bits, tier.max_budget_bits
     if not math.isfinite(budget) or budget <= 0:
         raise InvalidRequestError(
-            f"budget_bits {budget} is not a positive finite number; send a value in "
-            f"[{lo:g}, {hi:g}] for tier {tier.name!r} (default {tier.default_budget_bits:g})"
+            f"budget_bits {exact(budget)} is not a positive finite number; send a value in "
+            f"[{exact(lo)}, {exact(hi)}] for tier {tier.name!r} (default "
+            f"{exact(tier.default_budget_bits)})"
         )
     if budget < lo - BUDGET_SLACK or budget > hi + BUDGET_SLACK:
         raise InvalidRequestError(
-            f"budget_bits {budget:g} is outside tier {tier.name!r}'s reachable range; "
-            f"send a value in [{lo:g}, {hi:g}]"
+            f"budget_bits {exact(budget)} is outside tier {tier.name!r}'s reachable range; "
+            f"send a value in [{exact(lo)}, {exact(hi)}]"
         )
     if req.reference_id and not REFERENCE_ID.fullmatch(req.reference_id):
         raise InvalidRequestError(
-            f"reference_id {req.reference_id[:32]!r} is not 8 lowercase hex digits; send the "
+            f"reference_id {shown(req.reference_id)} is not 8 lowercase hex digits; send the "
             "spec's reference_id, or \"\" for plain codes"
         )
     has_profile = req.profile is not None and req.profile.size > 0
@@ -104,7 +142,7 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise InvalidRequestError(
-                f"profile[{i}] is {float(profile[i]):g} ({int(bad.sum())} values outside the "
+                f"profile[{i}] is {_float32(profile[i])} ({int(bad.sum())} values outside the "
                 f"range); send finite floats in [-{PROFILE_ABS_MAX:g}, {PROFILE_ABS_MAX:g}] "
                 "(the on-device profiler output)"
             )
@@ -134,7 +172,7 @@ def _check_range(name: str, value: float, lo: float, hi: float, what: str) -> No
     """metrics.NAME must be a finite number in [lo, hi]."""
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidRequestError(
-            f"metrics.{name} is {value:g}; send {what} in [{lo:g}, {hi:g}]"
+            f"metrics.{name} is {exact(value)}; send {what} in [{exact(lo)}, {exact(hi)}]"
         )
 
 
@@ -146,10 +184,7 @@ def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
     tier's when tier is ""), since an average of per-channel widths cannot leave that range.
     """
     _check_id(report.device_id, "device_id")
-    names = tuple(t.name for t in tiers)
-    tier = next((t for t in tiers if t.name == report.tier), None)
-    if report.tier and tier is None:
-        raise InvalidRequestError(f"unknown tier {report.tier!r}; send one of: {', '.join(names)}")
+    tier = _tier(report.tier, tiers, allow_empty=True)
     if report.metrics is None:
         raise InvalidRequestError("metrics is missing; send the DeviceMetrics measured this round")
     m = report.metrics
@@ -158,7 +193,11 @@ def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
     for name in _MS_FIELDS:
         _check_range(name, float(getattr(m, name)), 0.0, MAX_REPORT_MS, "milliseconds")
     for name in _BYTE_FIELDS:
-        _check_range(name, float(getattr(m, name)), 0, MAX_REPORT_BYTES, "a byte count")
+        value = getattr(m, name)  # an int: 2**40 + 1 must not round to 2**40 as a float
+        if not 0 <= value <= MAX_REPORT_BYTES:
+            raise InvalidRequestError(
+                f"metrics.{name} is {exact(value)}; send a byte count in [0, {MAX_REPORT_BYTES}]"
+            )
     widths = [b for t in ([tier] if tier is not None else tiers) for b in t.level_bits]
     avg = float(m.avg_bits)
     if avg != 0.0 and widths:
@@ -166,8 +205,17 @@ def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
         where = f"tier {tier.name!r}'s" if tier is not None else "the tiers'"
         if not math.isfinite(avg) or not lo <= avg <= hi:
             raise InvalidRequestError(
-                f"metrics.avg_bits is {avg:g}; send 0 (not measured) or bits per weight within "
-                f"{where} level widths [{lo:g}, {hi:g}]"
+                f"metrics.avg_bits is {exact(avg)}; send 0 (not measured) or bits per weight "
+                f"within {where} level widths [{exact(lo)}, {exact(hi)}]"
+            )
+    # Per user HR@5 <= HR@10 and NDCG@k <= HR@k (a hit scores at most 1 in NDCG), so the
+    # means over a device's users keep these orders too; anything else was not measured.
+    for small, large in (("hr5", "hr10"), ("ndcg5", "hr5"), ("ndcg10", "hr10")):
+        a, b = float(getattr(m, small)), float(getattr(m, large))
+        if a > b + METRIC_SLACK:
+            raise InvalidRequestError(
+                f"metrics.{small} is {exact(a)} but metrics.{large} is {exact(b)}; {small} <= "
+                f"{large} holds for every measured round: send the values the device measured"
             )
 
 

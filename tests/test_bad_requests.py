@@ -239,32 +239,32 @@ CASES: dict[str, Case] = {
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(infer_ms=INF)),
         S.INVALID_ARGUMENT,
-        "metrics.infer_ms is inf; send milliseconds in [0, 3.6e+06]",
+        "metrics.infer_ms is inf; send milliseconds in [0, 3600000]",
     ),
     "report_negative_latency": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(rpc_ms=-1.0)),
         S.INVALID_ARGUMENT,
-        "metrics.rpc_ms is -1; send milliseconds in [0, 3.6e+06]",
+        "metrics.rpc_ms is -1; send milliseconds in [0, 3600000]",
     ),
     "report_latency_above_an_hour": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(adapt_ms=1e12)),
         S.INVALID_ARGUMENT,
-        "metrics.adapt_ms is 1e+12; send milliseconds in [0, 3.6e+06]",
+        "metrics.adapt_ms is 1000000000000; send milliseconds in [0, 3600000]",
     ),
     "report_bytes_above_a_tebibyte": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(bytes_down=1 << 50)),
         S.INVALID_ARGUMENT,
-        "metrics.bytes_down is 1.1259e+15; send a byte count in [0, 1.09951e+12]",
+        "metrics.bytes_down is 1125899906842624; send a byte count in [0, 1099511627776]",
     ),
     # The issue's case: no tier has a level above 8 bits, so avg_bits = 1e9 cannot be real.
     "report_avg_bits_1e9": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(avg_bits=1e9)),
         S.INVALID_ARGUMENT,
-        "metrics.avg_bits is 1e+09; send 0 (not measured) or bits per weight within tier "
+        "metrics.avg_bits is 1000000000; send 0 (not measured) or bits per weight within tier "
         "'mid''s level widths [2, 8]",
     ),
     "report_avg_bits_below_tier": Case(
@@ -294,6 +294,69 @@ CASES: dict[str, Case] = {
         _with(lambda s: {"profile": [0.0] * (s.profile_dim - 1) + [-10001.0]}),
         S.INVALID_ARGUMENT,
         "is -10001 (1 values outside the range)",
+    ),
+    # Out-of-range values are shown exactly: they used to be rounded into the range.
+    "report_rate_just_above_one": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(hr5=1.0000001, hr10=1.0)),
+        S.INVALID_ARGUMENT,
+        "metrics.hr5 is 1.0000001; send a rate in [0, 1]",
+    ),
+    "report_latency_just_above_an_hour": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(adapt_ms=3600001)),
+        S.INVALID_ARGUMENT,
+        "metrics.adapt_ms is 3600001; send milliseconds in [0, 3600000]",
+    ),
+    "report_bytes_just_above_a_tebibyte": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(bytes_up=2**40 + 1)),
+        S.INVALID_ARGUMENT,
+        "metrics.bytes_up is 1099511627777; send a byte count in [0, 1099511627776]",
+    ),
+    # HR@5 <= HR@10 and NDCG@k <= HR@k hold for every user, so for their means too.
+    "report_hr5_above_hr10": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(hr5=1.0, hr10=0.0)),
+        S.INVALID_ARGUMENT,
+        "metrics.hr5 is 1 but metrics.hr10 is 0; hr5 <= hr10 holds",
+    ),
+    "report_ndcg10_above_hr10": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(ndcg10=1.0, hr10=0.0)),
+        S.INVALID_ARGUMENT,
+        "metrics.ndcg10 is 1 but metrics.hr10 is 0; ndcg10 <= hr10 holds",
+    ),
+    "report_ndcg5_above_hr5": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(ndcg5=0.5, hr5=0.25, hr10=0.3)),
+        S.INVALID_ARGUMENT,
+        "metrics.ndcg5 is 0.5 but metrics.hr5 is 0.25",
+    ),
+    # Every string field is bounded by its documented length and quoted at most 40 characters.
+    "tier_overlong": Case(
+        "GetStrategy", _req(tier="t" * 3000), S.INVALID_ARGUMENT,
+        "tier has 3000 characters; send at most 64 (tier 'tttt",
+    ),
+    "tier_16k": Case(
+        "GetStrategy", _req(tier="t" * 20_000), S.INVALID_ARGUMENT,
+        "tier has 20000 characters; send at most 64",
+    ),
+    "backbone_version_overlong": Case(
+        "GetStrategy", _req(backbone_version="v" * 20_000), S.INVALID_ARGUMENT,
+        "backbone_version has 20000 characters; send at most 64",
+    ),
+    "backbone_version_empty": Case(
+        "GetStrategy", _req(backbone_version=""), S.FAILED_PRECONDITION,
+        "backbone_version is empty; call GetModelSpec and send its version",
+    ),
+    "report_tier_overlong": Case(
+        "ReportMetrics", _report(tier="g" * 20_000), S.INVALID_ARGUMENT,
+        "tier has 20000 characters; send at most 64",
+    ),
+    "reference_id_overlong": Case(
+        "GetStrategy", _req(reference_id="z" * 20_000), S.INVALID_ARGUMENT,
+        "... (20000 characters) is not 8 lowercase hex digits",
     ),
     "reference_id_not_hex": Case(
         "GetStrategy", _req(reference_id="zz\n"), S.INVALID_ARGUMENT,
@@ -422,6 +485,17 @@ def test_malformed_request(name: str, server: EmbeddedServer, spec: Any) -> None
     assert case.hint in details, details
     if case.code == S.FAILED_PRECONDITION:
         assert spec.version in details  # names the version to use
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_details_never_grow_with_the_request(name: str, server: EmbeddedServer, spec: Any) -> None:
+    """A hostile string is quoted at most ECHO_CHARS (80 for a digest) characters: the details
+    stay short (a 16 KB tier used to come back as RESOURCE_EXHAUSTED, metadata over the limit)."""
+    case = CASES[name]
+    if case.prime is not None:
+        arun(_send(server.address, case.method, case.prime(spec)))
+    _, details = arun(_send(server.address, case.method, case.build(spec)))
+    assert len(details) <= 400, details
 
 
 def test_profile_error_does_not_blame_the_budget(server: EmbeddedServer, spec: Any) -> None:

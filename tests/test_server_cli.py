@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -396,6 +397,14 @@ def test_serve_binds_an_ipv6_host() -> None:
          "weights_only=True refused it"),
         ("no backbone.pt", "lacks backbone.pt; rerun prepare_run to complete it"),
         ("list run.json", "run.json is not a "),
+        # The tester's case: seed 2**70 served `ready`, then every GetModelSpec was INTERNAL.
+        ("seed 2**70", "run.json: seed is 1180591620717411303424; it must be an integer in "
+         "0..18446744073709551615 (ModelSpec.seed is uint64)"),
+        ("seed -1", "run.json: seed is -1; it must be an integer in 0..18446744073709551615"),
+        ("profile_dim 2**32", "run.json: profile_dim is 4294967296; it must be an integer in "
+         "1..4294967295 (ModelSpec.profile_dim is uint32)"),
+        ("mode other", "run.json: mode is 'other'; it must be one of pretrained, random"),
+        ("long tier name", "must be 1..64 printable characters (GetStrategyRequest.tier)"),
     ],
 )
 def test_serve_refuses_a_run_that_cannot_load_before_binding(
@@ -411,8 +420,19 @@ def test_serve_refuses_a_run_that_cannot_load_before_binding(
         (run / "backbone.pt").write_bytes(b"junk")
     elif damage == "no backbone.pt":
         (run / "backbone.pt").unlink()
-    else:
+    elif damage == "list run.json":
         (run / "run.json").write_text("[]")
+    else:
+        meta = json.loads((run / "run.json").read_text())
+        if damage.startswith("seed"):
+            meta["seed"] = 2**70 if damage == "seed 2**70" else -1
+        elif damage.startswith("profile_dim"):
+            meta["profile_dim"] = 2**32
+        elif damage == "mode other":
+            meta["mode"] = "other"
+        else:
+            meta["tiers"]["t" * 100] = meta["tiers"].pop(next(iter(meta["tiers"])))
+        (run / "run.json").write_text(json.dumps(meta))
     assert main(["serve", "--run", str(run), "--host", "127.0.0.1", "--port", "0"]) == 2
     captured = capsys.readouterr()
     assert "port=" not in captured.out

@@ -6,6 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from chord.startcheck import shown
+
 DIGEST_PREFIX = "sha256:"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # What a device may need (chord.v1 ArtifactKind): frozen weights, the random mode's shared
@@ -22,9 +24,9 @@ def sha256_digest(data: bytes | bytearray | memoryview) -> str:
 def check_digest(digest: str) -> str:
     """`digest` when it is "sha256:" + 64 lowercase hex digits; ValueError saying what to send."""
     if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        shown = digest[:80] + ("..." if len(digest) > 80 else "") if isinstance(digest, str) else ""
+        quoted = shown(digest, 80) if isinstance(digest, str) else repr(digest)
         raise ValueError(
-            f"digest {shown!r} is not 'sha256:' followed by 64 lowercase hex digits; "
+            f"digest {quoted} is not 'sha256:' followed by 64 lowercase hex digits; "
             "send an ArtifactRef.digest from the ModelSpec"
         )
     return digest

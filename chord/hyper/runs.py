@@ -517,6 +517,55 @@ def save_hypernet(
     os.replace(tmp, path)
 
 
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+MAX_TIER_NAME_CHARS = 64  # GetStrategyRequest.tier is at most 64 characters (strategy.proto)
+RUN_MODES = ("pretrained", "random")
+
+
+def _run_int(meta: dict[str, Any], key: str, lo: int, hi: int, proto: str, where: Path) -> None:
+    """run.json `key` is an integer in lo..hi (proto: the ModelSpec field type it is sent as)."""
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RunError(
+            f"{where}: {key} is {value!r}; it must be an integer in {lo}..{hi} (ModelSpec.{key} "
+            f"is {proto}); rerun prepare_run to rewrite the run directory"
+        )
+
+
+def check_run_json(meta: dict[str, Any], where: Path) -> None:
+    """Check the run.json fields the served ModelSpec copies against their proto types' ranges.
+
+    So that a run no device could be told about is refused when it loads (`chord serve` says
+    so in one line before binding) rather than failing every GetModelSpec. Raises RunError
+    naming the file, the field, its value and the range. Tier level widths and budgets are
+    checked by Tier when the tiers are built.
+    """
+    _run_int(meta, "seed", 0, UINT64_MAX, "uint64", where)
+    _run_int(meta, "profile_dim", 1, UINT32_MAX, "uint32", where)
+    if meta.get("mode") not in RUN_MODES:
+        raise RunError(
+            f"{where}: mode is {meta.get('mode')!r}; it must be one of {', '.join(RUN_MODES)}; "
+            "rerun prepare_run to rewrite the run directory"
+        )
+    tiers = meta.get("tiers")
+    if not isinstance(tiers, dict) or not tiers:
+        raise RunError(f"{where}: tiers must be a non-empty object of tier name -> levels; "
+                       "rerun prepare_run to rewrite the run directory")
+    for name, tier in tiers.items():
+        if not 1 <= len(name) <= MAX_TIER_NAME_CHARS or not name.isprintable():
+            raise RunError(
+                f"{where}: tier name {name[:MAX_TIER_NAME_CHARS]!r}... must be 1.."
+                f"{MAX_TIER_NAME_CHARS} printable characters (GetStrategyRequest.tier)"
+                if len(name) > MAX_TIER_NAME_CHARS else
+                f"{where}: tier name {name!r} must be 1..{MAX_TIER_NAME_CHARS} printable "
+                "characters (GetStrategyRequest.tier)"
+            )
+        if not isinstance(tier, dict) or not isinstance(tier.get("level_bits"), list):
+            raise RunError(f"{where}: tier {name!r} must hold level_bits (a list of 4 widths) "
+                           "and default_budget_bits")
+
+
 def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     """Load a run directory written by prepare_run onto `device`; RunError says what is wrong."""
     root = Path(path)
@@ -533,6 +582,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
         raise RunError(f"{exc}; rerun prepare_run to rewrite the run directory") from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise RunError(f"{root / 'run.json'} is not a {RUN_FORMAT} file")
+    check_run_json(meta, root / "run.json")
     backbone, _ = load_backbone(root / "backbone.pt")
     version = weights_version(backbone)
     expected = meta.get("weights_checksum", meta.get("version"))
