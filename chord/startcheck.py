@@ -396,6 +396,16 @@ def check_in_range(
 ECHO_CHARS = 40  # how much of a refused string an error message quotes
 
 
+def clipped(value: object, limit: int = ECHO_CHARS, keep: int | None = None) -> str:
+    """repr(value) when at most `limit` characters long, else its first `keep` (default: limit)
+    characters and how long it was: a refused value of any type (an int of hundreds of digits,
+    a long list) stays one readable line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit if keep is None else keep]}... ({len(text)} characters)"
+
+
 def shown(value: str, limit: int = ECHO_CHARS) -> str:
     """A refused string as an error quotes it: repr of at most limit characters, then how long
     it was, so an error never grows with a hostile value (gRPC caps status details at ~8 KiB)."""

@@ -23,6 +23,8 @@ from chord.startcheck import (
     check_out_dir,
     check_pem_ca,
     check_token,
+    clipped,
+    exact,
 )
 from chord.textfile import TextFileError, read_json, read_text
 
@@ -95,15 +97,12 @@ class Bounds:
 
     def describe(self) -> str:
         """e.g. "a finite number in (0, 31622400]" or "an integer in [1, 64] (0 = never)"."""
-        def num(x: float) -> str:
-            return str(int(x)) if float(x).is_integer() else repr(x)
-
         kind = "an integer" if self.integer else "a finite number"
         interval = (
-            f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}"
+            f"{'(' if self.lo_open else '['}{exact(self.lo)}, {exact(self.hi)}"
             f"{')' if self.hi_open else ']'}"
         )
-        off = f" or {num(self.off)}" if self.off is not None else ""
+        off = f" or {exact(self.off)}" if self.off is not None else ""
         note = f" ({self.note})" if self.note else ""
         return f"{kind} in {interval}{off}{note}"
 
@@ -193,10 +192,9 @@ def check_field(key: str, value: Any, where: str | None = None) -> None:
     """
     bounds = FIELD_BOUNDS[key]
     if not bounds.holds(value):
-        shown = repr(value)
-        if len(shown) > 40:  # an int of hundreds of digits stays one readable line
-            shown = f"{shown[:20]}... ({len(shown)} characters)"
-        raise FleetConfigError(f"{field_name(key, where)} is {shown}; send {bounds.describe()}")
+        raise FleetConfigError(
+            f"{field_name(key, where)} is {clipped(value, 40, keep=20)}; send {bounds.describe()}"
+        )
 
 
 def _check_fields(obj: Any, prefix: str, where: str | None = None) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chord.startcheck import clipped
 from chord.textfile import TextFileError, read_json, read_text
 from simulator.config import FleetConfigError
 
@@ -99,28 +100,22 @@ def _load_pickle(data: bytes, path: Path) -> Any:
         raise TraceError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
 
 
-def _shown(value: Any, limit: int = 40) -> str:
-    """repr(value), cut to `limit` characters for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _number(client: str, field: str, value: Any, path: Path) -> float:
     """A finite float, or a TraceError naming the client and field."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {_shown(value)}"
+            f"{path}: client {client!r} field {field!r} must be a number, got {clipped(value)}"
         )
     try:
         out = float(value)
     except (ValueError, OverflowError):  # OverflowError: an int beyond a double (10**400)
         raise TraceError(
             f"{path}: client {client!r} field {field!r} must be a finite number, got "
-            f"{_shown(value)}"
+            f"{clipped(value)}"
         ) from None
     if not math.isfinite(out):
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be finite, got {_shown(value)}"
+            f"{path}: client {client!r} field {field!r} must be finite, got {clipped(value)}"
         )
     return out
 
