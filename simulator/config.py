@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chord.hyper.runs import missing_run_files
 from chord.jsonfile import write_json
 from chord.protocol import Protocol, ProtocolError
 from chord.quant.adapt import DEVICE_RUNTIME, RUNTIMES
@@ -54,7 +55,6 @@ def check_ray_address(address: str) -> str:
 DAY_S = 86_400.0
 MAX_DURATION_S = 366 * DAY_S  # the virtual clock spans at most a (leap) year
 LOCAL_CPUS_PER_CORE = 4  # a private local Ray may claim at most this many CPUs per core
-RUN_FILES = ("run.json", "backbone.pt", "hypernet.pt")  # what `chord serve --run` loads
 
 
 def max_local_cpus() -> int:
@@ -431,7 +431,7 @@ class FleetConfig:
             raise FleetConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.run_dir:
             run = check_dir(self.run_dir, "run_dir (--run-dir)")
-            missing = [n for n in RUN_FILES if not (run / n).is_file()]
+            missing = missing_run_files(run)
             if missing:
                 raise FleetConfigError(
                     f"run_dir (--run-dir) {self.run_dir!r} is not a run directory (it lacks "

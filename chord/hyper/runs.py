@@ -566,12 +566,20 @@ def check_run_json(meta: dict[str, Any], where: Path) -> None:
                            "and default_budget_bits")
 
 
+RUN_FILES = ("run.json", "backbone.pt", "hypernet.pt")  # what load_run reads
+
+
+def missing_run_files(root: Path) -> list[str]:
+    """The RUN_FILES that root lacks (all of them when root is not a directory)."""
+    return [n for n in RUN_FILES if not (root / n).is_file()]
+
+
 def load_run(path: str | Path, device: torch.device | str = "cpu") -> ChordRun:
     """Load a run directory written by prepare_run onto `device`; RunError says what is wrong."""
     root = Path(path)
     if not root.is_dir():
         raise RunError(f"run directory {root} does not exist; create it with prepare_run")
-    missing = [n for n in ("run.json", "backbone.pt", "hypernet.pt") if not (root / n).is_file()]
+    missing = missing_run_files(root)
     if missing:
         raise RunError(
             f"run directory {root} lacks {', '.join(missing)}; rerun prepare_run to complete it"
