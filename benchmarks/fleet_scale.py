@@ -269,9 +269,14 @@ def fleet_notes(
     """The RESULTS.md note under the fleet-scale table."""
     rows, errors, top = payload["rows"], payload["errors"], payload["rows"][-1]
     c = rows[0]["config"]
+    runtime = c.get("runtime", "ort")
+    runtime_text = (
+        f"device runtime {runtime}" if runtime == "ort"
+        else f"device runtime {runtime} (`--device-runtime {runtime}`; the default is ort)"
+    )
     return (
         f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
-        f"{c['backbone']}, {c['mode']} backbone, device runtime {c.get('runtime', 'ort')}, "
+        f"{c['backbone']}, {c['mode']} backbone, {runtime_text}, "
         f"in-process server on port 0, private local Ray "
         f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
         f"interactions per device, batch {c['batch_size']} devices per actor task, "

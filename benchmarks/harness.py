@@ -185,16 +185,16 @@ class ResultStore:
         The JSON is {"benchmark": name, "machine": machine_info(), **payload} (a "machine" in
         the payload wins: figures re-rendered keep the machine that measured them). The section
         sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`; its first line names the
-        machine that wrote it.
+        machine that measured the figures (the payload's, when it carries one).
         """
-        machine = machine_info()
-        out = write_json(self.path(name), {"benchmark": name, "machine": machine, **payload})
+        machine = dict(payload.get("machine") or machine_info())
+        out = write_json(self.path(name), {"benchmark": name, **payload, "machine": machine})
         rel = Path(os.path.relpath(out, self.markdown.parent)).as_posix()
         section = (
             f"<!-- {name}:start -->\n## {name}\n\n"
-            f"Measured {machine['date']} on {machine.get('cpu', 'unknown CPU')}, "
-            f"{machine['cpu_count']} cores, {machine.get('mem_gib', '?')} GiB, torch "
-            f"{machine.get('torch', '?')}, commit {machine['commit']}. JSON: `{rel}`.\n\n"
+            f"Measured {machine.get('date', '?')} on {machine.get('cpu', 'unknown CPU')}, "
+            f"{machine.get('cpu_count', '?')} cores, {machine.get('mem_gib', '?')} GiB, torch "
+            f"{machine.get('torch', '?')}, commit {machine.get('commit', '?')}. JSON: `{rel}`.\n\n"
             f"{table_md}\n"
             + (f"\n{notes.strip()}\n" if notes.strip() else "")
             + f"<!-- {name}:end -->"

@@ -61,8 +61,11 @@ def test_store_writes_json_and_replaces_its_section(tmp_path: Path) -> None:
 
 def test_payload_machine_wins(tmp_path: Path) -> None:
     store = ResultStore.at(tmp_path)
-    out = store.write("old", {"machine": {"date": "then"}, "rows": []}, "t")
-    assert json.loads(out.read_text())["machine"] == {"date": "then"}
+    out = store.write("old", {"machine": {"date": "then", "commit": "abc1234"}, "rows": []}, "t")
+    assert json.loads(out.read_text())["machine"] == {"date": "then", "commit": "abc1234"}
+    # A re-rendered section's first line names the machine that measured, not the re-renderer.
+    assert "Measured then on unknown CPU" in store.markdown.read_text()
+    assert "commit abc1234." in store.markdown.read_text()
 
 
 def test_default_store_follows_flag_then_environment(
