@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
 import sys
 from typing import Any, Protocol, cast
 
@@ -24,7 +23,7 @@ from benchmarks.loadgen import (
 from benchmarks.schedules import MAX_ARRIVAL_T_S, SCHEDULES, ScheduleError, parse_seconds
 from benchmarks.slo import check_search
 from chord.jsonfile import dumps
-from chord.startcheck import StartupError, check_in_range, check_out_file
+from chord.startcheck import StartupError, check_in_range, check_out_file, token_setting
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -141,7 +140,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeout_s=args.timeout,
         tls_ca=args.tls_ca,
         tls_server_name=args.tls_server_name,
-        token=args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None,
+        token=token_setting(args.token),
         seed=args.seed,
         tier=args.tier,
         budget_bits=args.budget_bits,

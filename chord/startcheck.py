@@ -56,6 +56,20 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
+TOKEN_ENV = "CHORD_TOKEN"
+
+
+def token_setting(flag: str | None, flag_name: str = "--token") -> str | None:
+    """The bearer token from its flag, else from $CHORD_TOKEN, checked (check_token); None when
+    neither is set. A variable that is set but empty is refused like an empty flag: a secret that
+    failed to load (`CHORD_TOKEN=$(cat missing)`) must never turn authentication off.
+    """
+    if flag is not None:
+        return check_token(flag, flag_name)
+    env = os.environ.get(TOKEN_ENV)
+    return None if env is None else check_token(env, f"${TOKEN_ENV}")
+
+
 def check_port(port: int, source: str, *, allow_zero: bool = True) -> int:
     """A TCP port: 1..65535, or 0 (any free port) when allow_zero."""
     low = 0 if allow_zero else 1
@@ -371,6 +385,7 @@ __all__ = [
     "max_parallel",
     "positive_int",
     "thread_count",
+    "token_setting",
     "wait_for_tcp",
 ]
 

@@ -29,7 +29,8 @@ def _start(run: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "chord.cli", "serve", "--run", str(run), "--host", "127.0.0.1",
          "--port", "0", "--grace-s", "20"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""},
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None

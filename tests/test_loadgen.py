@@ -216,7 +216,7 @@ def test_cli_load_bad_token_is_one_line_not_a_traceback(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(
-        "chord bench load: error: token (--token or $CHORD_TOKEN) has a trailing '\\n', which "
+        "chord bench load: error: $CHORD_TOKEN has a trailing '\\n', which "
         "gRPC metadata cannot carry"
     )
 
