@@ -8,6 +8,8 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -670,19 +672,27 @@ def run_load(cfg: LoadConfig) -> LoadResult:
     run_tag = uuid.uuid4().hex[:8]
     procs = []
     conns: list[Connection] = []
-    for i, n in enumerate(_split(cfg.concurrency, processes)):
-        recv, send = ctx.Pipe(duplex=False)
-        share = None if times is None else times[i::processes]
-        p = ctx.Process(
-            target=_process_main,
-            args=(cfg_json, i, n, barrier, send, run_tag, share),
-            name=f"loadgen-{i}",
-            daemon=True,
-        )
-        p.start()
-        send.close()
-        procs.append(p)
-        conns.append(recv)
+    # Client processes start with SIGINT ignored (a disposition that survives exec): Ctrl-C in a
+    # terminal reaches the whole process group, and only this process decides how to stop.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for i, n in enumerate(_split(cfg.concurrency, processes)):
+            recv, send = ctx.Pipe(duplex=False)
+            share = None if times is None else times[i::processes]
+            p = ctx.Process(
+                target=_process_main,
+                args=(cfg_json, i, n, barrier, send, run_tag, share),
+                name=f"loadgen-{i}",
+                daemon=True,
+            )
+            p.start()
+            send.close()
+            procs.append(p)
+            conns.append(recv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     span = cfg.warmup_s + (cfg.duration_s if times is None else float(times[-1]) if len(times)
                            else 0.0)
     deadline = time.monotonic() + 180.0 + span + 2 * cfg.timeout_s
@@ -705,6 +715,10 @@ def run_load(cfg: LoadConfig) -> LoadResult:
                 figures.append(head)
             except EOFError:
                 fatal.append(f"process {i} exited without sending its figures")
+    except KeyboardInterrupt:  # stopped: the client processes have nothing left to give
+        for p in procs:
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.join(timeout=10.0)
