@@ -255,7 +255,7 @@ class StrategyEngine:
         tiers = [self._tiers[req.tier] for req in requests]
         assigned = assign_levels_batch(
             importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests],
-            self._cost,
+            self._cost, compiled=True,
         )
         # Per request: an error (non-finite importance, unreachable budget) or levels to encode.
         errors: dict[int, ServiceError] = {}
