@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -137,9 +137,11 @@ class HyperNetwork(nn.Module):
     def _head_params(self) -> list[torch.Tensor]:
         """Weights then biases of every element/filter head, in the packed row order."""
         mods: list[nn.Linear] = []
+        # Lists, not the ModuleLists: their indexing costs a serving batch tens of microseconds.
+        lists = [cast(list[nn.Linear], list(h)) for h in (self.elem_a, self.elem_v, self.filt)]
         for _, _, idx in self._groups:
-            for heads in (self.elem_a, self.elem_v, self.filt):
-                mods += [heads[i] for i in idx]  # type: ignore[misc]
+            for heads in lists:
+                mods += [heads[i] for i in idx]
         return [m.weight for m in mods] + [m.bias for m in mods]
 
     def _packed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +211,7 @@ class HyperNetwork(nn.Module):
 
         n_b, r = heads.shape[0], self.config.rank
         out: list[torch.Tensor | None] = [None] * len(self.shapes)
+        biases = list(self.filt_bias)
         col = 0
         for g, (n_out, n_in, idx) in enumerate(self._groups):
             n_l = len(idx)
@@ -222,7 +225,7 @@ class HyperNetwork(nn.Module):
             af = torch.cat([a.transpose(-1, -2), f], dim=2).transpose(0, 1)
             w: torch.Tensor = getattr(self, f"gref{g}")  # [L, n_out, n_in]
             uf = torch.bmm(af.reshape(n_l, n_b * (r + 1), n_in), w.transpose(1, 2))
-            filt_bias = torch.stack([self.filt_bias[i] for i in idx])
+            filt_bias = torch.stack([biases[i] for i in idx])
             lw = layer_w.index_select(1, getattr(self, f"gidx{g}"))
             scores = heads.new_empty(n_b, n_l, n_out)
             group_scores(

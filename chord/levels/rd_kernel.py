@@ -39,23 +39,27 @@ def rd_levels(  # pragma: no cover - compiled by numba; tests compare it with th
     n_rows, n_ch = imp.shape
     n_steps = 3 * n_ch
     keys = np.empty(n_steps, dtype=np.float32)
-    bucket = np.empty(n_steps, dtype=np.int64)
+    bucket = np.empty(n_steps, dtype=np.int32)
     hist = np.empty(_N_BUCKETS, dtype=np.float64)
     for row in range(n_rows):
         t = kind[row]
         kmax, kmin = -np.inf, np.inf
         for c in range(n_ch):
+            x = imp[row, c]
             for k in range(3):
-                key = imp[row, c] + gains[t, c, k]
+                key = x + gains[t, c, k]
                 keys[3 * c + k] = key
                 kmax, kmin = max(kmax, key), min(kmin, key)
-        span = np.float64(kmax) - np.float64(kmin)
+        top = np.float64(kmax)
+        span = top - np.float64(kmin)
         scale = (_N_BUCKETS - 1.5) / span if span > 0 else 0.0
         hist[:] = 0.0
-        for i in range(n_steps):
-            b = min(int((np.float64(kmax) - np.float64(keys[i])) * scale), _N_BUCKETS - 1)
-            bucket[i] = b
-            hist[b] += sizes[i // 3] * step_bits[t, i % 3]
+        for c in range(n_ch):
+            size = sizes[c]
+            for k in range(3):
+                b = min(int((top - np.float64(keys[3 * c + k])) * scale), _N_BUCKETS - 1)
+                bucket[3 * c + k] = b
+                hist[b] += size * step_bits[t, k]
         limit = target[row] + 1e-9
         at = base[row]
         cross = _N_BUCKETS
@@ -64,10 +68,9 @@ def rd_levels(  # pragma: no cover - compiled by numba; tests compare it with th
                 cross = b
                 break
             at += hist[b]
-        levels[row, :] = 0
-        for i in range(n_steps):
-            if bucket[i] < cross:
-                levels[row, i // 3] += 1
+        for c in range(n_ch):
+            levels[row, c] = ((bucket[3 * c] < cross) + (bucket[3 * c + 1] < cross)
+                              + (bucket[3 * c + 2] < cross))
         if cross == _N_BUCKETS:  # every step fits
             spent[row] = at
             continue
