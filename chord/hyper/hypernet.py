@@ -28,6 +28,10 @@ class LayoutLike(Protocol):
         ...
 
 
+# The inference cache of HyperNetwork._packed_heads: (parameter key, weight, bias, group biases).
+_Packed = tuple[tuple[int, ...], torch.Tensor, torch.Tensor, list[torch.Tensor]]
+
+
 class HyperNetError(ValueError):
     """A hypernetwork that does not fit the backbone or profiles it was given."""
 
@@ -128,7 +132,7 @@ class HyperNetwork(nn.Module):
             abs_t = stacked.abs().transpose(1, 2).contiguous()
             self.register_buffer(f"gabst{g}", abs_t, persistent=False)
             self.register_buffer(f"gidx{g}", torch.tensor(idx, dtype=torch.long), persistent=False)
-        self._packed: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._packed: _Packed | None = None
 
     def hyper_config(self) -> dict[str, Any]:
         """Constructor arguments beyond the layout and weights, for saving."""
@@ -144,23 +148,28 @@ class HyperNetwork(nn.Module):
                 mods += [heads[i] for i in idx]
         return [m.weight for m in mods] + [m.bias for m in mods]
 
-    def _packed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All element/filter heads as one Linear: ([rows, hidden] weight, [rows] bias).
+    def _packed_heads(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """All element/filter heads as one Linear ([rows, hidden] weight, [rows] bias), and the
+        filter biases of each shape group stacked ([L, n_out] per group).
 
-        With autograd on it is rebuilt each call (differentiable); without, it is cached until a
-        head parameter is replaced or changed in place (tracked by data pointer and version).
+        With autograd on they are rebuilt each call (differentiable); without, they are cached
+        until a head parameter or filter bias is replaced or changed in place (tracked by data
+        pointer and version).
         """
         params = self._head_params()
         half = len(params) // 2
+        biases = list(self.filt_bias.parameters(recurse=False))  # faster than its __getitem__
         if torch.is_grad_enabled():
-            return torch.cat(params[:half]), torch.cat(params[half:])
-        key = tuple(x for p in params for x in (p.data_ptr(), p._version))
+            stacks = [torch.stack([biases[i] for i in idx]) for _, _, idx in self._groups]
+            return torch.cat(params[:half]), torch.cat(params[half:]), stacks
+        key = tuple(x for p in (*params, *biases) for x in (p.data_ptr(), p._version))
         if self._packed is None or self._packed[0] != key:
             # Kept as a transposed view of a contiguous [hidden, rows] tensor: addmm on it
             # (h @ weight.T) is about 1.5x faster than linear on the [rows, hidden] original.
             weight_t = torch.cat(params[:half]).t().contiguous()
-            self._packed = (key, weight_t.t(), torch.cat(params[half:]))
-        return self._packed[1], self._packed[2]
+            stacks = [torch.stack([biases[i] for i in idx]) for _, _, idx in self._groups]
+            self._packed = (key, weight_t.t(), torch.cat(params[half:]), stacks)
+        return self._packed[1], self._packed[2], self._packed[3]
 
     def channel_scores(self, profiles: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer importance [B, n_out] for a batch of profiles [B, profile_dim].
@@ -176,10 +185,10 @@ class HyperNetwork(nn.Module):
             )
         h = self.trunk(self.norm(profiles.float()))
         layer_w = F.softplus(self.layer_head(h))
-        weight, bias = self._packed_heads()
+        weight, bias, filt_biases = self._packed_heads()
         # [B, all head outputs], sliced per group below
         if not torch.is_grad_enabled():
-            return self._fused_scores(torch.addmm(bias, h, weight.t()), layer_w)
+            return self._fused_scores(torch.addmm(bias, h, weight.t()), layer_w, filt_biases)
         heads = F.linear(h, weight, bias)
         n_b, r = h.shape[0], self.config.rank
         out: list[torch.Tensor | None] = [None] * len(self.shapes)
@@ -195,23 +204,24 @@ class HyperNetwork(nn.Module):
             col += n_l * n_in
             u = torch.einsum("loj,bljr->blor", w, a)
             elem = _element_scores(u, v, w)
-            filt_bias = torch.stack([self.filt_bias[i] for i in idx])
-            filt = torch.einsum("loj,blj->blo", w, f) / n_in**0.5 + filt_bias
+            filt = torch.einsum("loj,blj->blo", w, f) / n_in**0.5 + filt_biases[g]
             lw = layer_w.index_select(1, getattr(self, f"gidx{g}"))
             scores = lw.unsqueeze(-1) * (elem + filt)  # [B, L, n_out]
             for k, i in enumerate(idx):
                 out[i] = scores[:, k]
         return [x for x in out if x is not None]
 
-    def _fused_scores(self, heads: torch.Tensor, layer_w: torch.Tensor) -> list[torch.Tensor]:
-        """channel_scores without autograd, from heads [B, all head outputs] and layer weights
-        [B, n_layers]: per group of equal-shape layers one GEMM (W [A | f]) and one call of the
-        fused kernel chord.hyper.score_kernel.group_scores."""
+    def _fused_scores(
+        self, heads: torch.Tensor, layer_w: torch.Tensor, filt_biases: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """channel_scores without autograd, from heads [B, all head outputs], layer weights
+        [B, n_layers] and each group's filter biases [L, n_out]: per group of equal-shape layers
+        one GEMM (W [A | f]) and one call of the fused kernel
+        chord.hyper.score_kernel.group_scores."""
         from chord.hyper.score_kernel import group_scores
 
         n_b, r = heads.shape[0], self.config.rank
         out: list[torch.Tensor | None] = [None] * len(self.shapes)
-        biases = list(self.filt_bias)
         col = 0
         for g, (n_out, n_in, idx) in enumerate(self._groups):
             n_l = len(idx)
@@ -225,12 +235,12 @@ class HyperNetwork(nn.Module):
             af = torch.cat([a.transpose(-1, -2), f], dim=2).transpose(0, 1)
             w: torch.Tensor = getattr(self, f"gref{g}")  # [L, n_out, n_in]
             uf = torch.bmm(af.reshape(n_l, n_b * (r + 1), n_in), w.transpose(1, 2))
-            filt_bias = torch.stack([biases[i] for i in idx])
             lw = layer_w.index_select(1, getattr(self, f"gidx{g}"))
             scores = heads.new_empty(n_b, n_l, n_out)
             group_scores(
                 uf.reshape(n_l, n_b, r + 1, n_out).numpy(), v.numpy(),
-                getattr(self, f"gabst{g}").numpy(), filt_bias.numpy(), lw.numpy(), scores.numpy(),
+                getattr(self, f"gabst{g}").numpy(), filt_biases[g].numpy(), lw.numpy(),
+                scores.numpy(),
             )
             for k, i in enumerate(idx):
                 out[i] = scores[:, k]
