@@ -83,8 +83,10 @@ def test_kernel_compiles_in_memory_where_numba_cannot_cache(tmp_path: Path) -> N
     assert "served without a cache" in done.stdout
 
 
-@pytest.mark.parametrize("rank", [1, 3])
-def test_other_ranks_take_the_general_loop(rank: int) -> None:
+@pytest.mark.parametrize("rank", [1, 3, 4])
+def test_every_rank_and_width_matches(rank: int) -> None:
+    """Ranks other than 4 take the general loop; rank 4 takes four j per pass and the general
+    loop for what a width not divisible by 4 leaves over."""
     from chord.config import CaserConfig
     from chord.hyper import HyperNetwork
     from chord.models import build_backbone
@@ -93,6 +95,7 @@ def test_other_ranks_take_the_general_loop(rank: int) -> None:
     model = build_backbone(CaserConfig(n_items=40, embed=10), 0)
     net = HyperNetwork(channel_layout(model), model.state_dim, model.state_dict(), rank=rank,
                        hidden=12)
+    assert any(n_in % 4 for _, n_in in net.shapes) and any(n_in % 4 == 0 for _, n_in in net.shapes)
     profiles = torch.randn(9, model.state_dim, generator=torch.Generator().manual_seed(rank))
     with torch.enable_grad():
         want = net(profiles).detach()
