@@ -101,7 +101,8 @@ def _results_batch(
     """_result for every row of levels [R, C] at once: counts and sizes per level in one
     bincount each, codes packed in one pass (chord.codes.encode_levels_batch)."""
     n_rows = levels.shape[0]
-    flat = (levels.astype(np.intp) + 4 * np.arange(n_rows, dtype=np.intp)[:, None]).ravel()
+    # row * 4 + level in one int32 pass (an intp cast and a separate add took twice as long)
+    flat = np.add(levels, 4 * np.arange(n_rows, dtype=np.int32)[:, None], dtype=np.int32).ravel()
     counts = np.bincount(flat, minlength=4 * n_rows).reshape(n_rows, 4)
     # Integer-valued sums, so avg_bits equals chord.levels.average_bits exactly.
     level_sizes = np.bincount(

@@ -100,3 +100,35 @@ def test_every_rank_and_width_matches(rank: int) -> None:
     with torch.enable_grad():
         want = net(profiles).detach()
     torch.testing.assert_close(net.importance(profiles), want, atol=1e-5, rtol=0)
+
+
+def test_served_batch_matches_its_levels_and_the_unbatched_rule() -> None:
+    """StrategyEngine.compute on a mixed batch: each reply decodes to the levels the numpy rule
+    assigns to that profile alone, with the counts and mean bits of those levels."""
+    from chord.codes import decode_levels
+    from chord.levels import average_bits
+    from chord.strategy import StrategyRequest, StrategyResult
+    from cloud_server.engine import StrategyEngine
+
+    engine = StrategyEngine.from_run_dir(tiny_run_dir())
+    run, spec = engine.run, engine.spec
+    profiles = _served_profiles(run, 20, 10).numpy()
+    names = list(run.tiers)
+    requests = [
+        StrategyRequest(f"d{i}", f"r{i}", spec.version, names[i % len(names)],
+                        run.tiers[names[i % len(names)]].default_budget_bits, profile=profiles[i],
+                        reference_id=spec.reference_id if i % 2 else "")
+        for i in range(len(profiles))
+    ]
+    sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+    for req, result in zip(requests, engine.compute(requests), strict=True):
+        assert isinstance(result, StrategyResult), result
+        tier = run.tiers[req.tier]
+        ref = engine._reference_for(req, tier)
+        levels = decode_levels(result.code, spec.version, run.n_channels, reference=ref)
+        imp = run.importance_model.importance(torch.from_numpy(req.profile[None]))  # type: ignore[index]
+        (want,) = assign_levels_batch(imp.numpy(), sizes, [tier], [req.budget_bits],
+                                      run.level_cost)
+        np.testing.assert_array_equal(levels, want)  # type: ignore[arg-type]
+        assert result.level_counts == tuple(np.bincount(levels, minlength=4))
+        assert result.avg_bits == average_bits(levels, sizes, tier)
