@@ -174,10 +174,11 @@ class HyperNetwork(nn.Module):
     def channel_scores(self, profiles: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer importance [B, n_out] for a batch of profiles [B, profile_dim].
 
-        Layers of equal shape are computed together. With autograd on (training) the element
-        scores go through [B, L, n_out, n_in] tensors; without, each group is one call of the
-        fused kernel chord.hyper.score_kernel.group_scores (the same formulas; float32 sums in
-        another order, so values agree to about 1e-6 relative).
+        Layers of equal shape are computed together. With autograd on (training), or on an
+        accelerator, the element scores go through [B, L, n_out, n_in] tensors; on the CPU
+        without autograd (serving), each group is one call of the fused kernel
+        chord.hyper.score_kernel.group_scores (the same formulas; float32 sums in another
+        order, so values agree to about 1e-6 of the largest score).
         """
         if profiles.dim() != 2 or profiles.shape[1] != self.profile_dim:
             raise HyperNetError(
@@ -187,7 +188,7 @@ class HyperNetwork(nn.Module):
         layer_w = F.softplus(self.layer_head(h))
         weight, bias, filt_biases = self._packed_heads()
         # [B, all head outputs], sliced per group below
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and h.device.type == "cpu":
             return self._fused_scores(torch.addmm(bias, h, weight.t()), layer_w, filt_biases)
         heads = F.linear(h, weight, bias)
         n_b, r = h.shape[0], self.config.rank
