@@ -54,7 +54,8 @@ def test_served_importance_and_levels_equal_the_autograd_formula() -> None:
 
 _NO_CACHE = """
 import numba.core.caching as caching
-caching.CacheImpl._locator_classes = []  # as where no directory can be written
+impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.6x
+impl._locator_classes = []  # as where no directory can be written
 import numpy as np, torch
 from chord.config import SASRecConfig
 from chord.hyper import HyperNetwork
