@@ -31,33 +31,39 @@ def rd_levels(  # pragma: no cover - compiled by numba; tests compare it with th
 
     A step's key is imp + gain (float32, as numpy adds them); steps are taken in descending key
     order, ties by step index (3c + k), while the bits stay within target + 1e-9, then one more
-    step if that lands closer to target. Per row: keys are cut into 4,096 equal ranges (a
-    monotone map: a range holds a run of the order), bits summed per range, and only the range
-    where the budget runs out is sorted (stably, so ties keep step order). Bits are
+    step if that lands closer to target. Per row: the span the row's importance range and its
+    tier's gains bound is cut into 4,096 equal ranges (a monotone map: a range holds a run of
+    the order), bits are summed per range in the same pass that forms the keys, and only the
+    range where the budget runs out is sorted (stably, so ties keep step order). Bits are
     integer-valued, so every sum is exact and the result equals a full sort's.
     """
     n_rows, n_ch = imp.shape
     n_steps = 3 * n_ch
-    keys = np.empty(n_steps, dtype=np.float32)
     bucket = np.empty(n_steps, dtype=np.int32)
     hist = np.empty(_N_BUCKETS, dtype=np.float64)
+    # Bounds on each kind's gains: with the row's importance range they bound its keys, so one
+    # pass computes keys and ranges together (keys are recomputed for the one sorted range).
+    gmax = np.full(gains.shape[0], -np.inf)
+    gmin = np.full(gains.shape[0], np.inf)
+    for t in range(gains.shape[0]):
+        for c in range(n_ch):
+            for k in range(3):
+                gmax[t] = max(gmax[t], gains[t, c, k])
+                gmin[t] = min(gmin[t], gains[t, c, k])
     for row in range(n_rows):
         t = kind[row]
-        kmax, kmin = -np.inf, np.inf
+        imax, imin = -np.inf, np.inf
         for c in range(n_ch):
-            x = imp[row, c]
-            for k in range(3):
-                key = x + gains[t, c, k]
-                keys[3 * c + k] = key
-                kmax, kmin = max(kmax, key), min(kmin, key)
-        top = np.float64(kmax)
-        span = top - np.float64(kmin)
+            imax, imin = max(imax, imp[row, c]), min(imin, imp[row, c])
+        top = imax + gmax[t]  # >= every key but for float32 rounding (< 1 range; clamped)
+        span = top - (imin + gmin[t])
         scale = (_N_BUCKETS - 1.5) / span if span > 0 else 0.0
         hist[:] = 0.0
         for c in range(n_ch):
-            size = sizes[c]
+            x, size = imp[row, c], sizes[c]
             for k in range(3):
-                b = min(int((top - np.float64(keys[3 * c + k])) * scale), _N_BUCKETS - 1)
+                key = x + gains[t, c, k]  # float32, as numpy adds them
+                b = min(max(int((top - np.float64(key)) * scale), 0), _N_BUCKETS - 1)
                 bucket[3 * c + k] = b
                 hist[b] += size * step_bits[t, k]
         limit = target[row] + 1e-9
@@ -76,7 +82,11 @@ def rd_levels(  # pragma: no cover - compiled by numba; tests compare it with th
             continue
         # The overshooting range: its steps in descending key, ties by index (stable sort).
         members = np.flatnonzero(bucket == cross)
-        order = members[np.argsort(-keys[members], kind="mergesort")]
+        keys = np.empty(members.size, dtype=np.float32)
+        for m in range(members.size):
+            i = members[m]
+            keys[m] = imp[row, i // 3] + gains[t, i // 3, i % 3]
+        order = members[np.argsort(-keys, kind="mergesort")]
         taken = 0
         for i in order:
             add = sizes[i // 3] * step_bits[t, i % 3]
