@@ -152,18 +152,18 @@ def encode_levels_batch(
     if len(refs) != packed.shape[0]:
         raise CodeError(f"{len(refs)} references for {packed.shape[0]} rows; send one per row")
     # Every delta at once: (levels - reference) mod 4 and its packing, one pass for the batch.
-    with_ref = [i for i, ref in enumerate(refs) if ref is not None]
+    given = {i: np.asarray(ref) for i, ref in enumerate(refs) if ref is not None}
     packed_delta: dict[int, bytes] = {}
-    if with_ref:
-        for i in with_ref:
-            if np.shape(refs[i]) != (n,):
+    if given:
+        for ref in given.values():
+            if ref.shape != (n,):
                 raise CodeError(
-                    f"reference levels have shape {np.shape(refs[i])} but the code has {n} "
-                    "channels"
+                    f"reference levels have shape {ref.shape} but the code has {n} channels"
                 )
-        ref_rows = np.stack([np.asarray(refs[i]) for i in with_ref]).astype(np.int16)
-        deltas = ((lv[with_ref].astype(np.int16) - ref_rows) % N_LEVELS).astype(np.uint8)
-        packed_delta = dict(zip(with_ref, map(bytes, pack_levels_batch(deltas)), strict=True))
+        rows = list(given)
+        ref_rows = np.stack(list(given.values())).astype(np.int16)
+        deltas = ((lv[rows].astype(np.int16) - ref_rows) % N_LEVELS).astype(np.uint8)
+        packed_delta = dict(zip(rows, map(bytes, pack_levels_batch(deltas)), strict=True))
     out = []
     for i, raw in enumerate(packed):
         data = raw.tobytes()
