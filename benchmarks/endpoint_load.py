@@ -483,7 +483,8 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
         parts = {
             "compute": lambda: engine.compute(requests),
             "forward": forward,
-            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost),
+            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost,
+                                                  compiled=True),
             "encode": lambda: encode_levels_batch(levels, spec.version),
         }
         out: dict[str, float] = {}
