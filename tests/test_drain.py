@@ -98,7 +98,7 @@ def test_calls_after_the_drain_starts_get_unavailable_and_admitted_downloads_fin
                     stub.GetModelSpec(pb.GetModelSpecRequest(device_id="d"), timeout=20),
                     stub.ReportMetrics(
                         pb.ReportMetricsRequest(device_id="d", round=1, tier="mid",
-                                                metrics=pb.DeviceMetrics(hr10=0.5)),
+                                                metrics=pb.DeviceMetrics(hr10=0.5, ndcg10=0.16)),
                         timeout=20,
                     ),
                 ]

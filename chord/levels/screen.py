@@ -32,7 +32,7 @@ def check_budget(tier: Tier, budget_bits: float) -> None:
     lo, hi = budget_range(tier)
     if not math.isfinite(budget_bits) or not lo <= budget_bits <= hi:
         raise BudgetError(
-            f"budget {budget_bits} bits is out of reach for tier {tier.name!r} "
+            f"budget_bits {budget_bits} is out of reach for tier {tier.name!r} "
             f"(level bits {tier.level_bits}); choose a budget in [{lo:g}, {hi:g}]"
         )
 
