@@ -349,6 +349,32 @@ def thread_count(text: str) -> int:
     return value
 
 
+def tls_failure(details: str, ca_flag: str = "--tls-ca", name_flag: str = "") -> str | None:
+    """What a failed TLS handshake means and what to send, from a gRPC status's details
+    (UNAVAILABLE: "... Tls handshake failed ... CERTIFICATE_VERIFY_FAILED ..."); None when the
+    details name no TLS failure. Such a failure never clears by retrying: callers stop at once.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the TLS handshake failed: the server's certificate is not signed by the CA given "
+            f"(CERTIFICATE_VERIFY_FAILED); send the CA certificate that signed it as {ca_flag}"
+        )
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        fix = (f"pass the name it was issued for as {name_flag} NAME" if name_flag
+               else "connect by the host name it was issued for")
+        return (
+            "the TLS handshake failed: the server's certificate is not issued for the host "
+            f"name connected to (hostname verification); {fix}"
+        )
+    lowered = details.lower()
+    if "handshake failed" in lowered or "ssl_error" in lowered:
+        return (
+            f"the TLS handshake failed ({clipped(details, 160)}); check that the server uses TLS "
+            f"and that {ca_flag} is the CA that signed its certificate"
+        )
+    return None
+
+
 def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
     """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
 
@@ -385,6 +411,7 @@ __all__ = [
     "max_parallel",
     "positive_int",
     "thread_count",
+    "tls_failure",
     "token_setting",
     "wait_for_tcp",
 ]
