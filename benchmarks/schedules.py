@@ -57,8 +57,10 @@ def parse_seconds(text: str | float) -> float:
     if isinstance(text, int | float):
         return float(text)
     s = text.strip()
-    try:
-        return parse_float(s, "duration")
+    try:  # a flag's bare number; nan and inf go on to the caller's range check, named there
+        return float(s) if s.lower().lstrip("+-") in ("nan", "inf", "infinity") else parse_float(
+            s, "duration"
+        )
     except NumberError:
         pass
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -257,7 +259,7 @@ def read_arrivals(path: str | Path) -> Arrivals:
             raise ScheduleError(f"{p}:{line}: {exc}") from None
         if not 0 <= t <= MAX_ARRIVAL_T_S:
             raise ScheduleError(
-                f"{p}:{line}: t_s {row[0][:40]!r} is not a number of virtual seconds in "
+                f"{p}:{line}: t_s {row[0][:40]!r} is not a finite number of virtual seconds in "
                 f"[0, {MAX_ARRIVAL_T_S:.0f}] (a year); send the simulation's arrival times"
             )
         if not row[1].strip():

@@ -44,11 +44,11 @@ def parse_float(text: str, what: str) -> float:
     other text (whitespace, `_`, non-ASCII digits, nan/inf) and for a value beyond a double.
     """
     if not _FLOAT.fullmatch(text):
-        raise NumberError(f"{what} {_shown(text)} is not a plain decimal number; {_SEND}")
+        raise NumberError(f"{what} is {_shown(text)}, not a plain decimal number; {_SEND}")
     value = float(text)
     if not math.isfinite(value):
         raise NumberError(
-            f"{what} {_shown(text)} is beyond the range of a double (about 1.8e308); "
+            f"{what} is {_shown(text)}, beyond the range of a double (about 1.8e308); "
             "send a finite number"
         )
     return value
@@ -57,7 +57,7 @@ def parse_float(text: str, what: str) -> float:
 def parse_int(text: str, what: str) -> int:
     """The int of `text`: ASCII digits with an optional sign; NumberError otherwise."""
     if not _INT.fullmatch(text) or len(text) > MAX_DIGITS:
-        raise NumberError(f"{what} {_shown(text)} is not a plain integer; {_SEND}")
+        raise NumberError(f"{what} is {_shown(text)}, not a plain integer; {_SEND}")
     return int(text)
 
 

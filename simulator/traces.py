@@ -114,12 +114,13 @@ def _number(client: str, field: str, value: Any, path: Path) -> float:
     CSV cells (_Cell) are parsed by chord.plain_numbers.parse_float; a JSON or pickle value
     must be a number (int or float, not bool, not a string).
     """
+    what = f"client {client!r} field {field!r}"
     try:
         if isinstance(value, _Cell):
-            return parse_float(str(value), "the value")
-        return json_float(value, "the value")
+            return parse_float(str(value), what)
+        return json_float(value, what)
     except NumberError as exc:
-        raise TraceError(f"{path}: client {client!r} field {field!r}: {exc}") from None
+        raise TraceError(f"{path}: {exc}") from None
 
 
 def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]:
