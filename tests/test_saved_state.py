@@ -170,3 +170,12 @@ def test_serve_with_damaged_reports_exits_2_in_one_line(
     code, err = cli("serve", "--echo", "--port", "0", "--reports", str(path))
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"chord serve: error: {path}:1: not a device report: {problem}")
+
+
+def test_serve_workers_with_damaged_reports_exits_2_in_one_line(tmp_path: Path) -> None:
+    """Under --workers N each worker reads --reports; the parent says why in one line."""
+    path = tmp_path / "reports.jsonl"
+    path.write_text(_with(tier="zzz") + "\n")
+    code, err = cli("serve", "--echo", "--workers", "2", "--port", "0", "--reports", str(path))
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"chord serve: error: {path}:1: not a device report: unknown tier")
