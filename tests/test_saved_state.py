@@ -179,3 +179,22 @@ def test_serve_workers_with_damaged_reports_exits_2_in_one_line(tmp_path: Path) 
     code, err = cli("serve", "--echo", "--workers", "2", "--port", "0", "--reports", str(path))
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"chord serve: error: {path}:1: not a device report: unknown tier")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[1, 2]", "a fleet config is a table of settings (a JSON object), got list"),
+        ('{"devices": "10"}', "devices must be an integer, got '10'"),
+    ],
+)
+def test_resume_with_damaged_fleet_json_exits_2_in_one_line(
+    started: Path, text: str, problem: str
+) -> None:
+    (started / "fleet.json").write_text(text)
+    code, err = cli("simulate", "--quiet", "--resume", str(started))
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(
+        f"chord simulate: error: saved fleet config {started / 'fleet.json'}: {problem}"
+    ), err
+    assert err[0].endswith(FRESH)
