@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fleet_profile import parse
 from benchmarks.schedules import ScheduleError, read_arrivals
 from chord.data import load_dataset
 from chord.data.errors import DataFormatError
@@ -176,3 +177,11 @@ def test_bench_load_refuses_bad_arrivals_in_one_line(
                     "--speedup", "10")  # fmt: skip
     assert (code, len(err)) == (2, 1), err
     assert err[0].startswith(f"chord bench load: error: {path}:3: {message}"), err
+
+
+def test_profile_lines_whose_count_is_not_plain_digits_are_not_stacks(tmp_path: Path) -> None:
+    """`"²".isdigit()` is True and int("²") raised: such a line is now skipped, not a crash."""
+    raw = tmp_path / "raw.txt"
+    raw.write_text("main (a.py:1);f (a.py:2) 3\nmain (a.py:1) ²\nmain (a.py:1) 1_0\nnoise\n")
+    [(name, stacks)] = parse(raw).items()
+    assert name == "process 0" and [count for _, count in stacks] == [3]
