@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,38 +53,25 @@ class ScheduleError(ValueError):
     """A schedule or arrivals file that cannot be sent; the message names the field or line."""
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)", re.ASCII)
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+", re.ASCII)
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
+                   "ns": 1e-9}
+
+
 def parse_seconds(text: str | float) -> float:
-    """Seconds from a number or a Go-style duration ("5s", "250ms", "1m", "1m30s")."""
+    """Seconds from a number, or from a Go-style duration as ghz takes it ("5s", "250ms", "1m",
+    "1m30s"): ASCII digits, every number with its unit. Raises ScheduleError naming the text
+    otherwise (a bare "5", "1_000s", "١s")."""
     if isinstance(text, int | float):
         return float(text)
     s = text.strip()
-    try:  # a flag's bare number; nan and inf go on to the caller's range check, named there
-        return float(s) if s.lower().lstrip("+-") in ("nan", "inf", "infinity") else parse_float(
-            s, "duration"
-        )
-    except NumberError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    total, number, i = 0.0, "", 0
-    while i < len(s):
-        c = s[i]
-        if c in "0123456789.":
-            number += c
-            i += 1
-            continue
-        unit = next((u for u in ("ms", "us", "µs", "ns", "h", "m", "s") if s.startswith(u, i)), "")
-        if not unit or not number:
-            raise ScheduleError(f"duration {text!r} is not understood; send e.g. 5s, 250ms or 1m")
-        try:
-            total += parse_float(number, "duration") * units[unit]
-        except NumberError:
-            raise ScheduleError(
-                f"duration {text!r} holds {number!r}, not a number; send e.g. 5s or 1.5m"
-            ) from None
-        number, i = "", i + len(unit)
-    if number:
-        raise ScheduleError(f"duration {text!r} lacks a unit after {number}; send e.g. {number}s")
-    return total
+    if not _DURATION.fullmatch(s):
+        number = re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s, re.ASCII)
+        if number:
+            raise ScheduleError(f"duration {text!r} lacks a unit; send e.g. {s}s or {s}ms")
+        raise ScheduleError(f"duration {text!r} is not understood; send e.g. 5s, 250ms or 1m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,20 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
+TOKEN_ENV = "CHORD_TOKEN"
+
+
+def token_setting(flag: str | None, flag_name: str = "--token") -> str | None:
+    """The bearer token from its flag, else from $CHORD_TOKEN, checked (check_token); None when
+    neither is set. A variable that is set but empty is refused like an empty flag: a secret that
+    failed to load (`CHORD_TOKEN=$(cat missing)`) must never turn authentication off.
+    """
+    if flag is not None:
+        return check_token(flag, flag_name)
+    env = os.environ.get(TOKEN_ENV)
+    return None if env is None else check_token(env, f"${TOKEN_ENV}")
+
+
 def check_port(port: int, source: str, *, allow_zero: bool = True) -> int:
     """A TCP port: 1..65535, or 0 (any free port) when allow_zero."""
     low = 0 if allow_zero else 1
@@ -318,6 +332,49 @@ def positive_int(text: str) -> int:
     return value
 
 
+def max_parallel() -> int:
+    """Most processes or threads of one kind that can do work here: 4 per usable core
+    (os.sched_getaffinity, so a taskset or container limit counts). More only queue for the
+    cores, and a huge count can exhaust memory or crash a native thread pool at start."""
+    return 4 * len(os.sched_getaffinity(0))
+
+
+def thread_count(text: str) -> int:
+    """argparse type: a thread count in 1..max_parallel() (one `error: argument ...` line)."""
+    value = positive_int(text)
+    if value > (most := max_parallel()):
+        raise argparse.ArgumentTypeError(
+            f"{value} threads is above {most} (4 per usable core); send 1..{most}"
+        )
+    return value
+
+
+def tls_failure(details: str, ca_flag: str = "--tls-ca", name_flag: str = "") -> str | None:
+    """What a failed TLS handshake means and what to send, from a gRPC status's details
+    (UNAVAILABLE: "... Tls handshake failed ... CERTIFICATE_VERIFY_FAILED ..."); None when the
+    details name no TLS failure. Such a failure never clears by retrying: callers stop at once.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the TLS handshake failed: the server's certificate is not signed by the CA given "
+            f"(CERTIFICATE_VERIFY_FAILED); send the CA certificate that signed it as {ca_flag}"
+        )
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        fix = (f"pass the name it was issued for as {name_flag} NAME" if name_flag
+               else "connect by the host name it was issued for")
+        return (
+            "the TLS handshake failed: the server's certificate is not issued for the host "
+            f"name connected to (hostname verification); {fix}"
+        )
+    lowered = details.lower()
+    if "handshake failed" in lowered or "ssl_error" in lowered:
+        return (
+            f"the TLS handshake failed ({clipped(details, 160)}); check that the server uses TLS "
+            f"and that {ca_flag} is the CA that signed its certificate"
+        )
+    return None
+
+
 def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
     """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
 
@@ -351,7 +408,11 @@ __all__ = [
     "check_tls_pair",
     "check_token",
     "join_host_port",
+    "max_parallel",
     "positive_int",
+    "thread_count",
+    "tls_failure",
+    "token_setting",
     "wait_for_tcp",
 ]
 

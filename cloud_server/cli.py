@@ -17,11 +17,12 @@ from chord.startcheck import (
     check_int,
     check_out_file,
     check_port,
-    check_token,
     join_host_port,
+    max_parallel,
+    token_setting,
 )
 from chord.textfile import TextFileError
-from cloud_server.config import MIB, ServerConfig
+from cloud_server.config import MIB, MULTIPROC_ENV, ServerConfig
 from cloud_server.errors import ReportFileError
 from cloud_server.logbudget import install_log_budget
 
@@ -91,17 +92,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def max_workers() -> int:
-    """Most server processes (and torch threads per worker) that can work: 4 per usable core."""
-    return 4 * len(os.sched_getaffinity(0))
+    """Most server processes (and torch threads per worker) that can work: 4 per usable core
+    (chord.startcheck.max_parallel)."""
+    return max_parallel()
+
+
+def check_metrics_dir() -> None:
+    """$PROMETHEUS_MULTIPROC_DIR, when set, must be an existing directory (prometheus_client's
+    multiprocess mode writes each worker's values there); StartupError names it otherwise."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given is not None and not Path(given).is_dir():
+        raise StartupError(
+            f"${MULTIPROC_ENV} {given!r} is not a directory; create it or unset the variable"
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Turn parsed flags (and $CHORD_TOKEN) into a ServerConfig; StartupError names a bad one."""
-    if args.token is not None:
-        token: str | None = check_token(args.token, "--token")
-    else:
-        env = os.environ.get("CHORD_TOKEN") or None
-        token = check_token(env, "$CHORD_TOKEN") if env is not None else None
+    token = token_setting(args.token)
+    check_metrics_dir()
     if args.run is not None and not args.echo:
         check_dir(args.run, "--run")
     if args.reports is not None:

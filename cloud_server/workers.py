@@ -41,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 from chord.startcheck import join_host_port
-from cloud_server.config import ServerConfig
+from cloud_server.config import MULTIPROC_ENV, ServerConfig
 from cloud_server.errors import ReportFileError
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _KILL_MARGIN_S = 30.0  # after grace_s, a worker still draining is killed
 
 

@@ -21,7 +21,7 @@ from chord.data.errors import DataError
 from chord.jsonfile import write_json
 from chord.process_env import apply_process_env
 from chord.protocol import Protocol, check_protocol
-from chord.startcheck import StartupError, wait_for_tcp
+from chord.startcheck import StartupError, tls_failure, wait_for_tcp
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
@@ -280,6 +280,9 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
     try:
         spec, _ = transport.get_model_spec("simulator")
     except TransportError as exc:
+        hint = tls_failure(str(exc), "--tls-ca") if exc.reason == "tls_handshake" else None
+        if hint is not None:
+            raise SimulationError(f"{target}: {hint}") from exc
         raise SimulationError(
             f"cannot reach the strategy service at {target} within "
             f"{t.overall_timeout_s:g} s: {exc}; check that `chord serve` listens there (and "

@@ -108,12 +108,16 @@ def test_bad_schedules_are_named(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_go_durations_parse() -> None:
-    """ghz's duration strings and plain seconds both work; a bare number with a unit-less tail
-    inside a duration is refused."""
+    """ghz's duration strings work; as in ghz, every number needs its unit (a bare "5" was taken
+    as seconds), and only ASCII digits count ("1_000s" and Arabic-Indic digits were numbers)."""
     assert parse_seconds("5s") == 5.0 and parse_seconds("250ms") == 0.25
-    assert parse_seconds("1m30s") == 90.0 and parse_seconds("2.5") == 2.5
-    with pytest.raises(ScheduleError, match="unit"):
-        parse_seconds("1m30")
+    assert parse_seconds("1m30s") == 90.0 and parse_seconds("1.5h") == 5400.0
+    assert parse_seconds(2.5) == 2.5  # a number from code is seconds already
+    with pytest.raises(ScheduleError, match=r"duration '5' lacks a unit; send e.g. 5s or 5ms"):
+        parse_seconds("5")
+    for text in ("1m30", "1_000s", "\u0661s", "5 s", "s", "-5s"):
+        with pytest.raises(ScheduleError, match="duration"):
+            parse_seconds(text)
 
 
 def test_const_schedule_sends_r_times_s_calls(echo_server: EmbeddedServer) -> None:

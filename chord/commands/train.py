@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from chord.data import FORMATS, DataError
 from chord.divergence import DivergedError
 from chord.jsonfile import dumps
 from chord.protocol import add_protocol_arguments
-from chord.startcheck import StartupError, check_out_dir, positive_int
+from chord.startcheck import StartupError, check_out_dir, thread_count
 from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-interactions", type=int, default=5)
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="torch CPU threads (1 to 4 per usable core)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="output directory")
 
@@ -55,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         check_out_dir(args.out, "--out")
-        result = run_training(cfg, args.out)
+        created = not Path(args.out).exists()
+        try:
+            result = run_training(cfg, args.out)
+        except KeyboardInterrupt:  # nothing written yet: leave no empty --out behind
+            if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+                Path(args.out).rmdir()
+            raise
     except (DataError, TrainConfigError, StartupError) as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
         return 2
