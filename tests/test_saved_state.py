@@ -104,7 +104,7 @@ def test_resume_with_a_foreign_database_exits_2(started: Path) -> None:
 
 
 GOOD = dataclasses.asdict(DeviceReport("d1", 3, "high", DeviceMetrics(
-    hr5=0.5, hr10=0.6, ndcg5=0.3, ndcg10=0.4, adapt_ms=1.0, infer_ms=1.0, rpc_ms=1.0,
+    hr5=0.5, hr10=0.5, ndcg5=0.4, ndcg10=0.4, adapt_ms=1.0, infer_ms=1.0, rpc_ms=1.0,
     bytes_up=1, bytes_down=1, avg_bits=6.0)))  # fmt: skip
 
 
@@ -124,7 +124,7 @@ def _with(**changes: object) -> str:
     [
         ("[1, 2]", "the row is a list, not an object of device_id, round, tier and metrics"),
         ('"just a string"', "the row is a string, not an object"),
-        (_with(device_id="a\nb"), "device_id contains control characters"),
+        (_with(device_id="a\nb"), "device_id contains non-printable characters"),
         (_with(device_id=""), "device_id is empty"),
         (_with(device_id=7), "device_id is a number; send a string"),
         (_with(round=-5), "round is -5; send a round in [0, 4294967295]"),
