@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.endpoint_load import summarize_profile
 from benchmarks.fleet_profile import parse
 from benchmarks.schedules import ScheduleError, read_arrivals
 from chord.data import load_dataset
 from chord.data.errors import DataFormatError
 from chord.plain_numbers import NumberError, json_float, json_int, parse_float, parse_int
+from chord.startcheck import StartupError, check_address
 from simulator.traces import TraceError, load_behaviour, load_capacities
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,3 +187,16 @@ def test_profile_lines_whose_count_is_not_plain_digits_are_not_stacks(tmp_path: 
     raw.write_text("main (a.py:1);f (a.py:2) 3\nmain (a.py:1) ²\nmain (a.py:1) 1_0\nnoise\n")
     [(name, stacks)] = parse(raw).items()
     assert name == "process 0" and [count for _, count in stacks] == [3]
+
+
+@pytest.mark.parametrize("address", ["h:²", "h:١٢٣", "h:1_0", "h:+5", "h: 5"])
+def test_addresses_take_ascii_port_digits_only(address: str) -> None:
+    """`"²".isdigit()` is True (int() then raised a traceback) and int("١٢٣") is 123."""
+    with pytest.raises(StartupError, match=r"is not HOST:PORT; send e\.g\. 127\.0\.0\.1:50051"):
+        check_address(address, "server")
+    assert check_address("h:50051", "server") == ("h", 50051)
+
+
+def test_endpoint_profile_skips_lines_whose_count_is_not_plain_digits() -> None:
+    shares = summarize_profile("main (a.py:1);f (a.py:2) 3\nmain (a.py:1) ²\nx 1_0\n")
+    assert shares["samples"] == 3
