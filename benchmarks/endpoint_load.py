@@ -36,6 +36,7 @@ from benchmarks.harness import (
 from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
 from benchmarks.server_process import ServerProcess
 from benchmarks.slo import Probe, find_capacity
+from chord.plain_numbers import NumberError, parse_int
 from cloud_server.config import ServerConfig
 
 GOALS = {
@@ -134,9 +135,12 @@ def summarize_profile(raw: str) -> dict[str, Any]:
     n = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit() or not stack:
+        try:  # a stack line ends in its sample count; any other line is not a stack
+            c = parse_int(count, "count")
+        except NumberError:
             continue
-        c = int(count)
+        if c < 0 or not stack:
+            continue
         n += c
         frames = [_function(f) for f in stack.split(";")]
         own[frames[-1]] += c

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chord.plain_numbers import NumberError, parse_float
 from chord.startcheck import StartupError, check_in_range, exact
 from chord.textfile import TextFileError, read_text
 
@@ -209,8 +210,9 @@ class Arrivals:
 def read_arrivals(path: str | Path) -> Arrivals:
     """Read a CSV with header `t_s,device_id,reason`, rows sorted by t_s (fleettime writes it).
 
-    Raises ScheduleError naming the file and line of a missing header, a t_s that is not a
-    finite number >= 0, or a row out of order.
+    Raises ScheduleError naming the file and line of a missing header, a row of other than 3
+    fields, a t_s that is not a plain ASCII decimal (chord.plain_numbers) in
+    [0, MAX_ARRIVAL_T_S], an empty device_id, or a row out of order.
     """
     p = Path(path)
     try:
@@ -224,7 +226,7 @@ def read_arrivals(path: str | Path) -> Arrivals:
                                             strict=True))
     first = next(rows, None)
     header = first[1] if first is not None else None
-    if header is None or tuple(h.strip() for h in header[:3]) != ARRIVALS_HEADER:
+    if header is None or tuple(h.strip() for h in header) != ARRIVALS_HEADER:
         where = first[0] if first is not None else 1
         raise ScheduleError(
             f"{p}:{where}: header must be {','.join(ARRIVALS_HEADER)}, got "
@@ -234,16 +236,23 @@ def read_arrivals(path: str | Path) -> Arrivals:
     devices: list[str] = []
     reasons: list[str] = []
     for line, row in rows:
-        if len(row) < 3:
-            raise ScheduleError(f"{p}:{line}: expected 3 fields (t_s,device_id,reason)")
+        if len(row) != len(ARRIVALS_HEADER):
+            raise ScheduleError(
+                f"{p}:{line}: {len(row)} fields; send exactly {len(ARRIVALS_HEADER)} "
+                f"({','.join(ARRIVALS_HEADER)})"
+            )
         try:
-            t = float(row[0])
-        except ValueError:
-            raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} is not a number") from None
-        if not math.isfinite(t) or not 0 <= t <= MAX_ARRIVAL_T_S:
+            t = parse_float(row[0], "t_s")
+        except NumberError as exc:
+            raise ScheduleError(f"{p}:{line}: {exc}") from None
+        if not 0 <= t <= MAX_ARRIVAL_T_S:
             raise ScheduleError(
                 f"{p}:{line}: t_s {row[0][:40]!r} is not a finite number of virtual seconds in "
                 f"[0, {MAX_ARRIVAL_T_S:.0f}] (a year); send the simulation's arrival times"
+            )
+        if not row[1].strip():
+            raise ScheduleError(
+                f"{p}:{line}: device_id is empty; send the id of the device that arrived"
             )
         if times and t < times[-1]:
             raise ScheduleError(f"{p}:{line}: t_s {t} is before the previous row's {times[-1]}; "

@@ -19,6 +19,8 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from chord.plain_numbers import NumberError, parse_int
+
 # gRPC metadata values of non-binary keys are printable ASCII (0x20-0x7E); leading and trailing
 # spaces are stripped by HTTP/2 peers (gRPC over HTTP/2 spec, "Custom-Metadata"; RFC 9113 8.2.1).
 _METADATA_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
@@ -100,15 +102,19 @@ def check_address(address: str, source: str) -> tuple[str, int]:
 
     An IPv6 host must be bracketed: "::1:50051" is refused, naming "[::1]:50051" to send.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    host, sep, port_text = address.rpartition(":")
+    try:  # ASCII digits only: "²".isdigit() is True (int() then raised) and int("١٢") is 12
+        port = parse_int(port_text, "port")
+    except NumberError:
+        port = -1
+    if not sep or not host or port < 0 or not port_text[:1].isdigit():  # no sign either
         raise StartupError(
             f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
         )
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         # "::1:50051": the last colon is read as the port's, so the host is not a name gRPC
         # resolves ("Misformatted domain name" after every retry). RFC 3986 3.2.2 brackets it.
-        bracketed = join_host_port(host, int(port))
+        bracketed = join_host_port(host, port)
         if bracketed.startswith("["):
             raise StartupError(
                 f"{source} {address!r} has an IPv6 host without brackets; send {bracketed} "
@@ -118,7 +124,7 @@ def check_address(address: str, source: str) -> tuple[str, int]:
             f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
         )
     check_host(host, source)
-    return host, check_port(int(port), f"{source} port", allow_zero=False)
+    return host, check_port(port, f"{source} port", allow_zero=False)
 
 
 def join_host_port(host: str, port: int) -> str:

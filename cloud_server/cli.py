@@ -23,6 +23,7 @@ from chord.startcheck import (
 )
 from chord.textfile import TextFileError
 from cloud_server.config import MIB, MULTIPROC_ENV, ServerConfig
+from cloud_server.errors import ReportFileError
 from cloud_server.logbudget import install_log_budget
 
 log = logging.getLogger("cloud_server")
@@ -200,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
         from cloud_server.service import load_engine, unservable_reason
 
         try:
-            # Loaded before binding: a run that can never serve is refused before `port=`.
-            engine = load_engine(cfg) if cfg.run_dir is not None else None
+            # Loaded before binding: a run that can never serve is refused before `port=`, and
+            # the stored --reports are checked against the served tiers (echo's too).
+            engine = load_engine(cfg)
         except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
             print(_unservable(cfg, unservable_reason(exc)), file=sys.stderr)
             return 2
@@ -212,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
             on_ready=lambda: print("ready", flush=True),
             engine=engine,
         )
+    except ReportFileError as exc:  # a --reports file this server did not write
+        print(f"chord serve: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1

@@ -574,7 +574,15 @@ def _table(value: Any, name: str) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> FleetConfig:
-    """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...)."""
+    """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...).
+
+    Raises FleetConfigError naming the key whose value is wrong (or saying data is no table).
+    """
+    if not isinstance(data, dict):
+        raise FleetConfigError(
+            f"a fleet config is a table of settings (a JSON object), got "
+            f"{type(data).__name__}; send e.g. {{\"devices\": 100}}"
+        )
     top = _table(data.get("fleet", {}), "fleet")
     top.update({k: v for k, v in data.items() if k != "fleet"})
     kwargs: dict[str, Any] = {}
@@ -624,6 +632,11 @@ def read_saved_config(path: str | Path) -> FleetConfig:
         return config_from_dict(read_json(path))
     except TextFileError as exc:
         raise FleetConfigError(f"saved fleet config {exc}") from None
+    except FleetConfigError as exc:  # a fleet.json edited or damaged since the run started
+        raise FleetConfigError(
+            f"saved fleet config {path}: {exc}; resume needs the fleet.json this run wrote, or "
+            "start over with a fresh --out DIR"
+        ) from None
 
 
 def with_overrides(cfg: FleetConfig, **overrides: Any) -> FleetConfig:

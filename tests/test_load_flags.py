@@ -156,7 +156,7 @@ def test_blank_and_whitespace_lines_are_skipped_and_lines_keep_their_numbers(
     arrivals = read_arrivals(path)
     assert arrivals.device_ids == ("a", "b") and arrivals.t_s.tolist() == [1.0, 2.0]
     _arrivals(path, "1,a,first\n  \nlater,b,drift\n")
-    with pytest.raises(ScheduleError, match=r"trailing\.csv:4: t_s 'later' is not a number"):
+    with pytest.raises(ScheduleError, match=r"trailing\.csv:4: t_s is 'later', not a plain"):
         read_arrivals(path)
 
 

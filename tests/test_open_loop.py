@@ -271,10 +271,10 @@ def test_arrivals_are_replayed_at_their_times_and_the_peak_is_judged(
     [
         ("time,device,reason\n1,a,b\n", ":1: header"),
         ("t_s,device_id,reason\n1,a,b\n0.5,c,d\n", ":3: .*sort"),
-        ("t_s,device_id,reason\nsoon,a,b\n", ":2: t_s 'soon'"),
+        ("t_s,device_id,reason\nsoon,a,b\n", ":2: t_s is 'soon'"),
         ("t_s,device_id,reason\n-1,a,b\n",
          r":2: t_s '-1' is not a finite number of virtual seconds in \[0, 31622400\]"),
-        ("t_s,device_id,reason\n1,a\n", ":2: expected 3 fields"),
+        ("t_s,device_id,reason\n1,a\n", r":2: 2 fields; send exactly 3 \(t_s,device_id,reason\)"),
     ],
 )
 def test_bad_arrivals_files_name_the_line(tmp_path: Path, text: str, match: str) -> None:
