@@ -28,6 +28,7 @@ def chaos_config(devices: int, run_preset: str, run_dir: str) -> FleetConfig:
     return FleetConfig(
         devices=devices,
         seed=SEED,
+        mode="pretrained",  # the chaos figures were measured on the pretrained fleet
         run_preset=run_preset,
         run_dir=run_dir,
         batch_size=5,

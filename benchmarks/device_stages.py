@@ -172,11 +172,10 @@ def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_benchmark(cfg: StagesConfig, store: ResultStore | None = None) -> dict[str, Any]:
     """Measure every runtime, print the table, write the result (JSON + RESULTS.md section)."""
-    from simulator.config import FleetConfig
-    from simulator.runner import prepare_embedded_run
+    from benchmarks.fleet_scale import prepare_default_run
 
     store = store or ResultStore.default()
-    run_dir = cfg.run_dir or str(prepare_embedded_run(FleetConfig()))
+    run_dir = cfg.run_dir or prepare_default_run()
     results = [measure(rt, cfg.devices, run_dir) for rt in cfg.runtimes]
     rows = _rows(results)
     columns = ["step", *[f"{r['runtime']}_ms" for r in results]]

@@ -88,11 +88,17 @@ class TreeMemorySampler(ProcessTreeSampler):
 
 
 def prepare_default_run() -> str:
-    """The run the embedded default server serves, trained or reused before any timing."""
+    """The quick pretrained run of the embedded defaults, trained or reused before any timing.
+
+    The scale benchmarks (fleet_scale, fleet_day, device_stages) measure the pretrained fleet,
+    as their earlier results did, although `chord simulate` now defaults to random mode: a
+    random-mode device rebuilds a hidden-256 backbone, another workload (accuracy_random
+    reports its device memory and latency).
+    """
     from simulator.config import FleetConfig
     from simulator.runner import prepare_embedded_run
 
-    return str(prepare_embedded_run(FleetConfig()))
+    return str(prepare_embedded_run(FleetConfig(mode="pretrained")))
 
 
 def _child_main(args: argparse.Namespace) -> int:

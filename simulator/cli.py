@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset name or interaction file (default ml-100k)")
     parser.add_argument("--backbone", choices=["sasrec", "caser"], help="backbone (default sasrec)")
     parser.add_argument(
-        "--mode", choices=["pretrained", "random"], help="embedded run's backbone mode"
+        "--mode", choices=["pretrained", "random"],
+        help="embedded run's backbone mode (default random: seeded weights and a learned mask)"
     )
     parser.add_argument("--run-dir", help="embedded server: serve this run directory")
     parser.add_argument(

@@ -58,6 +58,13 @@ MODES = ("random", "pretrained")
 PRIORS = ("fisher", "none")
 ALLOCATIONS = ("rd", "quota")
 PRESETS = ("smoke", "quick", "full")
+# The quick random-mode SASRec run (the embedded default of `chord simulate` and `make run`):
+# benchmarks/RESULTS.md accuracy_random_h256_sparse4, the best measured setting whose mask fits
+# 1/16 of the fp32 hidden-64 backbone: hidden 256, the top 4% of each layer kept, mask lr 0.01,
+# 40 epochs (test NDCG@10 0.428 on ML-100K, 0.974 of pretrained CHORD at 3 bits; mask 38,286 B).
+RANDOM_QUICK_SASREC: dict[str, Any] = {
+    "width": 256, "mask_fractions": (0.04,), "mask_lr": 0.01, "mask_epochs": 40,
+}
 MASK_FILE = "mask.chmk"  # random mode: the shared mask artifact (chord.masks.artifact)
 
 
@@ -152,7 +159,11 @@ class RunConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> RunConfig:
-        """smoke (seconds, tests), quick (minutes, `chord eval --quick`) or full (benchmarks)."""
+        """smoke (seconds, tests), quick (minutes, `chord eval --quick`) or full (benchmarks).
+
+        quick in random mode for SASRec also takes RANDOM_QUICK_SASREC (overrides still win).
+        Raises RunError for an unknown preset.
+        """
         base: dict[str, dict[str, Any]] = {
             "smoke": {
                 "max_users": 200, "backbone_epochs": 3, "hyper_steps": 40, "hyper_batch": 32,
@@ -166,6 +177,10 @@ class RunConfig:
         }
         if name not in base:
             raise RunError(f"unknown preset {name!r}; use one of {PRESETS}")
+        if name == "quick" and overrides.get("mode") == "random" and (
+            overrides.get("backbone", "sasrec") == "sasrec"
+        ):
+            base["quick"].update(RANDOM_QUICK_SASREC)
         return cls(**{**base[name], **overrides})
 
     def _protocol_key(self) -> dict[str, Any]:
