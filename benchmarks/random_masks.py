@@ -318,15 +318,25 @@ def vector_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return row["dataset"], row["backbone"], row["width"], key
 
 
+def result_name(args: Any) -> str:
+    """The result's name: --name where it is not the accuracy table's own, else accuracy_random
+    (bits variant) or accuracy_random_VARIANT."""
+    given = getattr(args, "name", None)
+    if given and given != "accuracy":  # benchmarks.accuracy's default --name
+        return str(given)
+    return NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
+
+
 def main(args: Any) -> int:
     """Measure every (dataset, backbone, width); rewrite the results after each.
 
-    Results go to `ResultStore.default(args.results_dir)` (--results-dir of benchmarks.accuracy).
+    Results go to `ResultStore.default(args.results_dir)` (--results-dir of benchmarks.accuracy)
+    under result_name(args).
     """
     store = ResultStore.default(args.results_dir)
+    name = result_name(args)
     if args.replot:
-        return rewrite(NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}",
-                       store)
+        return rewrite(name, store)
     torch.set_num_threads(1)
     start = time.perf_counter()
 
@@ -347,7 +357,6 @@ def main(args: Any) -> int:
                 fp32_h64[(dataset, backbone)] = h64_bytes(load_run(m["run"]).backbone_config)
                 add_intervals(rows, same_bits, lambda r: per_user.get(vector_key(r)),
                               args.seed)
-                name = NAME if args.mask_variant == "bits" else f"{NAME}_{args.mask_variant}"
                 write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
     log("done")
     return 0
