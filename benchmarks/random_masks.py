@@ -68,14 +68,30 @@ def tier_for(budget: float) -> Tier:
     return DEFAULT_TIERS["low" if budget <= 2.5 else "mid"]
 
 
+def with_levels(run: ChordRun, level_min_class: tuple[int, int, int, int]) -> MaskArtifact:
+    """The run's mask artifact with another level -> lowest-class map (same classes)."""
+    assert run.mask is not None
+    art = run.mask.artifact
+    return MaskArtifact(dataclasses.replace(art.header, level_min_class=level_min_class),
+                        art.classes)
+
+
+def shared_artifact(run: ChordRun) -> MaskArtifact:
+    """Every level keeps the shared mask: the shared-mask rows at any bits.
+
+    (Level 0's class would be a sparser mask wherever levels prune, as in the nested variant.)
+    """
+    assert run.mask is not None
+    shared = run.mask.artifact.header.shared_min_class
+    return with_levels(run, (shared, shared, shared, shared))
+
+
 def diet_source(run: ChordRun) -> MaskedSource:
     """The run's mask with level 0 pruning the channel and levels 1-3 keeping the shared mask."""
     assert run.mask is not None
-    art = run.mask.artifact
-    k = len(art.header.keep_fractions)
-    shared = art.header.shared_min_class
-    header = dataclasses.replace(art.header, level_min_class=(k + 1, shared, shared, shared))
-    return MaskedSource(run.mask.raw, MaskArtifact(header, art.classes))
+    k = len(run.mask.artifact.header.keep_fractions)
+    shared = run.mask.artifact.header.shared_min_class
+    return MaskedSource(run.mask.raw, with_levels(run, (k + 1, shared, shared, shared)))
 
 
 def train_diet(run: ChordRun, split: Split, steps: int, seed: int, log: LOG) -> HyperNetwork:
@@ -102,7 +118,7 @@ def run_config(args: Any, dataset: str, backbone: str, width: int) -> RunConfig:
         dataset=dataset, backbone=backbone, mode="random", seed=args.seed, width=width,
         hyper_steps=args.hyper_steps, mask_epochs=args.mask_epochs, max_users=args.max_users,
         mask_fractions=fractions, mask_levels=levels, mask_shared=shared,
-        generator=args.generator, mask_lr=args.mask_lr,
+        generator=args.generator, mask_lr=args.mask_lr, allocation=args.allocation,
     )
 
 
@@ -167,9 +183,10 @@ def measure_pair(
     diet_steps = args.diet_steps or args.hyper_steps
     diet = train_diet(run, split, diet_steps, seed, log) if full_table else None
     source = diet_source(run)
+    shared_art = shared_artifact(run)
     for budget in budgets:
         b = round(budget)
-        uniform = personal_model(run.mask.raw, run.mask.artifact, zero_levels, uniform_tier(b))
+        uniform = personal_model(run.mask.raw, shared_art, zero_levels, uniform_tier(b))
         add("shared-mask", budget, float(b), uniform, 0.0)
         if diet is not None:
             scorer = PersonalScorer(run.backbone, run.layout, diet.importance, uniform_tier(b),
@@ -467,11 +484,14 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "selection on validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs "
         "100 seeded unseen negatives. "
         "budget 2 uses tier low (1,2,3,4 bits), 3 and 4 tier mid (2,3,4,8). shared-mask rows "
-        "quantize every kept weight at the budget's bits (pruned weights stay 0); diet prunes, "
+        "keep the shared class in every channel and quantize every kept weight at the budget's "
+        "bits (pruned weights stay 0); diet prunes, "
         "per user, the quarter of the channel mass its hypernetwork ranks lowest (trained once "
         f"at 3 bits for at most {diet_steps_text(metas)} steps, applied at each budget's "
         "bits); chord: per-user levels over the shared mask "
-        "(the run's hypernetwork, rate-distortion level rule calibrated on the masked model). "
+        "(the run's hypernetwork and level rule "
+        f"{', '.join(_meta_values(metas, 'allocation', 'rd'))}: rd = rate-distortion, "
+        "calibrated on the masked model; quota = maximum-entropy quotas in importance order). "
         "vs / diff / ci95: mean per-user NDCG@10 difference to the best other compressed method "
         "at the same budget and its paired bootstrap 95% interval (2,000 resamples of test "
         "users); win = yes only where the interval excludes zero. bytes_per_adaptation: the "
