@@ -317,7 +317,7 @@ def rewrite(name: str, store: ResultStore) -> int:
         fp32_h64[(c["dataset"], c["backbone"])] = h64_bytes(load_run(m["run"]).backbone_config)
     for r in data["rows"]:
         r.setdefault("variant", "bits")
-    write(data["rows"], data["meta"], fp32_h64, 0.0, name, store)
+    write(data["rows"], data["meta"], fp32_h64, 0.0, name, store, machine=data.get("machine"))
     return 0
 
 
@@ -387,6 +387,23 @@ def variant_text(rows: list[dict[str, Any]]) -> str:
         out.append(f"{name}: classes keep the top {', '.join(f'{f:.0%}' for f in fractions)} of "
                    f"each layer by score, levels 0-3 keep class >= {list(levels)}, the shared "
                    f"mask class >= {shared}")
+    return "; ".join(out)
+
+
+def training_text(metas: list[dict[str, Any]]) -> str:
+    """Per run: how long its mask and hypernetwork trained, and where each stopped."""
+    out = []
+    for m in metas:
+        c, mt, ht = m["config"], m["mask_train"], m["hyper_train"]
+        last = mt["curve"][-1][0] if mt.get("curve") else c["mask_epochs"]
+        early = (" (stopped early: no validation gain in 4 checks)"
+                 if last < c["mask_epochs"] else "")
+        out.append(
+            f"{c['backbone']} h{c['width']}: mask {last} of at most {c['mask_epochs']} epochs"
+            f"{early}"
+            f", kept epoch {mt['best_epoch']} (valid NDCG@10 {mt['best_valid_ndcg10']:.4f}); "
+            f"hypernetwork {ht['steps_run']} of at most {c['hyper_steps']} steps, kept step "
+            f"{ht['best_step']}")
     return "; ".join(out)
 
 
@@ -465,8 +482,11 @@ COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_b
 
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
           fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME,
-          store: ResultStore | None = None) -> None:
-    """JSON, the Markdown section and the bytes plot of everything measured so far."""
+          store: ResultStore | None = None, machine: dict[str, Any] | None = None) -> None:
+    """JSON, the Markdown section and the bytes plot of everything measured so far.
+
+    `machine`: where the figures were measured (a re-render passes the JSON's; default: here).
+    """
     store = store or ResultStore.default()
     store.folder.mkdir(parents=True, exist_ok=True)
     plot_bytes(rows, fp32_h64, store.path(f"{name}_bytes", ".png"))
@@ -481,7 +501,8 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "pretrained points, whose one-time bytes are the fp32 parameters x 4). Mask learning: "
         "Adam lr "
         f"{', '.join(_meta_values(metas, 'mask_lr', 0.01))}, 32 sequences a step, model "
-        "selection on validation NDCG@10 every 5 epochs. Test split, leave-one-out, target vs "
+        "selection on validation NDCG@10 every 5 epochs ("
+        f"{training_text(metas)}). Test split, leave-one-out, target vs "
         "100 seeded unseen negatives. "
         "budget 2 uses tier low (1,2,3,4 bits), 3 and 4 tier mid (2,3,4,8). shared-mask rows "
         "keep the shared class in every channel and quantize every kept weight at the budget's "
@@ -506,7 +527,8 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
         + "\n\n" + goal_lines(rows, fp32_h64) + "\n\n" + ideas_log()
     )
-    write_result(name, {"rows": rows, "meta": metas}, table, notes, store=store)
+    payload = {"rows": rows, "meta": metas, **({"machine": machine} if machine else {})}
+    write_result(name, payload, table, notes, store=store)
 
 
 __all__ = ["main"]
