@@ -453,6 +453,35 @@ IDEAS: list[tuple[str, str, str, str]] = [
     ("4f. sparse mask, Rice-coded (mask format version 2)", "signed, h128, keep 0.2, lr 0.05",
      "0.371 / 0.408 at 10 / 30 epochs", "about 0.74 bits per weight: fits 1/16 (the "
      "sparse variant)"),
+    # Per-user structure under signed constants (full runs with model selection, h64 unless
+    # said; 'shared' = the shared 50% mask, the best other compressed method at every budget).
+    ("5a. nested levels, signed constants (full run)",
+     "classes 60 / 50 / 40%, levels 0-3 keep 40 / 50 / 50 / 60%, rd rule, DIET 60 steps",
+     "shared 0.358; CHORD 0.363 / 0.364 / 0.363 at 2 / 3 / 4 bits, +0.005 / +0.006 / +0.005, "
+     "every interval holds 0; DIET 0.334",
+     "tie (accuracy_random_nested_signed); the hypernetwork kept step 0"),
+    ("5b. per-user density, whole model (probe on 5a's mask)",
+     "every channel at one class: 60 / 50 / 40%; then per user the class with the best "
+     "validation NDCG@10, scored on test",
+     "0.365 / 0.358 / 0.363; per-user pick 0.361, +0.003 [-0.005, +0.011] over 50%",
+     "no per-user signal in density: nested training makes the three densities equally good"),
+    ("5c. where 5a's levels go (probe)",
+     "levels of 200 test users; the rd table's price of each width",
+     "3 bits: 77% of channels at level 0 (40%), 7% level 1, 16% level 3 (60%); measured "
+     "loss growth 40% vs 50%: 0.0004 nats",
+     "CHORD mixes densities that cost the same; the table also misprices widths 4 and 8 "
+     "(see below)"),
+    ("5d. quota level rule (full run)",
+     "5a with maximum-entropy quotas in importance order instead of rd (no cost table)",
+     "CHORD 0.363 / 0.362 / 0.367 at 2 / 3 / 4 bits: +0.006 / +0.005 / +0.010 [+0.001, "
+     "+0.019]",
+     "interval excludes 0 at 4 bits only, with the hypernetwork at its step 0 (no step "
+     "improved validation): density mixing, not learned per-user structure "
+     "(accuracy_random_nested_quota)"),
+    ("6a. width 256 (full run, sparse keep 20%)",
+     "signed, lr 0.05, mask capped at 40 epochs (stopped early at 35), hypernetwork 50 steps",
+     "valid 0.342 at epoch 15; test 0.292; mask 114,574 B = 1/5.6 of the fp32 h64 backbone",
+     "below h128 (0.416): more scores than ML-100K trains (accuracy_random_h256)"),
 ]
 IDEAS_NOTE = (
     "With signed constants every kept weight of a channel has the same magnitude, so "
@@ -462,7 +491,14 @@ IDEAS_NOTE = (
     "structure then has to come from how much of a channel a level keeps (the `nested` "
     "variant). The rate-distortion table of a masked run now prices each width with the "
     "sparsest class a level of that width keeps (chord.masks.MaskedSource.width_weights): "
-    "measured against bits alone, signed weights made a pruning level look free."
+    "measured against bits alone, signed weights made a pruning level look free. That price "
+    "is keyed by width while a mask level is keyed by level index, and one width is a "
+    "different level in each tier: with the nested map the table priced width 4 (mid tier "
+    "level 2, which keeps 50%) with 40% (the high tier's level 0) and width 8 (mid level 3, "
+    "60%) with 50%, so the mid tier's two upper levels were mispriced. A class map keyed by "
+    "width in the mask header (a channel stored at b bits keeps class >= m[b]) would make the "
+    "table exact; it changes the mask format and was not done, since 5b measured the three "
+    "classes as equally good, which no pricing can turn into a per-user gain."
 )
 
 
