@@ -487,6 +487,10 @@ IDEAS: list[tuple[str, str, str, str]] = [
      "valid 0.494 at epoch 40; test 0.453 = 1.03 x pretrained fp32; mask 114,473 B = 1/5.6 of "
      "the fp32 h64 backbone; device 288,406 B (modeled), 1.45 ms per query",
      "meets >= 0.419 but not the 1/16 download (accuracy_random_h256)"),
+    ("6c. width 128, mask lr 0.01 (full run, sparse keep 20%)",
+     "signed, 60 epochs, hypernetwork 50 steps",
+     "valid 0.467 at epoch 45 (lr 0.05: 0.458); test 0.410 (lr 0.05: 0.416); mask 39,519 B",
+     "no gain on test: h128 stays below 0.419 (accuracy_random_sparse_lr01)"),
 ]
 IDEAS_NOTE = (
     "With signed constants every kept weight of a channel has the same magnitude, so "
