@@ -43,6 +43,7 @@ from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
 from chord.masks import DEFAULT_GENERATOR, GENERATORS
+from chord.startcheck import thread_count as threads_arg
 
 NAME = "accuracy"
 # Budget-independent rows are measured once per (dataset, backbone), at the first budget.
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measure nothing: recompute the intervals from results/NAME.json and "
                         "NAME_per_user.npz, rewrite them and the section, redraw the NDCG plot")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads_arg, default=None,
                    help="torch CPU threads (default 1 on cpu; on cuda half the cores, at most 8)")
     p.add_argument("--random-masks", action="store_true",
                    help="measure random mode with learned masks instead (benchmarks.random_masks:"

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
+from chord.startcheck import thread_count
 from chord.train import TrainConfig, run_training
 
 NAME = "backbones"
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training per run (stops after the crossing epoch)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=thread_count, default=1)
     p.add_argument("--out", default="/tmp/chord_bench_backbones", help="where models go")
     p.add_argument("--fresh", action="store_true", help="drop rows of earlier invocations")
     add_output_arguments(p)

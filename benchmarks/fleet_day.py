@@ -47,7 +47,11 @@ NAME = "fleet_day"
 GOAL_DEVICES = 100_000
 GOAL_WALL_S = 3_600.0
 GOAL_RSS_MB = 2_048.0
-PLOT = f"{NAME}_timeline.png"  # the largest size's timeline.png, copied beside the JSON
+
+
+def plot_name(result: str) -> str:
+    """The largest size's timeline.png, copied beside the result's JSON."""
+    return f"{result}_timeline.png"
 
 
 class FleetDayError(BenchProcessError):
@@ -65,6 +69,13 @@ class FleetDayConfig:
     timeout_s: float = 3_600.0  # per size
     sample_s: float = 0.5
     write: bool = True
+    runtime: str = ""  # device scoring runtime; "" = the simulator's default (ort)
+
+
+def result_name(runtime: str) -> str:
+    """The result a run writes: fleet_day for the default device runtime, else
+    fleet_day_<runtime> (one section per runtime in RESULTS.md)."""
+    return NAME if runtime in ("", "ort") else f"{NAME}_{runtime}"
 
 
 def accounted_once(db: Path, devices: int) -> bool:
@@ -86,6 +97,7 @@ def run_size(devices: int, run_dir: str, cfg: FleetDayConfig, work: Path) -> dic
         "chord.cli", "simulate", "--clock", "virtual", "--duration-s", str(cfg.duration_s),
         "--devices", str(devices), "--run-dir", run_dir, "--ray-address", cfg.ray_address,
         "--out", str(out), "--quiet",
+        *(("--device-runtime", cfg.runtime) if cfg.runtime else ()),
     )  # fmt: skip
     env = repo_env(RAY_USAGE_STATS_ENABLED="0")
     env.setdefault("RAY_AUTH_MODE", "disabled")
@@ -174,6 +186,7 @@ def notes(payload: dict[str, Any]) -> str:
     """The RESULTS.md note under the table."""
     rows, f = payload["rows"], payload["scale"]
     sample_s = float(payload["config"]["sample_s"])
+    runtime = str(payload["config"].get("runtime") or "")
     top = rows[-1]
 
     def num(v: Any, fmt: str) -> str:
@@ -193,8 +206,10 @@ def notes(payload: dict[str, Any]) -> str:
         )
     )
     return (
-        f"`chord simulate --clock virtual --duration-s {payload['config']['duration_s']:g}` on the "
-        "embedded default (ml-100k, sasrec, pretrained, in-process server, private local Ray "
+        f"`chord simulate --clock virtual --duration-s {payload['config']['duration_s']:g}"
+        + (f" --device-runtime {runtime}` (the default runtime is ort)" if runtime else "`")
+        + " on the embedded default (ml-100k, sasrec, pretrained, in-process server, private "
+        "local Ray "
         "with the machine's CPUs; seeded diurnal availability, drift every 5 interactions, a 5% "
         "staleness sample; the run was prepared before timing). `wall_s` is the simulator's own "
         "wall time; CPU is user + system time of every process of the tree from /proc "
@@ -228,7 +243,8 @@ def notes(payload: dict[str, Any]) -> str:
         + ". Load average before/after each size (other jobs share the 2 cores): "
         + "; ".join(f"{r['devices']}: {r['loadavg_before']} / {r['loadavg_after']}" for r in rows)
         + _bookkeeping_note(payload.get("bookkeeping"))
-        + f". Plot: `results/{PLOT}`. Where the time went in an earlier profile (py-spy, 300 "
+        + f". Plot: `results/{plot_name(result_name(runtime))}`. "
+        "Where the time went in an earlier profile (py-spy, 300 "
         "devices over a day, `results/fleet_day_profile.txt`, commit 1eb5e43: before devices "
         "downloaded artifacts and built the ONNX Runtime device runtime, so today's shares "
         "differ): in each device actor, candidate scoring 34-36%, building the int8 runtime "
@@ -240,19 +256,25 @@ def notes(payload: dict[str, Any]) -> str:
     )
 
 
-def rewrite_notes(extra: str = "", store: ResultStore | None = None) -> None:
-    """Re-render the Markdown section from the saved JSON (the figures keep their machine).
+def rewrite_notes(
+    extra: str = "", store: ResultStore | None = None, name: str = NAME
+) -> None:
+    """Re-render the Markdown section of result `name` from its saved JSON (the figures keep
+    their machine).
 
     extra: a sentence kept in the JSON (`note`) and appended to the note from then on.
+    Raises FleetDayError when the result was never saved.
     """
     store = store or ResultStore.default()
-    saved = store.read(NAME)
+    saved = store.read(name)
     if saved is None:
-        raise FleetDayError(f"no saved {NAME} result in {store.folder}; run the benchmark first")
-    _rerender(store, saved, extra)
+        raise FleetDayError(f"no saved {name} result in {store.folder}; run the benchmark first")
+    _rerender(store, saved, extra, name)
 
 
-def _rerender(store: ResultStore, saved: dict[str, Any], extra: str = "") -> None:
+def _rerender(
+    store: ResultStore, saved: dict[str, Any], extra: str = "", name: str = NAME
+) -> None:
     """Write the saved result back with its section re-rendered (measurement date kept)."""
     m = saved.get("machine", {})
     payload = {k: v for k, v in saved.items() if k != "benchmark"}
@@ -262,7 +284,7 @@ def _rerender(store: ResultStore, saved: dict[str, Any], extra: str = "") -> Non
         f"Figures measured {m.get('date', '?')} at commit {m.get('commit', '?')} (load average "
         "and cores in the table); note re-rendered. " + notes(payload)
     )
-    store.write(NAME, payload, markdown_table(payload["rows"], COLUMNS), text)
+    store.write(name, payload, markdown_table(payload["rows"], COLUMNS), text)
 
 
 def _bookkeeping_note(b: dict[str, Any] | None) -> str:
@@ -283,6 +305,7 @@ def _bookkeeping_note(b: dict[str, Any] | None) -> str:
 def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict[str, Any]:
     """Run every size, print the table, write JSON, the plot and the Markdown section."""
     store = store or ResultStore.default()
+    name = result_name(cfg.runtime)
     run_dir = cfg.run_dir or prepare_default_run()
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
@@ -298,7 +321,7 @@ def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict
         if rows and cfg.write:  # the largest day's plots, for the README and RESULTS.md
             day = Path(tmp) / f"day-{rows[-1]['devices']}"
             store.folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(day / "timeline.png", store.folder / PLOT)
+            shutil.copyfile(day / "timeline.png", store.folder / plot_name(name))
     if not rows:
         raise FleetDayError("no size finished: " + "; ".join(errors.values()))
     payload: dict[str, Any] = {
@@ -312,7 +335,7 @@ def run_benchmark(cfg: FleetDayConfig, store: ResultStore | None = None) -> dict
     print(table)
     print(json.dumps(payload["scale"], indent=1))
     if cfg.write:
-        store.write(NAME, payload, table, notes(payload))
+        store.write(name, payload, table, notes(payload))
     return payload
 
 
@@ -438,6 +461,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default=None, help="run to serve (default: embedded run)")
     parser.add_argument("--ray-address", default="local", help="'local' or 'none'")
     parser.add_argument("--timeout", type=float, default=3_600.0, help="seconds per size")
+    parser.add_argument(
+        "--device-runtime", default="",
+        help="device runtime: ort (default), int8, packed, fake; a non-default runtime writes "
+        "its own result, fleet_day_<runtime>",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
         "--rewrite-notes", action="store_true", help="only re-render RESULTS.md from the JSON"
@@ -463,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
         run_bookkeeping(args.bookkeeping, store, args.timeout)
         return 0
     if args.rewrite_notes:
-        rewrite_notes(store=store)
+        rewrite_notes(store=store, name=result_name(args.device_runtime))
         return 0
     run_benchmark(
         FleetDayConfig(
@@ -473,6 +501,7 @@ def run(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             timeout_s=args.timeout,
             write=not args.no_write,
+            runtime=args.device_runtime,
         ),
         store,
     )

@@ -62,6 +62,7 @@ from chord.quant.onnx_runtime import (
     session_options,
     to_ort,
 )
+from chord.startcheck import thread_count
 
 CATALOGUES = {"ml-100k": 1682, "ml-1m": 3706}  # item counts of the two MovieLens sets
 N_CANDIDATES = 101  # the target plus 100 sampled negatives
@@ -706,7 +707,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per figure")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls first")
     parser.add_argument("--adapt-repeats", type=int, default=d.adapt_repeats)
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads")
+    parser.add_argument("--threads", type=thread_count, default=d.threads, help="torch threads")
     parser.add_argument("--tier", default=d.tier, choices=sorted(DEFAULT_TIERS))
     parser.add_argument("--budget-bits", type=float, default=d.budget_bits)
     parser.add_argument("--seed", type=int, default=d.seed)

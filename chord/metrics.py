@@ -49,18 +49,24 @@ def sample_negatives(
     return out
 
 
-def _pessimistic_ranks(s: torch.Tensor, target: torch.Tensor, live: torch.Tensor) -> np.ndarray:
+def _scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Scores as a float32 numpy array on the host (a tensor is detached and copied off its
+    device): ranking a few hundred columns per row is cheaper in numpy than in torch ops."""
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().float().cpu().numpy()
+    return np.asarray(scores, dtype=np.float32)
+
+
+def _pessimistic_ranks(s: np.ndarray, target: np.ndarray, live: np.ndarray) -> np.ndarray:
     """0-based rank of `target` [U, 1] among the `live` [U, C] columns of scores `s` [U, C].
 
     The target's own column must be live. Another live column counts above the target when its
     score is >= the target's or is not finite; a non-finite target is ranked last.
     """
-    finite = torch.isfinite(s)
-    above = live & ((s >= target) | ~finite)
-    ge = above.sum(dim=1) - 1  # the target's own column is live and >= itself
-    last = live.sum(dim=1) - 1
-    ranks = torch.where(torch.isfinite(target[:, 0]), ge.clamp(min=0), last)
-    return ranks.cpu().numpy().astype(np.int64)
+    above = live & ((s >= target) | ~np.isfinite(s))
+    ge = above.sum(axis=1) - 1  # the target's own column is live and >= itself
+    last = live.sum(axis=1) - 1
+    return np.where(np.isfinite(target[:, 0]), np.maximum(ge, 0), last).astype(np.int64)
 
 
 def target_ranks(scores: torch.Tensor | np.ndarray, target_col: int = 0) -> np.ndarray:
@@ -68,15 +74,14 @@ def target_ranks(scores: torch.Tensor | np.ndarray, target_col: int = 0) -> np.n
 
     Ranks lie in [0, C - 1]; see the module notes for ties and non-finite scores.
     """
-    s = torch.as_tensor(scores).detach().float()
+    s = _scores(scores)
     target = s[:, target_col : target_col + 1]
-    live = torch.ones_like(s, dtype=torch.bool)
-    return _pessimistic_ranks(s, target, live)
+    return _pessimistic_ranks(s, target, np.ones(s.shape, dtype=bool))
 
 
 def full_ranks(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
+    scores: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray,
     exclude: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """0-based pessimistic rank of each target among all items 1..n (column 0 = padding ignored).
@@ -85,8 +90,8 @@ def full_ranks(
     (the history, in `evaluate`); the target itself is never dropped. Ranks lie in
     [0, n_items - 1]; a non-finite score of any ranked item counts against the target.
     """
-    s = scores.detach().float()
-    live = torch.ones_like(s, dtype=torch.bool)
+    s = _scores(scores)
+    live = np.ones(s.shape, dtype=bool)
     live[:, 0] = False
     if exclude is not None:
         rows = np.concatenate(
@@ -94,12 +99,13 @@ def full_ranks(
             or [np.zeros(0, np.int64)]
         )
         cols = np.concatenate(list(exclude) or [np.zeros(0, np.int64)]).astype(np.int64)
-        if len(rows):
-            live[torch.from_numpy(rows).to(s.device), torch.from_numpy(cols).to(s.device)] = False
-    idx = targets.long().view(-1, 1).to(s.device)
-    live.scatter_(1, idx, True)  # the target is ranked even if it was in the history
-    target = s.gather(1, idx)
-    return _pessimistic_ranks(s, target, live)
+        live[rows, cols] = False
+    if isinstance(targets, torch.Tensor):
+        targets = targets.detach().cpu().numpy()
+    idx = np.asarray(targets, dtype=np.int64).reshape(-1)
+    users = np.arange(s.shape[0])
+    live[users, idx] = True  # the target is ranked even if it was in the history
+    return _pessimistic_ranks(s, s[users, idx][:, None], live)
 
 
 def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:

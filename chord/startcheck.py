@@ -318,6 +318,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def max_parallel() -> int:
+    """Most processes or threads of one kind that can do work here: 4 per usable core
+    (os.sched_getaffinity, so a taskset or container limit counts). More only queue for the
+    cores, and a huge count can exhaust memory or crash a native thread pool at start."""
+    return 4 * len(os.sched_getaffinity(0))
+
+
+def thread_count(text: str) -> int:
+    """argparse type: a thread count in 1..max_parallel() (one `error: argument ...` line)."""
+    value = positive_int(text)
+    if value > (most := max_parallel()):
+        raise argparse.ArgumentTypeError(
+            f"{value} threads is above {most} (4 per usable core); send 1..{most}"
+        )
+    return value
+
+
 def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
     """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
 
@@ -351,7 +368,9 @@ __all__ = [
     "check_tls_pair",
     "check_token",
     "join_host_port",
+    "max_parallel",
     "positive_int",
+    "thread_count",
     "wait_for_tcp",
 ]
 

@@ -19,6 +19,7 @@ from chord.startcheck import (
     check_port,
     check_token,
     join_host_port,
+    max_parallel,
 )
 from chord.textfile import TextFileError
 from cloud_server.config import MIB, ServerConfig
@@ -90,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def max_workers() -> int:
-    """Most server processes (and torch threads per worker) that can work: 4 per usable core."""
-    return 4 * len(os.sched_getaffinity(0))
+    """Most server processes (and torch threads per worker) that can work: 4 per usable core
+    (chord.startcheck.max_parallel)."""
+    return max_parallel()
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

@@ -413,12 +413,12 @@ class VirtualDevice:
         seen = [np.fromiter(exclude, dtype=np.int64)]
         ranks, times, stale, fresh = [], [], [], []
         full = self.job.ranking == "full"
-        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0)
+        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0) if full else None
         for pos in positions:
             hist = pad_history(seq[:pos], max_len)
             target = int(seq[pos])
             others: np.ndarray | None = None
-            if full:
+            if catalogue is not None:  # full ranking
                 cands, others = catalogue, seen[0][seen[0] != target]
             else:
                 # Negatives depend on (seed, user, position) only: a re-run scores the same items.

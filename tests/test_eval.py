@@ -50,6 +50,8 @@ def test_eval_command_rejects_unreachable_budget(capsys: pytest.CaptureFixture[s
         (("--seed", "-1"), "seed must be >= 0, got -1"),
         (("--negatives", "0"), "--negatives must be >= 1, got 0"),
         (("--threads", "0"), "argument --threads: 0 is below 1"),
+        # 100,000 threads crashed torch's thread pool at start (segmentation fault, exit 139).
+        (("--threads", "100000"), "argument --threads: 100000 threads is above"),
         (("--backbone-path", "/nonexistent/b.pt"), "--backbone-path '/nonexistent/b.pt' is not"),
     ],
 )

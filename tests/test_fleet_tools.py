@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -77,3 +78,23 @@ def test_step_timers_time_the_named_calls_and_put_them_back() -> None:
         assert json.dumps is not original and json.dumps({"a": 1}) == '{"a": 1}'
         assert set(spent) == {"dump"} and spent["dump"] >= 0.0
     assert json.dumps is original
+
+
+def test_a_day_on_another_device_runtime_is_its_own_result() -> None:
+    """fleet_day --device-runtime int8 writes fleet_day_int8 and its note names the flag."""
+    from benchmarks import fleet_day
+
+    assert fleet_day.result_name("") == fleet_day.result_name("ort") == "fleet_day"
+    assert fleet_day.result_name("int8") == "fleet_day_int8"
+    row = {
+        "devices": 1000, "requests": 4575, "wall_s": 50.0, "cpu_s": 90.0, "peak_rss_mb": 1600.0,
+        "peak_pss_mb": 1100.0, "accounted_once": True, "cpu_s_by_role": {"driver": 30.0},
+        "loadavg_before": "1 1 1", "loadavg_after": "2 2 2",
+    }  # fmt: skip
+    for runtime, flag in (("int8", True), ("", False)):
+        cfg = fleet_day.FleetDayConfig(runtime=runtime)
+        payload = {"rows": [row], "scale": fleet_day.scale_figures([row]),
+                   "config": dataclasses.asdict(cfg)}  # fmt: skip
+        text = fleet_day.notes(payload)
+        assert ("--device-runtime int8" in text) is flag
+        assert f"results/{fleet_day.result_name(runtime)}_timeline.png" in text

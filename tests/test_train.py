@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,19 @@ def test_cli_train_cache_dir_that_is_a_file_is_refused(
         f"chord train: error: $CHORD_CACHE_DIR '{cache}' is a file; set it to a directory (or "
         "unset it for ~/.cache/chord)"
     )
+
+
+def test_cli_train_refuses_more_threads_than_can_work(
+    patterned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threads 100000 crashed torch's thread pool (exit 139, no output); now one line, exit 2,
+    and no --out directory is created."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        _cli_train(patterned, out, "--threads", "100000")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("chord train: error: argument --threads: 100000 threads is above ")
+    most = 4 * len(os.sched_getaffinity(0))
+    assert err[-1].endswith(f" (4 per usable core); send 1..{most}")
+    assert not out.exists()

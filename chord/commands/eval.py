@@ -14,7 +14,7 @@ from chord.divergence import DivergedError
 from chord.hyper.runs import RunError
 from chord.jsonfile import write_json
 from chord.protocol import add_protocol_arguments
-from chord.startcheck import StartupError, check_out_file, positive_int
+from chord.startcheck import StartupError, check_out_file, thread_count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pretrained mode: reuse this trained backbone (chord train output)")
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="torch CPU threads (1 to 4 per usable core)")
     parser.add_argument("--device", default="cpu",
                         help="torch device for training and evaluation (cpu, cuda, cuda:1)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the rows here")

@@ -9,7 +9,7 @@ from chord.data import FORMATS, DataError
 from chord.divergence import DivergedError
 from chord.jsonfile import dumps
 from chord.protocol import add_protocol_arguments
-from chord.startcheck import StartupError, check_out_dir, positive_int
+from chord.startcheck import StartupError, check_out_dir, thread_count
 from chord.train import BACKBONES, METRIC_KEYS, TrainConfig, TrainConfigError, run_training
 
 
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-interactions", type=int, default=5)
     add_protocol_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="torch CPU threads (1 to 4 per usable core)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="output directory")
 
