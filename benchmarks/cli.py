@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
 import sys
 from typing import Any, Protocol, cast
 
@@ -24,7 +23,7 @@ from benchmarks.loadgen import (
 from benchmarks.schedules import MAX_ARRIVAL_T_S, SCHEDULES, ScheduleError, parse_seconds
 from benchmarks.slo import check_search
 from chord.jsonfile import dumps
-from chord.startcheck import StartupError, check_in_range, check_out_file
+from chord.startcheck import StartupError, check_in_range, check_out_file, token_setting
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -141,7 +140,7 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
         timeout_s=args.timeout,
         tls_ca=args.tls_ca,
         tls_server_name=args.tls_server_name,
-        token=args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None,
+        token=token_setting(args.token),
         seed=args.seed,
         tier=args.tier,
         budget_bits=args.budget_bits,
@@ -184,8 +183,9 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
 
     def show(p: Probe, res: LoadResult) -> None:
         lag = f", send lag p99 {p.send_lag_p99_ms:.1f} ms" if p.send_lag_p99_ms else ""
+        p99 = f"{p.p99_ms:8.2f} ms" if p.p99_ms is not None else "none measured"
         print(
-            f"  {p.rps:9.1f} rps offered: {p.achieved_rps:9.1f} ok/s, p99 {p.p99_ms:8.2f} ms, "
+            f"  {p.rps:9.1f} rps offered: {p.achieved_rps:9.1f} ok/s, p99 {p99}, "
             f"{p.errors} errors{lag} -> {'pass' if p.passed else 'FAIL'}",
             file=sys.stderr if args.format == "ghz" else sys.stdout,
             flush=True,
@@ -214,12 +214,22 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
 
 
 def check_report_flags(args: argparse.Namespace) -> None:
-    """Refuse --slo-p99-ms and --peak-window values that can never be judged (LoadConfigError).
+    """Refuse --slo-p99-ms and --peak-window values that can never be judged, and ghz-report
+    flags without --format ghz, which would do nothing (LoadConfigError).
 
     Checked before any load is sent, so that a bad value does not surface after the run.
     """
     from benchmarks.slo import MAX_SLO_MS
 
+    if args.format != "ghz" and args.details:
+        raise LoadConfigError(
+            "--details lists every call in the ghz report; add --format ghz or leave it out"
+        )
+    if args.format != "ghz" and args.output:
+        raise LoadConfigError(
+            "--output writes the --format ghz report; add --format ghz, or use --json FILE for "
+            "the result as JSON"
+        )
     try:
         if args.slo_p99_ms is not None:
             check_in_range(args.slo_p99_ms, "--slo-p99-ms", 0, MAX_SLO_MS, unit="milliseconds",
@@ -277,7 +287,27 @@ def run_load_command(args: argparse.Namespace) -> int:
             file=sys.stderr if args.format == "ghz" and args.output is None else sys.stdout,
         )
         return 0 if verdict["kept"] else 1
-    return 0 if result.errors == 0 and result.total > 0 else 1
+    return _exit_status(result)
+
+
+def _exit_status(result: LoadResult) -> int:
+    """0 when calls completed and none failed; else 1, with one stderr line saying why."""
+    if result.total == 0:
+        sent = (f" of {result.scheduled} scheduled" if result.scheduled is not None else "")
+        print(
+            f"chord bench load: error: no call completed in the measured window (0{sent}); "
+            "send a higher --rps, a longer --duration, or check the server",
+            file=sys.stderr,
+        )
+        return 1
+    if result.errors:
+        print(
+            f"chord bench load: {result.errors} of {result.total} calls failed (status codes "
+            "above); exit status 1",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from benchmarks.harness import (
 from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
 from benchmarks.server_process import ServerProcess
 from benchmarks.slo import Probe, find_capacity
+from chord.plain_numbers import NumberError, parse_int
 from cloud_server.config import ServerConfig
 
 GOALS = {
@@ -134,9 +135,12 @@ def summarize_profile(raw: str) -> dict[str, Any]:
     n = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit() or not stack:
+        try:  # a stack line ends in its sample count; any other line is not a stack
+            c = parse_int(count, "count")
+        except NumberError:
             continue
-        c = int(count)
+        if c < 0 or not stack:
+            continue
         n += c
         frames = [_function(f) for f in stack.split(";")]
         own[frames[-1]] += c
@@ -483,7 +487,8 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
         parts = {
             "compute": lambda: engine.compute(requests),
             "forward": forward,
-            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost),
+            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost,
+                                                  compiled=True),
             "encode": lambda: encode_levels_batch(levels, spec.version),
         }
         out: dict[str, float] = {}
@@ -555,15 +560,21 @@ def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
     return {"by_config": out, "ratios": ratios}
 
 
+def _median_measured(values: Iterable[float | None]) -> float | None:
+    """Median of the measured values (None: a repeat where no call completed); None if none."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
+
+
 def _summary(results: list[LoadResult]) -> dict[str, Any]:
     """Medians over repeats, and every repeat's headline figures."""
     return {
         "rps": statistics.median(r.rps for r in results),
         "ok_rps": statistics.median(r.ok_rps for r in results),
-        "p50_ms": statistics.median(r.p50_ms for r in results),
-        "p90_ms": statistics.median(r.p90_ms for r in results),
-        "p99_ms": statistics.median(r.p99_ms for r in results),
-        "max_ms": max(r.max_ms for r in results),
+        "p50_ms": _median_measured(r.p50_ms for r in results),
+        "p90_ms": _median_measured(r.p90_ms for r in results),
+        "p99_ms": _median_measured(r.p99_ms for r in results),
+        "max_ms": max((r.max_ms for r in results if r.max_ms is not None), default=None),
         "errors": sum(r.errors for r in results),
         "total": sum(r.total for r in results),
         "status_codes": dict(sum((Counter(r.status_codes) for r in results), Counter())),

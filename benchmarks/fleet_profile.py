@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from chord.plain_numbers import NumberError, parse_int
+
 _PROC = re.compile(r'^process (\d+):"(.*)"$')
 _THREAD = re.compile(r'^thread \((0x[0-9A-Fa-f]+)\)$|^thread \((\d+)\): "(.*)"$|^thread \((.*)\)$')
 
@@ -46,8 +48,12 @@ def parse(path: Path, label: str = "process 0") -> dict[str, list[tuple[list[str
     A profile of one process (`py-spy record --pid`) names no process; its key is `label`."""
     out: dict[str, list[tuple[list[str], int]]] = defaultdict(list)
     for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        stack, _, cell = line.rpartition(" ")
+        try:  # a stack line ends in its sample count; any other line is not a stack
+            count = parse_int(cell, "count")
+        except NumberError:
+            continue
+        if not stack or count < 0:
             continue
         frames = stack.split(";")
         key, start = label, 0
@@ -59,7 +65,7 @@ def parse(path: Path, label: str = "process 0") -> dict[str, list[tuple[list[str
         thread = ""
         if rest and rest[0].startswith("thread ("):
             thread, rest = rest[0], rest[1:]
-        out[key].append(([thread, *[_nolineno(_short(f)) for f in rest]], int(count)))
+        out[key].append(([thread, *[_nolineno(_short(f)) for f in rest]], count))
     return {_relabel(k, v): v for k, v in out.items()}
 
 

@@ -72,6 +72,12 @@ def _histogram(sorted_s: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def _whole(value: float) -> int | float:
+    """A rate as ghz writes it (an integer), unless that would change it: 1e-9 stays 1e-9 rather
+    than 0, which ghz reads as "no rate limit"."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def ghz_report(res: LoadResult, details: bool = False, name: str = "") -> dict[str, Any]:
     """ghz's JSON report of a load result; `details` adds one entry per call (capped at 1e6)."""
     cfg = res.config
@@ -93,11 +99,11 @@ def ghz_report(res: LoadResult, details: bool = False, name: str = "") -> dict[s
             }[cfg.method],
             "insecure": cfg.tls_ca is None,
             "concurrency": cfg.concurrency,
-            "rps": int(cfg.rps),
+            "rps": _whole(cfg.rps),  # ghz's options are integers; a fractional rate stays exact
             "load-schedule": cfg.load_schedule,
-            "load-start": int(cfg.load_start),
-            "load-step": int(cfg.load_step),
-            "load-end": int(cfg.load_end),
+            "load-start": _whole(cfg.load_start),
+            "load-step": _whole(cfg.load_step),
+            "load-end": _whole(cfg.load_end),
             "load-step-duration": _ns(cfg.load_step_duration_s),
             "load-max-duration": _ns(cfg.load_max_duration_s),
             "duration": _ns(cfg.duration_s),
@@ -106,7 +112,7 @@ def ghz_report(res: LoadResult, details: bool = False, name: str = "") -> dict[s
         },
         "count": res.total,
         "total": _ns(res.elapsed_s),
-        "average": _ns(res.mean_ms / 1e3),
+        "average": _ns(res.mean_ms / 1e3) if res.mean_ms is not None else 0,  # ghz: 0 if none
         "fastest": 0,
         "slowest": 0,
         "rps": res.rps,

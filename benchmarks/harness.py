@@ -372,8 +372,10 @@ class BenchProcessError(RuntimeError):
 
 
 def python_module(module: str, *args: str) -> list[str]:
-    """The command line `python -m module args...` with this interpreter."""
-    return [sys.executable, "-m", module, *args]
+    """The command line `python -P -m module args...` with this interpreter (-P: the current
+    directory is not put first on the import path, so a folder holding another copy of the
+    package cannot shadow the one this process runs)."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def repo_env(**extra: str) -> dict[str, str]:

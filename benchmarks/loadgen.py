@@ -8,6 +8,9 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,6 +23,7 @@ import grpc
 import numpy as np
 
 from benchmarks.schedules import RateSchedule, ScheduleError, read_arrivals
+from chord.spec import ModelSpec
 from chord.startcheck import (
     StartupError,
     check_address,
@@ -28,7 +32,9 @@ from chord.startcheck import (
     check_int,
     check_pem_ca,
     check_token,
+    clipped,
     exact,
+    tls_failure,
 )
 from chord.strategy import StrategyRequest
 from protos import serde
@@ -203,12 +209,13 @@ class LoadResult:
     elapsed_s: float  # measured window, start to the last completion
     rps: float  # total / elapsed_s
     ok_rps: float
-    min_ms: float
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
+    # Latencies of the calls that completed in the window; None when none did (never 0).
+    min_ms: float | None
+    mean_ms: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
     status_codes: dict[str, int]  # gRPC status name -> count
     error_distribution: dict[str, int]  # "STATUS: details" -> count (first messages only)
     server_batch_mean: float | None = None  # mean ServerTimings.batch_size of OK strategy replies
@@ -244,6 +251,50 @@ class LoadResult:
 # ----------------------------------------------------------------------------- preflight
 
 
+def _preflight_spec(cfg: LoadConfig, stub: Any) -> ModelSpec:
+    """The target's model spec, asked until it answers or cfg.timeout_s passes.
+
+    Nothing listening (connection refused) and a failed TLS handshake are reported at once;
+    other UNAVAILABLE answers (a server still starting) are asked again every 0.2 s. Raises
+    LoadRunError naming what to check.
+    """
+    host, port = cfg.target.rsplit(":", 1)
+    try:  # one TCP connect: "nothing listens there" needs no 10 s wait
+        socket.create_connection((host.strip("[]"), int(port)), timeout=cfg.timeout_s).close()
+    except OSError as exc:
+        raise LoadRunError(
+            f"cannot connect to {cfg.target} ({exc.strerror or type(exc).__name__}); check that "
+            "`chord serve` listens there"
+        ) from None
+    deadline = time.monotonic() + cfg.timeout_s
+    last = "no answer"
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            reply = stub.GetModelSpec(
+                serde.model_spec_request_to_proto("loadgen-preflight"),
+                timeout=left, metadata=_metadata(cfg),
+            )
+            return serde.model_spec_from_proto(reply)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            details = (err.details() if isinstance(err, grpc.Call) else str(err)) or ""
+            hint = tls_failure(details, "--tls-ca", "--tls-server-name")
+            if hint is not None:
+                raise LoadRunError(f"{cfg.target}: {hint}") from None
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                name = code.name if code is not None else "an error"
+                raise LoadRunError(
+                    f"GetModelSpec on {cfg.target} failed with {name}: {details}"
+                ) from None
+            last = details
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+    raise LoadRunError(
+        f"no server answered at {cfg.target} within {cfg.timeout_s:g} s (last: "
+        f"{clipped(last, 160)}); check that `chord serve` listens there (and pass --tls-ca for a "
+        "TLS server, or a longer --timeout)"
+    )
+
+
 def check_served(cfg: LoadConfig) -> None:
     """Ask the target for its model spec once and check --tier and --budget-bits against it.
 
@@ -262,23 +313,7 @@ def check_served(cfg: LoadConfig) -> None:
                    if cfg.tls_server_name else [])
         channel = grpc.secure_channel(cfg.target, creds, options=options)
     try:
-        stub = serde.ProtoStrategyServiceStub(channel)
-        reply = stub.GetModelSpec(
-            serde.model_spec_request_to_proto("loadgen-preflight"),
-            timeout=cfg.timeout_s, metadata=_metadata(cfg), wait_for_ready=True,
-        )
-        spec = serde.model_spec_from_proto(reply)
-    except grpc.RpcError as err:
-        code = err.code() if isinstance(err, grpc.Call) else None
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise LoadRunError(
-                f"no server answered at {cfg.target} within {cfg.timeout_s:g} s; check that "
-                "`chord serve` listens there (and pass --tls-ca for a TLS server, or a longer "
-                "--timeout)"
-            ) from None
-        details = err.details() if isinstance(err, grpc.Call) else str(err)
-        name = code.name if code is not None else "an error"
-        raise LoadRunError(f"GetModelSpec on {cfg.target} failed with {name}: {details}") from None
+        spec = _preflight_spec(cfg, serde.ProtoStrategyServiceStub(channel))
     except serde.SerdeError as err:
         raise LoadRunError(f"GetModelSpec on {cfg.target} sent an unusable spec: {err}") from None
     finally:
@@ -294,8 +329,7 @@ def check_served(cfg: LoadConfig) -> None:
             f"{', '.join(tiers)} (or none for the first)"
         )
     b = cfg.budget_bits
-    slack = 1e-9
-    if b and not tier.min_budget_bits - slack <= b <= tier.max_budget_bits + slack:
+    if b and not tier.min_budget_bits <= b <= tier.max_budget_bits:
         raise LoadConfigError(
             f"--budget-bits {exact(b)} is outside tier {name!r}'s reachable range on "
             f"{cfg.target}; send a value in [{exact(tier.min_budget_bits)}, "
@@ -670,19 +704,27 @@ def run_load(cfg: LoadConfig) -> LoadResult:
     run_tag = uuid.uuid4().hex[:8]
     procs = []
     conns: list[Connection] = []
-    for i, n in enumerate(_split(cfg.concurrency, processes)):
-        recv, send = ctx.Pipe(duplex=False)
-        share = None if times is None else times[i::processes]
-        p = ctx.Process(
-            target=_process_main,
-            args=(cfg_json, i, n, barrier, send, run_tag, share),
-            name=f"loadgen-{i}",
-            daemon=True,
-        )
-        p.start()
-        send.close()
-        procs.append(p)
-        conns.append(recv)
+    # Client processes start with SIGINT ignored (a disposition that survives exec): Ctrl-C in a
+    # terminal reaches the whole process group, and only this process decides how to stop.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for i, n in enumerate(_split(cfg.concurrency, processes)):
+            recv, send = ctx.Pipe(duplex=False)
+            share = None if times is None else times[i::processes]
+            p = ctx.Process(
+                target=_process_main,
+                args=(cfg_json, i, n, barrier, send, run_tag, share),
+                name=f"loadgen-{i}",
+                daemon=True,
+            )
+            p.start()
+            send.close()
+            procs.append(p)
+            conns.append(recv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     span = cfg.warmup_s + (cfg.duration_s if times is None else float(times[-1]) if len(times)
                            else 0.0)
     deadline = time.monotonic() + 180.0 + span + 2 * cfg.timeout_s
@@ -705,6 +747,10 @@ def run_load(cfg: LoadConfig) -> LoadResult:
                 figures.append(head)
             except EOFError:
                 fatal.append(f"process {i} exited without sending its figures")
+    except KeyboardInterrupt:  # stopped: the client processes have nothing left to give
+        for p in procs:
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.join(timeout=10.0)
@@ -795,12 +841,12 @@ def _aggregate(
         elapsed_s=float(elapsed),
         rps=total / elapsed,
         ok_rps=ok / elapsed,
-        min_ms=float(lat_ms.min()) if total else 0.0,
-        mean_ms=float(lat_ms.mean()) if total else 0.0,
-        p50_ms=float(pct[0]),
-        p90_ms=float(pct[1]),
-        p99_ms=float(pct[2]),
-        max_ms=float(lat_ms.max()) if total else 0.0,
+        min_ms=float(lat_ms.min()) if total else None,
+        mean_ms=float(lat_ms.mean()) if total else None,
+        p50_ms=float(pct[0]) if total else None,
+        p90_ms=float(pct[1]) if total else None,
+        p99_ms=float(pct[2]) if total else None,
+        max_ms=float(lat_ms.max()) if total else None,
         status_codes=dict(codes.most_common()),
         error_distribution=dict(messages.most_common()),
         server_batch_mean=(sum(f["batch_sum"] for f in figures) / batch_n) if batch_n else None,

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from chord.plain_numbers import NumberError, parse_float
 from chord.startcheck import StartupError, check_in_range, exact
 from chord.textfile import TextFileError, read_text
 
@@ -51,31 +53,25 @@ class ScheduleError(ValueError):
     """A schedule or arrivals file that cannot be sent; the message names the field or line."""
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)", re.ASCII)
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+", re.ASCII)
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
+                   "ns": 1e-9}
+
+
 def parse_seconds(text: str | float) -> float:
-    """Seconds from a number or a Go-style duration ("5s", "250ms", "1m", "1m30s")."""
+    """Seconds from a number, or from a Go-style duration as ghz takes it ("5s", "250ms", "1m",
+    "1m30s"): ASCII digits, every number with its unit. Raises ScheduleError naming the text
+    otherwise (a bare "5", "1_000s", "١s")."""
     if isinstance(text, int | float):
         return float(text)
     s = text.strip()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    total, number, i = 0.0, "", 0
-    while i < len(s):
-        c = s[i]
-        if c.isdigit() or c == ".":
-            number += c
-            i += 1
-            continue
-        unit = next((u for u in ("ms", "us", "µs", "ns", "h", "m", "s") if s.startswith(u, i)), "")
-        if not unit or not number:
-            raise ScheduleError(f"duration {text!r} is not understood; send e.g. 5s, 250ms or 1m")
-        total += float(number) * units[unit]
-        number, i = "", i + len(unit)
-    if number:
-        raise ScheduleError(f"duration {text!r} lacks a unit after {number}; send e.g. {number}s")
-    return total
+    if not _DURATION.fullmatch(s):
+        number = re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s, re.ASCII)
+        if number:
+            raise ScheduleError(f"duration {text!r} lacks a unit; send e.g. {s}s or {s}ms")
+        raise ScheduleError(f"duration {text!r} is not understood; send e.g. 5s, 250ms or 1m")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(s))
 
 
 @dataclass(frozen=True)
@@ -214,8 +210,9 @@ class Arrivals:
 def read_arrivals(path: str | Path) -> Arrivals:
     """Read a CSV with header `t_s,device_id,reason`, rows sorted by t_s (fleettime writes it).
 
-    Raises ScheduleError naming the file and line of a missing header, a t_s that is not a
-    finite number >= 0, or a row out of order.
+    Raises ScheduleError naming the file and line of a missing header, a row of other than 3
+    fields, a t_s that is not a plain ASCII decimal (chord.plain_numbers) in
+    [0, MAX_ARRIVAL_T_S], an empty device_id, or a row out of order.
     """
     p = Path(path)
     try:
@@ -229,7 +226,7 @@ def read_arrivals(path: str | Path) -> Arrivals:
                                             strict=True))
     first = next(rows, None)
     header = first[1] if first is not None else None
-    if header is None or tuple(h.strip() for h in header[:3]) != ARRIVALS_HEADER:
+    if header is None or tuple(h.strip() for h in header) != ARRIVALS_HEADER:
         where = first[0] if first is not None else 1
         raise ScheduleError(
             f"{p}:{where}: header must be {','.join(ARRIVALS_HEADER)}, got "
@@ -239,16 +236,23 @@ def read_arrivals(path: str | Path) -> Arrivals:
     devices: list[str] = []
     reasons: list[str] = []
     for line, row in rows:
-        if len(row) < 3:
-            raise ScheduleError(f"{p}:{line}: expected 3 fields (t_s,device_id,reason)")
+        if len(row) != len(ARRIVALS_HEADER):
+            raise ScheduleError(
+                f"{p}:{line}: {len(row)} fields; send exactly {len(ARRIVALS_HEADER)} "
+                f"({','.join(ARRIVALS_HEADER)})"
+            )
         try:
-            t = float(row[0])
-        except ValueError:
-            raise ScheduleError(f"{p}:{line}: t_s {row[0]!r} is not a number") from None
-        if not math.isfinite(t) or not 0 <= t <= MAX_ARRIVAL_T_S:
+            t = parse_float(row[0], "t_s")
+        except NumberError as exc:
+            raise ScheduleError(f"{p}:{line}: {exc}") from None
+        if not 0 <= t <= MAX_ARRIVAL_T_S:
             raise ScheduleError(
                 f"{p}:{line}: t_s {row[0][:40]!r} is not a finite number of virtual seconds in "
                 f"[0, {MAX_ARRIVAL_T_S:.0f}] (a year); send the simulation's arrival times"
+            )
+        if not row[1].strip():
+            raise ScheduleError(
+                f"{p}:{line}: device_id is empty; send the id of the device that arrived"
             )
         if times and t < times[-1]:
             raise ScheduleError(f"{p}:{line}: t_s {t} is before the previous row's {times[-1]}; "

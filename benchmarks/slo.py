@@ -34,7 +34,7 @@ class Probe:
 
     rps: float  # offered
     achieved_rps: float  # replies per second
-    p99_ms: float
+    p99_ms: float | None  # None: no call completed
     errors: int
     total: int
     send_lag_p99_ms: float | None  # how late the generator itself sent (its own limit)
@@ -110,7 +110,8 @@ def find_capacity(
         )
         res = run_load(cfg)
         expected = res.scheduled or 0
-        passed = res.errors == 0 and res.total >= expected and res.p99_ms <= slo_p99_ms
+        passed = (res.errors == 0 and res.total >= expected and res.p99_ms is not None
+                  and res.p99_ms <= slo_p99_ms)
         p = Probe(rate, res.ok_rps, res.p99_ms, res.errors, res.total, res.send_lag_p99_ms,
                   passed)
         probes.append(p)

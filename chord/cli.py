@@ -48,11 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name = argv[0]
     apply_process_env()  # before the subcommand imports grpc or ray
-    module = _load(name)
-    cmd_parser = argparse.ArgumentParser(prog=f"chord {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
-    return module.run(args)
+    try:
+        module = _load(name)
+        cmd_parser = argparse.ArgumentParser(prog=f"chord {name}", description=COMMANDS[name][1])
+        module.add_arguments(cmd_parser)
+        args = cmd_parser.parse_args(argv[1:])
+        return module.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shells' 128 + SIGINT, no traceback
+        words = argv[:2] if len(argv) > 1 and argv[1].isidentifier() else argv[:1]  # bench load
+        print(f"chord {' '.join(words)}: stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

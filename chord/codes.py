@@ -146,20 +146,34 @@ def encode_levels_batch(
     if not isinstance(version, str) or not version:
         raise CodeError("version must be the backbone's non-empty version hash")
     packed = pack_levels_batch(levels)
-    n = int(np.asarray(levels).shape[1])
+    lv = np.asarray(levels)
+    n = int(lv.shape[1])
     refs = references if references is not None else [None] * packed.shape[0]
     if len(refs) != packed.shape[0]:
         raise CodeError(f"{len(refs)} references for {packed.shape[0]} rows; send one per row")
+    # Every delta at once: (levels - reference) mod 4 and its packing, one pass for the batch.
+    given = {i: np.asarray(ref) for i, ref in enumerate(refs) if ref is not None}
+    packed_delta: dict[int, bytes] = {}
+    if given:
+        for ref in given.values():
+            if ref.shape != (n,):
+                raise CodeError(
+                    f"reference levels have shape {ref.shape} but the code has {n} channels"
+                )
+        rows = list(given)
+        ref_rows = np.stack(list(given.values())).astype(np.int16)
+        deltas = ((lv[rows].astype(np.int16) - ref_rows) % N_LEVELS).astype(np.uint8)
+        packed_delta = dict(zip(rows, map(bytes, pack_levels_batch(deltas)), strict=True))
     out = []
-    for row, raw, ref in zip(np.asarray(levels), packed, refs, strict=True):
+    for i, raw in enumerate(packed):
         data = raw.tobytes()
         crc = zlib.crc32(data)
         best = EncodedStrategy(data, n, crc, version, ENCODING_PACKED)
         deflated = _deflate(data)
         if len(deflated) < len(best.payload):
             best = EncodedStrategy(deflated, n, crc, version, ENCODING_DEFLATE)
-        if ref is not None:
-            delta = _deflate(pack_levels(_delta(row, ref)))
+        if i in packed_delta:
+            delta = _deflate(packed_delta[i])
             if len(delta) < len(best.payload):
                 best = EncodedStrategy(delta, n, crc, version, ENCODING_DELTA)
         out.append(best)

@@ -19,6 +19,8 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from chord.plain_numbers import NumberError, parse_int
+
 # gRPC metadata values of non-binary keys are printable ASCII (0x20-0x7E); leading and trailing
 # spaces are stripped by HTTP/2 peers (gRPC over HTTP/2 spec, "Custom-Metadata"; RFC 9113 8.2.1).
 _METADATA_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
@@ -56,6 +58,20 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
+TOKEN_ENV = "CHORD_TOKEN"
+
+
+def token_setting(flag: str | None, flag_name: str = "--token") -> str | None:
+    """The bearer token from its flag, else from $CHORD_TOKEN, checked (check_token); None when
+    neither is set. A variable that is set but empty is refused like an empty flag: a secret that
+    failed to load (`CHORD_TOKEN=$(cat missing)`) must never turn authentication off.
+    """
+    if flag is not None:
+        return check_token(flag, flag_name)
+    env = os.environ.get(TOKEN_ENV)
+    return None if env is None else check_token(env, f"${TOKEN_ENV}")
+
+
 def check_port(port: int, source: str, *, allow_zero: bool = True) -> int:
     """A TCP port: 1..65535, or 0 (any free port) when allow_zero."""
     low = 0 if allow_zero else 1
@@ -86,15 +102,19 @@ def check_address(address: str, source: str) -> tuple[str, int]:
 
     An IPv6 host must be bracketed: "::1:50051" is refused, naming "[::1]:50051" to send.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    host, sep, port_text = address.rpartition(":")
+    try:  # ASCII digits only: "²".isdigit() is True (int() then raised) and int("١٢") is 12
+        port = parse_int(port_text, "port")
+    except NumberError:
+        port = -1
+    if not sep or not host or port < 0 or not port_text[:1].isdigit():  # no sign either
         raise StartupError(
             f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
         )
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         # "::1:50051": the last colon is read as the port's, so the host is not a name gRPC
         # resolves ("Misformatted domain name" after every retry). RFC 3986 3.2.2 brackets it.
-        bracketed = join_host_port(host, int(port))
+        bracketed = join_host_port(host, port)
         if bracketed.startswith("["):
             raise StartupError(
                 f"{source} {address!r} has an IPv6 host without brackets; send {bracketed} "
@@ -104,7 +124,7 @@ def check_address(address: str, source: str) -> tuple[str, int]:
             f"{source} {address!r} is not HOST:PORT; send e.g. 127.0.0.1:50051 or [::1]:50051"
         )
     check_host(host, source)
-    return host, check_port(int(port), f"{source} port", allow_zero=False)
+    return host, check_port(port, f"{source} port", allow_zero=False)
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -335,6 +355,32 @@ def thread_count(text: str) -> int:
     return value
 
 
+def tls_failure(details: str, ca_flag: str = "--tls-ca", name_flag: str = "") -> str | None:
+    """What a failed TLS handshake means and what to send, from a gRPC status's details
+    (UNAVAILABLE: "... Tls handshake failed ... CERTIFICATE_VERIFY_FAILED ..."); None when the
+    details name no TLS failure. Such a failure never clears by retrying: callers stop at once.
+    """
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "the TLS handshake failed: the server's certificate is not signed by the CA given "
+            f"(CERTIFICATE_VERIFY_FAILED); send the CA certificate that signed it as {ca_flag}"
+        )
+    if "Hostname Verification" in details or "No match found for server name" in details:
+        fix = (f"pass the name it was issued for as {name_flag} NAME" if name_flag
+               else "connect by the host name it was issued for")
+        return (
+            "the TLS handshake failed: the server's certificate is not issued for the host "
+            f"name connected to (hostname verification); {fix}"
+        )
+    lowered = details.lower()
+    if "handshake failed" in lowered or "ssl_error" in lowered:
+        return (
+            f"the TLS handshake failed ({clipped(details, 160)}); check that the server uses TLS "
+            f"and that {ca_flag} is the CA that signed its certificate"
+        )
+    return None
+
+
 def wait_for_tcp(host: str, port: int, timeout_s: float, what: str, hint: str) -> None:
     """Connect once to host:port within timeout_s, or raise StartupError naming what to check.
 
@@ -371,6 +417,8 @@ __all__ = [
     "max_parallel",
     "positive_int",
     "thread_count",
+    "tls_failure",
+    "token_setting",
     "wait_for_tcp",
 ]
 

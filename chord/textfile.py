@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-MAX_INT_DIGITS = 4300  # Python's default int() limit (sys.get_int_max_str_digits)
+from chord.plain_numbers import MAX_DIGITS as MAX_INT_DIGITS
 
 
 class TextFileError(ValueError):

@@ -17,12 +17,13 @@ from chord.startcheck import (
     check_int,
     check_out_file,
     check_port,
-    check_token,
     join_host_port,
     max_parallel,
+    token_setting,
 )
 from chord.textfile import TextFileError
-from cloud_server.config import MIB, ServerConfig
+from cloud_server.config import MIB, MULTIPROC_ENV, ServerConfig
+from cloud_server.errors import ReportFileError
 from cloud_server.logbudget import install_log_budget
 
 log = logging.getLogger("cloud_server")
@@ -96,13 +97,20 @@ def max_workers() -> int:
     return max_parallel()
 
 
+def check_metrics_dir() -> None:
+    """$PROMETHEUS_MULTIPROC_DIR, when set, must be an existing directory (prometheus_client's
+    multiprocess mode writes each worker's values there); StartupError names it otherwise."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given is not None and not Path(given).is_dir():
+        raise StartupError(
+            f"${MULTIPROC_ENV} {given!r} is not a directory; create it or unset the variable"
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Turn parsed flags (and $CHORD_TOKEN) into a ServerConfig; StartupError names a bad one."""
-    if args.token is not None:
-        token: str | None = check_token(args.token, "--token")
-    else:
-        env = os.environ.get("CHORD_TOKEN") or None
-        token = check_token(env, "$CHORD_TOKEN") if env is not None else None
+    token = token_setting(args.token)
+    check_metrics_dir()
     if args.run is not None and not args.echo:
         check_dir(args.run, "--run")
     if args.reports is not None:
@@ -193,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
         from cloud_server.service import load_engine, unservable_reason
 
         try:
-            # Loaded before binding: a run that can never serve is refused before `port=`.
-            engine = load_engine(cfg) if cfg.run_dir is not None else None
+            # Loaded before binding: a run that can never serve is refused before `port=`, and
+            # the stored --reports are checked against the served tiers (echo's too).
+            engine = load_engine(cfg)
         except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field
             print(_unservable(cfg, unservable_reason(exc)), file=sys.stderr)
             return 2
@@ -205,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
             on_ready=lambda: print("ready", flush=True),
             engine=engine,
         )
+    except ReportFileError as exc:  # a --reports file this server did not write
+        print(f"chord serve: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, TextFileError) as exc:
         print(f"chord serve: error: {exc}", file=sys.stderr)
         return 1

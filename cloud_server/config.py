@@ -21,6 +21,9 @@ MAX_WAIT_MS = 60_000.0  # batch wait: a minute at most (tests hold calls in the 
 MAX_CONCURRENCY = 100_000  # in-flight calls
 MAX_GRACE_S = 3600.0  # drain period and artifact stream length: at most an hour
 
+# prometheus_client's multiprocess mode: where each worker writes its metric values.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 
 @dataclass(frozen=True)
 class ServerConfig:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from chord.textfile import TextFileError
+
+
+class ReportFileError(TextFileError):
+    """A --reports file holding a line that is not a report this server could have stored; the
+    message names file, line and field. A start-up error (`chord serve` exits 2), no call's."""
+
 
 class ServiceError(Exception):
     """Base of every error reported to a caller; the message says what to send instead."""

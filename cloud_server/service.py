@@ -64,7 +64,11 @@ class StrategyService:
         self.engine: Engine | None = engine
         self.dispatcher: Dispatcher | None = None
         self.cache = RequestCache(cfg.dedup_window_s, cfg.dedup_max_entries)
-        self.reports = ReportStore(cfg.reports_path)
+        # Stored reports are checked as ReportMetrics calls are, against the served tiers when
+        # the engine is already loaded (`chord serve` loads it before binding).
+        self.reports = ReportStore(
+            cfg.reports_path, tiers=engine.spec.tiers if engine is not None else None
+        )
         self.in_flight = 0
         self.artifact_streams = 0
         self.load_error: str | None = None

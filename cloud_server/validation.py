@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from chord.artifacts import ArtifactRequest, check_digest
-from chord.spec import DeviceReport, ModelSpec, TierSpec
+from chord.spec import DeviceMetrics, DeviceReport, ModelSpec, TierSpec
 from chord.startcheck import exact, shown
 from chord.strategy import StrategyRequest
 from cloud_server.errors import InvalidRequestError, StaleVersionError
@@ -31,9 +31,7 @@ MAX_REPORT_BYTES = 1 << 40  # bytes_up / bytes_down: at most 1 TiB in one round
 # FetchArtifactRequest.max_chunk_bytes: 0 (server default) or this range, as the .proto states.
 MIN_REQUEST_CHUNK_BYTES = 1024
 MAX_REQUEST_CHUNK_BYTES = 4 << 20
-# Tolerance on the published budget range: assign_levels meets a budget within 0.1 bit.
-BUDGET_SLACK = 1e-9
-# Rounding slack on the metric orders HR@5 <= HR@10, NDCG@k <= HR@k (means of float32 values).
+# Rounding slack on the relations between HR@k and NDCG@k means (_check_metric_bounds).
 METRIC_SLACK = 1e-6
 
 
@@ -48,7 +46,10 @@ def _check_id(value: str, field: str) -> None:
             f"{field} has {len(value)} characters; send at most {MAX_ID_CHARS}"
         )
     if not value.isprintable():
-        raise InvalidRequestError(f"{field} contains control characters; send printable text only")
+        raise InvalidRequestError(
+            f"{field} contains non-printable characters (controls, format or separator "
+            "characters such as U+200B or U+FEFF); send printable text only"
+        )
 
 
 def _float32(value: np.floating) -> str:
@@ -111,7 +112,7 @@ def validate_strategy_request(req: StrategyRequest, spec: ModelSpec) -> None:
             f"[{exact(lo)}, {exact(hi)}] for tier {tier.name!r} (default "
             f"{exact(tier.default_budget_bits)})"
         )
-    if budget < lo - BUDGET_SLACK or budget > hi + BUDGET_SLACK:
+    if budget < lo or budget > hi:  # the level rules refuse anything outside, by any margin
         raise InvalidRequestError(
             f"budget_bits {exact(budget)} is outside tier {tier.name!r}'s reachable range; "
             f"send a value in [{exact(lo)}, {exact(hi)}]"
@@ -208,14 +209,33 @@ def validate_report(report: DeviceReport, tiers: Sequence[TierSpec]) -> None:
                 f"metrics.avg_bits is {exact(avg)}; send 0 (not measured) or bits per weight "
                 f"within {where} level widths [{exact(lo)}, {exact(hi)}]"
             )
-    # Per user HR@5 <= HR@10 and NDCG@k <= HR@k (a hit scores at most 1 in NDCG), so the
-    # means over a device's users keep these orders too; anything else was not measured.
-    for small, large in (("hr5", "hr10"), ("ndcg5", "hr5"), ("ndcg10", "hr10")):
-        a, b = float(getattr(m, small)), float(getattr(m, large))
-        if a > b + METRIC_SLACK:
+    _check_metric_bounds(m)
+
+
+def _check_metric_bounds(m: DeviceMetrics) -> None:
+    """The relations every measured round keeps (strategy.proto, DeviceMetrics).
+
+    Per target, a hit at 0-based rank r < k scores HR@k 1 and NDCG@k 1 / log2(r + 2), which lies
+    in [1 / log2(k + 1), 1]; a hit at rank 5..9 adds 1 / log2(r + 2) in [1 / log2(11),
+    1 / log2(7)] to NDCG@10 over NDCG@5. The round's values are means over its targets, so the
+    same bounds hold between the means (Jarvelin & Kekalainen 2002 for NDCG).
+    """
+    hr5, hr10, ndcg5, ndcg10 = (float(m.hr5), float(m.hr10), float(m.ndcg5), float(m.ndcg10))
+    rules = (
+        (hr5 <= hr10 + METRIC_SLACK, "hr5 <= hr10"),
+        (ndcg5 <= hr5 + METRIC_SLACK, "ndcg5 <= hr5"),
+        (ndcg5 >= hr5 / math.log2(6) - METRIC_SLACK, "ndcg5 >= hr5 / log2(6)"),
+        (ndcg10 - ndcg5 <= (hr10 - hr5) / math.log2(7) + METRIC_SLACK,
+         "ndcg10 - ndcg5 <= (hr10 - hr5) / log2(7)"),
+        (ndcg10 - ndcg5 >= (hr10 - hr5) / math.log2(11) - METRIC_SLACK,
+         "ndcg10 - ndcg5 >= (hr10 - hr5) / log2(11)"),
+    )  # fmt: skip
+    for holds, rule in rules:
+        if not holds:
             raise InvalidRequestError(
-                f"metrics.{small} is {exact(a)} but metrics.{large} is {exact(b)}; {small} <= "
-                f"{large} holds for every measured round: send the values the device measured"
+                f"metrics hr5={exact(hr5)}, hr10={exact(hr10)}, ndcg5={exact(ndcg5)}, "
+                f"ndcg10={exact(ndcg10)} break {rule}, which every measured round keeps "
+                "(means of per-target HR@k and NDCG@k); send the values the device measured"
             )
 
 

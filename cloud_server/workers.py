@@ -41,7 +41,8 @@ from types import FrameType
 from typing import Any
 
 from chord.startcheck import join_host_port
-from cloud_server.config import ServerConfig
+from cloud_server.config import MULTIPROC_ENV, ServerConfig
+from cloud_server.errors import ReportFileError
 
 __all__ = [
     "MULTIPROC_ENV", "UnservableRunError", "WorkerGroupError", "reserve_port", "serve_workers",
@@ -49,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _KILL_MARGIN_S = 30.0  # after grace_s, a worker still draining is killed
 
 
@@ -129,13 +129,13 @@ def _worker_main(
         from cloud_server.service import load_engine, unservable_reason
 
         engine, reason = None, ""
-        if cfg.run_dir is not None:
-            # Loaded before binding, as `chord serve` alone does: a run that can never serve
-            # stops the group before `port=`, with the parent's one-line error.
-            try:
-                engine = load_engine(cfg)
-            except Exception as exc:  # RunError, CheckpointError, TextFileError, ...
-                reason = unservable_reason(exc)
+        # Loaded before binding, as `chord serve` alone does: a run that can never serve stops
+        # the group before `port=`, with the parent's one-line error; the stored --reports are
+        # checked against the served tiers (echo's too).
+        try:
+            engine = load_engine(cfg)
+        except Exception as exc:  # RunError, CheckpointError, TextFileError, ...
+            reason = unservable_reason(exc)
         if reason:
             conn.send(("unservable", reason))
             status = 2
@@ -151,6 +151,10 @@ def _worker_main(
                     engine=engine,
                 )
             )
+    except ReportFileError as exc:  # before binding: the parent says so in one line, exit 2
+        with contextlib.suppress(OSError):
+            conn.send(("reports", str(exc)))
+        status = 2
     except BaseException as exc:  # reported to the parent, which stops the group
         with contextlib.suppress(OSError):
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -382,6 +386,9 @@ def _await_bound(group: _Group, port: int, timeout_s: float) -> None:
                 if kind == "unservable":
                     group.drain(f"worker {i} cannot serve the run", logging.DEBUG)
                     raise UnservableRunError(str(value))
+                if kind == "reports":
+                    group.drain(f"worker {i} cannot read --reports", logging.DEBUG)
+                    raise ReportFileError(str(value))
                 if kind == "bound":
                     if value != port:
                         group.drain("port mismatch")

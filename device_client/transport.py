@@ -19,7 +19,7 @@ import grpc
 
 from chord.artifacts import ArtifactChunk, ArtifactRequest
 from chord.spec import DeviceReport, ModelSpec, ReportOutcome
-from chord.startcheck import check_token
+from chord.startcheck import check_token, tls_failure
 from chord.strategy import StrategyRequest, StrategyResult
 from protos import serde
 
@@ -47,7 +47,8 @@ Domain = TypeVar("Domain")
 
 class TransportError(RuntimeError):
     """An RPC that failed for good; `reason` is the lower-case status name, 'overall_deadline',
-    or 'malformed_reply' for a reply that has no domain meaning (an unknown enum, say)."""
+    'tls_handshake' (the channel's TLS handshake failed: chord.startcheck.tls_failure), or
+    'malformed_reply' for a reply that has no domain meaning (an unknown enum, say)."""
 
     def __init__(self, reason: str, message: str, attempts: int) -> None:
         super().__init__(f"{reason} after {attempts} attempt(s): {message}")
@@ -242,7 +243,9 @@ class Transport:
                 code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
                 detail = exc.details() if hasattr(exc, "details") else str(exc)
                 code_name, last = code.name.lower(), f"{code.name}: {detail}"
-                if code not in RETRYABLE:
+                if code == grpc.StatusCode.UNAVAILABLE and tls_failure(detail or ""):
+                    code_name = "tls_handshake"  # a certificate mismatch never clears: no retry
+                if code not in RETRYABLE or code_name == "tls_handshake":
                     stats.elapsed_ms = (time.perf_counter() - start) * 1e3
                     raise TransportError(code_name, last, stats.attempts) from exc
             stats.retried[code_name] = stats.retried.get(code_name, 0) + 1

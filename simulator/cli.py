@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from chord.data.errors import DataError
-from chord.startcheck import StartupError, check_out_dir, check_token
+from chord.startcheck import StartupError, check_out_dir, token_setting
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import DB_FILE, SimulationError, prepare_embedded_run, run_simulation
@@ -101,9 +100,7 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
     import dataclasses
 
     transport = cfg.transport
-    token = args.token if args.token is not None else os.environ.get("CHORD_TOKEN") or None
-    if token is not None:  # named by where it came from, not by the config field it fills
-        check_token(token, "--token" if args.token is not None else "$CHORD_TOKEN")
+    token = token_setting(args.token)  # named by its source, not by the config field it fills
     if token is not None or args.tls_root_ca is not None:
         transport = dataclasses.replace(
             transport,

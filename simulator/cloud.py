@@ -65,8 +65,12 @@ class Cloud:
     def _start_group(
         cls, run_dir: Path, port: int, token: str | None, workers: int, timeout_s: float = 300.0
     ) -> Cloud:
-        """`python -m chord.cli serve --workers N` on 127.0.0.1; waits for its `ready` line."""
-        cmd = [sys.executable, "-m", "chord.cli", "serve", "--run", str(run_dir),
+        """`python -P -m chord.cli serve --workers N` on 127.0.0.1; waits for its `ready` line.
+
+        -P keeps the caller's current directory off the child's import path: run from a folder
+        that holds another copy of the package, the server would otherwise run that code.
+        """
+        cmd = [sys.executable, "-P", "-m", "chord.cli", "serve", "--run", str(run_dir),
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--grace-s", "1", "--log-level", "WARNING"]
         env = {**os.environ}

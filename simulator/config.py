@@ -26,6 +26,7 @@ from chord.startcheck import (
     check_token,
     clipped,
     exact,
+    max_parallel,
 )
 from chord.textfile import TextFileError, read_json, read_text
 
@@ -468,6 +469,8 @@ def check_runnable(cfg: FleetConfig) -> None:
 
     - a private local Ray gets at most max_local_cpus() CPUs and device actors (more start
       workers that never answer, or exhaust memory);
+    - an embedded server gets at most chord.startcheck.max_parallel() workers (`chord serve
+      --workers` refuses more), and only an embedded server takes server_workers;
     - a behaviour trace drives only the virtual clock (on the round clock it would be ignored).
     """
     for name, flag, zero in (
@@ -481,6 +484,17 @@ def check_runnable(cfg: FleetConfig) -> None:
                 f"({os.cpu_count()} CPUs); send at most {max_local_cpus()} "
                 f"({LOCAL_CPUS_PER_CORE} per CPU), or {zero}"
             )
+    if cfg.server_workers > 1 and not cfg.embedded:
+        raise FleetConfigError(
+            f"server_workers (--server-workers) is {cfg.server_workers}, but the server is "
+            f"{cfg.server!r}, which this run does not start; leave it 1, or start that server "
+            "with `chord serve --workers N`"
+        )
+    if cfg.server_workers > (most := max_parallel()):
+        raise FleetConfigError(
+            f"server_workers (--server-workers) is {cfg.server_workers}; send an integer in "
+            f"1..{most} (server processes; at most 4 per usable core)"
+        )
     if cfg.clock.behaviour_trace and cfg.clock.mode != "virtual":
         raise FleetConfigError(
             "clock.behaviour_trace (--behaviour-trace) sets when devices are online on the "
@@ -560,7 +574,15 @@ def _table(value: Any, name: str) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> FleetConfig:
-    """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...)."""
+    """A FleetConfig from nested dicts (TOML layout: top-level keys, [[tiers]], [drift], ...).
+
+    Raises FleetConfigError naming the key whose value is wrong (or saying data is no table).
+    """
+    if not isinstance(data, dict):
+        raise FleetConfigError(
+            f"a fleet config is a table of settings (a JSON object), got "
+            f"{type(data).__name__}; send e.g. {{\"devices\": 100}}"
+        )
     top = _table(data.get("fleet", {}), "fleet")
     top.update({k: v for k, v in data.items() if k != "fleet"})
     kwargs: dict[str, Any] = {}
@@ -610,6 +632,11 @@ def read_saved_config(path: str | Path) -> FleetConfig:
         return config_from_dict(read_json(path))
     except TextFileError as exc:
         raise FleetConfigError(f"saved fleet config {exc}") from None
+    except FleetConfigError as exc:  # a fleet.json edited or damaged since the run started
+        raise FleetConfigError(
+            f"saved fleet config {path}: {exc}; resume needs the fleet.json this run wrote, or "
+            "start over with a fresh --out DIR"
+        ) from None
 
 
 def with_overrides(cfg: FleetConfig, **overrides: Any) -> FleetConfig:

@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
@@ -22,8 +21,7 @@ from chord.data.errors import DataError
 from chord.jsonfile import write_json
 from chord.process_env import apply_process_env
 from chord.protocol import Protocol, check_protocol
-from chord.startcheck import StartupError, wait_for_tcp
-from chord.textfile import TextFileError, read_json
+from chord.startcheck import StartupError, tls_failure, wait_for_tcp
 from device_client.actor import HostConfig
 from device_client.device import DeviceJob
 from device_client.transport import NetworkFaults, RetryPolicy, Transport, TransportError
@@ -40,6 +38,7 @@ from simulator.config import (
 )
 from simulator.fleet import iter_jobs
 from simulator.report import summary_table, write_outputs
+from simulator.runstate import RunStateError, check_reports_db, new_state, read_state
 from simulator.store import ReportStore
 from simulator.summary import fleet_summary
 from simulator.timeline import timeline_markdown, write_timeline
@@ -281,6 +280,9 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
     try:
         spec, _ = transport.get_model_spec("simulator")
     except TransportError as exc:
+        hint = tls_failure(str(exc), "--tls-ca") if exc.reason == "tls_handshake" else None
+        if hint is not None:
+            raise SimulationError(f"{target}: {hint}") from exc
         raise SimulationError(
             f"cannot reach the strategy service at {target} within "
             f"{t.overall_timeout_s:g} s: {exc}; check that `chord serve` listens there (and "
@@ -307,14 +309,15 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
 
 
 def _state(out: Path, resume: bool) -> dict[str, Any]:
-    """The run's persistent state (its request tag); created at start, read back on resume."""
+    """The run's persistent state (its request tag); created at start, read back on resume
+    (simulator.runstate checks every field)."""
     path = out / STATE_FILE
     if resume and path.exists():
         try:
-            return dict(read_json(path))
-        except TextFileError as exc:
-            raise SimulationError(f"{exc}; resume needs the {STATE_FILE} this run wrote") from None
-    state = {"request_tag": uuid.uuid4().hex[:8], "created": time.time()}
+            return read_state(path)
+        except RunStateError as exc:
+            raise SimulationError(str(exc)) from None
+    state = new_state()
     write_json(path, state, indent=None)
     return state
 
@@ -386,6 +389,12 @@ def run_simulation(
                 f"{out} holds no {CONFIG_FILE}; pass the --out DIR of a started run"
             )
         cfg = read_saved_config(out / CONFIG_FILE)
+        try:  # damaged saved state is refused before any work (data, Ray, server) starts
+            if (out / STATE_FILE).exists():
+                read_state(out / STATE_FILE)
+            check_reports_db(out / DB_FILE)
+        except RunStateError as exc:
+            raise SimulationError(str(exc)) from None
         check_runnable(cfg)
         probe_ray(cfg.ray_address)
     else:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chord.plain_numbers import NumberError, json_float, parse_float
 from chord.startcheck import clipped
 from chord.textfile import TextFileError, read_json, read_text
 from simulator.config import FleetConfigError
@@ -100,33 +101,40 @@ def _load_pickle(data: bytes, path: Path) -> Any:
         raise TraceError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
 
 
+class _Cell(str):
+    """A CSV cell: text whose numbers are parsed as plain ASCII decimals (JSON and pickle
+    values must be numbers themselves)."""
+
+    __slots__ = ()
+
+
 def _number(client: str, field: str, value: Any, path: Path) -> float:
-    """A finite float, or a TraceError naming the client and field."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a number, got {clipped(value)}"
-        )
+    """A finite float, or a TraceError naming the client and field.
+
+    CSV cells (_Cell) are parsed by chord.plain_numbers.parse_float; a JSON or pickle value
+    must be a number (int or float, not bool, not a string).
+    """
+    what = f"client {client!r} field {field!r}"
     try:
-        out = float(value)
-    except (ValueError, OverflowError):  # OverflowError: an int beyond a double (10**400)
-        raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a finite number, got "
-            f"{clipped(value)}"
-        ) from None
-    if not math.isfinite(out):
-        raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be finite, got {clipped(value)}"
-        )
-    return out
+        if isinstance(value, _Cell):
+            return parse_float(str(value), what)
+        return json_float(value, what)
+    except NumberError as exc:
+        raise TraceError(f"{path}: {exc}") from None
 
 
 def _times(client: str, field: str, value: Any, path: Path) -> tuple[float, ...]:
-    """A list of numbers (seconds), or a TraceError naming the client and field."""
-    if isinstance(value, str):  # CSV cells: space- or semicolon-separated seconds
-        value = value.replace(";", " ").split()
+    """A list of numbers (seconds), or a TraceError naming the client and field.
+
+    CSV cells hold the list as space- or semicolon-separated seconds; JSON and pickle need a
+    list (a string there is refused: it is not what FedScale writes).
+    """
+    if isinstance(value, _Cell):
+        value = [_Cell(part) for part in value.replace(";", " ").split()]
     if not isinstance(value, list | tuple):
         raise TraceError(
-            f"{path}: client {client!r} field {field!r} must be a list of seconds, got {value!r}"
+            f"{path}: client {client!r} field {field!r} must be a list of seconds, got "
+            f"{clipped(value)}; send e.g. [0, 3600]"
         )
     return tuple(_number(client, f"{field}[{i}]", v, path) for i, v in enumerate(value))
 
@@ -165,7 +173,7 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
                 client = row.pop("client_id")
                 if client in data:
                     raise TraceError(f"{path}: client {client!r} appears twice (row {i + 2})")
-                data[client] = row
+                data[client] = {k: _Cell(v) if isinstance(v, str) else v for k, v in row.items()}
         else:
             data = read_json(path)
     except TextFileError as exc:  # its message says what to send, except for a syntax error
@@ -180,6 +188,8 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
             raise TraceError(
                 f"{path}: client id {client!r} must be a string or an integer"
             )
+        if not str(client).strip():
+            raise TraceError(f"{path}: a client id is empty; send a non-empty id for each client")
         if not isinstance(entry, dict):
             raise TraceError(f"{path}: client {client!r} must map to a dict of fields")
         if str(client) in out:  # a pickle holding both 1 and "1"
@@ -190,9 +200,14 @@ def _read_map(path: Path) -> dict[str, dict[str, Any]]:
 
 def _field(client: str, entry: dict[str, Any], field: str, path: Path) -> Any:
     """entry[field], or a TraceError naming the client and the missing field."""
-    if field not in entry or entry[field] in (None, ""):
+    if field not in entry or entry[field] is None:
         raise TraceError(f"{path}: client {client!r} is missing field {field!r}")
-    return entry[field]
+    value = entry[field]
+    if isinstance(value, str) and not value.strip():
+        raise TraceError(
+            f"{path}: client {client!r} field {field!r} is empty; send its value"
+        )
+    return value
 
 
 _INTEGER_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() is True for "²"

@@ -368,7 +368,7 @@ def test_random_mode_device_fetches_the_mask_and_reference_and_no_weights(
 
 def _serve(run_dir: Path) -> tuple[subprocess.Popen[str], int]:
     """`python -m chord.cli serve --run RUN --port 0` as its own process, and its port."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""}
+    env = {k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "chord.cli", "serve", "--run", str(run_dir), "--host",
          "127.0.0.1", "--port", "0", "--grace-s", "0.5"],

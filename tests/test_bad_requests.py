@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,12 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from chord.metrics import rank_metrics
+from chord.spec import DeviceMetrics, DeviceReport, TierSpec
 from cloud_server import EmbeddedServer, ServerConfig
+from cloud_server.validation import validate_report
 from protos.chord.v1 import strategy_pb2 as pb
 from tests.server_fixtures import arun, call, run_dir, spec_of, status_of, strategy_request
 
@@ -58,7 +65,8 @@ def _report(**kw: Any) -> Callable[[Any], Any]:
         "device_id": "dev-r",
         "round": 1,
         "tier": "mid",
-        "metrics": pb.DeviceMetrics(hr10=0.3),
+        # A measured combination (see DeviceMetrics in the .proto).
+        "metrics": pb.DeviceMetrics(hr5=0.2, hr10=0.3, ndcg5=0.1, ndcg10=0.13),
     }
     fields.update(kw)
     return lambda spec: pb.ReportMetricsRequest(**fields)
@@ -142,6 +150,14 @@ CASES: dict[str, Case] = {
         _with(lambda s: {"budget_bits": _tier(s, "mid").max_budget_bits + 1}),
         S.INVALID_ARGUMENT,
         "outside tier 'mid'",
+    ),
+    # 1 ulp above the range passed the server's check, then the level rule refused it as
+    # "budget 8.000000000000002 bits is out of reach", naming no field.
+    "budget_one_ulp_above_tier_range": Case(
+        "GetStrategy",
+        _with(lambda s: {"budget_bits": math.nextafter(_tier(s, "mid").max_budget_bits, 99.0)}),
+        S.INVALID_ARGUMENT,
+        "budget_bits 8.000000000000002 is outside tier 'mid''s reachable range",
     ),
     "stale_version": Case(
         "GetStrategy",
@@ -314,24 +330,26 @@ CASES: dict[str, Case] = {
         S.INVALID_ARGUMENT,
         "metrics.bytes_up is 1099511627777; send a byte count in [0, 1099511627776]",
     ),
-    # HR@5 <= HR@10 and NDCG@k <= HR@k hold for every user, so for their means too.
+    # HR@5 <= HR@10 and NDCG@k <= HR@k hold for every target, so for their means too.
     "report_hr5_above_hr10": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(hr5=1.0, hr10=0.0)),
         S.INVALID_ARGUMENT,
-        "metrics.hr5 is 1 but metrics.hr10 is 0; hr5 <= hr10 holds",
+        "metrics hr5=1, hr10=0, ndcg5=0, ndcg10=0 break hr5 <= hr10, which every measured "
+        "round keeps",
     ),
     "report_ndcg10_above_hr10": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(ndcg10=1.0, hr10=0.0)),
         S.INVALID_ARGUMENT,
-        "metrics.ndcg10 is 1 but metrics.hr10 is 0; ndcg10 <= hr10 holds",
+        "metrics hr5=0, hr10=0, ndcg5=0, ndcg10=1 break ndcg10 - ndcg5 <= (hr10 - hr5) / "
+        "log2(7)",
     ),
     "report_ndcg5_above_hr5": Case(
         "ReportMetrics",
         _report(metrics=pb.DeviceMetrics(ndcg5=0.5, hr5=0.25, hr10=0.3)),
         S.INVALID_ARGUMENT,
-        "metrics.ndcg5 is 0.5 but metrics.hr5 is 0.25",
+        "metrics hr5=0.25, hr10=0.3, ndcg5=0.5, ndcg10=0 break ndcg5 <= hr5",
     ),
     # Every string field is bounded by its documented length and quoted at most 40 characters.
     "tier_overlong": Case(
@@ -364,7 +382,28 @@ CASES: dict[str, Case] = {
     ),
     "spec_device_id_control_chars": Case(
         "GetModelSpec", lambda spec: pb.GetModelSpecRequest(device_id="a\x00b"),
-        S.INVALID_ARGUMENT, "device_id contains control characters",
+        S.INVALID_ARGUMENT, "device_id contains non-printable characters",
+    ),
+    **{
+        f"device_id_{label}": Case(
+            "GetStrategy", _req(device_id=f"a{char}b"), S.INVALID_ARGUMENT,
+            "device_id contains non-printable characters",
+        )
+        for label, char in (("nbsp", "\u00a0"), ("zero_width_space", "\u200b"),
+                            ("right_to_left_override", "\u202e"), ("bom", "\ufeff"))
+    },
+    # NDCG@5 above NDCG@10, and top-5 hits with no NDCG: neither can be measured.
+    "report_ndcg5_above_ndcg10": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(hr5=0.5, hr10=0.5, ndcg5=0.5, ndcg10=0.4)),
+        S.INVALID_ARGUMENT,
+        "break ndcg10 - ndcg5 >= (hr10 - hr5) / log2(11)",
+    ),
+    "report_hits_without_ndcg": Case(
+        "ReportMetrics",
+        _report(metrics=pb.DeviceMetrics(hr5=1.0, hr10=1.0, ndcg5=0.0, ndcg10=0.0)),
+        S.INVALID_ARGUMENT,
+        "break ndcg5 >= hr5 / log2(6)",
     ),
     "spec_device_id_overlong": Case(
         "GetModelSpec", lambda spec: pb.GetModelSpecRequest(device_id="d" * 129),
@@ -624,3 +663,15 @@ def test_reflection_v1_describes_its_own_service(server: EmbeddedServer) -> None
             return []
 
     assert arun(describe()) == ["grpc.reflection.v1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=100), min_size=1, max_size=60))
+def test_every_measured_round_passes_the_metric_relations(ranks: list[int]) -> None:
+    """What a device measures (chord.metrics.rank_metrics of any ranks) is never refused."""
+
+    m = rank_metrics(np.asarray(ranks))
+    metrics = DeviceMetrics(hr5=m["HR@5"], hr10=m["HR@10"], ndcg5=m["NDCG@5"],
+                            ndcg10=m["NDCG@10"])
+    mid = TierSpec("mid", (2, 3, 4, 8), 3.0, 2, 8)
+    validate_report(DeviceReport("dev", 1, "", metrics), (mid,))

@@ -185,3 +185,9 @@ def test_batch_encoding_equals_row_by_row() -> None:
         got = encode_levels_batch(levels, "v1", refs)
         want = [encode_levels(row, "v1", reference=r) for row, r in zip(levels, refs, strict=True)]
         assert got == want
+
+
+def test_batch_encoding_refuses_a_reference_of_another_length() -> None:
+    levels = np.zeros((2, 9), dtype=np.uint8)
+    with pytest.raises(CodeError, match=r"reference levels have shape \(8,\) but the code has 9"):
+        encode_levels_batch(levels, "v1", [None, np.zeros(8, dtype=np.uint8)])

@@ -29,7 +29,8 @@ def _start(run: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "chord.cli", "serve", "--run", str(run), "--host", "127.0.0.1",
          "--port", "0", "--grace-s", "20"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""},
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
@@ -97,7 +98,7 @@ def test_calls_after_the_drain_starts_get_unavailable_and_admitted_downloads_fin
                     stub.GetModelSpec(pb.GetModelSpecRequest(device_id="d"), timeout=20),
                     stub.ReportMetrics(
                         pb.ReportMetricsRequest(device_id="d", round=1, tier="mid",
-                                                metrics=pb.DeviceMetrics(hr10=0.5)),
+                                                metrics=pb.DeviceMetrics(hr10=0.5, ndcg10=0.16)),
                         timeout=20,
                     ),
                 ]

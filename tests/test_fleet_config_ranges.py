@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from chord.cli import main
+from chord.startcheck import max_parallel
 from simulator.config import (
     FIELD_BOUNDS,
     ChurnConfig,
@@ -338,4 +339,25 @@ def test_unusable_cache_dir_from_the_environment_is_refused(
         "writable directory: No such file or directory); send a path under a directory you can "
         "write (or unset it for ~/.cache/chord)"
     ])
+    assert not (tmp_path / "sim").exists()
+
+
+def test_server_workers_beyond_the_serve_cap_or_without_an_embedded_server_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--server-workers 12 on 2 cores spawned the server group, which then refused in two
+    lines; a count for a server this run does not start did nothing. Both: one line, at once."""
+    over = str(max_parallel() + 1)
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "none", "--server-workers", over)
+    assert (code, err) == (2, [
+        f"chord simulate: error: server_workers (--server-workers) is {over}; send an integer "
+        f"in 1..{max_parallel()} (server processes; at most 4 per usable core)"
+    ])
+    code, err = _simulate(tmp_path, capsys, "--ray-address", "none", "--server-workers", "2",
+                          "--server", "127.0.0.1:50051")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(
+        "chord simulate: error: server_workers (--server-workers) is 2, but the server is "
+        "'127.0.0.1:50051', which this run does not start"
+    )
     assert not (tmp_path / "sim").exists()

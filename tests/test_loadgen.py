@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,7 +217,7 @@ def test_cli_load_bad_token_is_one_line_not_a_traceback(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith(
-        "chord bench load: error: token (--token or $CHORD_TOKEN) has a trailing '\\n', which "
+        "chord bench load: error: $CHORD_TOKEN has a trailing '\\n', which "
         "gRPC metadata cannot carry"
     )
 
@@ -225,7 +226,80 @@ def test_cli_load_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[s
     from chord.cli import main
 
     code = main(["bench", "load", "--target", "127.0.0.1:9", "--duration", "0.5",
-                 "--timeout", "1", "--concurrency", "1"])
+                 "--concurrency", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
-    assert "no server answered at 127.0.0.1:9 within 1 s; check that `chord serve`" in err[0]
+    # Refused at once (one TCP connect), not after the 10 s call timeout.
+    assert err[0] == (
+        "chord bench load: error: cannot connect to 127.0.0.1:9 (Connection refused); check "
+        "that `chord serve` listens there"
+    )
+
+
+def test_cli_load_names_a_failed_tls_handshake(
+    secure_server: EmbeddedServer, tls_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong CA, or a certificate for another name, was reported after the whole timeout as
+    "no server answered ... (pass --tls-ca ...)" although --tls-ca was passed."""
+    from chord.cli import main
+
+    other, _ = self_signed(tmp_path)  # a CA that did not sign the server's certificate
+    cert, _ = tls_files
+    for flags, expect in (
+        (("--tls-ca", str(other)), "the server's certificate is not signed by the CA given "
+         "(CERTIFICATE_VERIFY_FAILED); send the CA certificate that signed it as --tls-ca"),
+        (("--tls-ca", str(cert), "--tls-server-name", "other.example"),
+         "is not issued for the host name connected to (hostname verification); pass the name "
+         "it was issued for as --tls-server-name NAME"),
+    ):
+        code = main(["bench", "load", "--target", secure_server.address, "--token", TOKEN,
+                     "--duration", "1", *flags])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1
+        assert err[0].startswith(f"chord bench load: error: {secure_server.address}: the TLS ")
+        assert expect in err[0]
+
+
+def test_cli_load_reports_unmeasured_latencies_as_null(
+    secure_server: EmbeddedServer, tls_files: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--rps 1e-9 sends nothing in 1 s: the JSON had p50/p90/p99/min/mean 0.0 and the command
+    exited 1 without a line saying why."""
+    from chord.cli import main
+
+    cert, _ = tls_files
+    out = tmp_path / "o.json"
+    code = main(["bench", "load", "--target", secure_server.address, "--token", TOKEN,
+                 "--tls-ca", str(cert), "--tls-server-name", "localhost", "--method", "health",
+                 "--rps", "1e-9", "--duration", "1", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "chord bench load: error: no call completed in the measured window"
+    )
+    data = json.loads(out.read_text())
+    assert data["total"] == 0
+    assert [data[k] for k in ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")] == [
+        None] * 6
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (("--details",), "--details lists every call in the ghz report; add --format ghz"),
+        (("--output", "x.json"), "--output writes the --format ghz report; add --format ghz"),
+        (("--load-step-duration", "5"), "duration '5' lacks a unit; send e.g. 5s or 5ms"),
+    ],
+)
+def test_cli_load_refuses_flags_that_would_do_nothing(
+    flags: tuple[str, ...], expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chord.cli import main
+
+    with contextlib.suppress(SystemExit):
+        code = main(["bench", "load", "--target", "127.0.0.1:9", "--duration", "1", *flags])
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert expect in err[-1] and "Traceback" not in "\n".join(err)

@@ -1,4 +1,4 @@
-"""The rate-distortion rule's bucketed prefix search equals the full sort it replaced."""
+"""The rate-distortion rule's bucketed prefix searches (numpy and compiled) equal a full sort."""
 
 from __future__ import annotations
 
@@ -96,11 +96,12 @@ def random_case(
     "ties", ["none", "few_values", "constant", "signed_zero", "flat_table", "varied_sizes"]
 )
 @pytest.mark.parametrize("seed", range(8))
-def test_bucketed_prefix_matches_the_full_sort(ties: str, seed: int) -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bucketed_prefix_matches_the_full_sort(ties: str, seed: int, compiled: bool) -> None:
     """Same levels (or the same refusal) for every row, on random batches with and without ties."""
     rng = np.random.default_rng([seed, len(ties)])
     imp, sizes, tiers, budgets, cost = random_case(rng, int(rng.integers(1, 40)), ties)
-    got = assign_levels_rd(imp, sizes, tiers, budgets, cost)
+    got = assign_levels_rd(imp, sizes, tiers, budgets, cost, compiled=compiled)
     want = full_sort_rd(imp, sizes, tiers, budgets, cost)
     assert len(got) == len(want)
     for row, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -111,7 +112,8 @@ def test_bucketed_prefix_matches_the_full_sort(ties: str, seed: int) -> None:
             np.testing.assert_array_equal(g, w, err_msg=f"row {row}, {ties}")
 
 
-def test_rows_of_the_real_size_match() -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_rows_of_the_real_size_match(compiled: bool) -> None:
     """A batch of 32 at the served run's scale (2,501 channels over many layers)."""
     rng = np.random.default_rng(7)
     layer_channels = tuple([1001, 50] + [64] * 21 + [48])
@@ -125,7 +127,7 @@ def test_rows_of_the_real_size_match() -> None:
     imp = rng.normal(size=(32, n)).astype(np.float32)
     tiers = [DEFAULT_TIERS[name] for name in ("low", "mid", "high") for _ in range(11)][:32]
     budgets = [t.default_budget_bits for t in tiers]
-    got = assign_levels_rd(imp, sizes, tiers, budgets, cost)
+    got = assign_levels_rd(imp, sizes, tiers, budgets, cost, compiled=compiled)
     want = full_sort_rd(imp, sizes, tiers, budgets, cost)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)

@@ -153,7 +153,8 @@ def test_every_method_from_generated_stubs(server: EmbeddedServer) -> None:
         assert abs(reply.avg_bits - budget) <= 0.1 + 1e-9
         assert reply.timings.batch_size >= 1 and reply.timings.total_us > 0
     report = pb.ReportMetricsRequest(
-        device_id="dev-1", round=3, tier="mid", metrics=pb.DeviceMetrics(hr10=0.5, ndcg10=0.2)
+        device_id="dev-1", round=3, tier="mid",
+        metrics=pb.DeviceMetrics(hr5=0.5, hr10=0.5, ndcg5=0.3, ndcg10=0.3),
     )
     first = arun(call(server.address, "ReportMetrics", report))
     again = arun(call(server.address, "ReportMetrics", report))

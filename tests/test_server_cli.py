@@ -42,8 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _start(*flags: str, token: str = "") -> tuple[subprocess.Popen[str], int]:
-    """Start `python -m chord.cli serve FLAGS` and read the port it prints."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": token}
+    """Start `python -m chord.cli serve FLAGS` ($CHORD_TOKEN = token, unset when "") and read the
+    port it prints."""
+    env = {k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
+    if token:
+        env["CHORD_TOKEN"] = token
     proc = subprocess.Popen(
         [sys.executable, "-m", "chord.cli", "serve", "--host", "127.0.0.1", "--port", "0", *flags],
         cwd=ROOT,
@@ -238,24 +241,29 @@ def test_health_list_200_calls_do_not_grow_the_log() -> None:
     ("env", "flags", "expect"),
     [
         ("s3cret\n", (), "$CHORD_TOKEN has a trailing '\\n', which gRPC metadata cannot carry"),
-        ("", ("--token", "tab\there"), "--token contains '\\t'"),
-        ("", ("--token", " lead"), "--token has a leading ' ', which gRPC metadata cannot carry "
+        # An empty variable used to start the server with no authentication at all.
+        ("", (), "$CHORD_TOKEN is empty; send a non-empty token or none at all"),
+        (None, ("--token", "tab\there"), "--token contains '\\t'"),
+        (None, ("--token", " lead"), "--token has a leading ' ', which gRPC metadata cannot carry "
          "(HTTP/2 peers strip it); send the token without leading or trailing whitespace"),
-        ("", ("--host", "no such host"), "--host 'no such host' is not an IP address or host"),
-        ("", ("--port", "70000"), "--port is 70000; send a port in 0..65535"),
-        ("", ("--metrics-port", "-1"), "metrics_port (--metrics-port) is -1"),
-        ("", ("--grace-s", "nan"), "grace_s (--grace-s) is nan; send a finite number"),
-        ("", ("--max-wait-ms", "inf"), "max_wait_ms (--max-wait-ms) is inf"),
-        ("", ("--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"),
+        (None, ("--host", "no such host"), "--host 'no such host' is not an IP address or host"),
+        (None, ("--port", "70000"), "--port is 70000; send a port in 0..65535"),
+        (None, ("--metrics-port", "-1"), "metrics_port (--metrics-port) is -1"),
+        (None, ("--grace-s", "nan"), "grace_s (--grace-s) is nan; send a finite number"),
+        (None, ("--max-wait-ms", "inf"), "max_wait_ms (--max-wait-ms) is inf"),
+        (None, ("--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"),
          "--tls-cert '/nonexistent/c.pem' is not an existing file"),
     ],
 )
 def test_serve_refuses_settings_that_can_never_work(
-    env: str, flags: tuple[str, ...], expect: str,
+    env: str | None, flags: tuple[str, ...], expect: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Refused before binding, in one `chord serve: error:` line, exit 2."""
-    monkeypatch.setenv("CHORD_TOKEN", env)
+    if env is None:
+        monkeypatch.delenv("CHORD_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("CHORD_TOKEN", env)
     assert main(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("chord serve: error: ")
@@ -327,7 +335,7 @@ def test_serve_refuses_a_taken_metrics_port_in_one_line(
 
 def test_serve_refuses_a_taken_port_without_grpc_core_lines(taken_port: int) -> None:
     """A real process: stderr is exactly our line (gRPC core never sees the address)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHORD_TOKEN": ""}
+    env = {k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "chord.cli", "serve", "--echo", "--host", "127.0.0.1",
          "--port", str(taken_port)],
@@ -477,3 +485,19 @@ def test_serve_stops_cleanly_when_the_metrics_port_is_taken_after_the_check(
         "send a free port, or 0 for no exporter"
     )
     assert announced == []
+
+
+@pytest.mark.parametrize("given", ["/nonexistent/metrics", "/proc/x", __file__])
+def test_serve_refuses_a_metrics_dir_that_is_not_a_directory(
+    given: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """$PROMETHEUS_MULTIPROC_DIR naming no directory: one line at start, exit 2 (was exit 1 from
+    the worker group, after start-up)."""
+    monkeypatch.delenv("CHORD_TOKEN", raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", given)
+    code = main(["serve", "--echo", "--host", "127.0.0.1", "--port", "0", "--workers", "2"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"chord serve: error: $PROMETHEUS_MULTIPROC_DIR {given!r} is not a directory; create it "
+        "or unset the variable"
+    ]

@@ -191,3 +191,26 @@ def test_rounds_csv_has_no_nan_or_infinity_cells(tmp_path: Path) -> None:
         row = next(csv.DictReader(fh))
     assert (row[real[0]], row[real[-1]]) == ("", "")
     assert not any(v.lower() in ("nan", "inf", "-inf") for v in row.values())
+
+
+def test_a_failed_tls_handshake_is_named_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CA that did not sign the server's certificate: the cause was retried 10 times over
+    60 s before the run gave up; now it stops after one attempt, naming the CA flag."""
+    from cloud_server import EmbeddedServer, ServerConfig
+    from tests.tls_certs import self_signed
+
+    (tmp_path / "server").mkdir()
+    (tmp_path / "other").mkdir()
+    cert, key = self_signed(tmp_path / "server")
+    other, _ = self_signed(tmp_path / "other")
+    with EmbeddedServer(ServerConfig(echo=True, tls_cert=cert, tls_key=key)) as server:
+        code, err = _simulate(capsys, "--server", server.address, "--tls-ca", str(other),
+                              "--devices", "2", "--out", str(tmp_path / "sim"))
+    assert (code, err) == (2, [
+        f"chord simulate: error: {server.address}: the TLS handshake failed: the server's "
+        "certificate is not signed by the CA given (CERTIFICATE_VERIFY_FAILED); send the CA "
+        "certificate that signed it as --tls-ca"
+    ])
+    assert not (tmp_path / "sim").exists()

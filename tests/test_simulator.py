@@ -303,8 +303,16 @@ def test_embedded_server_with_two_workers(
     tmp_path: Path,
     ray_session: None,
     smoke_run_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`server_workers = 2`: the simulator's own cloud is a `chord serve --workers 2` child."""
+    """`server_workers = 2`: the simulator's own cloud is a `chord serve --workers 2` child.
+
+    Run from a folder holding another `chord` package, as the tester did from an old clone:
+    the child must still run this installation's server (it ran the folder's code before)."""
+    shadow = tmp_path / "elsewhere" / "chord"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("the shadowing copy was imported")\n')
+    monkeypatch.chdir(shadow.parent)
     cfg = _cfg(smoke_run_dir, devices=12, actors=2, lanes=3, server_workers=2)
     s = run_simulation(cfg, tmp_path / "workers", progress=False)
     assert (s["completed"], s["failed"], s["missing"], s["duplicates"]) == (12, 0, 0, 0)

@@ -5,6 +5,8 @@ Errors name the file and the line; NaN and Infinity are refused where a number m
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -95,7 +97,8 @@ def test_loads_json_refuses_what_reads_as_something_else(text: str, expect: str 
 
 def test_reports_jsonl_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "reports.jsonl"
-    path.write_text('{"device_id": "d", "round": 1, "tier": "mid", "metrics": null}\n{"x": 1}\n')
+    good = json.dumps(dataclasses.asdict(DeviceReport(device_id="d", round=1, tier="mid")))
+    path.write_text(good + '\n{"x": 1}\n')
     with pytest.raises(TextFileError, match=rf"^{path}:2: not a device report"):
         ReportStore(path)
     path.write_text('{"device_id": "d", "round": NaN}\n')

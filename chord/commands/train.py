@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from chord.data import FORMATS, DataError
 from chord.divergence import DivergedError
@@ -56,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         check_out_dir(args.out, "--out")
-        result = run_training(cfg, args.out)
+        created = not Path(args.out).exists()
+        try:
+            result = run_training(cfg, args.out)
+        except KeyboardInterrupt:  # nothing written yet: leave no empty --out behind
+            if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+                Path(args.out).rmdir()
+            raise
     except (DataError, TrainConfigError, StartupError) as exc:
         print(f"chord train: error: {exc}", file=sys.stderr)
         return 2

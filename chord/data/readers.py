@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from chord.data.errors import DataFormatError
+from chord.plain_numbers import NumberError, parse_float
 from chord.textfile import TextFileError, iter_lines
 
 FORMATS = ("auto", "grouplens", "movielens-dat", "inter", "csv")
@@ -44,8 +44,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _bad(path: Path, lineno: int, expected: str, line: str) -> DataFormatError:
     """A DataFormatError naming file, line, what was expected and what was found."""
-    shown = line if len(line) <= 80 else line[:77] + "..."
-    return DataFormatError(f"{path}:{lineno}: expected {expected}, got {shown!r}")
+    return DataFormatError(f"{path}:{lineno}: expected {expected}, got {_clip(line)}")
 
 
 # C0/C1 control characters (tab aside, a separator) and U+FEFF inside a field: never part of
@@ -68,14 +67,17 @@ def _ids(path: Path, lineno: int, user: str, item: str, line: str, names: str) -
 
 
 def _number(path: Path, lineno: int, value: str, what: str, line: str) -> float:
-    """Parse a numeric field as a finite float or raise a DataFormatError naming the field."""
+    """A numeric field as a finite float (chord.plain_numbers: ASCII decimals only), or a
+    DataFormatError naming file, line and field."""
     try:
-        number = float(value)
-    except ValueError:
-        raise _bad(path, lineno, f"a numeric {what}", line) from None
-    if not math.isfinite(number):
-        raise _bad(path, lineno, f"a finite numeric {what} (not nan or inf)", line)
-    return number
+        return parse_float(value, what)
+    except NumberError as exc:
+        raise DataFormatError(f"{path}:{lineno}: {exc} (line {_clip(line)})") from None
+
+
+def _clip(line: str) -> str:
+    """The line as repr, cut to 80 characters."""
+    return repr(line if len(line) <= 80 else line[:77] + "...")
 
 
 def _read_fixed(path: Path, split: Callable[[str], list[str]], layout: str) -> RawInteractions:
@@ -142,13 +144,13 @@ def read_inter(path: Path) -> RawInteractions:
         _ids(path, lineno, user, item, line, "user_id and item_id")
         for name, kind, value in zip(names, kinds, fields, strict=True):
             if kind == "float" and value.strip():
-                _number(path, lineno, value, name, line)
+                _number(path, lineno, value.strip(), name, line)
             elif kind == "float_seq":
                 for part in value.split():
                     _number(path, lineno, part, name, line)
         users.append(user)
         items.append(item)
-        stamp = None if it is None else fields[it]
+        stamp = None if it is None else fields[it].strip()
         times.append(
             float(len(times)) if stamp is None else _number(path, lineno, stamp, "timestamp", line)
         )

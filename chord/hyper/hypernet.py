@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -26,6 +26,10 @@ class LayoutLike(Protocol):
     def n_channels(self) -> int:
         """Total channels."""
         ...
+
+
+# The inference cache of HyperNetwork._packed_heads: (parameter key, weight, bias, group biases).
+_Packed = tuple[tuple[int, ...], torch.Tensor, torch.Tensor, list[torch.Tensor]]
 
 
 class HyperNetError(ValueError):
@@ -124,8 +128,11 @@ class HyperNetwork(nn.Module):
         for g, (_, _, idx) in enumerate(self._groups):
             stacked = torch.stack([getattr(self, self._refs[i]) for i in idx])
             self.register_buffer(f"gref{g}", stacked, persistent=False)
+            # |W|^T [L, n_in, n_out], contiguous: what the fused inference kernel streams
+            abs_t = stacked.abs().transpose(1, 2).contiguous()
+            self.register_buffer(f"gabst{g}", abs_t, persistent=False)
             self.register_buffer(f"gidx{g}", torch.tensor(idx, dtype=torch.long), persistent=False)
-        self._packed: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._packed: _Packed | None = None
 
     def hyper_config(self) -> dict[str, Any]:
         """Constructor arguments beyond the layout and weights, for saving."""
@@ -134,34 +141,44 @@ class HyperNetwork(nn.Module):
     def _head_params(self) -> list[torch.Tensor]:
         """Weights then biases of every element/filter head, in the packed row order."""
         mods: list[nn.Linear] = []
+        # Lists, not the ModuleLists: their indexing costs a serving batch tens of microseconds.
+        lists = [cast(list[nn.Linear], list(h)) for h in (self.elem_a, self.elem_v, self.filt)]
         for _, _, idx in self._groups:
-            for heads in (self.elem_a, self.elem_v, self.filt):
-                mods += [heads[i] for i in idx]  # type: ignore[misc]
+            for heads in lists:
+                mods += [heads[i] for i in idx]
         return [m.weight for m in mods] + [m.bias for m in mods]
 
-    def _packed_heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All element/filter heads as one Linear: ([rows, hidden] weight, [rows] bias).
+    def _packed_heads(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """All element/filter heads as one Linear ([rows, hidden] weight, [rows] bias), and the
+        filter biases of each shape group stacked ([L, n_out] per group).
 
-        With autograd on it is rebuilt each call (differentiable); without, it is cached until a
-        head parameter is replaced or changed in place (tracked by data pointer and version).
+        With autograd on they are rebuilt each call (differentiable); without, they are cached
+        until a head parameter or filter bias is replaced or changed in place (tracked by data
+        pointer and version).
         """
         params = self._head_params()
         half = len(params) // 2
+        biases = list(self.filt_bias.parameters(recurse=False))  # faster than its __getitem__
         if torch.is_grad_enabled():
-            return torch.cat(params[:half]), torch.cat(params[half:])
-        key = tuple(x for p in params for x in (p.data_ptr(), p._version))
+            stacks = [torch.stack([biases[i] for i in idx]) for _, _, idx in self._groups]
+            return torch.cat(params[:half]), torch.cat(params[half:]), stacks
+        key = tuple(x for p in (*params, *biases) for x in (p.data_ptr(), p._version))
         if self._packed is None or self._packed[0] != key:
             # Kept as a transposed view of a contiguous [hidden, rows] tensor: addmm on it
             # (h @ weight.T) is about 1.5x faster than linear on the [rows, hidden] original.
             weight_t = torch.cat(params[:half]).t().contiguous()
-            self._packed = (key, weight_t.t(), torch.cat(params[half:]))
-        return self._packed[1], self._packed[2]
+            stacks = [torch.stack([biases[i] for i in idx]) for _, _, idx in self._groups]
+            self._packed = (key, weight_t.t(), torch.cat(params[half:]), stacks)
+        return self._packed[1], self._packed[2], self._packed[3]
 
     def channel_scores(self, profiles: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer importance [B, n_out] for a batch of profiles [B, profile_dim].
 
-        Layers of equal shape are computed together; without autograd the [B, n_out, n_in]
-        element scores are built in cache-sized slices of the batch and reduced in place.
+        Layers of equal shape are computed together. With autograd on (training), or on an
+        accelerator, the element scores go through [B, L, n_out, n_in] tensors; on the CPU
+        without autograd (serving), each group is one call of the fused kernel
+        chord.hyper.score_kernel.group_scores (the same formulas; float32 sums in another
+        order, so values agree to about 1e-6 of the largest score).
         """
         if profiles.dim() != 2 or profiles.shape[1] != self.profile_dim:
             raise HyperNetError(
@@ -169,12 +186,11 @@ class HyperNetwork(nn.Module):
             )
         h = self.trunk(self.norm(profiles.float()))
         layer_w = F.softplus(self.layer_head(h))
-        weight, bias = self._packed_heads()
+        weight, bias, filt_biases = self._packed_heads()
         # [B, all head outputs], sliced per group below
-        if torch.is_grad_enabled():
-            heads = F.linear(h, weight, bias)
-        else:
-            heads = torch.addmm(bias, h, weight.t())
+        if not torch.is_grad_enabled() and h.device.type == "cpu":
+            return self._fused_scores(torch.addmm(bias, h, weight.t()), layer_w, filt_biases)
+        heads = F.linear(h, weight, bias)
         n_b, r = h.shape[0], self.config.rank
         out: list[torch.Tensor | None] = [None] * len(self.shapes)
         col = 0
@@ -189,10 +205,44 @@ class HyperNetwork(nn.Module):
             col += n_l * n_in
             u = torch.einsum("loj,bljr->blor", w, a)
             elem = _element_scores(u, v, w)
-            filt_bias = torch.stack([self.filt_bias[i] for i in idx])
-            filt = torch.einsum("loj,blj->blo", w, f) / n_in**0.5 + filt_bias
+            filt = torch.einsum("loj,blj->blo", w, f) / n_in**0.5 + filt_biases[g]
             lw = layer_w.index_select(1, getattr(self, f"gidx{g}"))
             scores = lw.unsqueeze(-1) * (elem + filt)  # [B, L, n_out]
+            for k, i in enumerate(idx):
+                out[i] = scores[:, k]
+        return [x for x in out if x is not None]
+
+    def _fused_scores(
+        self, heads: torch.Tensor, layer_w: torch.Tensor, filt_biases: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """channel_scores without autograd, from heads [B, all head outputs], layer weights
+        [B, n_layers] and each group's filter biases [L, n_out]: per group of equal-shape layers
+        one GEMM (W [A | f]) and one call of the fused kernel
+        chord.hyper.score_kernel.group_scores."""
+        from chord.hyper.score_kernel import group_scores
+
+        n_b, r = heads.shape[0], self.config.rank
+        out: list[torch.Tensor | None] = [None] * len(self.shapes)
+        col = 0
+        for g, (n_out, n_in, idx) in enumerate(self._groups):
+            n_l = len(idx)
+            a = heads[:, col : col + n_l * n_in * r].reshape(n_b, n_l, n_in, r)
+            col += n_l * n_in * r
+            v = heads[:, col : col + n_l * n_in * r].reshape(n_b, n_l, n_in, r).contiguous()
+            col += n_l * n_in * r
+            f = heads[:, col : col + n_l * n_in].reshape(n_b, n_l, 1, n_in)
+            col += n_l * n_in
+            # [L, B, r + 1, n_in]: A^T and f of every profile, then u^T and W f in one GEMM
+            af = torch.cat([a.transpose(-1, -2), f], dim=2).transpose(0, 1)
+            w: torch.Tensor = getattr(self, f"gref{g}")  # [L, n_out, n_in]
+            uf = torch.bmm(af.reshape(n_l, n_b * (r + 1), n_in), w.transpose(1, 2))
+            lw = layer_w.index_select(1, getattr(self, f"gidx{g}"))
+            scores = heads.new_empty(n_b, n_l, n_out)
+            group_scores(
+                uf.reshape(n_l, n_b, r + 1, n_out).numpy(), v.numpy(),
+                getattr(self, f"gabst{g}").numpy(), filt_biases[g].numpy(), lw.numpy(),
+                scores.numpy(),
+            )
             for k, i in enumerate(idx):
                 out[i] = scores[:, k]
         return [x for x in out if x is not None]
@@ -222,10 +272,6 @@ def eval_importance(model: nn.Module, profiles: torch.Tensor) -> torch.Tensor:
         model.train(True)
 
 
-# Elements of the [B, n_out, n_in] score tensor built at once without autograd (~1 MiB of float32).
-_SLICE_ELEMENTS = 1 << 18
-
-
 def _shape_groups(shapes: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
     """Layers grouped by (n_out, n_in), in order of first appearance: (n_out, n_in, indices)."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -235,16 +281,6 @@ def _shape_groups(shapes: list[tuple[int, int]]) -> list[tuple[int, int, list[in
 
 
 def _element_scores(u: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """mean_j |(u v^T)_oj w_oj| for u [B, L, n_out, r], v [B, L, n_in, r], w [L, n_out, n_in]."""
-    vt = v.transpose(-1, -2)
-    if torch.is_grad_enabled():
-        return (torch.matmul(u, vt) * w).abs().mean(-1)
-    n_b, n_l, n_out, _ = u.shape
-    n_in = w.shape[-1]
-    u, vt = u.contiguous(), vt.contiguous()  # bmm on a transposed view is ~3x slower
-    out = u.new_empty(n_b, n_l, n_out)
-    step = max(1, _SLICE_ELEMENTS // (n_l * n_out * n_in))
-    for b in range(0, n_b, step):
-        s = torch.matmul(u[b : b + step], vt[b : b + step]).mul_(w).abs_()
-        torch.sum(s, -1, out=out[b : b + step])
-    return out.div_(n_in)
+    """mean_j |(u v^T)_oj w_oj| for u [B, L, n_out, r], v [B, L, n_in, r], w [L, n_out, n_in]
+    (differentiable; the inference path is the fused kernel of chord.hyper.score_kernel)."""
+    return (torch.matmul(u, v.transpose(-1, -2)) * w).abs().mean(-1)

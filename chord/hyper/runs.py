@@ -47,6 +47,7 @@ from chord.masks import (
 )
 from chord.masks.build import build_artifact
 from chord.models import Backbone, build_backbone, fit_length
+from chord.plain_numbers import NumberError, json_float, json_int
 from chord.quant import channel_layout, quantize_per_channel
 from chord.textfile import TextFileError, read_json
 from chord.train import TrainConfig, backbone_config_for, train_backbone
@@ -564,6 +565,14 @@ def check_run_json(meta: dict[str, Any], where: Path) -> None:
         if not isinstance(tier, dict) or not isinstance(tier.get("level_bits"), list):
             raise RunError(f"{where}: tier {name!r} must hold level_bits (a list of 4 widths) "
                            "and default_budget_bits")
+        try:  # JSON numbers only: "4" or 4.7 would otherwise pass through int()
+            for i, bits in enumerate(tier["level_bits"]):
+                json_int(bits, f"tiers.{name}.level_bits[{i}]")
+            json_float(tier.get("default_budget_bits"), f"tiers.{name}.default_budget_bits")
+        except NumberError as exc:
+            raise RunError(
+                f"{where}: {exc}; rerun prepare_run to rewrite the run directory"
+            ) from None
 
 
 RUN_FILES = ("run.json", "backbone.pt", "hypernet.pt")  # what load_run reads

@@ -37,14 +37,18 @@ def assign_levels_batch(
     tiers: Sequence[Tier],
     budgets: Sequence[float],
     cost: LevelCost | None = None,
+    compiled: bool = False,
 ) -> list[np.ndarray | BudgetError]:
     """assign_levels for every row of importance [B, C] (row i under tiers[i], budgets[i]).
 
     Rows are sorted and quantised together; a row that cannot be served gets its BudgetError in
-    place of levels. Shared-input errors (sizes, shapes) raise BudgetError.
+    place of levels. Shared-input errors (sizes, shapes) raise BudgetError. `compiled` runs the
+    rd rule's search in its numba kernel (same levels; see assign_levels_rd).
     """
     if cost is not None:
-        return assign_levels_rd(np.asarray(importance), channel_sizes, tiers, budgets, cost)
+        return assign_levels_rd(
+            np.asarray(importance), channel_sizes, tiers, budgets, cost, compiled=compiled
+        )
     return assign_levels_quota(importance, channel_sizes, tiers, budgets)
 
 

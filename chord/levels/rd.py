@@ -148,13 +148,17 @@ def assign_levels_rd(
     tiers: Sequence[Tier],
     budgets: Sequence[float],
     cost: LevelCost,
+    compiled: bool = False,
 ) -> list[np.ndarray | BudgetError]:
     """Levels [C] per row of importance [B, C] by the rate-distortion rule (see module doc).
 
     Steps are ranked by importance + log gain per bit (ties by step index); each row takes the
     longest prefix that keeps its size-weighted mean within budget, plus the next step if that
     lands closer. A row that cannot come within 0.1 bit gets a BudgetError in place of levels.
-    The prefix is found without sorting all 3C steps (`_prefix_within_budget`).
+    The prefix is found without sorting all 3C steps: in numpy (`_prefix_within_budget`), or
+    with `compiled` in one numba pass per row (chord.levels.rd_kernel, about 5x less CPU; it
+    loads numba and compiles or loads the kernel on first use, so the server takes it and a
+    device does not). Both give the same levels.
     """
     imp = np.asarray(importance)
     sizes, out, rows = screen_rows(imp, channel_sizes, tiers, budgets)
@@ -173,15 +177,23 @@ def assign_levels_rd(
     kind = np.array([kinds.index(tiers[i].level_bits) for i in rows], dtype=np.intp)
     gains = np.stack([cost.step_gains(tiers[next(i for i in rows if tiers[i].level_bits == k)])
                       for k in kinds]).astype(np.float32)  # [T, C, 3]
-    keys = np.add(good[:, :, None], gains[kind] if len(kinds) > 1 else gains[0])
-    keys = keys.reshape(len(rows), -1)  # [R, 3C] float32
     step_bits = np.diff(np.array(kinds, dtype=np.float64), axis=1)  # [T, 3]
-    adds_by_kind = (sizes[None, :, None] * step_bits[:, None, :]).reshape(len(kinds), -1)
-    adds = adds_by_kind[kind]  # [R, 3C] float64
     target = np.array([float(budgets[i]) for i in rows]) * total
-    taken, spent = _prefix_within_budget(keys, adds, total * widths[:, 0], target)
-    steps = taken.view(np.uint8).reshape(len(rows), -1, n_steps)
-    levels = steps[:, :, 0] + steps[:, :, 1] + steps[:, :, 2]
+    if compiled:
+        from chord.levels.rd_kernel import rd_levels
+
+        levels = np.empty(good.shape, dtype=np.uint8)
+        spent = np.empty(len(rows))
+        rd_levels(good, gains, kind, sizes.astype(np.float64), step_bits, total * widths[:, 0],
+                  target, levels, spent)
+    else:
+        keys = np.add(good[:, :, None], gains[kind] if len(kinds) > 1 else gains[0])
+        keys = keys.reshape(len(rows), -1)  # [R, 3C] float32
+        adds_by_kind = (sizes[None, :, None] * step_bits[:, None, :]).reshape(len(kinds), -1)
+        adds = adds_by_kind[kind]  # [R, 3C] float64
+        taken, spent = _prefix_within_budget(keys, adds, total * widths[:, 0], target)
+        steps = taken.view(np.uint8).reshape(len(rows), -1, n_steps)
+        levels = steps[:, :, 0] + steps[:, :, 1] + steps[:, :, 2]
     mean = spent / total
     for j, i in enumerate(rows):
         if abs(mean[j] - float(budgets[i])) > BUDGET_TOLERANCE:

@@ -32,7 +32,7 @@ def check_budget(tier: Tier, budget_bits: float) -> None:
     lo, hi = budget_range(tier)
     if not math.isfinite(budget_bits) or not lo <= budget_bits <= hi:
         raise BudgetError(
-            f"budget {budget_bits} bits is out of reach for tier {tier.name!r} "
+            f"budget_bits {budget_bits} is out of reach for tier {tier.name!r} "
             f"(level bits {tier.level_bits}); choose a budget in [{lo:g}, {hi:g}]"
         )
 
@@ -54,10 +54,11 @@ def screen_rows(
     sizes = check_sizes(channel_sizes, imp.shape[1])
     out: list[np.ndarray | BudgetError] = []
     rows: list[int] = []
+    finite = np.isfinite(imp).all(axis=1)  # one pass for the batch, not one call per row
     for i, (tier, budget) in enumerate(zip(tiers, budgets, strict=True)):
         try:
             check_budget(tier, float(budget))
-            if not np.isfinite(imp[i]).all():
+            if not finite[i]:
                 raise BudgetError("importance must be finite (no NaN or inf)")
         except BudgetError as exc:
             out.append(exc)
