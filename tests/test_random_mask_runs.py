@@ -140,3 +140,24 @@ def test_a_device_refuses_other_weights_and_a_damaged_mask(
 
 def _spec(address: str) -> ModelSpec:
     return Transport(address, RetryPolicy(call_timeout_s=10.0)).get_model_spec("probe")[0]
+
+
+def test_the_benchmarks_shared_mask_rows_keep_the_shared_class_at_every_width(
+    masked_run: Path,
+) -> None:
+    from benchmarks.random_masks import shared_artifact, uniform_tier
+    from chord.masks import personal_model
+
+    run = load_run(masked_run)
+    assert run.mask is not None
+    names = {f"{x.name}.weight" for x in run.layout.layers}
+    shared = {k: v for k, v in run.backbone.state_dict().items() if k in names}
+    zero_levels = np.zeros(run.n_channels, dtype=np.uint8)
+    for bits in (2, 8):
+        model = personal_model(run.mask.raw, shared_artifact(run), zero_levels,
+                               uniform_tier(bits))
+        kept = {k: v != 0 for k, v in model.state_dict().items() if k in names}
+        assert all(torch.equal(kept[k], shared[k] != 0) for k in names)
+    # Level 0 of this run's map prunes whole channels: the row must not be built from it.
+    level0 = personal_model(run.mask.raw, run.mask.artifact, zero_levels, uniform_tier(8))
+    assert not all(torch.equal(level0.state_dict()[k] != 0, shared[k] != 0) for k in names)
