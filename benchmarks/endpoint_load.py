@@ -58,7 +58,7 @@ class EndpointBenchmarkError(RuntimeError):
 class EndpointConfig:
     """One endpoint benchmark: which run to serve, and how hard and how long to load it."""
 
-    run_dir: str | None = None  # None = prepare (or reuse) the default smoke run
+    run_dir: str | None = None  # None = prepare (or reuse) the quick pretrained run
     concurrency: int = 64
     duration_s: float = 8.0
     warmup_s: float = 2.0
@@ -81,11 +81,14 @@ class EndpointConfig:
 
 
 def default_run_dir() -> Path:
-    """Prepare (or reuse the cached) run the fleet serves by default, with D's prepare_run."""
+    """Prepare (or reuse the cached) quick pretrained run (RunConfig defaults, quick preset).
+
+    The run every earlier endpoint result served; `chord simulate` now embeds the quick random
+    run by default, whose hidden-256 layout has more channels per strategy (pass --run for it).
+    """
     from chord.hyper.runs import RunConfig, prepare_run
 
-    # The same run the simulator's embedded default serves (FleetConfig defaults, quick preset).
-    return Path(prepare_run(RunConfig.preset("quick")))
+    return Path(prepare_run(RunConfig.preset("quick", mode="pretrained")))
 
 
 def _server_config(mode: str, cfg: EndpointConfig, run_dir: Path | None) -> ServerConfig:
@@ -760,7 +763,9 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the endpoint benchmark."""
-    parser.add_argument("--run", default=None, help="run directory (default: the smoke run)")
+    parser.add_argument(
+        "--run", default=None, help="run directory (default: the quick pretrained run)"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per repeat")
     parser.add_argument("--warmup", type=float, default=2.0)
