@@ -208,8 +208,8 @@ def notes(payload: dict[str, Any]) -> str:
     return (
         f"`chord simulate --clock virtual --duration-s {payload['config']['duration_s']:g}"
         + (f" --device-runtime {runtime}` (the default runtime is ort)" if runtime else "`")
-        + " on the embedded default (ml-100k, sasrec, pretrained, in-process server, private "
-        "local Ray "
+        + " on the quick pretrained run (ml-100k, sasrec; the embedded default before random "
+        "mode took its place; in-process server, private local Ray "
         "with the machine's CPUs; seeded diurnal availability, drift every 5 interactions, a 5% "
         "staleness sample; the run was prepared before timing). `wall_s` is the simulator's own "
         "wall time; CPU is user + system time of every process of the tree from /proc "
