@@ -65,8 +65,9 @@ def test_ctrl_c_stops_train_in_one_line_and_leaves_no_empty_out(tmp_path: Path) 
     data.write_text("".join(f"u{u},{(u + s) % 90 + 1},{s}\n" for u in range(60) for s in range(15)))
     out = tmp_path / "never-written"
     done = _interrupted(
-        ["train", "--dataset", str(data), "--epochs", "100000", "--negatives", "5",
-         "--no-progress", "--out", str(out)], after_s=6.0,
+        # No early stop (patience = epochs): training still runs when the signal comes.
+        ["train", "--dataset", str(data), "--epochs", "100000", "--patience", "100000",
+         "--negatives", "5", "--no-progress", "--out", str(out)], after_s=6.0,
     )
     assert done.returncode == 130
     assert done.stderr.strip().splitlines() == ["chord train: stopped"]
