@@ -56,7 +56,7 @@ class StagesConfig:
 
     devices: int = 200
     runtimes: tuple[str, ...] = RUNTIMES
-    run_dir: str | None = None  # None = the simulator's embedded default run
+    run_dir: str | None = None  # None = the quick pretrained run (prepare_default_run)
     write: bool = True
 
 
@@ -112,7 +112,8 @@ def measure(runtime: str, devices: int, run_dir: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # as in a device actor
     cfg = dataclasses.replace(
-        FleetConfig(), devices=devices + 1, ray_address="none", runtime=runtime, lanes=1,
+        FleetConfig(mode="pretrained"), devices=devices + 1, ray_address="none",
+        runtime=runtime, lanes=1,
         run_dir=run_dir,
     )  # fmt: skip
     sequences, _ = load_users(cfg.dataset, Protocol(cfg.ranking, cfg.negatives))

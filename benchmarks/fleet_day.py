@@ -64,7 +64,7 @@ class FleetDayConfig:
 
     sizes: tuple[int, ...] = (250, 1_000)
     duration_s: float = 86_400.0  # virtual seconds
-    run_dir: str | None = None  # None = the embedded default run (prepared before timing)
+    run_dir: str | None = None  # None = the quick pretrained run (prepared before timing)
     ray_address: str = "local"
     timeout_s: float = 3_600.0  # per size
     sample_s: float = 0.5

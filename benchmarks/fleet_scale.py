@@ -1,4 +1,4 @@
-"""Fleet scale: 1,000 and 10,000 virtual devices with drift on the embedded default setup."""
+"""Fleet scale: 1,000 and 10,000 virtual devices with drift on the quick pretrained run."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class FleetScaleConfig:
     """Which fleet sizes to run and how (every other setting is the simulator's default)."""
 
     sizes: tuple[int, ...] = (1_000, 10_000)
-    run_dir: str | None = None  # None = the embedded default run (prepared once, not timed)
+    run_dir: str | None = None  # None = the quick pretrained run (prepared once, not timed)
     batch_size: int = 0  # virtual devices per actor task; 0 = the simulator's default
     lanes: int = 0  # devices an actor runs at once; 0 = the simulator's default
     actors: int = 0  # device actors; 0 = the simulator's default (the cluster's CPUs)
@@ -108,7 +108,7 @@ def _child_main(args: argparse.Namespace) -> int:
     from simulator.config import FleetConfig
     from simulator.runner import run_simulation
 
-    base = FleetConfig()
+    base = FleetConfig(mode="pretrained")  # the run prepare_default_run serves
     cfg = dataclasses.replace(
         base,
         devices=args.devices,
@@ -281,7 +281,7 @@ def fleet_notes(
         else f"device runtime {runtime} (`--device-runtime {runtime}`; the default is ort)"
     )
     return (
-        f"The simulator's embedded default (`chord simulate` defaults: {c['dataset']}, "
+        f"The simulator's defaults on the quick {c['mode']} run ({c['dataset']}, "
         f"{c['backbone']}, {c['mode']} backbone, {runtime_text}, "
         f"in-process server on port 0, private local Ray "
         f"with the machine's CPUs, {c['rounds']} drift rounds of {c['interactions_per_round']} "
