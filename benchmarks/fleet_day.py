@@ -41,6 +41,7 @@ from benchmarks.harness import (
     markdown_table,
     python_module,
     repo_env,
+    runtime_result_name,
 )
 
 NAME = "fleet_day"
@@ -73,9 +74,8 @@ class FleetDayConfig:
 
 
 def result_name(runtime: str) -> str:
-    """The result a run writes: fleet_day for the default device runtime, else
-    fleet_day_<runtime> (one section per runtime in RESULTS.md)."""
-    return NAME if runtime in ("", "ort") else f"{NAME}_{runtime}"
+    """The result a run of `runtime` writes (harness.runtime_result_name)."""
+    return runtime_result_name(NAME, runtime)
 
 
 def accounted_once(db: Path, devices: int) -> bool:

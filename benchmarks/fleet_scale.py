@@ -28,6 +28,7 @@ from benchmarks.harness import (
     python_module,
     read_json,
     repo_env,
+    runtime_result_name,
     write_json,
 )
 
@@ -38,9 +39,8 @@ GOAL_RATE = 50.0  # devices/s on this 2-core machine (issue 15), with memory fla
 
 
 def result_name(runtime: str) -> str:
-    """The result a run writes: fleet_scale for the default device runtime, else
-    fleet_scale_<runtime> (one section per runtime in RESULTS.md)."""
-    return NAME if runtime in ("", "ort") else f"{NAME}_{runtime}"
+    """The result a run of `runtime` writes (harness.runtime_result_name)."""
+    return runtime_result_name(NAME, runtime)
 
 
 class FleetScaleError(BenchProcessError):

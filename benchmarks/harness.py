@@ -371,6 +371,12 @@ class BenchProcessError(RuntimeError):
     """A benchmark's child process did not get ready, or failed; the message ends in its log."""
 
 
+def runtime_result_name(name: str, runtime: str) -> str:
+    """The result a fleet benchmark writes for a device runtime: `name` for the default (ort),
+    else name_<runtime>, so each runtime keeps its own section in RESULTS.md."""
+    return name if runtime in ("", "ort") else f"{name}_{runtime}"
+
+
 def python_module(module: str, *args: str) -> list[str]:
     """The command line `python -P -m module args...` with this interpreter (-P: the current
     directory is not put first on the import path, so a folder holding another copy of the

@@ -9,7 +9,6 @@ import math
 import multiprocessing as mp
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from chord.startcheck import (
     clipped,
     exact,
     tls_failure,
+    wait_for_tcp,
 )
 from chord.strategy import StrategyRequest
 from protos import serde
@@ -258,14 +258,12 @@ def _preflight_spec(cfg: LoadConfig, stub: Any) -> ModelSpec:
     other UNAVAILABLE answers (a server still starting) are asked again every 0.2 s. Raises
     LoadRunError naming what to check.
     """
-    host, port = cfg.target.rsplit(":", 1)
     try:  # one TCP connect: "nothing listens there" needs no 10 s wait
-        socket.create_connection((host.strip("[]"), int(port)), timeout=cfg.timeout_s).close()
-    except OSError as exc:
-        raise LoadRunError(
-            f"cannot connect to {cfg.target} ({exc.strerror or type(exc).__name__}); check that "
-            "`chord serve` listens there"
-        ) from None
+        host, port = check_address(cfg.target, "--target")
+        wait_for_tcp(host, port, cfg.timeout_s, "the strategy server",
+                     "check that `chord serve` listens there")
+    except StartupError as exc:
+        raise LoadRunError(str(exc)) from None
     deadline = time.monotonic() + cfg.timeout_s
     last = "no answer"
     while (left := deadline - time.monotonic()) > 0:

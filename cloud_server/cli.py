@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from chord.startcheck import (
     token_setting,
 )
 from chord.textfile import TextFileError
-from cloud_server.config import MIB, MULTIPROC_ENV, ServerConfig
+from cloud_server.config import MIB, ServerConfig, metrics_dir_setting
 from cloud_server.errors import ReportFileError
 from cloud_server.logbudget import install_log_budget
 
@@ -91,26 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def max_workers() -> int:
-    """Most server processes (and torch threads per worker) that can work: 4 per usable core
-    (chord.startcheck.max_parallel)."""
-    return max_parallel()
-
-
-def check_metrics_dir() -> None:
-    """$PROMETHEUS_MULTIPROC_DIR, when set, must be an existing directory (prometheus_client's
-    multiprocess mode writes each worker's values there); StartupError names it otherwise."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if given is not None and not Path(given).is_dir():
-        raise StartupError(
-            f"${MULTIPROC_ENV} {given!r} is not a directory; create it or unset the variable"
-        )
-
-
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Turn parsed flags (and $CHORD_TOKEN) into a ServerConfig; StartupError names a bad one."""
     token = token_setting(args.token)
-    check_metrics_dir()
+    metrics_dir_setting()
     if args.run is not None and not args.echo:
         check_dir(args.run, "--run")
     if args.reports is not None:
@@ -118,8 +101,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     check_host(args.host, "--host")
     check_port(args.port, "--port")
     check_in_range(args.max_receive_mib, "--max-receive-mib", 1 / 1024, 1024.0, unit="MiB")
-    check_int(args.workers, "--workers", 1, max_workers(), "server processes; at most 4 per core")
-    check_int(args.torch_threads, "--torch-threads", 0, max_workers(),
+    check_int(args.workers, "--workers", 1, max_parallel(), "server processes; at most 4 per core")
+    check_int(args.torch_threads, "--torch-threads", 0, max_parallel(),
               "threads per worker; 0 = cores / workers")
     return ServerConfig(
         run_dir=args.run,

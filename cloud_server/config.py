@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,19 @@ MAX_GRACE_S = 3600.0  # drain period and artifact stream length: at most an hour
 
 # prometheus_client's multiprocess mode: where each worker writes its metric values.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_setting() -> Path | None:
+    """$PROMETHEUS_MULTIPROC_DIR as a directory, None when unset or empty; StartupError when it
+    names no directory (checked by `chord serve` at start and by the worker group itself)."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return None
+    if not Path(given).is_dir():
+        raise StartupError(
+            f"${MULTIPROC_ENV} {given!r} is not a directory; create it or unset the variable"
+        )
+    return Path(given)
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from chord.startcheck import join_host_port
-from cloud_server.config import MULTIPROC_ENV, ServerConfig
+from chord.startcheck import StartupError, join_host_port
+from cloud_server.config import MULTIPROC_ENV, ServerConfig, metrics_dir_setting
 from cloud_server.errors import ReportFileError
 
 __all__ = [
@@ -175,13 +175,11 @@ def _metrics_dir() -> tuple[Path, bool]:
     left there (prometheus_client requires a clean directory per run); otherwise a fresh
     temporary directory, removed on exit.
     """
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        path = Path(given)
-        if not path.is_dir():
-            raise WorkerGroupError(
-                f"{MULTIPROC_ENV}={given!r} is not a directory; create it or unset the variable"
-            )
+    try:
+        path = metrics_dir_setting()
+    except StartupError as exc:
+        raise WorkerGroupError(str(exc)) from None
+    if path is not None:
         for stale in path.glob("*.db"):
             stale.unlink()
         return path, False

@@ -231,8 +231,8 @@ def test_cli_load_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[s
     assert code == 1 and len(err) == 1
     # Refused at once (one TCP connect), not after the 10 s call timeout.
     assert err[0] == (
-        "chord bench load: error: cannot connect to 127.0.0.1:9 (Connection refused); check "
-        "that `chord serve` listens there"
+        "chord bench load: error: cannot reach the strategy server at 127.0.0.1:9 within 10 s "
+        "(Connection refused); check that `chord serve` listens there"
     )
 
 
