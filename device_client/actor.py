@@ -112,6 +112,10 @@ def _make_actor_class() -> type:
             """The Ray node this actor runs on (hex id)."""
             return str(ray.get_runtime_context().get_node_id())
 
+        # No task events: Ray's GCS would keep each batch task's status events (about 13 KB a
+        # task, one task per batch of devices, so some 1.3 MiB per thousand devices at 10 a
+        # batch) for as long as the cluster runs; the simulator reports what a batch did itself.
+        @ray.method(enable_task_events=False)
         def run_batch(self, jobs: list[DeviceJob]) -> list[DeviceReport]:
             """Run a batch of device jobs and return their reports."""
             return self.host.run_batch(jobs)
