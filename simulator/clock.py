@@ -177,6 +177,14 @@ def online_per_minute(windows: Sequence[tuple[float, float]], n_minutes: int) ->
     return out
 
 
+def staleness_share(share: float, max_devices: int, devices: int) -> float:
+    """The share of a fleet of `devices` in the staleness sample: `share`, lowered so that the
+    sample holds at most `max_devices` devices in expectation (max_devices 0 = no cap)."""
+    if max_devices <= 0 or devices <= 0:
+        return share
+    return min(share, max_devices / devices)
+
+
 def staleness_probe(seed: int, device_id: str, share: float) -> bool:
     """Whether this device is in the seeded staleness sample (a share of the fleet)."""
     return share > 0 and bool(device_rng(seed, device_id, 5).random() < share)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from device_client.device import DeviceJob
-from simulator.clock import OnlineCounter, plan_device, staleness_probe
+from simulator.clock import OnlineCounter, plan_device, staleness_probe, staleness_share
 from simulator.config import FleetConfig, FleetConfigError, TierProfile
 from simulator.traces import BehaviourTrace, DeviceTrace, load_behaviour, load_capacities
 
@@ -76,6 +76,7 @@ def _jobs(
         float(np.median([t.computation_ms for t in traces])) if traces else 1.0
     )
     tiers = tier_assignment(cfg.tiers, cfg.devices, cfg.seed)
+    probe_share = staleness_share(clock.staleness_sample, clock.staleness_max_devices, cfg.devices)
     for i in range(cfg.devices):
         device_id = f"dev-{i:05d}"
         tier = tiers[i]
@@ -121,6 +122,5 @@ def _jobs(
             request_tag=request_tag,
             schedule=schedule,
             virtual=virtual,
-            staleness_probe=virtual
-            and staleness_probe(cfg.seed, device_id, clock.staleness_sample),
+            staleness_probe=virtual and staleness_probe(cfg.seed, device_id, probe_share),
         )

@@ -13,7 +13,7 @@ import pytest
 
 from simulator.clock import diurnal_windows, plan_device, plan_requests
 from simulator.config import ClockConfig, FleetConfig, FleetConfigError
-from simulator.fleet import plan_fleet
+from simulator.fleet import iter_jobs, plan_fleet
 from simulator.runner import run_simulation
 from simulator.traces import BehaviourTrace
 from tests.test_simulator import QUICK_TRANSPORT
@@ -209,3 +209,18 @@ def test_fleet_follows_a_behaviour_trace_file(tmp_path: Path) -> None:
         assert job.virtual and job.schedule
         assert all(_inside(t, windows[i % 2]) for t, *_ in job.schedule), job.schedule
         assert job.schedule[0][:2] == (float(windows[i % 2][0][0]), "arrival")
+
+
+def test_staleness_sample_is_a_share_capped_at_a_number_of_devices() -> None:
+    def probes(devices: int, **clock: float) -> int:
+        cfg = FleetConfig(devices=devices, clock=dataclasses.replace(DAY, **clock))
+        return sum(j.staleness_probe for j in iter_jobs(cfg, _users(), "x"))
+
+    # 5% of 400 devices is 20 in expectation; a cap of 10 halves the share; 0 lifts the cap.
+    assert 10 <= probes(400) <= 32
+    capped = probes(400, staleness_max_devices=10)
+    assert 3 <= capped <= 18 and capped < probes(400)
+    assert probes(400, staleness_sample=0.5, staleness_max_devices=0) > 150
+    assert probes(400, staleness_sample=0.0) == 0
+    with pytest.raises(FleetConfigError, match=r"clock\.staleness_max_devices"):
+        ClockConfig(staleness_max_devices=-1)
