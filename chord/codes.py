@@ -70,8 +70,7 @@ def unpack_levels(packed: bytes, n_channels: int) -> np.ndarray:
 
 def _deflate(data: bytes) -> bytes:
     """Raw DEFLATE (no zlib header) at the highest level."""
-    comp = zlib.compressobj(level=9, wbits=-15)
-    return comp.compress(data) + comp.flush()
+    return zlib.compress(data, level=9, wbits=-15)
 
 
 def _delta(levels: np.ndarray, reference: np.ndarray) -> np.ndarray:
