@@ -192,9 +192,12 @@ def notes(payload: dict[str, Any]) -> str:
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    big = next((r for r in rows if r["devices"] >= GOAL_DEVICES), None)
     goal = (
         ("met" if f["goal_met"] else "NOT met")
-        if f["goal_measured"]
+        + f" ({big['devices']:,} devices in {big['wall_s'] / 60:.1f} min, peak RSS "
+        f"{big['peak_rss_mb']:.0f} MB, every device stored once: {big['accounted_once']})"
+        if big is not None
         else (
             f"not measured (no {GOAL_DEVICES:,}-device run); modeled from the largest size's "
             f"{f['cpu_s_per_device'] * 1e3:.0f} ms CPU per device: "
@@ -227,15 +230,14 @@ def notes(payload: dict[str, Any]) -> str:
             f"{b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB"
             for a, b in itertools.pairwise(rows)
         )
-        + ". Where the growth can come from: the device actors stay flat (about 470 MB "
-        "each by ps during a 10,000-device fleet_scale run); in the driver, the embedded "
-        "server's ReportMetrics store kept every report until it became a bounded window of "
-        "the newest 100,000 (about 650 B each, some 65 MB at most), and its request cache is "
-        "bounded by a 300 s window or 100,000 entries, so both fill during a run and then "
-        "stay flat. A server driven alone by 2,000 devices of 5 strategies and 5 reports each "
-        "(in 107 s, inside the cache window) grew 12.5 MiB per thousand devices before the "
-        "report window: 3.2 MiB of it the 5,000 reports at ~650 B (tracemalloc), the rest "
-        "would be ~1.9 KB per cached reply (not measured on its own). "
+        + ". Where memory goes (per-process RSS sampled by role, virtual-clock days of 1,000 "
+        "and 5,000 devices): the device actors stay flat (about 360 MB each) and Ray's Python "
+        "daemons are a fixed ~410 MB; the driver (simulator and in-process server) grows only "
+        "while the server's reply cache and report window fill, for the fleet's retry horizon "
+        "(120 s: twice the devices' overall call timeout, `simulator.runner.retry_horizon_s`; "
+        "`chord serve` keeps 300 s and 100,000 reports), then stays flat; the GCS grows "
+        "0.1-0.3 MiB per thousand devices (device actors' `run_batch` sends no Ray task "
+        "events). Before both bounds the driver grew 14 MiB per thousand devices. "
         "CPU per device includes start-up (imports, Ray, the server), heaviest at the smallest "
         "size. "
         "By role, largest size: "
@@ -244,12 +246,11 @@ def notes(payload: dict[str, Any]) -> str:
         + "; ".join(f"{r['devices']}: {r['loadavg_before']} / {r['loadavg_after']}" for r in rows)
         + _bookkeeping_note(payload.get("bookkeeping"))
         + f". Plot: `results/{plot_name(result_name(runtime))}`. "
-        "Where the time went in an earlier profile (py-spy, 300 "
-        "devices over a day, `results/fleet_day_profile.txt`, commit 1eb5e43: before devices "
-        "downloaded artifacts and built the ONNX Runtime device runtime, so today's shares "
-        "differ): in each device actor, candidate scoring 34-36%, building the int8 runtime "
-        "24-25%, quantizing weights 16-19%, profile encode 5%, waiting on RPCs 11%; the driver "
-        "(server + simulator) used about a quarter of an actor's CPU. "
+        f"A device-day is {top['requests'] / top['devices']:.2f} strategy requests at the "
+        "largest size, each: profile encode, GetStrategy, "
+        "decode, the runtime built for the strategy, K = 5 targets scored (the first alone, "
+        "timed as one query, `infer_ms`; the others in one batch), ReportMetrics; plus the "
+        "one-time spec and artifact downloads (256 KiB chunks). "
         f"Goal {GOAL_DEVICES:,} devices over a day in <= {GOAL_WALL_S / 60:.0f} min with "
         f"peak RSS <= {GOAL_RSS_MB:.0f} MB: {goal}."
         + (f" {payload['note']}" if payload.get("note") else "")

@@ -59,6 +59,10 @@ class ServerConfig:
     dedup_window_s: float = 300.0  # how long a (device_id, request_id) reply is remembered
     dedup_max_entries: int = 100_000  # bound on remembered request ids
     reports_path: Path | None = None  # JSONL file that device reports are appended to
+    # Seconds a stored report stays in the in-memory duplicate window (besides its count bound,
+    # reports.DEDUP_WINDOW); None = no age bound. A server whose clients stop retrying after a
+    # known time (the simulator's embedded one) sets it to keep memory at rate x that time.
+    report_window_s: float | None = None
     max_artifact_streams: int = 64  # FetchArtifact streams at once before RESOURCE_EXHAUSTED
     artifact_stream_s: float = 120.0  # a FetchArtifact stream ends (DEADLINE_EXCEEDED) after this
 
@@ -93,6 +97,9 @@ class ServerConfig:
         check_in_range(self.dedup_window_s, "dedup_window_s", 0, 86_400.0, unit="seconds",
                        lo_open=True)
         check_int(self.dedup_max_entries, "dedup_max_entries", 1, 10_000_000)
+        if self.report_window_s is not None:
+            check_in_range(self.report_window_s, "report_window_s", 0, 86_400.0,
+                           unit="seconds", lo_open=True)
         if self.tls_cert is not None and self.tls_key is not None:
             check_tls_pair(self.tls_cert, self.tls_key)
         if self.reports_path is not None and self.reports_path.is_dir():

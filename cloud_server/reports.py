@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ class ReportStore:
     """Idempotent report storage: a repeat of (device_id, round) is acknowledged, not stored.
 
     Repeats are recognised among the `window` most recent distinct reports (older ones live
-    only in the JSONL file), so memory stays bounded however many devices report.
+    only in the JSONL file), so memory stays bounded however many devices report. With
+    `max_age_s`, a report also leaves the window once it is that many seconds old: a server
+    whose clients give up retrying after a known time keeps only what a retry can still repeat.
     """
 
     def __init__(
@@ -42,22 +45,31 @@ class ReportStore:
         path: Path | None = None,
         window: int = DEDUP_WINDOW,
         tiers: Sequence[TierSpec] | None = None,
+        max_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """path: JSONL file to append to (its last `window` reports are reloaded, read a line at
         a time); None = memory only. tiers: the served model's tiers, so that every stored row
         passes the same validate_report as a ReportMetrics call; None (engine not loaded yet)
-        checks all but the tier name and avg_bits against the tiers.
+        checks all but the tier name and avg_bits against the tiers. max_age_s: seconds a
+        report stays in the window (reloaded ones count from the load); None = no age bound.
+        clock: seconds of a monotonic clock (time.monotonic; tests pass their own).
 
-        Raises ValueError for window < 1, TextFileError naming the file and line of a row that
-        is not UTF-8 JSON, and ReportFileError naming the file, line and field of a row that is
-        not a report this server could have stored.
+        Raises ValueError for window < 1 or max_age_s <= 0, TextFileError naming the file and
+        line of a row that is not UTF-8 JSON, and ReportFileError naming the file, line and
+        field of a row that is not a report this server could have stored.
         """
         if window < 1:
             raise ValueError(f"window must be >= 1 reports, got {window}")
+        if max_age_s is not None and not max_age_s > 0:
+            raise ValueError(f"max_age_s must be > 0 seconds (or None), got {max_age_s}")
         self.path = path
         self.window = int(window)
+        self.max_age_s = max_age_s
+        self._clock = clock
         self._lock = threading.Lock()
-        self._reports: OrderedDict[tuple[str, int], DeviceReport] = OrderedDict()
+        # key -> (clock() when stored, report), oldest first
+        self._reports: OrderedDict[tuple[str, int], tuple[float, DeviceReport]] = OrderedDict()
         self._stored = 0
         if path is not None and path.exists():
             try:
@@ -73,10 +85,14 @@ class ReportStore:
 
     def _remember(self, report: DeviceReport) -> bool:
         """Add to the window unless its key is there; False for a duplicate."""
+        now = self._clock()
+        if self.max_age_s is not None:
+            while self._reports and now - next(iter(self._reports.values()))[0] > self.max_age_s:
+                self._reports.popitem(last=False)
         key = (report.device_id, report.round)
         if key in self._reports:
             return False
-        self._reports[key] = report
+        self._reports[key] = (now, report)
         if len(self._reports) > self.window:
             self._reports.popitem(last=False)
         self._stored += 1
@@ -84,11 +100,12 @@ class ReportStore:
 
     def get(self, device_id: str, round_: int) -> DeviceReport | None:
         """The report of one device and round, if it is among the window's recent ones."""
-        return self._reports.get((device_id, round_))
+        entry = self._reports.get((device_id, round_))
+        return None if entry is None else entry[1]
 
     def recent(self) -> list[DeviceReport]:
         """The window's reports, oldest first."""
-        return list(self._reports.values())
+        return [report for _, report in self._reports.values()]
 
     def record(self, report: DeviceReport) -> ReportOutcome:
         """Store the report unless (device_id, round) is among the window's recent reports."""

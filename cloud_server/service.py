@@ -67,7 +67,9 @@ class StrategyService:
         # Stored reports are checked as ReportMetrics calls are, against the served tiers when
         # the engine is already loaded (`chord serve` loads it before binding).
         self.reports = ReportStore(
-            cfg.reports_path, tiers=engine.spec.tiers if engine is not None else None
+            cfg.reports_path,
+            tiers=engine.spec.tiers if engine is not None else None,
+            max_age_s=cfg.report_window_s,
         )
         self.in_flight = 0
         self.artifact_streams = 0

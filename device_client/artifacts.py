@@ -39,6 +39,7 @@ from device_client.transport import (
 )
 
 __all__ = [
+    "DEVICE_CHUNK_BYTES",
     "ArtifactCache",
     "ArtifactRefused",
     "DownloadStats",
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 _TAG_RE = re.compile(r"[^A-Za-z0-9_.-]")
+# Chunk size a device asks for: 256 KiB downloaded the 634 KiB backbone in 0.76x the time of
+# the server's 64 KiB default, with 1 MiB no faster (benchmarks/artifact_download); a broken
+# stream loses at most the chunk in flight.
+DEVICE_CHUNK_BYTES = 256 << 10
 
 
 class ArtifactRefused(RuntimeError):
@@ -155,10 +160,11 @@ def fetch_artifact(
     *,
     tag: str = "device",
     reuse: bool = True,
-    max_chunk_bytes: int = 0,
+    max_chunk_bytes: int = DEVICE_CHUNK_BYTES,
 ) -> tuple[bytes, DownloadStats]:
     """The verified bytes of `ref`, from the cache (reuse=True) or downloaded with resume.
 
+    max_chunk_bytes is the largest chunk asked for (0 = the server's default).
     reuse=False downloads even when the cache holds the artifact (a fresh phone in a
     simulated fleet whose devices share one disk). Attempts follow transport.policy: each
     stream has its deadline, the whole download the overall deadline, and max_attempts

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -39,10 +40,25 @@ class Cloud:
 
     @classmethod
     def start_embedded(
-        cls, run_dir: Path, port: int = 0, token: str | None = None, workers: int = 1
+        cls,
+        run_dir: Path,
+        port: int = 0,
+        token: str | None = None,
+        workers: int = 1,
+        retry_horizon_s: float | None = None,
     ) -> Cloud:
         """Start C's server on 127.0.0.1:port: with one worker in a background thread of this
-        process (its own event loop); with more, as a `chord serve --workers N` child."""
+        process (its own event loop); with more, as a `chord serve --workers N` child.
+
+        retry_horizon_s: the longest time after a call's first attempt that a device may still
+        retry it (the fleet's overall call timeout). The in-process server then remembers
+        GetStrategy replies and stored reports for that long, not for `chord serve`'s 300 s
+        and 100,000 reports: a retry can only repeat a call younger than that, and at a fleet's
+        request rate the longer windows held ~2 KB per reply and ~0.7 KB per report that no
+        retry could ask for. They were the whole of the driver's growth with devices (14 MiB
+        per thousand devices on a virtual-clock day of 5,000; with these windows the driver
+        stays at its size after the first two minutes). None = `chord serve`'s defaults.
+        """
         if workers > 1:
             return cls._start_group(Path(run_dir), port, token, workers)
         from cloud_server.config import ServerConfig
@@ -50,6 +66,10 @@ class Cloud:
         from cloud_server.service import load_engine, unservable_reason
 
         cfg = ServerConfig(run_dir=Path(run_dir), token=token or None, grace_s=1.0)
+        if retry_horizon_s is not None:
+            cfg = dataclasses.replace(
+                cfg, dedup_window_s=retry_horizon_s, report_window_s=retry_horizon_s
+            )
         try:  # loaded here, as `chord serve` does: a run that cannot serve is one line, not a log
             engine = load_engine(cfg)
         except Exception as exc:  # RunError, CheckpointError, TextFileError, a malformed field

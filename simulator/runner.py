@@ -308,6 +308,16 @@ def _check_server(cfg: FleetConfig, target: str, n_items: int) -> None:
             )
 
 
+def retry_horizon_s(cfg: FleetConfig) -> float:
+    """Seconds after a call's first attempt within which a device may still retry it.
+
+    A device's Transport stops retrying once transport.overall_timeout_s has passed since the
+    first attempt; twice that leaves a margin for the first attempt's queueing in the server
+    and for injected network delay. The embedded server keeps replies and reports this long.
+    """
+    return 2.0 * cfg.transport.overall_timeout_s
+
+
 def _state(out: Path, resume: bool) -> dict[str, Any]:
     """The run's persistent state (its request tag); created at start, read back on resume
     (simulator.runstate checks every field)."""
@@ -455,6 +465,7 @@ def _simulate(cfg: FleetConfig, out: Path, *, resume: bool, progress: bool) -> d
                 embedded_run_dir(cfg, progress),
                 token=cfg.transport.token or None,
                 workers=cfg.server_workers,
+                retry_horizon_s=retry_horizon_s(cfg),
             )
             if cfg.embedded
             else Cloud.external(cfg.server)

@@ -12,6 +12,7 @@ from torch import nn
 from chord.codes import CodeError, encode_levels
 from chord.config import CaserConfig, SASRecConfig
 from chord.levels import DEFAULT_TIERS, assign_levels
+from chord.metrics import target_ranks
 from chord.models import build_backbone
 from chord.quant import (
     LayoutError,
@@ -28,6 +29,7 @@ from chord.quant import (
     quantize_per_channel,
     to_lowbit,
 )
+from chord.quant.adapt import RUNTIMES, build_runtime
 from chord.quant.packed_table import PackedTable
 from chord.quant.packing import (
     PackingError,
@@ -333,6 +335,27 @@ def test_packed_runtime_matches_int8(kind: str) -> None:
     # The table's codes at their own bits (2..8 here) take fewer bytes than int8 rows.
     assert isinstance(packed.table, PackedTable) and not isinstance(int8.table, PackedTable)
     assert packed.table.planes.numel() < 0.75 * int8.table.q.numel()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("kind", ["sasrec", "caser"])
+def test_runtime_scores_a_batch_as_each_row_alone(kind: str, runtime: str) -> None:
+    """A device scores a round's targets in one batch: each row must rank as it would alone."""
+    cfg = SASRecConfig(n_items=200, max_len=12) if kind == "sasrec" else CaserConfig(n_items=200)
+    model = build_backbone(cfg, seed=4).eval()
+    bits = np.random.default_rng(1).choice([2, 3, 4, 8], channel_layout(model).n_channels)
+    scorer = build_runtime(model, bits, runtime)
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, 201, (5, cfg.max_len), generator=g)
+    seqs[1, : cfg.max_len - 3] = 0  # a short, left-padded history
+    cands = torch.randint(1, 201, (5, 101), generator=g)
+    with torch.no_grad():
+        batch = scorer.score_candidates(seqs, cands)
+        alone = torch.cat(
+            [scorer.score_candidates(seqs[i : i + 1], cands[i : i + 1]) for i in range(5)]
+        )
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-5)
+    assert (target_ranks(batch) == target_ranks(alone)).all()
 
 
 def test_adapt_backbone_from_code() -> None:

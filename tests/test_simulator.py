@@ -326,3 +326,24 @@ def test_server_workers_config_is_validated() -> None:
         FleetConfig(server_workers=0)
     with pytest.raises(FleetConfigError, match="restart_server_after"):
         FleetConfig(server_workers=2, faults=FaultConfig(restart_server_after=5))
+
+
+def test_embedded_server_remembers_for_the_fleets_retry_horizon(smoke_run_dir: Path) -> None:
+    """The in-process server keeps GetStrategy replies and stored reports as long as a device
+    may still retry (twice the overall call timeout), not `chord serve`'s 300 s; a restart
+    keeps that setting."""
+    from cloud_server.embedded import EmbeddedServer
+    from simulator.cloud import Cloud
+    from simulator.runner import retry_horizon_s
+
+    horizon = retry_horizon_s(_cfg(smoke_run_dir))
+    assert horizon == 2 * QUICK_TRANSPORT.overall_timeout_s
+    cloud = Cloud.start_embedded(smoke_run_dir, retry_horizon_s=horizon)
+    try:
+        cloud.restart()
+        server = cloud._embedded
+        assert isinstance(server, EmbeddedServer)
+        assert server.service.cache.window_s == horizon
+        assert server.service.reports.max_age_s == horizon
+    finally:
+        cloud.stop()

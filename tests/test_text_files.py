@@ -13,6 +13,7 @@ import pytest
 
 from chord.spec import DeviceReport
 from chord.textfile import TextFileError, loads_json, read_json, read_text
+from cloud_server.config import ServerConfig
 from cloud_server.reports import ReportStore
 from simulator.config import FleetConfigError, load_config
 from simulator.traces import TraceError, load_capacities
@@ -132,3 +133,27 @@ def test_report_store_memory_is_a_bounded_window(tmp_path: Path) -> None:
     assert reloaded.record(DeviceReport(device_id="d2", round=1, tier="mid")).duplicate
     with pytest.raises(ValueError, match="window must be >= 1"):
         ReportStore(None, window=0)
+
+
+def test_report_store_forgets_reports_older_than_max_age() -> None:
+    """With max_age_s, a report older than that leaves the window (a repeat is stored again),
+    one younger stays a duplicate, and the count bound still holds."""
+    now = [0.0]
+    store = ReportStore(None, window=3, max_age_s=60.0, clock=lambda: now[0])
+    store.record(DeviceReport(device_id="old", round=1, tier="mid"))
+    now[0] = 30.0
+    store.record(DeviceReport(device_id="young", round=1, tier="mid"))
+    now[0] = 61.0
+    assert store.record(DeviceReport(device_id="young", round=1, tier="mid")).duplicate
+    assert store.get("old", 1) is None
+    assert not store.record(DeviceReport(device_id="old", round=1, tier="mid")).duplicate
+    assert [r.device_id for r in store.recent()] == ["young", "old"]
+    for i in range(3):
+        store.record(DeviceReport(device_id=f"d{i}", round=1, tier="mid"))
+    assert [r.device_id for r in store.recent()] == ["d0", "d1", "d2"]
+    with pytest.raises(ValueError, match="max_age_s must be > 0"):
+        ReportStore(None, max_age_s=0.0)
+    window_error = r"^report_window_s is 0; send a finite number of seconds in \(0, 86400\]"
+    with pytest.raises(ValueError, match=window_error):
+        ServerConfig(echo=True, report_window_s=0.0)
+    assert ServerConfig(echo=True, report_window_s=120.0).report_window_s == 120.0

@@ -52,7 +52,8 @@ def bits_vector(
 def _round_to_grid(flat: torch.Tensor, scale: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
     """Integers round(w / scale) clipped to [-qmax, qmax]; zero-scale rows give 0."""
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.maximum(torch.minimum(torch.round(flat / safe), qmax), -qmax)
+    q = flat / safe  # the one full-size temporary; rounding and clipping happen in place
+    return q.round_().clamp_(min=-qmax, max=qmax)
 
 
 def _grid_scales(flat: torch.Tensor, bits: torch.Tensor, clip: str) -> torch.Tensor:
