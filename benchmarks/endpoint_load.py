@@ -108,10 +108,10 @@ def _server_config(mode: str, cfg: EndpointConfig, run_dir: Path | None) -> Serv
 # Where a server's time goes: (label, substring of a py-spy frame); shares of all samples.
 _PROFILE_PARTS = (
     ("engine thread: StrategyEngine.compute", "StrategyEngine.compute ("),
-    ("  hypernetwork channel_scores", "HyperNetwork.channel_scores ("),
+    ("  hypernetwork forward", "HyperNetwork.forward ("),
     ("  assign_levels_batch", "assign_levels_batch ("),
-    ("  reply building (_result)", "_result ("),
-    ("    encode_levels (deflate)", "encode_levels ("),
+    ("  reply building (_results_batch)", "_results_batch ("),
+    ("    encode_levels_batch (deflate)", "encode_levels_batch ("),
     ("event loop: BaseEventLoop._run_once", "BaseEventLoop._run_once ("),
     ("  epoll wait (idle)", "EpollSelector.select ("),
     ("  servicer GetStrategy", "StrategyServicer.GetStrategy ("),
@@ -362,7 +362,12 @@ def _measure_mode(
             results.append(res)
             extra["cpu"].append(cpu)
         if cfg.profile_s > 0:
-            out = ResultStore.default(cfg.results_dir).path(f"endpoint_profile_{mode}", ".txt")
+            # --no-write keeps the committed profile tables as they are: the summary goes to /tmp
+            out = (
+                ResultStore.default(cfg.results_dir).path(f"endpoint_profile_{mode}", ".txt")
+                if cfg.write
+                else Path(tempfile.gettempdir()) / f"chord_endpoint_profile_{mode}.txt"
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
             holder: dict[str, Any] = {}
             t = threading.Thread(

@@ -70,8 +70,7 @@ def unpack_levels(packed: bytes, n_channels: int) -> np.ndarray:
 
 def _deflate(data: bytes) -> bytes:
     """Raw DEFLATE (no zlib header) at the highest level."""
-    comp = zlib.compressobj(level=9, wbits=-15)
-    return comp.compress(data) + comp.flush()
+    return zlib.compress(data, level=9, wbits=-15)
 
 
 def _delta(levels: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -166,17 +165,17 @@ def encode_levels_batch(
         packed_delta = dict(zip(rows, map(bytes, pack_levels_batch(deltas)), strict=True))
     out = []
     for i, raw in enumerate(packed):
-        data = raw.tobytes()
-        crc = zlib.crc32(data)
-        best = EncodedStrategy(data, n, crc, version, ENCODING_PACKED)
-        deflated = _deflate(data)
-        if len(deflated) < len(best.payload):
-            best = EncodedStrategy(deflated, n, crc, version, ENCODING_DEFLATE)
+        # The smallest payload first, then one (frozen, so costly to build) EncodedStrategy.
+        payload = raw.tobytes()
+        crc, encoding = zlib.crc32(payload), ENCODING_PACKED
+        deflated = _deflate(payload)
+        if len(deflated) < len(payload):
+            payload, encoding = deflated, ENCODING_DEFLATE
         if i in packed_delta:
             delta = _deflate(packed_delta[i])
-            if len(delta) < len(best.payload):
-                best = EncodedStrategy(delta, n, crc, version, ENCODING_DELTA)
-        out.append(best)
+            if len(delta) < len(payload):
+                payload, encoding = delta, ENCODING_DELTA
+        out.append(EncodedStrategy(payload, n, crc, version, encoding))
     return out
 
 

@@ -89,37 +89,61 @@ def _result(
     )
 
 
+class LevelTally:
+    """Per row of levels [R, C]: how many channels and how many weights sit at each level.
+
+    Built once per layout from channel_sizes (int [C], weights per channel): channels of equal
+    size form one class, and one compiled pass per row (chord.levels.tally_kernel) counts
+    channels per (class, level); the weights per level are class counts times class sizes,
+    integers throughout, so they equal a weighted np.bincount exactly (which cost several
+    times more CPU per batch).
+    """
+
+    def __init__(self, channel_sizes: np.ndarray) -> None:
+        """channel_sizes: int [C] >= 1, in layout order."""
+        sizes = np.asarray(channel_sizes, dtype=np.int64)
+        self.class_sizes, size_class = np.unique(sizes, return_inverse=True)  # [K], [C]
+        self._size_class = size_class.astype(np.intp).reshape(-1)
+        self.total = float(sizes.sum())
+
+    def __call__(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """levels uint8 [R, C] (0..3) -> (counts int64 [R, 4], weights per level int64 [R, 4])."""
+        from chord.levels.tally_kernel import level_tally
+
+        lv = np.ascontiguousarray(levels, dtype=np.uint8)
+        counts = np.empty((lv.shape[0], 4), dtype=np.int64)
+        weights = np.empty((lv.shape[0], 4), dtype=np.int64)
+        level_tally(lv, self._size_class, self.class_sizes, counts, weights)
+        return counts, weights
+
+
 def _results_batch(
     requests: Sequence[StrategyRequest],
     levels: np.ndarray,
-    sizes: np.ndarray,
+    tally: LevelTally,
     tiers: Sequence[Tier],
     version: str,
     references: list[np.ndarray | None],
     model_ms: float,
 ) -> list[StrategyResult]:
-    """_result for every row of levels [R, C] at once: counts and sizes per level in one
-    bincount each, codes packed in one pass (chord.codes.encode_levels_batch)."""
-    n_rows = levels.shape[0]
-    # row * 4 + level in one int32 pass (an intp cast and a separate add took twice as long)
-    flat = np.add(levels, 4 * np.arange(n_rows, dtype=np.int32)[:, None], dtype=np.int32).ravel()
-    counts = np.bincount(flat, minlength=4 * n_rows).reshape(n_rows, 4)
+    """_result for every row of levels [R, C] at once: counts and weights per level from one
+    bincount (LevelTally), codes packed in one pass (chord.codes.encode_levels_batch)."""
+    counts, level_sizes = tally(levels)
     # Integer-valued sums, so avg_bits equals chord.levels.average_bits exactly.
-    level_sizes = np.bincount(
-        flat, weights=np.tile(sizes.astype(np.float64), n_rows), minlength=4 * n_rows
-    ).reshape(n_rows, 4)
     bits = np.array([t.level_bits for t in tiers], dtype=np.float64)
-    avg = (bits * level_sizes).sum(1) / float(sizes.sum())
+    avg = (bits * level_sizes).sum(1) / tally.total
     codes = encode_levels_batch(levels, version, references)
     return [
         StrategyResult(
             request_id=req.request_id,
             code=code,
-            level_counts=(int(c[0]), int(c[1]), int(c[2]), int(c[3])),
-            avg_bits=float(a),
+            level_counts=(c0, c1, c2, c3),
+            avg_bits=a,
             timings={"model_ms": model_ms},
         )
-        for req, code, c, a in zip(requests, codes, counts, avg, strict=True)
+        for req, code, (c0, c1, c2, c3), a in zip(
+            requests, codes, counts.tolist(), avg.tolist(), strict=True
+        )
     ]
 
 
@@ -135,6 +159,7 @@ class StrategyEngine:
         self.run_dir = Path(run.path).resolve()
         self._tiers = dict(run.tiers)
         self._sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
+        self._tally = LevelTally(self._sizes)
         self._max_len = int(run.backbone.max_len)
         from chord.hyper.reference import reference_id, reference_importance
 
@@ -150,7 +175,8 @@ class StrategyEngine:
     def _warm_kernels(self) -> None:
         """Load (or compile, the first time on a machine) the compiled kernels compute uses,
         so the first request does not wait for them: one zero profile through the model and
-        the level rule. About 0.5 s of CPU from numba's cache, a few seconds without one."""
+        the level rule, and the replies' level tally. About 0.5 s of CPU from numba's cache,
+        a few seconds without one."""
         tier = next(iter(self._tiers.values()))
         with torch.inference_mode():
             importance = self.run.importance_model.importance(
@@ -158,6 +184,7 @@ class StrategyEngine:
             )
         assign_levels_batch(importance.numpy(), self._sizes, [tier], [tier.default_budget_bits],
                             self._cost, compiled=True)
+        self._tally(np.zeros((1, self._sizes.size), dtype=np.uint8))
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str) -> StrategyEngine:
@@ -290,7 +317,7 @@ class StrategyEngine:
             refs = [self._reference_for(requests[i], tiers[i]) for i in good]
             ms = (time.perf_counter() - start) * 1e3
             results = _results_batch(
-                [requests[i] for i in good], rows, self._sizes, [tiers[i] for i in good],
+                [requests[i] for i in good], rows, self._tally, [tiers[i] for i in good],
                 self.spec.version, refs, ms,
             )
             done = dict(zip(good, results, strict=True))
