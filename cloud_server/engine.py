@@ -127,7 +127,7 @@ def _results_batch(
     model_ms: float,
 ) -> list[StrategyResult]:
     """_result for every row of levels [R, C] at once: counts and weights per level from one
-    bincount (LevelTally), codes packed in one pass (chord.codes.encode_levels_batch)."""
+    compiled pass (LevelTally), codes packed in one pass (chord.codes.encode_levels_batch)."""
     counts, level_sizes = tally(levels)
     # Integer-valued sums, so avg_bits equals chord.levels.average_bits exactly.
     bits = np.array([t.level_bits for t in tiers], dtype=np.float64)
