@@ -414,12 +414,12 @@ class VirtualDevice:
         assert self._model is not None
         seen = [np.fromiter(exclude, dtype=np.int64)]
         full = self.job.ranking == "full"
-        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0)
+        catalogue = torch.arange(1, self._n_catalogue + 1).unsqueeze(0) if full else None
         hists, cands, others, targets = [], [], [], []
         for pos in positions:
             hists.append(pad_history(seq[:pos], max_len))
             targets.append(target := int(seq[pos]))
-            if full:
+            if catalogue is not None:  # full ranking
                 cands.append(catalogue)
                 others.append(seen[0][seen[0] != target])
                 continue
