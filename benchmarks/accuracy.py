@@ -43,6 +43,7 @@ from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
 from chord.hyper.runs import RunConfig
 from chord.masks import DEFAULT_GENERATOR, GENERATORS
+from chord.masks.ranks import BALANCES
 from chord.startcheck import thread_count as threads_arg
 
 NAME = "accuracy"
@@ -110,6 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator", choices=sorted(GENERATORS), default=DEFAULT_GENERATOR,
                    help="--random-masks: named generator of the seeded weights the masks are "
                         "learned over (chord.masks.GENERATORS)")
+    p.add_argument("--mask-balance", choices=BALANCES, default="layer",
+                   help="--random-masks: how each layer's kept weights are picked by score: the "
+                        "whole layer's top, or the same count from every channel "
+                        "(chord.masks.ranks.BALANCES)")
+    p.add_argument("--pair-settings", action="store_true",
+                   help="--random-masks: each (dataset, backbone) takes its width, mask and step "
+                        "settings from benchmarks.random_masks.PAIR_SETTINGS instead of the "
+                        "flags (the settings of accuracy_random_modes)")
     p.add_argument("--mask-variant", choices=sorted(random_masks.VARIANTS), default="bits",
                    help="--random-masks: levels choose bits only, or also how much of a channel "
                         "the mask keeps (results go to accuracy_random_nested)")

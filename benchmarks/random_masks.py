@@ -20,6 +20,7 @@ results/accuracy_random.json, its RESULTS.md section and results/accuracy_random
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -60,6 +61,43 @@ VARIANTS: dict[str, tuple[tuple[float, ...], tuple[int, int, int, int], int]] = 
 }
 PRETRAINED_CHORD_3 = ("ml-100k", "sasrec", 3.0)  # the comparison the lead asked for
 LOG = Callable[[str], None]
+
+# The settings of the consolidated random-mode table (accuracy_random_modes), per (dataset,
+# backbone): what `--pair-settings` gives each pair instead of the width / mask flags, so one
+# command reproduces every row from the run cache (~/.cache/chord/runs, keyed by the config).
+# SASRec: the ML-100K headline setting (accuracy_random_h256_sparse4); on ML-1M the mask is
+# capped at 20 epochs (an epoch took about 150 s on one shared core; the cap fit the session's
+# clock, see the section text). Caser: see the CASER notes in the section's Ideas table.
+PAIR_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ml-100k", "sasrec"): {
+        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 40,
+        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
+        "mask_balance": "layer",
+    },
+    ("ml-1m", "sasrec"): {
+        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 20,
+        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
+        "mask_balance": "layer",
+    },
+}
+
+
+def pair_args(args: Any, dataset: str, backbone: str) -> Any:
+    """`args` with the pair's PAIR_SETTINGS applied where --pair-settings was given.
+
+    Raises ValueError for a pair the table does not hold (name one it does, or drop the flag).
+    """
+    if not getattr(args, "pair_settings", False):
+        return args
+    setting = PAIR_SETTINGS.get((dataset, backbone))
+    if setting is None:
+        raise ValueError(
+            f"--pair-settings: no setting for ({dataset}, {backbone}); the table holds "
+            f"{sorted(PAIR_SETTINGS)} (drop --pair-settings to use the flags)")
+    out = copy.copy(args)
+    for key, value in setting.items():
+        setattr(out, key, value)
+    return out
 
 
 def uniform_tier(bits: int) -> Tier:
@@ -123,6 +161,7 @@ def run_config(args: Any, dataset: str, backbone: str, width: int) -> RunConfig:
         hyper_steps=args.hyper_steps, mask_epochs=args.mask_epochs, max_users=args.max_users,
         mask_fractions=fractions, mask_levels=levels, mask_shared=shared,
         generator=args.generator, mask_lr=args.mask_lr, allocation=args.allocation,
+        mask_balance=getattr(args, "mask_balance", "layer"),
     )
 
 
@@ -312,17 +351,125 @@ def h64_bytes(config: BackboneConfig) -> int:
     return int(sum(p.numel() for p in model.parameters()) * 4)
 
 
-def rewrite(name: str, store: ResultStore) -> int:
-    """Redraw the plot and rewrite the Markdown section of the store's NAME.json (no measuring)."""
+def rewrite(name: str, store: ResultStore, seed: int = 0) -> int:
+    """Redraw the plot and rewrite the Markdown section of the store's NAME.json (no measuring);
+    intervals are recomputed where NAME_per_user.npz holds the pair's vectors."""
     data = json.loads(store.path(name).read_text())
-    fp32_h64: dict[tuple[str, str], int] = {}
-    for m in data["meta"]:
-        c = m["config"]
-        fp32_h64[(c["dataset"], c["backbone"])] = h64_bytes(load_run(m["run"]).backbone_config)
     for r in data["rows"]:
         r.setdefault("variant", "bits")
-    write(data["rows"], data["meta"], fp32_h64, 0.0, name, store, machine=data.get("machine"))
+    vectors = load_vectors(vectors_path(store.path(name)))
+    refresh_intervals(data["rows"], vectors, seed)
+    write(data["rows"], data["meta"], h64_table(data["meta"]), 0.0, name, store,
+          machine=data.get("machine"), vectors=vectors)
     return 0
+
+
+def h64_table(metas: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """fp32 hidden-64 backbone bytes of every (dataset, backbone) of the meta entries."""
+    out: dict[tuple[str, str], int] = {}
+    for m in metas:
+        c = m["config"]
+        out[(c["dataset"], c["backbone"])] = h64_bytes(load_run(m["run"]).backbone_config)
+    return out
+
+
+VectorKey = tuple[str, str, int, str]  # (dataset, backbone, width, method[@budget])
+
+
+def vectors_path(json_path: Path) -> Path:
+    """The per-user file beside a result JSON: NAME.json -> NAME_per_user.npz."""
+    return json_path.with_name(f"{json_path.stem}_per_user.npz")
+
+
+def save_vectors(path: Path, vectors: dict[VectorKey, np.ndarray]) -> None:
+    """Per-user NDCG@10 vectors [n_test users] as one compressed .npz, written atomically.
+
+    Layout: `keys` holds each VectorKey as a JSON list; array `v{i}` is the vector of keys[i].
+    """
+    keys = sorted(vectors)
+    arrays: dict[str, Any] = {f"v{i}": np.asarray(vectors[k], dtype=np.float64)
+                              for i, k in enumerate(keys)}
+    arrays["keys"] = np.array([json.dumps(list(k)) for k in keys], dtype=str)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
+
+
+def load_vectors(path: Path) -> dict[VectorKey, np.ndarray]:
+    """The vectors save_vectors wrote; {} where there is no such file."""
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        out: dict[VectorKey, np.ndarray] = {}
+        for i, text in enumerate(data["keys"]):
+            d, b, w, key = json.loads(str(text))
+            out[(str(d), str(b), int(w), str(key))] = data[f"v{i}"]
+        return out
+
+
+def refresh_intervals(rows: list[dict[str, Any]], vectors: dict[VectorKey, np.ndarray],
+                      seed: int) -> None:
+    """Recompute the intervals of every row whose (dataset, backbone) has per-user vectors.
+
+    Rows of pairs without vectors (imported from a result written before the vectors were
+    kept) keep the vs / diff / ci95 / win their own run computed.
+    """
+    with_vectors = {(k[0], k[1]) for k in vectors}
+    mine = [r for r in rows if (r["dataset"], r["backbone"]) in with_vectors]
+    add_intervals(mine, same_bits, lambda r: vectors.get(vector_key(r)), seed)
+
+
+def pair_of(entry: dict[str, Any]) -> tuple[str, str]:
+    """(dataset, backbone) of a row or of a meta entry."""
+    c = entry.get("config", entry)
+    return str(c["dataset"]), str(c["backbone"])
+
+
+def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Old entries of pairs not in `new`, then `new`; pairs keep their first place."""
+    ours = {pair_of(e) for e in new}
+    entries = [e for e in old if pair_of(e) not in ours] + new
+    order: dict[tuple[str, str], int] = {}
+    for e in [*old, *new]:
+        order.setdefault(pair_of(e), len(order))
+    return sorted(entries, key=lambda e: order[pair_of(e)])
+
+
+def import_results(args: Any, store: ResultStore, name: str) -> int:
+    """Fold random-mode result files into the store's NAME.json, npz, section and plot.
+
+    Each FILE's per-user vectors come from its NAME_per_user.npz where it has one; with
+    --merge, pairs of the stored NAME.json that the files do not bring are kept.
+    """
+    rows: list[dict[str, Any]] = []
+    metas: list[dict[str, Any]] = []
+    vectors: dict[VectorKey, np.ndarray] = {}
+    machine: dict[str, Any] | None = None
+    for f in args.import_json:
+        data = json.loads(Path(f).read_text())
+        machine = machine or data.get("machine")
+        rows, metas = merged(rows, data["rows"]), merged(metas, data["meta"])
+        vectors.update(load_vectors(vectors_path(Path(f))))
+    rows, metas, vectors = with_stored(args, store, name, rows, metas, vectors)
+    refresh_intervals(rows, vectors, args.seed)
+    write(rows, metas, h64_table(metas), 0.0, name, store, machine=machine, vectors=vectors)
+    print(f"wrote {store.path(name)} ({len(rows)} rows)")
+    return 0
+
+
+def with_stored(
+    args: Any, store: ResultStore, name: str, rows: list[dict[str, Any]],
+    metas: list[dict[str, Any]], vectors: dict[VectorKey, np.ndarray],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[VectorKey, np.ndarray]]:
+    """With --merge: the stored NAME.json's pairs that these rows do not replace, added."""
+    old = store.read(name) if getattr(args, "merge", False) else None
+    if old is None:
+        return rows, metas, vectors
+    ours = {pair_of(r) for r in rows}
+    kept = {k: v for k, v in load_vectors(vectors_path(store.path(name))).items()
+            if (k[0], k[1]) not in ours}
+    return merged(old["rows"], rows), merged(old["meta"], metas), {**kept, **vectors}
 
 
 def same_bits(row: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -332,11 +479,11 @@ def same_bits(row: dict[str, Any]) -> tuple[Any, ...] | None:
     return row["dataset"], row["backbone"], row["width"], row["budget"]
 
 
-def vector_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """Where a row's per-user NDCG@10 is kept in `main`'s per_user mapping."""
+def vector_key(row: dict[str, Any]) -> VectorKey:
+    """Where a row's per-user NDCG@10 is kept (main's vectors, NAME_per_user.npz)."""
     budget = row["budget"]
-    key = f"{row['method']}@{budget:g}" if budget != "-" else row["method"]
-    return row["dataset"], row["backbone"], row["width"], key
+    key = f"{row['method']}@{budget:g}" if budget != "-" else str(row["method"])
+    return str(row["dataset"]), str(row["backbone"]), int(row["width"]), key
 
 
 def result_name(args: Any) -> str:
@@ -352,33 +499,37 @@ def main(args: Any) -> int:
     """Measure every (dataset, backbone, width); rewrite the results after each.
 
     Results go to `ResultStore.default(args.results_dir)` (--results-dir of benchmarks.accuracy)
-    under result_name(args).
+    under result_name(args), with the per-user vectors in NAME_per_user.npz. --merge keeps the
+    stored pairs that this invocation does not measure; --pair-settings takes each pair's
+    width and mask settings from PAIR_SETTINGS; --import-json folds files instead of measuring.
     """
     store = ResultStore.default(args.results_dir)
     name = result_name(args)
     if args.replot:
-        return rewrite(name, store)
+        return rewrite(name, store, args.seed)
+    if getattr(args, "import_json", None):
+        return import_results(args, store, name)
     torch.set_num_threads(1)
     start = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f}s] {msg}", flush=True)
 
+    pairs = [(d, b, pair_args(args, d, b)) for d in args.datasets for b in args.backbones]
     rows: list[dict[str, Any]] = []
     metas: list[dict[str, Any]] = []
-    per_user: dict[tuple[Any, ...], np.ndarray] = {}
-    fp32_h64: dict[tuple[str, str], int] = {}
-    for dataset in args.datasets:
-        for backbone in args.backbones:
-            for k, width in enumerate(args.widths):
-                r, m, pu = measure_pair(args, dataset, backbone, width, log, full_table=k == 0)
-                rows += r
-                metas.append(m)
-                per_user.update({(dataset, backbone, width, key): v for key, v in pu.items()})
-                fp32_h64[(dataset, backbone)] = h64_bytes(load_run(m["run"]).backbone_config)
-                add_intervals(rows, same_bits, lambda r: per_user.get(vector_key(r)),
-                              args.seed)
-                write(rows, metas, fp32_h64, time.perf_counter() - start, name, store)
+    vectors: dict[VectorKey, np.ndarray] = {}
+    for dataset, backbone, pargs in pairs:
+        for k, width in enumerate(pargs.widths):
+            r, m, pu = measure_pair(pargs, dataset, backbone, width, log, full_table=k == 0)
+            rows += r
+            metas.append(m)
+            vectors.update({(dataset, backbone, width, key): v for key, v in pu.items()})
+            all_rows, all_metas, all_vectors = with_stored(args, store, name, rows, metas,
+                                                           vectors)
+            refresh_intervals(all_rows, all_vectors, args.seed)
+            write(all_rows, all_metas, h64_table(all_metas), time.perf_counter() - start, name,
+                  store, vectors=all_vectors)
     log("done")
     return 0
 
@@ -542,13 +693,17 @@ COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_b
 
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
           fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME,
-          store: ResultStore | None = None, machine: dict[str, Any] | None = None) -> None:
-    """JSON, the Markdown section and the bytes plot of everything measured so far.
+          store: ResultStore | None = None, machine: dict[str, Any] | None = None,
+          vectors: dict[VectorKey, np.ndarray] | None = None) -> None:
+    """JSON, the Markdown section, the bytes plot and the per-user vectors (NAME_per_user.npz,
+    where `vectors` is given) of everything measured so far.
 
     `machine`: where the figures were measured (a re-render passes the JSON's; default: here).
     """
     store = store or ResultStore.default()
     store.folder.mkdir(parents=True, exist_ok=True)
+    if vectors:
+        save_vectors(vectors_path(store.path(name)), vectors)
     plot_bytes(rows, fp32_h64, store.path(f"{name}_bytes", ".png"))
     table = markdown_table(rows, COLUMNS)
     notes = (

@@ -39,6 +39,7 @@ from chord.masks.artifact import (
     payload_bits,
 )
 from chord.masks.build import build_artifact
+from chord.masks.ranks import rank_classes, top_fraction_mask
 from chord.quant import channel_layout
 
 CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
@@ -46,7 +47,7 @@ CFG = SASRecConfig(n_items=30, hidden=8, max_len=6)
 
 def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2, 1, 1),
               generator: str = TORCH_XAVIER,
-              fractions: tuple[float, ...] = (0.6, 0.5, 0.4)):
+              fractions: tuple[float, ...] = (0.6, 0.5, 0.4), balance: str = "layer"):
     raw = rebuild_backbone(generator, CFG, seed)
     layout = channel_layout(raw)
     gen = torch.Generator().manual_seed(5)
@@ -54,7 +55,7 @@ def _artifact(seed: int = 0, level_min_class: tuple[int, int, int, int] = (3, 2,
               for x in layout.layers]
     art = build_artifact(raw, layout, scores, generator=generator, seed=seed,
                          keep_fractions=fractions, level_min_class=level_min_class,
-                         shared_min_class=2)
+                         shared_min_class=2, balance=balance)
     return raw, layout, art
 
 
@@ -167,6 +168,52 @@ def test_rank_classes_are_nested_top_fractions() -> None:
         n = layer.n_weights
         for j, f in enumerate((0.6, 0.5, 0.4), start=1):
             assert int((cls >= j).sum()) == int(np.floor(f * n + 0.5))
+
+
+def _skewed_scores() -> torch.Tensor:
+    """[37, 11] scores where the first 5 channels outscore every other channel."""
+    scores = torch.rand(37, 11, generator=torch.Generator().manual_seed(2))
+    scores[:5] += 10.0
+    return scores
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.55, 1.0])
+def test_channel_balance_keeps_the_layer_count_spread_evenly_over_channels(
+    fraction: float,
+) -> None:
+    scores = _skewed_scores()
+    k = int(np.floor(fraction * scores.numel() + 0.5)) or 1
+    layer = top_fraction_mask(scores, fraction)
+    assert int(layer.sum()) == k
+    if k <= 55:  # the layer-wide rule spends everything on the first 5 channels
+        assert not bool(layer[5:].any())
+    mask = top_fraction_mask(scores, fraction, "channel")
+    per_channel = mask.sum(1)
+    assert int(per_channel.sum()) == k
+    assert int(per_channel.max() - per_channel.min()) <= 1
+    # inside a channel the kept weights are its highest scores
+    for row, keep in zip(scores, mask, strict=True):
+        if 0 < int(keep.sum()) < row.numel():
+            assert float(row[keep].min()) >= float(row[~keep].max())
+    # the training mask is exactly the artifact's class >= 1
+    classes = rank_classes(scores, (fraction,), "channel").reshape(scores.shape)
+    assert torch.equal(torch.from_numpy(classes >= 1), mask)
+
+
+def test_channel_balanced_classes_are_nested_and_travel_in_the_mask_format() -> None:
+    scores = _skewed_scores()
+    fractions = (0.6, 0.31, 0.05)
+    cls = rank_classes(scores, fractions, "channel").reshape(scores.shape)
+    for j, f in enumerate(fractions, start=1):
+        assert torch.equal(torch.from_numpy(cls >= j), top_fraction_mask(scores, f, "channel"))
+    _, layout, art = _artifact(balance="channel", fractions=(0.5, 0.2))
+    back = decode_mask(encode_mask(art))
+    assert np.array_equal(back.classes, art.classes)
+    for layer, c in zip(layout.layers, art.layer_classes().values(), strict=True):
+        per_channel = (c.reshape(layer.n_channels, -1) >= 1).sum(1)
+        assert int(per_channel.max() - per_channel.min()) <= 1
+    with pytest.raises(MaskError, match="balance must be one of"):
+        top_fraction_mask(scores, 0.5, "row")
 
 
 def test_quantize_keep_zeros_leaves_pruned_weights_at_zero() -> None:

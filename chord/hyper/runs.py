@@ -46,6 +46,7 @@ from chord.masks import (
     rebuild_backbone,
 )
 from chord.masks.build import build_artifact
+from chord.masks.ranks import BALANCES
 from chord.models import Backbone, build_backbone, fit_length
 from chord.plain_numbers import NumberError, json_float, json_int
 from chord.quant import channel_layout, quantize_per_channel
@@ -127,6 +128,11 @@ class RunConfig:
     # chance baseline) use chord.models.build_backbone (TORCH_XAVIER). Left out of the cache
     # key at TORCH_XAVIER, so runs cached before this field existed keep their directories.
     generator: str = DEFAULT_GENERATOR
+    # Random mode with a mask: how each layer's kept weights are picked by score
+    # (chord.masks.ranks.BALANCES): "layer" (the whole layer's top) or "channel" (the same count
+    # from every channel; Caser's output item table needs it, see ranks.py). Left out of the
+    # cache key at "layer", so runs cached before this field existed keep their directories.
+    mask_balance: str = "layer"
     # The evaluation protocol of model selection (backbone early stopping, hypernetwork
     # validation): chord.protocol. Left out of the cache keys at their defaults, so runs cached
     # before these fields existed keep their directories.
@@ -145,6 +151,10 @@ class RunConfig:
             raise RunError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.mask_epochs < 0:
             raise RunError(f"mask_epochs must be >= 0, got {self.mask_epochs}")
+        if self.mask_balance not in BALANCES:
+            raise RunError(
+                f"mask_balance must be one of {BALANCES}, got {self.mask_balance!r}"
+            )
         if self.generator not in GENERATORS:
             raise RunError(
                 f"generator must be one of {sorted(GENERATORS)}, got {self.generator!r}"
@@ -199,6 +209,8 @@ class RunConfig:
             del fields[name]
         if not self.masked() or self.generator == TORCH_XAVIER:
             del fields["generator"]
+        if not self.masked() or self.mask_balance == "layer":
+            del fields["mask_balance"]
         text = json.dumps({**fields, **self._protocol_key()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -359,10 +371,11 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def _stored_config(meta: dict[str, Any]) -> Any:
-    """run.json's run_config; runs written before `generator` existed used TORCH_XAVIER."""
+    """run.json's run_config; runs written before `generator` existed used TORCH_XAVIER, and
+    before `mask_balance` existed the layer-wide rule."""
     stored = meta.get("run_config")
-    if isinstance(stored, dict) and "generator" not in stored:
-        return {**stored, "generator": TORCH_XAVIER}
+    if isinstance(stored, dict):
+        return {"generator": TORCH_XAVIER, "mask_balance": "layer", **stored}
     return stored
 
 
@@ -394,13 +407,13 @@ def learn_mask(
         valid_negatives=cfg.eval_negatives, valid_ranking=cfg.eval_ranking,
         keep=cfg.mask_fractions[cfg.mask_shared - 1] if cfg.mask_shared else 1.0,
         nested=tuple(f for i, f in enumerate(cfg.mask_fractions) if i != cfg.mask_shared - 1),
-        seed=cfg.seed,
+        seed=cfg.seed, balance=cfg.mask_balance,
     )
     scores, report = learn_scores(raw, layout, split, mcfg, log)
     artifact = build_artifact(
         raw, layout, scores, generator=cfg.generator, seed=cfg.seed,
         keep_fractions=cfg.mask_fractions, level_min_class=cfg.mask_levels,
-        shared_min_class=cfg.mask_shared,
+        shared_min_class=cfg.mask_shared, balance=cfg.mask_balance,
     )
     return artifact, report
 

@@ -38,6 +38,9 @@ class MaskTrainConfig:
     valid_negatives: int = 100  # validation protocol (chord.protocol): sampled negatives
     valid_ranking: str = "sampled"  # sampled | full
     seed: int = 0
+    # How each layer's kept weights are picked by score (chord.masks.ranks.BALANCES): over the
+    # whole layer, or the same count from every channel (what Caser needs to rank at all).
+    balance: str = "layer"
 
 
 @dataclass
@@ -75,17 +78,19 @@ def masked_params(
     scores: list[torch.Tensor],
     keep: float,
     straight_through: bool = True,
+    balance: str = "layer",
 ) -> dict[str, torch.Tensor]:
     """Weights W * mask * gain for every layer (top `keep` of each layer by score).
 
     With straight_through the gradient reaches the scores as if the mask were the identity
-    (edge-popup): d loss / d s = d loss / d w_eff * W * gain.
+    (edge-popup): d loss / d s = d loss / d w_eff * W * gain. `balance`: how the top is
+    taken (chord.masks.ranks.BALANCES).
     """
     params = dict(backbone.named_parameters())
     out = {}
     for layer, s in zip(layout.layers, scores, strict=True):
         w = params[layer.weight_name].detach()
-        hard = top_fraction_mask(s.detach(), keep).to(w.dtype)
+        hard = top_fraction_mask(s.detach(), keep, balance).to(w.dtype)
         m = hard + s - s.detach() if straight_through else hard
         out[layer.weight_name] = w * m * layer_gain(keep)
     return out
@@ -120,7 +125,8 @@ def learn_scores(
 
     def validate() -> float:
         with torch.no_grad():
-            params = masked_params(backbone, layout, scores, cfg.keep, straight_through=False)
+            params = masked_params(backbone, layout, scores, cfg.keep, straight_through=False,
+                                   balance=cfg.balance)
 
             def score_fn(
                 seqs: torch.Tensor, cands: torch.Tensor | None, users: torch.Tensor
@@ -147,7 +153,7 @@ def learn_scores(
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
             keep = float(fractions[int(rng.integers(len(fractions)))])
-            params = masked_params(backbone, layout, scores, keep)
+            params = masked_params(backbone, layout, scores, keep, balance=cfg.balance)
             loss = functional_call(
                 _Method(backbone, "training_loss"), {f"inner.{k}": v for k, v in params.items()},
                 (inputs[idx].to(device), targets[idx].to(device)), strict=False,
