@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -75,9 +76,19 @@ PAIR_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
         "mask_balance": "layer",
     },
     ("ml-1m", "sasrec"): {
-        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 20,
+        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 10,
         "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
         "mask_balance": "layer",
+    },
+    ("ml-100k", "caser"): {
+        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 10,
+        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
+        "mask_balance": "channel",
+    },
+    ("ml-1m", "caser"): {
+        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 2,
+        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
+        "mask_balance": "channel",
     },
 }
 
@@ -314,7 +325,7 @@ def plot_bytes(
 
 
 def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int]) -> str:
-    """What the issue's goals say about these rows."""
+    """What the issue's goals say about these rows, one line per CHORD row at 3 bits."""
     lines = []
     for r in rows:
         if r["method"] != "chord" or r["budget"] != 3.0:
@@ -325,8 +336,10 @@ def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int])
         fp = [x for x in pretrained_points(*pair) if x["method"] == "fp32"]
         text = f"- {pair[0]} {pair[1]} h{r['width']}: random CHORD at 3 bits NDCG@10 " \
                f"{r['NDCG@10']:.4f}"
-        if fp:
-            goal = (0.95 if pair[0] == "ml-100k" else 0.9) * fp[0]["NDCG@10"]
+        if fp and pair[1] == "caser":
+            text += f" ({r['NDCG@10'] / fp[0]['NDCG@10']:.3f} x pretrained fp32; as measured)"
+        elif fp:
+            goal = GOAL_FRACTION[pair[0]] * fp[0]["NDCG@10"]
             text += (f" ({'meets' if r['NDCG@10'] >= goal else 'misses'} the goal >= "
                      f"{goal:.3f}, {r['NDCG@10'] / fp[0]['NDCG@10']:.3f} x pretrained fp32)")
         if pre:
@@ -342,6 +355,83 @@ def goal_lines(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int])
             text += f"; vs {r['vs']}: {r['diff']:+.4f} {r['ci95']} (win: {r['win']})"
         lines.append(text)
     return "\n".join(lines)
+
+
+# The issue's accuracy goal for random SASRec at 3 bits, as a fraction of pretrained fp32.
+GOAL_FRACTION = {"ml-100k": 0.95, "ml-1m": 0.9}
+
+
+@functools.lru_cache(maxsize=8)
+def popularity_ndcg(dataset: str, seed: int = 0) -> float:
+    """Test NDCG@10 of ranking candidates by training-set count (the benchmark protocol).
+
+    A reference, not a method: a model that learned only which items are popular lands here.
+    Ties are broken by a seeded jitter far below one count.
+    """
+    split = load_split(RunConfig(dataset=dataset, mode="random"))
+    counts = np.zeros(split.n_items + 1)
+    for seq in split.train:
+        np.add.at(counts, seq, 1.0)
+    jitter = np.random.default_rng(seed).random(split.n_items + 1) * 1e-3
+    table = torch.from_numpy(counts + jitter)
+
+    def score(seqs: torch.Tensor, cands: torch.Tensor | None, users: torch.Tensor) -> torch.Tensor:
+        return table[cands] if cands is not None else table.expand(len(seqs), -1)
+
+    return float(user_ndcg(stage_ranks(score, split, "test", seed=seed)).mean())
+
+
+def goal_summary(rows: list[dict[str, Any]], fp32_h64: dict[tuple[str, str], int]) -> str:
+    """The issue's goals one by one: met or not, with the figures of these rows."""
+    def chord3(ds: str, bb: str) -> dict[str, Any] | None:
+        return next((r for r in rows if (r["dataset"], r["backbone"]) == (ds, bb)
+                     and r["method"] == "chord" and r["budget"] == 3.0), None)
+
+    out = ["Goals (issue 13), one by one:"]
+    for ds in ("ml-100k", "ml-1m"):
+        r = chord3(ds, "sasrec")
+        fp = [x for x in pretrained_points(ds, "sasrec") if x["method"] == "fp32"]
+        if r is None or not fp:
+            out.append(f"- {ds} SASRec >= {GOAL_FRACTION[ds]} x pretrained fp32: not measured "
+                       "in this table")
+            continue
+        goal = GOAL_FRACTION[ds] * fp[0]["NDCG@10"]
+        out.append(f"- {ds} SASRec, random CHORD at 3 bits >= {goal:.3f} "
+                   f"({GOAL_FRACTION[ds]} x {fp[0]['NDCG@10']:.4f}): "
+                   f"{'met' if r['NDCG@10'] >= goal else 'not met'}, {r['NDCG@10']:.4f}")
+    for ds in ("ml-100k", "ml-1m"):
+        r = chord3(ds, "caser")
+        if r is None:
+            out.append(f"- {ds} Caser, as measured: not measured in this table")
+            continue
+        shared = next((x for x in rows if (x["dataset"], x["backbone"]) == (ds, "caser")
+                       and x["method"] == "shared-mask-fp32"), None)
+        fp = [x for x in pretrained_points(ds, "caser") if x["method"] == "fp32"]
+        out.append(
+            f"- {ds} Caser, as measured: random CHORD at 3 bits {r['NDCG@10']:.4f}"
+            + (f", shared mask fp32 {shared['NDCG@10']:.4f}" if shared else "")
+            + f"; most-popular reference {popularity_ndcg(ds):.4f}"
+            + (f"; pretrained fp32 {fp[0]['NDCG@10']:.4f}" if fp else ""))
+    chord_rows = [r for r in rows if r["method"] == "chord" and "win" in r]
+    wins = [r for r in chord_rows if r["win"] == "yes"]
+    out.append(
+        "- CHORD beats the shared mask and DIET at the same bits, interval excluding zero: "
+        + ("met" if chord_rows and len(wins) == len(chord_rows) else "not met")
+        + f" ({len(wins)} of {len(chord_rows)} CHORD rows win; "
+        + "; ".join(f"{r['dataset']} {r['backbone']} @{r['budget']:g}: {r['diff']:+.4f} "
+                    f"{r['ci95']} vs {r['vs']}" for r in chord_rows) + ")")
+    sizes = []
+    for (ds, bb), ship in sorted(fp32_h64.items()):
+        one = next((r["one_time_bytes"] for r in rows if (r["dataset"], r["backbone"]) == (ds, bb)
+                    and r["method"] == "chord"), None)
+        if one:
+            sizes.append((ds, bb, one, ship))
+    out.append(
+        "- One-time download <= 1/16 of the fp32 hidden-64 backbone: "
+        + ("met" if sizes and all(one * 16 <= ship for _, _, one, ship in sizes) else "not met")
+        + " (" + "; ".join(f"{ds} {bb} {one:,} B = 1/{ship / one:.1f} of {ship:,} B"
+                           for ds, bb, one, ship in sizes) + ")")
+    return "\n".join(out)
 
 
 def h64_bytes(config: BackboneConfig) -> int:
@@ -740,7 +830,8 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "bits. "
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
-        + "\n\n" + goal_lines(rows, fp32_h64) + "\n\n" + ideas_log()
+        + "\n\n" + goal_summary(rows, fp32_h64) + "\n\n" + goal_lines(rows, fp32_h64)
+        + "\n\n" + ideas_log()
     )
     payload = {"rows": rows, "meta": metas, **({"machine": machine} if machine else {})}
     write_result(name, payload, table, notes, store=store)
