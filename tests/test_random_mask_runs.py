@@ -161,3 +161,34 @@ def test_the_benchmarks_shared_mask_rows_keep_the_shared_class_at_every_width(
     # Level 0 of this run's map prunes whole channels: the row must not be built from it.
     level0 = personal_model(run.mask.raw, run.mask.artifact, zero_levels, uniform_tier(8))
     assert not all(torch.equal(level0.state_dict()[k] != 0, shared[k] != 0) for k in names)
+
+
+def test_the_mask_balance_names_a_new_run_only_when_it_is_not_the_default() -> None:
+    base = RunConfig(mode="random", mask_epochs=5)
+    assert base.key() == RunConfig(mode="random", mask_epochs=5, mask_balance="layer").key()
+    assert base.key() != RunConfig(mode="random", mask_epochs=5, mask_balance="channel").key()
+    with pytest.raises(RunError, match="mask_balance must be one of"):
+        RunConfig(mode="random", mask_balance="rows")
+
+
+def test_a_channel_balanced_caser_mask_keeps_every_item_row_so_candidates_do_not_tie(
+    synthetic_csv: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    cfg = _cfg(synthetic_csv, backbone="caser", mask_fractions=(0.1,), mask_levels=(1, 1, 1, 1),
+               mask_shared=1, mask_balance="channel", mask_epochs=10)
+    run = load_run(prepare_run(cfg, tmp_path / "run"))
+    assert run.mask is not None
+    classes = run.mask.artifact.layer_classes()
+    for name in ("item_emb", "out_emb", "fc"):
+        per_channel = (classes[name] >= 1).sum(1)
+        assert int(per_channel.max() - per_channel.min()) <= 1, name
+        assert int(per_channel.min()) >= 1, name
+    # Every item's output row keeps weights, so candidates of one user score differently
+    # (a layer-wide sparse mask left popular items' rows empty on ML-100K: all scored 0).
+    split = load_split(cfg)
+    seqs = torch.from_numpy(np.stack([h[-5:] for h in split.test.histories[:20]
+                                      if len(h) >= 5]))
+    cands = torch.arange(1, split.n_items + 1).expand(len(seqs), -1)
+    scores = run.backbone.score_candidates(seqs, cands)
+    assert bool((scores.std(dim=1) > 0).all())
+    assert float((scores == 0).float().mean()) < 0.05  # a kept weight may meet a ReLU'd 0
