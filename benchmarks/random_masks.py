@@ -14,8 +14,15 @@ same shared mask), and measures on the test split:
 
 Every compressed row carries a paired bootstrap 95% interval over test users of its NDCG@10
 minus that of the best other compressed method at the same bits. Writes
-results/accuracy_random.json, its RESULTS.md section and results/accuracy_random_bytes.png
-(NDCG@10 against the bytes a device receives, pretrained points from results/accuracy.json).
+results/NAME.json, NAME_per_user.npz (per-user NDCG@10 of every row), its RESULTS.md section
+and results/NAME_bytes.png (NDCG@10 against the bytes a device receives, pretrained points
+from results/accuracy.json). NAME: --name, else accuracy_random[_VARIANT].
+
+The consolidated table of both datasets and backbones (accuracy_random_modes) comes from one
+command, MODES_COMMAND: --pair-settings gives each (dataset, backbone) its PAIR_SETTINGS (the
+settings each pair was measured with) and reuses the cached runs; --merge keeps the pairs of
+the stored NAME.json that an invocation does not measure, and --import-json folds result files
+written elsewhere (--results-dir) into it.
 """
 
 from __future__ import annotations
@@ -91,6 +98,55 @@ PAIR_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
         "mask_balance": "channel",
     },
 }
+
+
+# What the section says about how its rows were produced, where they use PAIR_SETTINGS.
+MODES_COMMAND = (
+    "python -m benchmarks.accuracy --random-masks --pair-settings --datasets ml-100k ml-1m "
+    "--backbones sasrec caser --budgets 2 3 4 --threads 1 --name accuracy_random_modes"
+)
+MODES_NOTE = (
+    "ML-1M SASRec's mask was capped at 10 epochs (1,890 steps of 32 sequences) so that the "
+    "run ended within the session: one epoch took about 148 s of one core (measured on a "
+    "25-step probe), and a first start at 20 epochs was stopped after 19 min in which "
+    "idle-machine benchmarks of other work held it paused (SIGSTOP) or shared its core for "
+    "more than half the time. The cap, not convergence, ended the mask's training."
+)
+
+
+def uses_pair_settings(meta: dict[str, Any]) -> bool:
+    """Whether a meta entry's run used its pair's PAIR_SETTINGS."""
+    c = meta["config"]
+    setting = PAIR_SETTINGS.get((c["dataset"], c["backbone"]))
+    if setting is None:
+        return False
+    fractions = list(VARIANTS[setting["mask_variant"]][0])
+    return (c["width"] in setting["widths"] and c["mask_lr"] == setting["mask_lr"]
+            and c["mask_epochs"] == setting["mask_epochs"]
+            and c["hyper_steps"] == setting["hyper_steps"]
+            and c["generator"] == setting["generator"]
+            and c.get("mask_balance", "layer") == setting["mask_balance"]
+            and list(c["mask_fractions"]) == fractions)
+
+
+def settings_text(metas: list[dict[str, Any]]) -> str:
+    """The one command and per-pair settings, where every run used PAIR_SETTINGS; else ''."""
+    if not metas or not all(uses_pair_settings(m) for m in metas):
+        return ""
+    pairs = []
+    for m in metas:
+        c = m["config"]
+        pairs.append(
+            f"{c['dataset']} {c['backbone']}: width {c['width']}, keep "
+            f"{', '.join(f'{f:.0%}' for f in c['mask_fractions'])}, mask lr {c['mask_lr']}, at "
+            f"most {c['mask_epochs']} mask epochs, balance {c.get('mask_balance', 'layer')}, "
+            f"hypernetwork and DIET at most {c['hyper_steps']} / "
+            f"{m.get('diet_steps', c['hyper_steps'])} steps")
+    return (f"One command reproduces every row from the run cache (~/.cache/chord/runs, keyed "
+            f"by the run config; a missing run is trained first): `{MODES_COMMAND}`. Settings "
+            f"per pair (benchmarks.random_masks.PAIR_SETTINGS): {'; '.join(pairs)}. Balance "
+            "layer: a layer keeps its top weights by score; channel: the same count in every "
+            "channel (chord.masks.ranks.BALANCES; Ideas 7b-7c). " + MODES_NOTE + " ")
 
 
 def pair_args(args: Any, dataset: str, backbone: str) -> Any:
@@ -747,6 +803,30 @@ IDEAS: list[tuple[str, str, str, str]] = [
      "device 215,451 B (modeled), 1.45 ms per query",
      "meets >= 0.419 and <= 1/16 together, one seed, chosen after 6a-6d "
      "(accuracy_random_h256_sparse4)"),
+    # Caser (probes: ML-100K Caser, seed 0, signed constants, validation NDCG@10 of 300 users
+    # with the shared mask after N steps of 32 windows; an epoch is about 3,100 such steps).
+    ("7a. Caser at the SASRec headline setting (full run, earlier session)",
+     "h256, keep 4%, lr 0.01, 5 epochs",
+     "valid 0.0000, training loss 7.39 (ln of the catalogue: 7.43)",
+     "every candidate of a user tied: see 7b"),
+    ("7b. why Caser ties (probe, 400 steps of 7a)",
+     "kept weights of the output item table per row, the 100 most frequent targets vs the 300 "
+     "rarest items",
+     "popular rows 0 of 256 kept, rare rows 31.8, all of negative sign; popular candidates "
+     "score exactly 0 (a tied target ranks last): valid 0.0000",
+     "the layer-wide top 4% buys lower logits for rare items, the only loss a near-uniform "
+     "softmax rewards; SASRec ties its input and output tables and normalizes, Caser does not"),
+    ("7c. channel-balanced keep rule (probe; mask_balance channel)",
+     "7a with the same count kept in every channel (item rows, output units), 800 steps; "
+     "item tables only or every layer",
+     "valid 0.21 / 0.23 / 0.22 / 0.21 at 200 / 400 / 600 / 800 steps (every layer: 0.215 at "
+     "800); most-popular reference: test 0.228",
+     "no more ties, but ranks at the popularity level: adopted for Caser (PAIR_SETTINGS)"),
+    ("7d. training-only logit scale (probe)",
+     "7c with the output table x 30 / x 100 / x 300 inside the training loss (rankings "
+     "unchanged; a device needs nothing), 800 or 2,400 steps",
+     "valid 0.234 / 0.236 (2,400 steps) / 0.237; loss 7.10 / 6.58 / 6.96",
+     "a sharper softmax, no ranking gain over popularity: not adopted"),
 ]
 IDEAS_NOTE = (
     "With signed constants every kept weight of a channel has the same magnitude, so "
@@ -827,7 +907,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "median time to score 101 candidates for one user on one CPU thread of this machine "
         "with fake-quantized fp32 weights (no low-bit kernel for masked weights yet). "
         "Only the first width gets the full table; other widths: shared mask and CHORD at 3 "
-        "bits. "
+        "bits. " + settings_text(metas)
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
            "jobs." if seconds else "Rewritten from the JSON (--replot).")
         + "\n\n" + goal_summary(rows, fp32_h64) + "\n\n" + goal_lines(rows, fp32_h64)
