@@ -93,7 +93,7 @@ PAIR_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
         "mask_balance": "channel",
     },
     ("ml-1m", "caser"): {
-        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 2,
+        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 1,
         "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
         "mask_balance": "channel",
     },
