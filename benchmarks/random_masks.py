@@ -20,9 +20,10 @@ from results/accuracy.json). NAME: --name, else accuracy_random[_VARIANT].
 
 The consolidated table of both datasets and backbones (accuracy_random_modes) comes from one
 command, MODES_COMMAND: --pair-settings gives each (dataset, backbone) its PAIR_SETTINGS (the
-settings each pair was measured with) and reuses the cached runs; --merge keeps the pairs of
-the stored NAME.json that an invocation does not measure, and --import-json folds result files
-written elsewhere (--results-dir) into it.
+settings each pair was measured with) and reuses the cached runs; --merge keeps the rows of
+the stored NAME.json that an invocation does not measure again (same dataset, backbone,
+width, method and budget), and --import-json folds result files written elsewhere
+(--results-dir) into it.
 """
 
 from __future__ import annotations
@@ -572,14 +573,33 @@ def pair_of(entry: dict[str, Any]) -> tuple[str, str]:
     return str(c["dataset"]), str(c["backbone"])
 
 
+def entry_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """What a newer entry replaces: a row's (dataset, backbone, width, method, budget), a meta
+    entry's (dataset, backbone, width)."""
+    if "config" in entry:
+        return (*pair_of(entry), entry["config"]["width"])
+    return (*pair_of(entry), entry["width"], entry["method"], str(entry["budget"]))
+
+
 def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Old entries of pairs not in `new`, then `new`; pairs keep their first place."""
-    ours = {pair_of(e) for e in new}
-    entries = [e for e in old if pair_of(e) not in ours] + new
+    """`old` with each entry of `new` in the place of the old entry of its entry_key (appended
+    where there is none); pairs keep the place they first had.
+
+    So the budgets of one run measured by two invocations (--budgets 2 3 and --budgets 4)
+    fold into one table.
+    """
+    out = list(old)
+    at = {entry_key(e): i for i, e in enumerate(out)}
+    for e in new:
+        if entry_key(e) in at:
+            out[at[entry_key(e)]] = e
+        else:
+            at[entry_key(e)] = len(out)
+            out.append(e)
     order: dict[tuple[str, str], int] = {}
-    for e in [*old, *new]:
+    for e in out:
         order.setdefault(pair_of(e), len(order))
-    return sorted(entries, key=lambda e: order[pair_of(e)])
+    return sorted(out, key=lambda e: order[pair_of(e)])
 
 
 def import_results(args: Any, store: ResultStore, name: str) -> int:
@@ -608,13 +628,12 @@ def with_stored(
     args: Any, store: ResultStore, name: str, rows: list[dict[str, Any]],
     metas: list[dict[str, Any]], vectors: dict[VectorKey, np.ndarray],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[VectorKey, np.ndarray]]:
-    """With --merge: the stored NAME.json's pairs that these rows do not replace, added."""
+    """With --merge: the stored NAME.json's rows (and their vectors) that these rows do not
+    replace (see merged), added."""
     old = store.read(name) if getattr(args, "merge", False) else None
     if old is None:
         return rows, metas, vectors
-    ours = {pair_of(r) for r in rows}
-    kept = {k: v for k, v in load_vectors(vectors_path(store.path(name))).items()
-            if (k[0], k[1]) not in ours}
+    kept = load_vectors(vectors_path(store.path(name)))
     return merged(old["rows"], rows), merged(old["meta"], metas), {**kept, **vectors}
 
 
@@ -645,9 +664,10 @@ def main(args: Any) -> int:
     """Measure every (dataset, backbone, width); rewrite the results after each.
 
     Results go to `ResultStore.default(args.results_dir)` (--results-dir of benchmarks.accuracy)
-    under result_name(args), with the per-user vectors in NAME_per_user.npz. --merge keeps the
-    stored pairs that this invocation does not measure; --pair-settings takes each pair's
-    width and mask settings from PAIR_SETTINGS; --import-json folds files instead of measuring.
+    under result_name(args), with the per-user vectors in NAME_per_user.npz. --merge keeps
+    the stored rows that this invocation does not measure again (merged); --pair-settings
+    takes each pair's width and mask settings from PAIR_SETTINGS; --import-json folds files
+    instead of measuring.
     """
     store = ResultStore.default(args.results_dir)
     name = result_name(args)
