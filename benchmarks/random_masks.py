@@ -619,7 +619,10 @@ def import_results(args: Any, store: ResultStore, name: str) -> int:
         vectors.update(load_vectors(vectors_path(Path(f))))
     rows, metas, vectors = with_stored(args, store, name, rows, metas, vectors)
     refresh_intervals(rows, vectors, args.seed)
-    write(rows, metas, h64_table(metas), 0.0, name, store, machine=machine, vectors=vectors)
+    sources = ", ".join(Path(f).parent.name + "/" + Path(f).name for f in args.import_json)
+    write(rows, metas, h64_table(metas), 0.0, name, store, machine=machine, vectors=vectors,
+          origin=f"Folded from result files measured apart (--import-json: {sources}); "
+                 "per-run times are in the JSON meta.")
     print(f"wrote {store.path(name)} ({len(rows)} rows)")
     return 0
 
@@ -891,11 +894,12 @@ COLUMNS = ["dataset", "backbone", "width", "variant", "budget", "method", "avg_b
 def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
           fp32_h64: dict[tuple[str, str], int], seconds: float, name: str = NAME,
           store: ResultStore | None = None, machine: dict[str, Any] | None = None,
-          vectors: dict[VectorKey, np.ndarray] | None = None) -> None:
+          vectors: dict[VectorKey, np.ndarray] | None = None, origin: str = "") -> None:
     """JSON, the Markdown section, the bytes plot and the per-user vectors (NAME_per_user.npz,
     where `vectors` is given) of everything measured so far.
 
     `machine`: where the figures were measured (a re-render passes the JSON's; default: here).
+    `origin`: how a table that measured nothing now was made (default: the --replot line).
     """
     store = store or ResultStore.default()
     store.folder.mkdir(parents=True, exist_ok=True)
@@ -936,7 +940,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "Only the first width gets the full table; other widths: shared mask and CHORD at 3 "
         "bits. " + settings_text(metas)
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
-           "jobs." if seconds else "Rewritten from the JSON (--replot).")
+           "jobs." if seconds else (origin or "Rewritten from the JSON (--replot)."))
         + "\n\n" + goal_summary(rows, fp32_h64) + "\n\n" + goal_lines(rows, fp32_h64)
         + "\n\n" + ideas_log()
     )
