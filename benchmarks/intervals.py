@@ -87,7 +87,7 @@ def add_intervals(
         best, best_v = max(others, key=lambda o: float(o[0][metric]))
         mean, lo, hi, users = paired_interval(v, best_v, seed)
         r["vs"] = best["method"]
-        r["diff"] = round(mean, 4)
+        r["diff"] = round(mean, 4) + 0.0  # + 0.0: no "-0" for a tie rounded to zero
         r["ci95"] = f"[{lo:+.4f}, {hi:+.4f}]"
         r["win"] = verdict(lo, hi)
         r["ci_users"] = users
