@@ -25,8 +25,10 @@ bits, a 0 bit and the k low bits of g, least significant first. Plane j holds ex
 over layers of round-half-up(keep_fractions[j-1] x n) ones, which is how a reader knows where
 each plane ends. An encoder writes version 2 only where it is shorter (sparse masks: keep
 fractions well below one half), so version 1 readers still read every dense mask.
-Element e of a layer has class >= j iff it is among the round-half-up(keep_fractions[j-1] x n)
-highest learned scores of its layer (n = the layer's weights).
+Exactly round-half-up(keep_fractions[j-1] x n) elements of a layer (n = its weights) have
+class >= j; which ones is the cloud's choice, made from learned scores (chord.masks.ranks: the
+layer's highest scores, or the same count from every channel), and a device reads the classes
+without recomputing them.
 
 A device keeps, in a channel at level l, the elements whose class is at least
 level_min_class[l] (K + 1: none, the channel is pruned), scaled by
