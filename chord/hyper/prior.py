@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from chord.hyper.hypernet import HyperNetwork, eval_importance
+
+if TYPE_CHECKING:
+    from chord.hyper.frozen import FrozenPrior
 
 
 def standardize_prior(sensitivity: np.ndarray) -> torch.Tensor:
@@ -59,3 +62,9 @@ class PriorImportance(nn.Module):
     def importance(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] float32 -> [B, n_channels] float32 (higher = keep more bits)."""
         return eval_importance(self, profiles)
+
+    def frozen(self) -> FrozenPrior:
+        """A serving snapshot of the current parameters (chord.hyper.frozen.FrozenPrior)."""
+        from chord.hyper.frozen import FrozenPrior
+
+        return FrozenPrior(self)
