@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from chord.hyper import HyperNetwork
 from chord.hyper.frozen import FrozenHyperNetwork, FrozenPrior, serving_importance
 from chord.hyper.hypernet import HyperNetError
 from chord.hyper.prior import PriorImportance
 from tests.test_hypernet_grouped import _net, _reference
 
 
-def _profiles(net: nn.Module, n: int, seed: int = 3) -> torch.Tensor:
-    return torch.randn(n, int(net.profile_dim), generator=torch.Generator().manual_seed(seed))
+def _profiles(net: HyperNetwork, n: int, seed: int = 3) -> torch.Tensor:
+    return torch.randn(n, net.profile_dim, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "caser"])
