@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from chord.hyper import HyperNetwork
-from chord.hyper.frozen import FrozenHyperNetwork, FrozenPrior, serving_importance
-from chord.hyper.hypernet import HyperNetError
+from chord.hyper import HyperNetError, HyperNetwork
+from chord.hyper.frozen import FrozenPrior, serving_importance
 from chord.hyper.prior import PriorImportance
 from tests.test_hypernet_grouped import _net, _reference
 
@@ -66,7 +65,7 @@ def test_a_trunk_of_another_shape_is_called_as_a_module() -> None:
     profiles = _profiles(net, 2)
     with torch.no_grad():
         want = _reference(net, profiles)
-        torch.testing.assert_close(FrozenHyperNetwork(net)(profiles), want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(net.frozen()(profiles), want, atol=1e-5, rtol=0)
 
 
 def test_models_without_a_snapshot_are_served_by_their_importance_method() -> None:

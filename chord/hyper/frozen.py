@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from chord.hyper.hypernet import HyperNetwork
-    from chord.hyper.prior import PriorImportance
+from chord.hyper.errors import HyperNetError
 
-__all__ = ["FrozenHyperNetwork", "FrozenPrior", "serving_importance"]
+__all__ = ["FrozenHyperNetwork", "FrozenPrior", "ShapeGroup", "serving_importance"]
 
 Importance = Callable[[torch.Tensor], torch.Tensor]
 
@@ -38,7 +36,7 @@ class _Servable(Protocol):
 
 
 @dataclass(frozen=True)
-class _Group:
+class ShapeGroup:
     """Layers of one shape (n_out, n_in), computed together by one GEMM and one kernel call."""
 
     n_out: int
@@ -68,53 +66,44 @@ def _trunk_layers(trunk: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, st
 class FrozenHyperNetwork:
     """HyperNetwork's CPU inference path (channel_scores without autograd) over a snapshot.
 
-    Call: profiles float32 [B, profile_dim] -> importance float32 [B, n_channels], the same
-    values as HyperNetwork.importance bit for bit: the same torch operations in the same order
-    (LayerNorm, the Linear + GELU trunk, the layer head, one GEMM for every head, then per group
-    of equal-shape layers one batched GEMM and one call of chord.hyper.score_kernel.group_scores).
-    Raises chord.hyper.HyperNetError for profiles of another shape.
+    Built by HyperNetwork.frozen(). Call: profiles float32 [B, profile_dim] -> importance
+    float32 [B, n_channels], the same values as HyperNetwork.importance bit for bit: the same
+    torch operations in the same order (LayerNorm, the Linear + GELU trunk, the layer head,
+    one GEMM for every head, then per group of equal-shape layers one batched GEMM and one
+    call of chord.hyper.score_kernel.group_scores). Raises HyperNetError for profiles of
+    another shape.
     """
 
-    def __init__(self, net: HyperNetwork) -> None:
-        """Read `net`'s parameters now (under torch.no_grad); later changes are not seen."""
-        with torch.no_grad():
-            weight, bias, filt_biases = net.packed_heads()
-            self.profile_dim = int(net.profile_dim)
-            self.n_channels = int(net.n_channels)
-            self.rank = int(net.config.rank)
-            self._eps = float(net.norm.eps)
-            self._trunk_module = net.trunk
-            self._trunk = _trunk_layers(net.trunk)
-            self._layer_w = net.layer_head.weight.detach()
-            self._layer_b = net.layer_head.bias.detach()
-            self._heads_wt = weight.t()  # [hidden, rows], contiguous: addmm's fast layout
-            self._heads_b = bias
-            self._groups = [
-                self._group(net, g, n_out, n_in, idx, filt_biases[g])
-                for g, (n_out, n_in, idx) in enumerate(net.shape_groups())
-            ]
-
-    @staticmethod
-    def _group(
-        net: HyperNetwork, g: int, n_out: int, n_in: int, idx: list[int], filt_bias: torch.Tensor
-    ) -> _Group:
-        """One shape group's arrays."""
-        offsets = net.column_offsets()
-        adjacent = idx == list(range(idx[0], idx[0] + len(idx)))
-        return _Group(
-            n_out=n_out,
-            n_in=n_in,
-            layers=np.asarray(idx, dtype=np.intp),
-            ref_t=net.get_buffer(f"gref{g}").transpose(1, 2),
-            abs_t=net.get_buffer(f"gabst{g}").numpy(),
-            filt_bias=filt_bias.detach().numpy(),
-            columns=[(offsets[i], k) for k, i in enumerate(idx)],
-            start=offsets[idx[0]] if adjacent else None,
-        )
+    def __init__(
+        self,
+        *,
+        profile_dim: int,
+        n_channels: int,
+        rank: int,
+        norm_eps: float,
+        trunk: nn.Module,
+        layer_head: nn.Linear,
+        heads_weight: torch.Tensor,
+        heads_bias: torch.Tensor,
+        groups: list[ShapeGroup],
+    ) -> None:
+        """heads_weight [rows, hidden] (a transposed view of a contiguous [hidden, rows]
+        tensor) and heads_bias [rows]: every element/filter head as one Linear, rows group by
+        group (A, then V, then f heads); the trunk's and layer head's tensors are read now."""
+        self.profile_dim = int(profile_dim)
+        self.n_channels = int(n_channels)
+        self.rank = int(rank)
+        self._eps = float(norm_eps)
+        self._trunk_module = trunk
+        self._trunk = _trunk_layers(trunk)
+        self._layer_w = layer_head.weight.detach()
+        self._layer_b = layer_head.bias.detach()
+        self._heads_wt = heads_weight.detach().t()  # [hidden, rows], contiguous: addmm's layout
+        self._heads_b = heads_bias.detach()
+        self._groups = groups
 
     def __call__(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] -> [B, n_channels] float32 (see the class docstring)."""
-        from chord.hyper.hypernet import HyperNetError
         from chord.hyper.score_kernel import group_scores
 
         if profiles.dim() != 2 or profiles.shape[1] != self.profile_dim:
@@ -162,16 +151,15 @@ class FrozenHyperNetwork:
 class FrozenPrior:
     """PriorImportance over a snapshot: prior + gate x FrozenHyperNetwork(profiles).
 
-    Call: float32 [B, profile_dim] -> float32 [B, n_channels], bit for bit
-    PriorImportance.importance.
+    Built by PriorImportance.frozen(). Call: float32 [B, profile_dim] -> float32
+    [B, n_channels], bit for bit PriorImportance.importance.
     """
 
-    def __init__(self, model: PriorImportance) -> None:
-        """Read `model`'s prior, gate and hypernetwork now."""
-        with torch.no_grad():
-            self._prior = model.get_buffer("prior").detach().unsqueeze(0)
-            self._gate = model.gate.detach().clone()
-            self._hyper = FrozenHyperNetwork(model.hyper)
+    def __init__(self, prior: torch.Tensor, gate: torch.Tensor, hyper: FrozenHyperNetwork) -> None:
+        """prior float32 [n_channels]; gate a 0-d tensor; both copied now."""
+        self._prior = prior.detach().clone().unsqueeze(0)
+        self._gate = gate.detach().clone()
+        self._hyper = hyper
 
     def __call__(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] -> [B, n_channels] float32."""

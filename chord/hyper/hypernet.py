@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from chord.hyper.frozen import FrozenHyperNetwork
+from chord.hyper.errors import HyperNetError
+from chord.hyper.frozen import FrozenHyperNetwork, ShapeGroup
+
+__all__ = ["HyperConfig", "HyperNetError", "HyperNetwork", "eval_importance"]
 
 
 class LayerLike(Protocol):
@@ -34,10 +36,6 @@ class LayoutLike(Protocol):
 
 # The inference cache of HyperNetwork._packed_heads: (parameter key, weight, bias, group biases).
 _Packed = tuple[tuple[int, ...], torch.Tensor, torch.Tensor, list[torch.Tensor]]
-
-
-class HyperNetError(ValueError):
-    """A hypernetwork that does not fit the backbone or profiles it was given."""
 
 
 @dataclass(frozen=True)
@@ -228,34 +226,34 @@ class HyperNetwork(nn.Module):
         """channel_scores without autograd on the CPU, as one [B, n_channels] tensor: the trunk
         and the packed heads in torch, then per group of equal-shape layers one GEMM (W [A | f])
         and one call of the fused kernel chord.hyper.score_kernel.group_scores
-        (chord.hyper.frozen.FrozenHyperNetwork, kept while the packed heads are current)."""
-        from chord.hyper.frozen import FrozenHyperNetwork
-
+        (chord.hyper.frozen.FrozenHyperNetwork, kept while the parameters are unchanged)."""
         weight, _, _ = self._packed_heads()
         if self._snapshot is None or self._snapshot[0] is not weight:
-            self._snapshot = (weight, FrozenHyperNetwork(self))
+            self._snapshot = (weight, self.frozen())
         return self._snapshot[1](profiles)
 
+    @torch.no_grad()
     def frozen(self) -> FrozenHyperNetwork:
         """A serving snapshot of the current parameters: importance bit for bit, without the
         per-call module machinery and cache checks; it does not follow later changes."""
-        from chord.hyper.frozen import FrozenHyperNetwork
-
-        return FrozenHyperNetwork(self)
-
-    def packed_heads(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """All element/filter heads as one Linear: weight [rows, hidden] (a transposed view of
-        a contiguous [hidden, rows] tensor), bias [rows], and each shape group's filter biases
-        [L, n_out]; rows run group by group, A then V then f heads (see _packed_heads)."""
-        return self._packed_heads()
-
-    def shape_groups(self) -> list[tuple[int, int, list[int]]]:
-        """Layers grouped by shape: (n_out, n_in, layout indices), in order of first appearance."""
-        return [(n_out, n_in, list(idx)) for n_out, n_in, idx in self._groups]
-
-    def column_offsets(self) -> list[int]:
-        """The first importance column of each layer, in layout order."""
-        return list(self._offsets)
+        weight, bias, filt_biases = self._packed_heads()
+        groups = []
+        for g, (n_out, n_in, idx) in enumerate(self._groups):
+            groups.append(ShapeGroup(
+                n_out=n_out,
+                n_in=n_in,
+                layers=self._group_layers[g],
+                ref_t=self.get_buffer(f"gref{g}").transpose(1, 2),
+                abs_t=self.get_buffer(f"gabst{g}").numpy(),
+                filt_bias=filt_biases[g].detach().numpy(),
+                columns=[(self._offsets[i], k) for k, i in enumerate(idx)],
+                start=self._offsets[idx[0]] if self._group_runs[g] else None,
+            ))
+        return FrozenHyperNetwork(
+            profile_dim=self.profile_dim, n_channels=self.n_channels, rank=self.config.rank,
+            norm_eps=self.norm.eps, trunk=self.trunk, layer_head=self.layer_head,
+            heads_weight=weight, heads_bias=bias, groups=groups,
+        )
 
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] -> [B, n_channels] importance (differentiable)."""

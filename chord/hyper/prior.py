@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from chord.hyper.frozen import FrozenPrior
 from chord.hyper.hypernet import HyperNetwork, eval_importance
-
-if TYPE_CHECKING:
-    from chord.hyper.frozen import FrozenPrior
 
 
 def standardize_prior(sensitivity: np.ndarray) -> torch.Tensor:
@@ -63,8 +61,7 @@ class PriorImportance(nn.Module):
         """[B, profile_dim] float32 -> [B, n_channels] float32 (higher = keep more bits)."""
         return eval_importance(self, profiles)
 
+    @torch.no_grad()
     def frozen(self) -> FrozenPrior:
         """A serving snapshot of the current parameters (chord.hyper.frozen.FrozenPrior)."""
-        from chord.hyper.frozen import FrozenPrior
-
-        return FrozenPrior(self)
+        return FrozenPrior(self.get_buffer("prior"), self.gate, self.hyper.frozen())
