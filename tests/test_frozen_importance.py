@@ -51,7 +51,9 @@ def test_snapshot_keeps_the_weights_it_was_taken_with() -> None:
     with torch.inference_mode():
         before = snap(profiles)
     with torch.no_grad():
-        net.filt_bias[0].add_(5.0)  # a change the module follows (its cache key sees it)
+        net.filt_bias[0].add_(5.0)  # changes the module follows (its cache key sees them)
+        net.trunk[0].weight.mul_(0.5)
+        net.layer_head.bias.add_(1.0)
     with torch.inference_mode():
         assert torch.equal(snap(profiles), before)
         assert not torch.equal(net.importance(profiles), before)
@@ -69,15 +71,21 @@ def test_a_trunk_of_another_shape_is_called_as_a_module() -> None:
 
 
 def test_models_without_a_snapshot_are_served_by_their_importance_method() -> None:
-    class Plain(nn.Module):
+    class Plain:  # chord.strategy.ImportanceModel without nn.Module
         profile_dim = 4
 
         def importance(self, profiles: torch.Tensor) -> torch.Tensor:
             return profiles * 2
 
-    model = Plain()
-    fn = serving_importance(model)
-    assert torch.equal(fn(torch.ones(1, 4)), torch.full((1, 4), 2.0))
+    class PlainModule(nn.Module):
+        profile_dim = 4
+
+        def importance(self, profiles: torch.Tensor) -> torch.Tensor:
+            return profiles * 3
+
+    for model, factor in ((Plain(), 2.0), (PlainModule(), 3.0)):
+        fn = serving_importance(model)
+        assert torch.equal(fn(torch.ones(1, 4)), torch.full((1, 4), factor))
 
 
 def test_snapshot_refuses_profiles_of_another_size() -> None:

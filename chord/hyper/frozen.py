@@ -59,7 +59,7 @@ def _trunk_layers(trunk: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, st
     for lin, act in zip(mods[::2], mods[1::2], strict=True):
         if not (isinstance(lin, nn.Linear) and isinstance(act, nn.GELU) and lin.bias is not None):
             return None
-        out.append((lin.weight.detach(), lin.bias.detach(), str(act.approximate)))
+        out.append((lin.weight.detach().clone(), lin.bias.detach().clone(), str(act.approximate)))
     return out
 
 
@@ -89,15 +89,17 @@ class FrozenHyperNetwork:
     ) -> None:
         """heads_weight [rows, hidden] (a transposed view of a contiguous [hidden, rows]
         tensor) and heads_bias [rows]: every element/filter head as one Linear, rows group by
-        group (A, then V, then f heads); the trunk's and layer head's tensors are read now."""
+        group (A, then V, then f heads), held as given (the caller hands over copies); the
+        trunk's and layer head's tensors are copied now. A trunk that is not a chain of
+        Linear + GELU pairs is kept as the module and called, so it follows its parameters."""
         self.profile_dim = int(profile_dim)
         self.n_channels = int(n_channels)
         self.rank = int(rank)
         self._eps = float(norm_eps)
         self._trunk_module = trunk
         self._trunk = _trunk_layers(trunk)
-        self._layer_w = layer_head.weight.detach()
-        self._layer_b = layer_head.bias.detach()
+        self._layer_w = layer_head.weight.detach().clone()
+        self._layer_b = layer_head.bias.detach().clone()
         self._heads_wt = heads_weight.detach().t()  # [hidden, rows], contiguous: addmm's layout
         self._heads_b = heads_bias.detach()
         self._groups = groups
@@ -170,7 +172,8 @@ def serving_importance(model: Any) -> Importance:
     """What a server calls per batch: the model's snapshot when it has one (HyperNetwork,
     PriorImportance on the CPU), else its importance method. Take it after the weights are
     final; the caller runs it under torch.inference_mode."""
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    params = getattr(model, "parameters", None)
+    on_cpu = params is None or all(p.device.type == "cpu" for p in params())
     if on_cpu and hasattr(model, "frozen"):
         return cast(_Servable, model).frozen()
     return cast(Importance, model.importance)
