@@ -52,7 +52,9 @@ def test_snapshot_keeps_the_weights_it_was_taken_with() -> None:
         before = snap(profiles)
     with torch.no_grad():
         net.filt_bias[0].add_(5.0)  # changes the module follows (its cache key sees them)
-        net.trunk[0].weight.mul_(0.5)
+        first = net.trunk[0]
+        assert isinstance(first, nn.Linear)
+        first.weight.mul_(0.5)
         net.layer_head.bias.add_(1.0)
     with torch.inference_mode():
         assert torch.equal(snap(profiles), before)
