@@ -20,6 +20,7 @@ from chord.artifacts import (
     reference_to_artifact,
 )
 from chord.codes import encode_levels, encode_levels_batch, reference_levels
+from chord.hyper.frozen import serving_importance
 from chord.levels import (
     DEFAULT_TIERS,
     BudgetError,
@@ -156,6 +157,8 @@ class StrategyEngine:
         """Wrap a loaded run (chord.hyper.runs.load_run)."""
         self.run = run
         run.importance_model.eval()  # serving only: eval_importance then skips mode switches
+        # The weights are final once loaded: a snapshot skips the module machinery per batch.
+        self._importance = serving_importance(run.importance_model)
         self.run_dir = Path(run.path).resolve()
         self._tiers = dict(run.tiers)
         self._sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
@@ -179,9 +182,7 @@ class StrategyEngine:
         a few seconds without one."""
         tier = next(iter(self._tiers.values()))
         with torch.inference_mode():
-            importance = self.run.importance_model.importance(
-                torch.zeros(1, int(self.run.profile_dim))
-            )
+            importance = self._importance(torch.zeros(1, int(self.run.profile_dim)))
         assign_levels_batch(importance.numpy(), self._sizes, [tier], [tier.default_budget_bits],
                             self._cost, compiled=True)
         self._tally(np.zeros((1, self._sizes.size), dtype=np.uint8))
@@ -292,7 +293,7 @@ class StrategyEngine:
             return []
         start = time.perf_counter()
         with torch.inference_mode():
-            importance = self.run.importance_model.importance(self._profiles(requests))
+            importance = self._importance(self._profiles(requests))
         tiers = [self._tiers[req.tier] for req in requests]
         assigned = assign_levels_batch(
             importance.numpy(), self._sizes, tiers, [req.budget_bits for req in requests],

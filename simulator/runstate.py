@@ -86,14 +86,21 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def check_reports_db(path: Path) -> None:
     """Raise RunStateError unless `path` is absent, empty, or a SQLite file holding
-    simulator.store's tables (devices, rounds, events). Opened read-only: nothing is written."""
+    simulator.store's tables (devices, rounds, events) with the columns this version writes
+    (simulator.store.COLUMNS). Opened read-only: nothing is written."""
     if not path.exists() or path.stat().st_size == 0:
         return
+    from simulator.store import COLUMNS
+
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             )}
+            columns = {
+                t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
+                for t in sorted(REPORT_TABLES & tables)
+            }
     except sqlite3.Error as exc:
         raise RunStateError(
             f"{path}: not a readable reports database ({exc}); {_FRESH}"
@@ -103,3 +110,12 @@ def check_reports_db(path: Path) -> None:
             f"{path}: a SQLite file without the tables {sorted(REPORT_TABLES)} of a chord "
             f"simulate run (it has {sorted(tables)[:5]}); {_FRESH}"
         )
+    for table, have in columns.items():
+        want = set(COLUMNS[table])
+        if have != want:
+            raise RunStateError(
+                f"{path}: its {table} table was written by another version of chord (columns "
+                f"missing here: {sorted(want - have)}; not written by this version: "
+                f"{sorted(have - want)}); finish the run with the version that started it, "
+                f"or {_FRESH}"
+            )

@@ -12,6 +12,13 @@ from device_client.device import DeviceReport, RoundRecord
 
 _DEVICE_FIELDS = [f for f in dataclasses.fields(DeviceReport) if f.name != "rounds"]
 _ROUND_FIELDS = list(dataclasses.fields(RoundRecord))
+# The columns this version writes, per table: a --resume of a reports.db with others is
+# refused before any work (simulator.runstate.check_reports_db).
+COLUMNS = {
+    "devices": (*(f.name for f in _DEVICE_FIELDS), "stored_at"),
+    "rounds": tuple(f.name for f in _ROUND_FIELDS),
+    "events": ("id", "at", "kind", "detail"),
+}
 
 
 def _sql_type(tp: Any) -> str:

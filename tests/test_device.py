@@ -15,6 +15,8 @@ from chord.strategy import StrategyRequest
 from cloud_server.config import ServerConfig
 from cloud_server.embedded import EmbeddedServer
 from device_client.actor import DeviceHost, HostConfig
+from device_client.artifacts import ArtifactCache
+from device_client.backbone_cache import clear_cache
 from device_client.device import (
     CORRUPTIONS,
     DeviceJob,
@@ -89,10 +91,14 @@ def test_every_corruption_is_rejected(kind: str) -> None:
 
 
 def test_device_runs_all_rounds_and_measures(
-    server: EmbeddedServer, users: list[np.ndarray]
+    server: EmbeddedServer, users: list[np.ndarray], tmp_path: Path
 ) -> None:
+    # A device that holds nothing yet: its own artifact cache, and no backbone built in this
+    # process (other tests of the session may have fetched the same smoke run's artifacts).
+    clear_cache()
+    disk = ArtifactCache(tmp_path / "device-cache")
     job = _job(users, 3)
-    report = VirtualDevice(job, Transport(server.address, FAST)).run()
+    report = VirtualDevice(job, Transport(server.address, FAST), cache=disk).run()
     assert report.status == "completed", report.detail
     assert [r.round for r in report.rounds] == [0, 1]
     for rec in report.rounds:
@@ -109,7 +115,7 @@ def test_device_runs_all_rounds_and_measures(
     # Pretrained: the weights (and reference) came over FetchArtifact, and were counted.
     assert report.artifact_bytes > report.fp32_model_bytes and report.artifact_cache_hits == 0
     # Same job again: same negatives and strategy, so the same accuracy; backbone from the cache.
-    again = VirtualDevice(job, Transport(server.address, FAST)).run()
+    again = VirtualDevice(job, Transport(server.address, FAST), cache=disk).run()
     assert again.backbone_cache_hit
     assert again.artifact_bytes == 0 and again.artifact_cache_hits == 2  # held on disk: no bytes
     assert [r.ndcg10 for r in again.rounds] == [r.ndcg10 for r in report.rounds]

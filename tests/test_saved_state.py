@@ -23,6 +23,7 @@ from cloud_server.errors import ReportFileError
 from cloud_server.reports import ReportStore
 from simulator.config import FleetConfig, save_config
 from simulator.runstate import read_state
+from simulator.store import ReportStore as SimulationStore
 
 REPO = Path(__file__).resolve().parent.parent
 FRESH = "start over with a fresh --out DIR"
@@ -46,9 +47,7 @@ def started(tmp_path: Path) -> Path:
     out.mkdir()
     save_config(FleetConfig(ray_address="none"), out / "fleet.json")
     (out / "state.json").write_text('{"request_tag": "0badc0de", "created": 1700000000.5}')
-    with closing(sqlite3.connect(out / "reports.db")) as db:
-        for table in ("devices", "rounds", "events"):
-            db.execute(f"CREATE TABLE {table} (x)")
+    SimulationStore(out / "reports.db").close()  # this version's tables, empty
     return out
 
 
@@ -101,6 +100,18 @@ def test_resume_with_a_foreign_database_exits_2(started: Path) -> None:
     code, err = cli("simulate", "--quiet", "--resume", str(started))
     assert code == 2 and len(err) == 1, err
     assert "reports.db: a SQLite file without the tables ['devices', 'events', 'rounds']" in err[0]
+
+
+def test_resume_of_a_database_from_another_version_exits_2_before_work(started: Path) -> None:
+    # As a run saved before infer_batch_ms replaced infer_ms_max in the rounds table.
+    with closing(sqlite3.connect(started / "reports.db")) as db:
+        db.execute("ALTER TABLE rounds RENAME COLUMN infer_batch_ms TO infer_ms_max")
+    code, err = cli("simulate", "--quiet", "--resume", str(started))
+    assert (code, err) == (2, [
+        f"chord simulate: error: {started / 'reports.db'}: its rounds table was written by "
+        "another version of chord (columns missing here: ['infer_batch_ms']; not written by "
+        "this version: ['infer_ms_max']); finish the run with the version that started it, or "
+        f"{FRESH}"])  # fmt: skip
 
 
 GOOD = dataclasses.asdict(DeviceReport("d1", 3, "high", DeviceMetrics(

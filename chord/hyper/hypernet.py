@@ -11,6 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from chord.hyper.errors import HyperNetError
+from chord.hyper.frozen import FrozenHyperNetwork, ShapeGroup
+
+__all__ = ["HyperConfig", "HyperNetError", "HyperNetwork", "eval_importance"]
+
 
 class LayerLike(Protocol):
     """What the hypernetwork needs to know about one quantizable layer."""
@@ -31,10 +36,6 @@ class LayoutLike(Protocol):
 
 # The inference cache of HyperNetwork._packed_heads: (parameter key, weight, bias, group biases).
 _Packed = tuple[tuple[int, ...], torch.Tensor, torch.Tensor, list[torch.Tensor]]
-
-
-class HyperNetError(ValueError):
-    """A hypernetwork that does not fit the backbone or profiles it was given."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class HyperNetwork(nn.Module):
             self.register_buffer(f"gabst{g}", abs_t, persistent=False)
             self.register_buffer(f"gidx{g}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self._packed: _Packed | None = None
+        self._snapshot: tuple[torch.Tensor, FrozenHyperNetwork] | None = None
 
     def hyper_config(self) -> dict[str, Any]:
         """Constructor arguments beyond the layout and weights, for saving."""
@@ -169,7 +171,9 @@ class HyperNetwork(nn.Module):
         if torch.is_grad_enabled():
             stacks = [torch.stack([biases[i] for i in idx]) for _, _, idx in self._groups]
             return torch.cat(params[:half]), torch.cat(params[half:]), stacks
-        key = tuple(x for p in (*params, *biases) for x in (p.data_ptr(), p._version))
+        # Every parameter, not only the heads': the snapshot of _fused_importance reads the
+        # trunk's and the layer head's too.
+        key = tuple(x for p in self.parameters() for x in (p.data_ptr(), p._version))
         if self._packed is None or self._packed[0] != key:
             # Kept as a transposed view of a contiguous [hidden, rows] tensor: addmm on it
             # (h @ weight.T) is about 1.5x faster than linear on the [rows, hidden] original.
@@ -221,51 +225,35 @@ class HyperNetwork(nn.Module):
     def _fused_importance(self, profiles: torch.Tensor) -> torch.Tensor:
         """channel_scores without autograd on the CPU, as one [B, n_channels] tensor: the trunk
         and the packed heads in torch, then per group of equal-shape layers one GEMM (W [A | f])
-        and one call of the fused kernel chord.hyper.score_kernel.group_scores writing its
-        layers' columns. The reshapes between them are numpy views and copies of the torch
-        tensors' memory (a torch op costs several microseconds of dispatch, and a served batch
-        made dozens); the GEMMs and the kernel see the same arrays as before, so the scores are
-        bit for bit those of the per-group torch glue this replaced."""
-        from chord.hyper.score_kernel import group_scores
+        and one call of the fused kernel chord.hyper.score_kernel.group_scores
+        (chord.hyper.frozen.FrozenHyperNetwork, kept while the parameters are unchanged)."""
+        weight, _, _ = self._packed_heads()
+        if self._snapshot is None or self._snapshot[0] is not weight:
+            self._snapshot = (weight, self.frozen())
+        return self._snapshot[1](profiles)
 
-        if profiles.dim() != 2 or profiles.shape[1] != self.profile_dim:
-            raise HyperNetError(
-                f"profiles must be [batch, {self.profile_dim}] floats, got {tuple(profiles.shape)}"
-            )
-        h = self.trunk(self.norm(profiles.float()))
-        layer_w = F.softplus(self.layer_head(h)).numpy()  # [B, n_layers]
+    @torch.no_grad()
+    def frozen(self) -> FrozenHyperNetwork:
+        """A serving snapshot of the current parameters: importance bit for bit, without the
+        per-call module machinery and cache checks; it does not follow later changes."""
         weight, bias, filt_biases = self._packed_heads()
-        heads = torch.addmm(bias, h, weight.t()).numpy()  # [B, all head outputs]
-        n_b, r = heads.shape[0], self.config.rank
-        out = torch.empty(n_b, self.n_channels)
-        out_np = out.numpy()
-        col = 0
+        groups = []
         for g, (n_out, n_in, idx) in enumerate(self._groups):
-            n_l = len(idx)
-            a = heads[:, col : col + n_l * n_in * r].reshape(n_b, n_l, n_in, r)
-            col += n_l * n_in * r
-            v = heads[:, col : col + n_l * n_in * r].reshape(n_b, n_l, n_in, r).copy()
-            col += n_l * n_in * r
-            f = heads[:, col : col + n_l * n_in].reshape(n_b, n_l, 1, n_in)
-            col += n_l * n_in
-            # [L, B * (r + 1), n_in]: A^T and f of every profile, then u^T and W f in one GEMM
-            af = np.ascontiguousarray(
-                np.concatenate([a.transpose(0, 1, 3, 2), f], axis=2).transpose(1, 0, 2, 3)
-            ).reshape(n_l, n_b * (r + 1), n_in)
-            w: torch.Tensor = getattr(self, f"gref{g}")  # [L, n_out, n_in]
-            uf = torch.bmm(torch.from_numpy(af), w.transpose(1, 2)).numpy()
-            scores = np.empty((n_b, n_l, n_out), dtype=np.float32)
-            group_scores(
-                uf.reshape(n_l, n_b, r + 1, n_out), v, getattr(self, f"gabst{g}").numpy(),
-                filt_biases[g].numpy(), layer_w[:, self._group_layers[g]], scores,
-            )
-            start = self._offsets[idx[0]]
-            if self._group_runs[g]:  # the group's layers are adjacent: one block of columns
-                out_np[:, start : start + n_l * n_out] = scores.reshape(n_b, n_l * n_out)
-            else:
-                for k, i in enumerate(idx):
-                    out_np[:, self._offsets[i] : self._offsets[i] + n_out] = scores[:, k]
-        return out
+            groups.append(ShapeGroup(
+                n_out=n_out,
+                n_in=n_in,
+                layers=self._group_layers[g],
+                ref_t=self.get_buffer(f"gref{g}").transpose(1, 2),
+                abs_t=self.get_buffer(f"gabst{g}").numpy(),
+                filt_bias=filt_biases[g].detach().numpy(),
+                columns=[(self._offsets[i], k) for k, i in enumerate(idx)],
+                start=self._offsets[idx[0]] if self._group_runs[g] else None,
+            ))
+        return FrozenHyperNetwork(
+            profile_dim=self.profile_dim, n_channels=self.n_channels, rank=self.config.rank,
+            norm_eps=self.norm.eps, trunk=self.trunk, layer_head=self.layer_head,
+            heads_weight=weight, heads_bias=bias, groups=groups,
+        )
 
     def forward(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] -> [B, n_channels] importance (differentiable)."""

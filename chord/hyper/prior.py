@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chord.hyper.frozen import FrozenPrior
 from chord.hyper.hypernet import HyperNetwork, eval_importance
 
 
@@ -59,3 +60,8 @@ class PriorImportance(nn.Module):
     def importance(self, profiles: torch.Tensor) -> torch.Tensor:
         """[B, profile_dim] float32 -> [B, n_channels] float32 (higher = keep more bits)."""
         return eval_importance(self, profiles)
+
+    @torch.no_grad()
+    def frozen(self) -> FrozenPrior:
+        """A serving snapshot of the current parameters (chord.hyper.frozen.FrozenPrior)."""
+        return FrozenPrior(self.get_buffer("prior"), self.gate, self.hyper.frozen())
