@@ -115,7 +115,8 @@ MODES_NOTE = (
     "NDCG@10 0.454 at epoch 5, 0.513 at epoch 10). Its budgets were then measured from the "
     "cached run by two processes at once (budgets 2 and 3; budget 4), each training the same "
     "seeded DIET hypernetwork, and folded with --import-json. Wall-clock seconds in the JSON "
-    "meta include SIGSTOP pauses of these runs by other work between 04:28 and 05:05 UTC."
+    "meta include SIGSTOP pauses of these runs by other work between 04:28 and 05:05 UTC and "
+    "from 05:40 to 05:46 UTC (the ML-1M SASRec measurement)."
 )
 
 
