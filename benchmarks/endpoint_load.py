@@ -477,11 +477,12 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
 
 def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[str, float]:
     """Process CPU ms per batch of `batch` random profiles: the engine's whole compute and its
-    parts (hypernetwork forward, level assignment, reply encoding), one torch thread, this
-    process. Per-request figures divide by `batch`."""
+    parts (hypernetwork forward on the engine's serving snapshot, level assignment, reply
+    encoding), one torch thread, this process. Per-request figures divide by `batch`."""
     import torch
 
     from chord.codes import encode_levels_batch
+    from chord.hyper.frozen import serving_importance
     from chord.levels import assign_levels_batch
     from chord.strategy import StrategyRequest
     from cloud_server.engine import StrategyEngine
@@ -503,9 +504,11 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
         budgets = [tier.default_budget_bits] * batch
         sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
 
+        importance = serving_importance(run.importance_model)  # what the engine calls
+
         def forward() -> np.ndarray:
             with torch.inference_mode():
-                return run.importance_model.importance(torch.from_numpy(profiles)).numpy()
+                return importance(torch.from_numpy(profiles)).numpy()
 
         imp = forward()
         levels = np.stack([np.asarray(x) for x in assign_levels_batch(
