@@ -37,7 +37,13 @@ from benchmarks.harness import (
     markdown_table,
     read_json,
 )
-from benchmarks.intervals import BOOTSTRAP, add_intervals
+from benchmarks.intervals import (
+    BOOTSTRAP,
+    add_intervals,
+    load_keyed_vectors,
+    save_keyed_vectors,
+    vectors_path,
+)
 from benchmarks.intervals import COLUMNS as INTERVAL_COLUMNS
 from chord.baselines import ALL_METHODS, EvalConfig, run_eval
 from chord.baselines.rows import COLUMNS
@@ -179,37 +185,17 @@ def comparison_group(row: dict[str, Any]) -> tuple[str, str, str, float] | None:
     return str(row["dataset"]), str(row["backbone"]), str(row["backbone_mode"]), bits
 
 
-def vectors_path(json_path: Path) -> Path:
-    """The per-user file beside a result JSON: NAME.json -> NAME_per_user.npz."""
-    return json_path.with_name(f"{json_path.stem}_per_user.npz")
-
-
 def save_vectors(path: Path, vectors: dict[VectorKey, np.ndarray]) -> None:
-    """Write per-user vectors [n_test] as one compressed .npz (atomically).
-
-    Layout: `keys` holds each VectorKey as a JSON list; array `v{i}` is the vector of keys[i].
-    """
-    keys = sorted(vectors)
-    arrays: dict[str, Any] = {
-        f"v{i}": np.asarray(vectors[k], dtype=np.float64) for i, k in enumerate(keys)
-    }
-    arrays["keys"] = np.array([json.dumps(list(k)) for k in keys], dtype=str)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    """Write per-user vectors [n_test] (benchmarks.intervals.save_keyed_vectors)."""
+    save_keyed_vectors(path, vectors)
 
 
 def load_vectors(path: Path) -> dict[VectorKey, np.ndarray]:
     """The per-user vectors `save_vectors` wrote; {} when there is no such file."""
-    if not path.is_file():
-        return {}
-    with np.load(path) as data:
-        out: dict[VectorKey, np.ndarray] = {}
-        for i, text in enumerate(data["keys"]):
-            d, b, mode, method, budget = json.loads(str(text))
-            out[(d, b, mode, method, float(budget))] = data[f"v{i}"]
-        return out
+    return {
+        (d, b, mode, method, float(budget)): v
+        for (d, b, mode, method, budget), v in load_keyed_vectors(path)
+    }
 
 
 def import_results(args: argparse.Namespace, store: ResultStore) -> int:

@@ -8,7 +8,9 @@ users (Efron & Tibshirani 1993, ch. 13). A row "wins" only where the interval ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -94,3 +96,34 @@ def add_intervals(
 
 
 __all__ = ["BOOTSTRAP", "COLUMNS", "PairedDiff", "add_intervals", "paired_interval", "verdict"]
+
+
+def vectors_path(json_path: Path) -> Path:
+    """The per-user file beside a result JSON: NAME.json -> NAME_per_user.npz."""
+    return json_path.with_name(f"{json_path.stem}_per_user.npz")
+
+
+def save_keyed_vectors(path: Path, vectors: Mapping[tuple[Any, ...], np.ndarray]) -> None:
+    """Per-user vectors [n_test users] as one compressed .npz, written atomically.
+
+    Layout: `keys` holds each key tuple as a JSON list (sorted), array `v{i}` the float64
+    vector of keys[i]. Key items must be JSON scalars (str, int, float).
+    """
+    keys = sorted(vectors)
+    arrays: dict[str, Any] = {
+        f"v{i}": np.asarray(vectors[k], dtype=np.float64) for i, k in enumerate(keys)
+    }
+    arrays["keys"] = np.array([json.dumps(list(k)) for k in keys], dtype=str)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(path)
+
+
+def load_keyed_vectors(path: Path) -> list[tuple[list[Any], np.ndarray]]:
+    """(key as a JSON list, vector) for every vector save_keyed_vectors wrote; [] where there
+    is no such file. Callers turn the lists back into their typed keys."""
+    if not path.is_file():
+        return []
+    with np.load(path) as data:
+        return [(json.loads(str(text)), data[f"v{i}"]) for i, text in enumerate(data["keys"])]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import RESULTS_DIR, ResultStore, markdown_table, write_result
-from benchmarks.intervals import add_intervals
+from benchmarks.intervals import add_intervals, load_keyed_vectors, save_keyed_vectors, vectors_path
 from chord.baselines.suite import code_bytes
 from chord.config import BackboneConfig, SASRecConfig
 from chord.data import Split, pad_sequences
@@ -528,36 +528,14 @@ def h64_table(metas: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
 VectorKey = tuple[str, str, int, str]  # (dataset, backbone, width, method[@budget])
 
 
-def vectors_path(json_path: Path) -> Path:
-    """The per-user file beside a result JSON: NAME.json -> NAME_per_user.npz."""
-    return json_path.with_name(f"{json_path.stem}_per_user.npz")
-
-
 def save_vectors(path: Path, vectors: dict[VectorKey, np.ndarray]) -> None:
-    """Per-user NDCG@10 vectors [n_test users] as one compressed .npz, written atomically.
-
-    Layout: `keys` holds each VectorKey as a JSON list; array `v{i}` is the vector of keys[i].
-    """
-    keys = sorted(vectors)
-    arrays: dict[str, Any] = {f"v{i}": np.asarray(vectors[k], dtype=np.float64)
-                              for i, k in enumerate(keys)}
-    arrays["keys"] = np.array([json.dumps(list(k)) for k in keys], dtype=str)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
-    tmp.replace(path)
+    """Per-user NDCG@10 vectors [n_test users] (benchmarks.intervals.save_keyed_vectors)."""
+    save_keyed_vectors(path, vectors)
 
 
 def load_vectors(path: Path) -> dict[VectorKey, np.ndarray]:
     """The vectors save_vectors wrote; {} where there is no such file."""
-    if not path.is_file():
-        return {}
-    with np.load(path) as data:
-        out: dict[VectorKey, np.ndarray] = {}
-        for i, text in enumerate(data["keys"]):
-            d, b, w, key = json.loads(str(text))
-            out[(str(d), str(b), int(w), str(key))] = data[f"v{i}"]
-        return out
+    return {(str(d), str(b), int(w), str(key)): v for (d, b, w, key), v in load_keyed_vectors(path)}
 
 
 def refresh_intervals(rows: list[dict[str, Any]], vectors: dict[VectorKey, np.ndarray],
