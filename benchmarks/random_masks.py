@@ -75,48 +75,27 @@ LOG = Callable[[str], None]
 # backbone): what `--pair-settings` gives each pair instead of the width / mask flags, so one
 # command reproduces every row from the run cache (~/.cache/chord/runs, keyed by the config).
 # SASRec: the ML-100K headline setting (accuracy_random_h256_sparse4); on ML-1M the mask is
-# capped at 20 epochs (an epoch took about 150 s on one shared core; the cap fit the session's
-# clock, see the section text). Caser: see the CASER notes in the section's Ideas table.
+# capped at 10 epochs (an epoch took about 150 s of one core). Caser: h64, keep 20%, the
+# channel-balanced keep rule; one epoch on ML-1M is as many steps as ten on ML-100K (see the
+# section's Ideas table).
+_BOTH = {"hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1"}
+_SASREC = {**_BOTH, "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01,
+           "mask_balance": "layer"}
+_CASER = {**_BOTH, "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05,
+          "mask_balance": "channel"}
 PAIR_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
-    ("ml-100k", "sasrec"): {
-        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 40,
-        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
-        "mask_balance": "layer",
-    },
-    ("ml-1m", "sasrec"): {
-        "widths": [256], "mask_variant": "sparse4", "mask_lr": 0.01, "mask_epochs": 10,
-        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
-        "mask_balance": "layer",
-    },
-    ("ml-100k", "caser"): {
-        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 10,
-        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
-        "mask_balance": "channel",
-    },
-    ("ml-1m", "caser"): {
-        "widths": [64], "mask_variant": "sparse", "mask_lr": 0.05, "mask_epochs": 1,
-        "hyper_steps": 20, "diet_steps": 20, "generator": "torch-mt19937-xavier-signed/1",
-        "mask_balance": "channel",
-    },
+    ("ml-100k", "sasrec"): {**_SASREC, "mask_epochs": 40},
+    ("ml-1m", "sasrec"): {**_SASREC, "mask_epochs": 10},
+    ("ml-100k", "caser"): {**_CASER, "mask_epochs": 10},
+    ("ml-1m", "caser"): {**_CASER, "mask_epochs": 1},
 }
 
 
-# What the section says about how its rows were produced, where they use PAIR_SETTINGS.
+# The one command of the consolidated table (the section says it where every run used
+# PAIR_SETTINGS).
 MODES_COMMAND = (
     "python -m benchmarks.accuracy --random-masks --pair-settings --datasets ml-100k ml-1m "
     "--backbones sasrec caser --budgets 2 3 4 --threads 1 --name accuracy_random_modes"
-)
-MODES_NOTE = (
-    "ML-1M SASRec's mask was capped at 10 epochs (1,890 steps of 32 sequences) so that the "
-    "run ended within the session: one epoch took about 148 s of one core (measured on a "
-    "25-step probe), and a first start at 20 epochs was stopped after 19 min in which "
-    "idle-machine benchmarks of other work held it paused (SIGSTOP) or shared its core for "
-    "more than half the time. The cap, not convergence, ended the mask's training (validation "
-    "NDCG@10 0.454 at epoch 5, 0.513 at epoch 10). Its budgets were then measured from the "
-    "cached run by two processes at once (budgets 2 and 3; budget 4), each training the same "
-    "seeded DIET hypernetwork, and folded with --import-json. Wall-clock seconds in the JSON "
-    "meta include SIGSTOP pauses of these runs by other work between 04:28 and 05:05 UTC and "
-    "from 05:40 to 05:46 UTC (the ML-1M SASRec measurement)."
 )
 
 
@@ -152,7 +131,16 @@ def settings_text(metas: list[dict[str, Any]]) -> str:
             f"by the run config; a missing run is trained first): `{MODES_COMMAND}`. Settings "
             f"per pair (benchmarks.random_masks.PAIR_SETTINGS): {'; '.join(pairs)}. Balance "
             "layer: a layer keeps its top weights by score; channel: the same count in every "
-            "channel (chord.masks.ranks.BALANCES; Ideas 7b-7c). " + MODES_NOTE + " ")
+            "channel (chord.masks.ranks.BALANCES; Ideas 7b-7c). ")
+
+
+def meta_notes(metas: list[dict[str, Any]]) -> str:
+    """What the JSON's meta entries say about how their own run was measured (a meta entry's
+    "note": a cap chosen for the clock, pauses by other work); a re-measured pair replaces its
+    entry, and with it the note."""
+    notes = [f"{m['config']['dataset']} {m['config']['backbone']} h{m['config']['width']}: "
+             f"{m['note']}" for m in metas if m.get("note")]
+    return " ".join(notes) + (" " if notes else "")
 
 
 def pair_args(args: Any, dataset: str, backbone: str) -> Any:
@@ -932,7 +920,7 @@ def write(rows: list[dict[str, Any]], metas: list[dict[str, Any]],
         "median time to score 101 candidates for one user on one CPU thread of this machine "
         "with fake-quantized fp32 weights (no low-bit kernel for masked weights yet). "
         "Only the first width gets the full table; other widths: shared mask and CHORD at 3 "
-        "bits. " + settings_text(metas)
+        "bits. " + settings_text(metas) + meta_notes(metas)
         + (f"This invocation took {seconds / 60:.0f} min on a 2-core machine shared with other "
            "jobs." if seconds else (origin or "Rewritten from the JSON (--replot)."))
         + "\n\n" + goal_summary(rows, fp32_h64) + "\n\n" + goal_lines(rows, fp32_h64)
