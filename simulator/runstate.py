@@ -20,11 +20,12 @@ from typing import Any
 
 from chord.plain_numbers import NumberError, json_float
 from chord.textfile import TextFileError, read_json
+from simulator.store import COLUMNS
 
 __all__ = ["REPORT_TABLES", "RunStateError", "check_reports_db", "new_state", "read_state"]
 
 REQUEST_TAG = re.compile(r"[0-9a-f]{8}")
-REPORT_TABLES = frozenset({"devices", "rounds", "events"})  # simulator.store's tables
+REPORT_TABLES = frozenset(COLUMNS)  # simulator.store's tables
 # Latest `created` accepted: now plus a day of clock difference between machines (a run
 # directory copied from another host).
 CLOCK_SLACK_S = 86_400.0
@@ -90,8 +91,6 @@ def check_reports_db(path: Path) -> None:
     (simulator.store.COLUMNS). Opened read-only: nothing is written."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    from simulator.store import COLUMNS
-
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             tables = {row[0] for row in conn.execute(
