@@ -77,6 +77,7 @@ class EndpointConfig:
     probe_s: float = 3.0  # seconds of each constant-rate probe
     max_probes: int = 7
     open_loop_cap: int = 512  # calls in flight at most during a probe
+    cpu_pairs: int = 3  # alternating strategy / echo probes at one rate (0: skip)
     results_dir: str | None = None  # None: $CHORD_BENCH_RESULTS_DIR, else benchmarks/
 
 
@@ -401,12 +402,9 @@ def pinning(workers: int) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     return server, loadgen, note
 
 
-def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None,
-              start_rps: float, also_at_rps: float | None = None) -> dict[str, Any]:
-    """The open-loop capacity search against one (mode, workers) server, with server CPU;
-    with also_at_rps, one more probe of the same server at that rate (key "at_rate")."""
-    server_cpus, loadgen_cpus, note = pinning(workers)
-    base = LoadConfig(
+def _open_loop_base(cfg: EndpointConfig, loadgen_cpus: tuple[int, ...]) -> LoadConfig:
+    """The load generator's settings of every open-loop probe (target and rate set per probe)."""
+    return LoadConfig(
         target="127.0.0.1:1",
         concurrency=cfg.open_loop_cap,
         duration_s=cfg.probe_s,
@@ -414,6 +412,13 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
         timeout_s=5.0,
         cpus=loadgen_cpus,
     )
+
+
+def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None,
+              start_rps: float) -> dict[str, Any]:
+    """The open-loop capacity search against one (mode, workers) server, with server CPU."""
+    server_cpus, loadgen_cpus, note = pinning(workers)
+    base = _open_loop_base(cfg, loadgen_cpus)
     probes: list[dict[str, Any]] = []
     with ServerProcess(
         _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
@@ -442,23 +447,6 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
             replace(base, target=server.target), cfg.slo_p99_ms, start_rps=start_rps,
             tolerance=0.15, max_probes=cfg.max_probes, on_probe=on_probe,
         )
-        at_rate = None
-        if also_at_rps:
-            res = run_load(replace(
-                base, target=server.target, rps=also_at_rps, load_schedule="const",
-                duration_s=max(cfg.probe_s, 100 / also_at_rps),
-            ))
-            cpu = sampler.cpu_over(res.window) if res.window else float("nan")
-            at_rate = {
-                "rps": also_at_rps,
-                "achieved_rps": res.ok_rps,
-                "p99_ms": res.p99_ms,
-                "errors": res.errors,
-                "server_cpu_ms_per_req": 1e3 * cpu / max(res.total, 1),
-            }
-            print(f"  {mode} x{workers}: {also_at_rps:8.1f} rps offered (the strategy's "
-                  f"capacity), server CPU {at_rate['server_cpu_ms_per_req']:.3f} ms/req",
-                  flush=True)
     best = max((p for p in probes if p["passed"]), key=lambda p: p["rps"], default=None)
     return {
         "capacity_rps": cap.capacity_rps,
@@ -471,7 +459,56 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
         "loadgen_cpus": ",".join(map(str, loadgen_cpus)),
         "pinning": note,
         "probes": probes,
-        "at_rate": at_rate,
+    }
+
+
+def _paired_cpu(workers: int, rps: float, cfg: EndpointConfig,
+                run_dir: Path | None) -> dict[str, Any]:
+    """Server CPU per request of the strategy and the echo server at one open-loop rate.
+
+    Both servers run at once on the same cores (the idle one costs next to nothing), and
+    cfg.cpu_pairs rounds alternate a probe of each at `rps` (the strategy's capacity), so
+    slow drifts of the machine's load fall on both sides of every pair. Returns each probe's
+    figures, each pair's ratio (strategy / echo) and their median, the judged figure.
+    """
+    server_cpus, loadgen_cpus, _ = pinning(workers)
+    base = replace(_open_loop_base(cfg, loadgen_cpus), rps=rps, load_schedule="const",
+                   duration_s=max(cfg.probe_s, 100 / rps))
+    rounds: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        samplers = {}
+        targets = {}
+        for mode in ("strategy", "echo"):
+            server = stack.enter_context(ServerProcess(
+                _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
+                cpus=server_cpus,
+            ))
+            samplers[mode] = stack.enter_context(
+                ProcessTreeSampler(server.pid, 0.1, pss_every=1 << 30))
+            targets[mode] = server.target
+        for _ in range(cfg.cpu_pairs):
+            pair: dict[str, Any] = {}
+            for mode in ("strategy", "echo"):
+                res = run_load(replace(base, target=targets[mode]))
+                cpu = samplers[mode].cpu_over(res.window) if res.window else float("nan")
+                pair[mode] = {
+                    "achieved_rps": res.ok_rps,
+                    "p99_ms": res.p99_ms,
+                    "errors": res.errors,
+                    "server_cpu_ms_per_req": 1e3 * cpu / max(res.total, 1),
+                }
+            pair["ratio"] = (pair["strategy"]["server_cpu_ms_per_req"]
+                             / pair["echo"]["server_cpu_ms_per_req"])
+            print(f"  same rate x{workers}: {rps:8.1f} rps offered, server CPU strategy "
+                  f"{pair['strategy']['server_cpu_ms_per_req']:.3f} / echo "
+                  f"{pair['echo']['server_cpu_ms_per_req']:.3f} ms/req = {pair['ratio']:.3f}",
+                  flush=True)
+            rounds.append(pair)
+    return {
+        "rps": rps,
+        "pairs": rounds,
+        "ratios": [p["ratio"] for p in rounds],
+        "median_ratio": statistics.median(p["ratio"] for p in rounds),
     }
 
 
@@ -551,6 +588,14 @@ def starvation_note(by_config: dict[str, Any]) -> str:
     )
 
 
+def same_rate_text(same_rate: dict[str, Any]) -> str:
+    """Each worker count's paired ratios, e.g. 'w1 at 850 rps: 1.52, 1.48, 1.55'."""
+    return "; ".join(
+        f"{key} at {v['rps']:.0f} rps: " + ", ".join(f"{r:.2f}" for r in v["ratios"])
+        for key, v in same_rate.items()
+    ) or "not measured"
+
+
 def _machine_load() -> dict[str, Any]:
     """Load average and the busiest processes right now (what else ran on the machine)."""
     top = subprocess.run(
@@ -566,27 +611,27 @@ def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
     # The strategy first, so each echo server is also probed at the strategy's capacity: server
     # CPU per request falls with the rate for both (fixed costs spread over more calls), so the
     # CPU goal compares the two at one rate.
-    for mode in sorted(cfg.capacity_modes, key=lambda m: m != "strategy"):
+    for mode in cfg.capacity_modes:
         start = 400.0 if mode == "echo" else 150.0
         for workers in cfg.capacity_workers:
             key = f"{mode}_w{workers}"
-            strat = out.get(f"strategy_w{workers}") if mode == "echo" else None
-            out[key] = _capacity(mode, workers, cfg, run_dir, start,
-                                 also_at_rps=strat["capacity_rps"] if strat else None)
+            out[key] = _capacity(mode, workers, cfg, run_dir, start)
             start = max(start, out[key]["capacity_rps"])  # more workers: start higher
-    out = {k: out[k] for m in cfg.capacity_modes for k in out if k.startswith(f"{m}_w")}
     ratios: dict[str, Any] = {}
+    same_rate: dict[str, Any] = {}
     for workers in cfg.capacity_workers:
         e, g = out.get(f"echo_w{workers}"), out.get(f"strategy_w{workers}")
         if e and g and e["capacity_rps"]:
             ratios[f"capacity_strategy_over_echo_w{workers}"] = (
                 g["capacity_rps"] / e["capacity_rps"]
             )
+        # The CPU goal compares the two at one rate, the strategy's capacity: server CPU per
+        # request falls with the rate for both (fixed costs spread over more calls).
+        if e and g and g["capacity_rps"] and cfg.cpu_pairs:
+            paired = _paired_cpu(workers, g["capacity_rps"], cfg, run_dir)
+            same_rate[f"w{workers}"] = paired
+            ratios[f"cpu_strategy_over_echo_same_rate_w{workers}"] = paired["median_ratio"]
         g_cpu = g["server_cpu_ms_per_req_at_capacity"] if g else None
-        if e and g_cpu and e["at_rate"]:
-            ratios[f"cpu_strategy_over_echo_same_rate_w{workers}"] = (
-                g_cpu / e["at_rate"]["server_cpu_ms_per_req"]
-            )
         if e and g_cpu and e["server_cpu_ms_per_req_at_capacity"]:
             ratios[f"cpu_strategy_over_echo_own_capacity_w{workers}"] = (
                 g_cpu / e["server_cpu_ms_per_req_at_capacity"]
@@ -595,7 +640,7 @@ def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
         one, two = out.get(f"{mode}_w1"), out.get(f"{mode}_w2")
         if one and two and one["capacity_rps"]:
             ratios[f"workers_2_over_1_{mode}"] = two["capacity_rps"] / one["capacity_rps"]
-    return {"by_config": out, "ratios": ratios}
+    return {"by_config": out, "ratios": ratios, "same_rate": same_rate}
 
 
 def _median_measured(values: Iterable[float | None]) -> float | None:
@@ -637,8 +682,8 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else (default_run_dir() if needs_run else None)
     load_before = os.getloadavg()
     machine_before = _machine_load()
-    capacity = run_capacity(cfg, run_dir) if cfg.capacity_modes else {"by_config": {},
-                                                                      "ratios": {}}
+    capacity = run_capacity(cfg, run_dir) if cfg.capacity_modes else {
+        "by_config": {}, "ratios": {}, "same_rate": {}}
     engine = engine_breakdown(run_dir, cfg.max_batch) if run_dir is not None else {}
     modes: dict[str, Any] = {}
     for mode in cfg.modes:
@@ -663,6 +708,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         "machine_before": machine_before,
         "machine_after": _machine_load(),
         "capacity": capacity["by_config"],
+        "cpu_same_rate": capacity["same_rate"],
         "engine": engine,
         **capacity["ratios"],
     }
@@ -757,11 +803,14 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"benchmarks.slo.find_capacity, probes of {cfg.probe_s:g} s after 0.5 s warmup, "
         f"doubling then bisecting to 15%, at most {cfg.open_loop_cap} calls in flight. "
         f"Server CPU per request is the server process tree's CPU clock (all workers) over "
-        f"the probe at capacity, per reply. The CPU goal compares the two at one rate: each echo "
-        f"server is probed once more at the strategy's capacity (cpu_strategy_over_echo_same_"
-        f"rate), since CPU per request falls with the rate for both as fixed costs spread over "
-        f"more calls; cpu_strategy_over_echo_own_capacity divides each at its own capacity "
-        f"(echo's is higher) and is reported, not judged. "
+        f"the probe at capacity, per reply. The CPU goal compares the two at one rate, since CPU "
+        f"per request falls with the rate for both as fixed costs spread over more calls: a "
+        f"strategy and an echo server run at once on the same cores, and {cfg.cpu_pairs} "
+        f"rounds alternate a probe of each at the strategy's capacity; "
+        f"cpu_strategy_over_echo_same_rate is the median of the rounds' ratios "
+        f"({same_rate_text(capacity['same_rate'])}). "
+        f"cpu_strategy_over_echo_own_capacity divides each at its own capacity (echo's is "
+        f"higher) and is reported, not judged. "
         f"Pinned (sched_setaffinity, as taskset): {pins}. "
         f"Closed-loop rows below: server on core {pinning(1)[0]}, load generator on "
         f"{pinning(1)[1]}. Busiest processes before the run: "
@@ -801,6 +850,17 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     return payload
 
 
+def _cpu_pairs(text: str) -> int:
+    """argparse type of --cpu-pairs: 0 (skip the paired probes) .. 20."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; send 0..20") from None
+    if not 0 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..20; send 0..20")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the endpoint benchmark."""
     parser.add_argument(
@@ -832,6 +892,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)
     parser.add_argument("--probe-s", type=float, default=3.0, help="seconds per search probe")
     parser.add_argument("--max-probes", type=int, default=7)
+    parser.add_argument(
+        "--cpu-pairs", type=_cpu_pairs, default=3,
+        help="alternating strategy / echo probes at the strategy's capacity (0: skip)",
+    )
     add_output_arguments(parser)
     parser.add_argument("--no-write", action="store_true", help="print only")
 
@@ -857,6 +921,7 @@ def config_from_args(args: argparse.Namespace) -> EndpointConfig:
         slo_p99_ms=args.slo_p99_ms,
         probe_s=args.probe_s,
         max_probes=args.max_probes,
+        cpu_pairs=args.cpu_pairs,
     )
 
 

@@ -1,15 +1,19 @@
-"""The endpoint benchmark's profile summary and CPU readings (no load, no timing asserts)."""
+"""The endpoint benchmark's profile summary, CPU readings and flags (no load, no timing asserts)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
 from benchmarks.endpoint_load import (
     _cpu_seconds,
     _runqueue_wait_seconds,
     format_profile,
+    same_rate_text,
     summarize_profile,
 )
+from benchmarks.endpoint_load import main as endpoint_main
 
 _RAW = """\
 _run_module_as_main (<frozen runpy>:198);BaseEventLoop._run_once (asyncio/base_events.py:1922);\
@@ -45,3 +49,27 @@ def test_cpu_readings_of_this_process() -> None:
     pid = os.getpid()
     assert _cpu_seconds(pid) >= _cpu_seconds(pid, pid) >= 0
     assert _runqueue_wait_seconds(pid) >= 0
+
+
+@pytest.mark.parametrize(("flag", "message"), [
+    ("-1", "-1 is outside 0..20; send 0..20"),
+    ("two", "'two' is not a whole number; send 0..20"),
+])
+def test_cpu_pairs_flag_refuses_a_bad_count(
+    flag: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cpu-pairs takes 0 (skip the paired probes) to 20; anything else is one argparse line."""
+    with pytest.raises(SystemExit) as info:
+        endpoint_main(["--cpu-pairs", flag])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m benchmarks.endpoint_load: error: argument --cpu-pairs: {message}"
+    )
+
+
+def test_same_rate_text_lists_every_pair() -> None:
+    """The note names each worker count's rate and every pair's ratio, not only the median."""
+    same = {"w1": {"rps": 849.6, "ratios": [1.5, 1.62, 1.481], "median_ratio": 1.5},
+            "w2": {"rps": 700.0, "ratios": [1.7], "median_ratio": 1.7}}
+    assert same_rate_text(same) == "w1 at 850 rps: 1.50, 1.62, 1.48; w2 at 700 rps: 1.70"
+    assert same_rate_text({}) == "not measured"
