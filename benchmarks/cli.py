@@ -23,7 +23,13 @@ from benchmarks.loadgen import (
 from benchmarks.schedules import MAX_ARRIVAL_T_S, SCHEDULES, ScheduleError, parse_seconds
 from benchmarks.slo import check_search
 from chord.jsonfile import dumps
-from chord.startcheck import StartupError, check_in_range, check_out_file, token_setting
+from chord.startcheck import (
+    StartupError,
+    check_in_range,
+    check_out_file,
+    int_between,
+    token_setting,
+)
 
 # Sub-subcommand -> (benchmark module, help). Each module offers add_arguments(parser) and
 # run(args) -> int, like the top-level commands; imported lazily so `load` stays light.
@@ -112,6 +118,10 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-tolerance", type=float, default=0.1, help="capacity search: stop at hi/lo"
     )
     open_loop.add_argument(
+        "--search-confirm", type=int_between(0, 5), default=0,
+        help="capacity search: more probes a failing rate gets before it counts as failed",
+    )
+    open_loop.add_argument(
         "--peak-window", type=_duration, default=60.0, help="arrivals: peak window (virtual)"
     )
     parser.add_argument(
@@ -197,6 +207,7 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
         start_rps=args.search_start_rps,
         tolerance=args.search_tolerance,
         on_probe=show,
+        confirm_failures=args.search_confirm,
     )
     hi = cap.bracket[1]
     failure = (f"first failure at {hi:.1f} rps" if math.isfinite(hi)

@@ -3,9 +3,11 @@
 `find_capacity` searches for the highest constant open-loop rate whose p99 latency (from each
 call's scheduled send time) stays within the SLO with no failed call: it doubles the rate from
 a start until a probe fails (or halves it until one passes), then bisects (geometric mean)
-until the bracket is within `tolerance`. Each probe is a fresh run_load of `probe_s` seconds.
-Above capacity the queue, and so p99, grows with the probe's length, so the knee it finds is
-sharp; below it, p99 is the service time plus batching wait.
+until the bracket is within `tolerance` (`search_capacity`, the search on its own). Each probe
+is a fresh run_load of `probe_s` seconds. Above capacity the queue, and so p99, grows with the
+probe's length, so the knee it finds is sharp; below it, p99 is the service time plus batching
+wait. On a shared machine one stall of another job can fail a single short probe well below
+the knee; with `confirm_failures=k` a rate fails only when k more probes at it fail too.
 
 `replay_verdict` takes a run that replayed recorded arrivals (`--arrivals FILE --speedup X`)
 and reports whether the endpoint kept its p99 in the fleet's busiest window.
@@ -25,7 +27,7 @@ from benchmarks.loadgen import LoadConfig, LoadConfigError, LoadResult, run_load
 from benchmarks.schedules import MAX_RATE, ScheduleError, read_arrivals
 from chord.startcheck import StartupError, check_in_range
 
-__all__ = ["CapacityResult", "Probe", "find_capacity", "replay_verdict"]
+__all__ = ["CapacityResult", "Probe", "find_capacity", "replay_verdict", "search_capacity"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,62 @@ def check_search(slo_p99_ms: float, start_rps: float, tolerance: float) -> None:
         raise LoadConfigError(str(exc)) from None
 
 
+def search_capacity(
+    passes: Callable[[float], bool],
+    start_rps: float,
+    tolerance: float,
+    max_probes: int,
+    max_rps: float = 1e5,
+    min_rps: float | None = None,
+    confirm_failures: int = 0,
+) -> tuple[float, float]:
+    """The search of find_capacity over any probe: passes(rate) -> whether that rate holds.
+
+    Doubles from start_rps until a rate fails (halves until one passes, down to min_rps,
+    default start_rps / 16), then bisects (geometric mean) until hi / lo <= 1 + tolerance or
+    max_probes rates were tried. A failing rate is probed up to confirm_failures more times
+    and fails only if every try fails (the extra tries do not count against max_probes).
+    Returns (highest passing rate, lowest failing rate): (0, ...) when none passed, (..., inf)
+    when none failed.
+    """
+    floor = min_rps if min_rps is not None else start_rps / 16
+    lo, hi = 0.0, math.inf
+    tried = 0
+
+    def holds(rate: float) -> bool:
+        nonlocal tried
+        tried += 1
+        return any(passes(rate) for _ in range(1 + confirm_failures))
+
+    rate = start_rps
+    while tried < max_probes:
+        if math.isinf(hi):  # no failure yet: double
+            if holds(rate):
+                lo = rate
+                if rate * 2 > max_rps:
+                    break
+                rate *= 2
+            else:
+                hi = rate
+        elif lo == 0.0:  # nothing passed yet: halve
+            rate = hi / 2
+            if rate < max(floor, 1e-3):
+                break
+            if holds(rate):
+                lo = rate
+            else:
+                hi = rate
+        else:
+            if hi / lo <= 1 + tolerance:
+                break
+            rate = math.sqrt(lo * hi)
+            if holds(rate):
+                lo = rate
+            else:
+                hi = rate
+    return lo, hi
+
+
 def find_capacity(
     base: LoadConfig,
     slo_p99_ms: float,
@@ -86,22 +144,25 @@ def find_capacity(
     on_probe: Callable[[Probe, LoadResult], None] | None = None,
     min_calls: int = 100,
     min_rps: float | None = None,
+    confirm_failures: int = 0,
 ) -> CapacityResult:
     """Highest open-loop rate with p99 <= slo_p99_ms and no errors (see module doc).
 
     base: target, method, concurrency cap, processes, warmup...; its rate fields are replaced.
     A probe lasts probe_s (default base.duration_s) or long enough for min_calls calls, so its
     p99 is not just its slowest call. Halving stops below min_rps (default start_rps / 16):
-    the capacity is then reported as 0 with the bracket's upper end. Raises LoadConfigError for
-    a non-positive SLO, start rate or tolerance.
+    the capacity is then reported as 0 with the bracket's upper end. confirm_failures: more
+    probes a failing rate gets before it counts as failed (search_capacity). Raises
+    LoadConfigError for a non-positive SLO, start rate or tolerance, max_probes < 1 or
+    confirm_failures < 0.
     """
     check_search(slo_p99_ms, start_rps, tolerance)
     if max_probes < 1:
         raise LoadConfigError(f"max_probes is {max_probes!r}; send an integer >= 1")
+    if confirm_failures < 0:
+        raise LoadConfigError(f"confirm_failures is {confirm_failures!r}; send an integer >= 0")
     duration = probe_s if probe_s is not None else base.duration_s
-    floor = min_rps if min_rps is not None else start_rps / 16
     probes: list[Probe] = []
-    lo, hi = 0.0, math.inf
 
     def probe(rate: float) -> bool:
         cfg = dataclasses.replace(
@@ -119,32 +180,8 @@ def find_capacity(
             on_probe(p, res)
         return passed
 
-    rate = start_rps
-    while len(probes) < max_probes:
-        if math.isinf(hi):  # no failure yet: double
-            if probe(rate):
-                lo = rate
-                if rate * 2 > max_rps:
-                    break
-                rate *= 2
-            else:
-                hi = rate
-        elif lo == 0.0:  # nothing passed yet: halve
-            rate = hi / 2
-            if rate < max(floor, 1e-3):
-                break
-            if probe(rate):
-                lo = rate
-            else:
-                hi = rate
-        else:
-            if hi / lo <= 1 + tolerance:
-                break
-            rate = math.sqrt(lo * hi)
-            if probe(rate):
-                lo = rate
-            else:
-                hi = rate
+    lo, hi = search_capacity(probe, start_rps, tolerance, max_probes, max_rps, min_rps,
+                             confirm_failures)
     return CapacityResult(slo_p99_ms, lo, (lo, hi), probes)
 
 

@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from chord.plain_numbers import NumberError, parse_int
@@ -336,6 +337,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is below 1; send 1 or more")
     return value
+
+
+def int_between(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: a whole number in lo..hi (one `error: argument ...` line otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_int(text, "the value")  # ASCII digits only: not `1_000` or ` 1 `
+        except NumberError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; send {lo}..{hi}"
+            ) from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}; send {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def max_parallel() -> int:

@@ -17,6 +17,7 @@ from benchmarks.loadgen import (
     send_schedule,
 )
 from benchmarks.schedules import ScheduleError, read_arrivals
+from chord.cli import main as chord_main
 from chord.startcheck import StartupError, check_in_range, exact
 from cloud_server import EmbeddedServer
 from cloud_server.config import ServerConfig
@@ -98,6 +99,23 @@ def test_cli_refuses_bad_flags_in_one_line_before_any_call(
     assert _bench(["--target", TARGET, "--timeout", "1", *argv]) == 2
     line = _one_error_line(capsys)
     assert line.startswith("chord bench load: error: ") and message in line
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-1", "-1 is outside 0..5; send 0..5"),
+    ("1_0", "'1_0' is not a whole number; send 0..5"),
+])
+def test_search_confirm_is_a_small_count(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`chord bench load --search-confirm` takes 0..5 plain digits; else one argparse line."""
+    with pytest.raises(SystemExit) as info:
+        chord_main(["bench", "load", "--target", TARGET, "--slo-p99-ms", "50",
+                    "--search-confirm", value])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"chord bench load: error: argument --search-confirm: {message}"
+    )
 
 
 def _arrivals(path: Path, body: str) -> Path:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from benchmarks import cli
 from benchmarks.ghz import GHZ_FIELDS, PERCENTAGES, ghz_report
 from benchmarks.loadgen import LoadConfig, LoadConfigError, run_load
 from benchmarks.schedules import RateSchedule, ScheduleError, parse_seconds, read_arrivals
-from benchmarks.slo import find_capacity, replay_verdict
+from benchmarks.slo import find_capacity, replay_verdict, search_capacity
 from cloud_server import EmbeddedServer
 from cloud_server.config import ServerConfig
 
@@ -235,6 +236,48 @@ def test_capacity_search_finds_the_knee(slow_server: str) -> None:
     failed = [p.rps for p in cap.probes if not p.passed]
     assert max(passed) < min(failed)
     assert all(p.p99_ms > 150 or p.errors for p in cap.probes if not p.passed)
+
+
+def test_capacity_search_brackets_a_knee_within_its_tolerance() -> None:
+    """Against a system that holds every rate up to 1000/s: doubling from 150 fails at 1200,
+    and bisection ends with 1000 inside a bracket no wider than 15%."""
+    tried: list[float] = []
+
+    def holds(rate: float) -> bool:
+        tried.append(rate)
+        return rate <= 1000
+
+    lo, hi = search_capacity(holds, start_rps=150, tolerance=0.15, max_probes=20)
+    assert lo <= 1000 < hi and hi / lo <= 1.15
+    assert tried[:5] == [150, 300, 600, 1200, math.sqrt(600 * 1200)]
+
+
+class _Stalled:
+    """A system that holds every rate up to 1000/s, except that its first probe at 600/s
+    stalls (a transient, as another job's burst on a shared machine); it records each rate."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def __call__(self, rate: float) -> bool:
+        self.seen.append(rate)
+        return rate <= 1000 and not (rate == 600 and self.seen.count(600) == 1)
+
+
+def test_capacity_search_confirms_a_failure_before_believing_it() -> None:
+    """Without confirmation the stalled probe puts the knee below 600/s; with one more probe
+    the failure does not repeat and the search finds the real knee at 1000/s. A rate that
+    truly fails is probed 1 + k times, and the extra tries do not use up max_probes."""
+    lo, _ = search_capacity(_Stalled(), start_rps=150, tolerance=0.15, max_probes=20)
+    assert lo < 600
+    probe = _Stalled()
+    lo, hi = search_capacity(probe, start_rps=150, tolerance=0.15, max_probes=20,
+                             confirm_failures=1)
+    assert lo <= 1000 < hi and hi / lo <= 1.15
+    assert probe.seen[:4] == [150, 300, 600, 600]  # the stalled rate, probed once more
+    assert probe.seen.count(1200) == 2  # a real failure: both tries fail
+    lo, hi = search_capacity(lambda r: r <= 1000, 150, 0.15, max_probes=3, confirm_failures=3)
+    assert (lo, hi) == (600, math.inf)  # three rates tried (150, 300, 600), none failed
 
 
 def _arrivals(path: Path, times: list[float]) -> Path:
