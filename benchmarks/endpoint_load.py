@@ -600,12 +600,20 @@ def same_rate_text(same_rate: dict[str, Any]) -> str:
 
 
 def _machine_load() -> dict[str, Any]:
-    """Load average and the busiest processes right now (what else ran on the machine)."""
-    top = subprocess.run(
-        ["ps", "-eo", "pcpu,args", "--sort=-pcpu", "--no-headers"],
+    """Load average and the busiest processes right now (what else ran on the machine).
+
+    ps's %CPU is a lifetime average, so a job stopped (SIGSTOP, state T) for the benchmark
+    still shows its earlier share: such lines say "(stopped)".
+    """
+    rows = subprocess.run(
+        ["ps", "-eo", "pcpu=,stat=,args=", "--sort=-pcpu"],
         capture_output=True, text=True, check=False,
     ).stdout.splitlines()[:8]
-    return {"loadavg": os.getloadavg(), "top_cpu": [line.strip()[:90] for line in top]}
+    top = []
+    for row in rows:
+        pcpu, stat, args = [*row.split(None, 2), "", ""][:3]
+        top.append(f"{pcpu} {'(stopped) ' if stat.startswith('T') else ''}{args}"[:90])
+    return {"loadavg": os.getloadavg(), "top_cpu": top}
 
 
 def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
