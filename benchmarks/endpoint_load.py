@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -416,19 +416,32 @@ def _open_loop_base(cfg: EndpointConfig, loadgen_cpus: tuple[int, ...]) -> LoadC
     )
 
 
+@contextlib.contextmanager
+def _pinned_server(mode: str, workers: int, cfg: EndpointConfig,
+                   run_dir: Path | None) -> Iterator[tuple[ServerProcess, ProcessTreeSampler]]:
+    """A (mode, workers) server on its pinned cores, with a sampler of its process tree's CPU."""
+    with ServerProcess(
+        _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
+        cpus=pinning(workers)[0],
+    ) as server, ProcessTreeSampler(server.pid, 0.1, pss_every=1 << 30) as sampler:
+        yield server, sampler
+
+
+def _server_cpu_s(sampler: ProcessTreeSampler, res: LoadResult) -> float:
+    """The server tree's CPU seconds over a run's measured window (nan without one)."""
+    return sampler.cpu_over(res.window) if res.window else float("nan")
+
+
 def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None,
               start_rps: float) -> dict[str, Any]:
     """The open-loop capacity search against one (mode, workers) server, with server CPU."""
     server_cpus, loadgen_cpus, note = pinning(workers)
     base = _open_loop_base(cfg, loadgen_cpus)
     probes: list[dict[str, Any]] = []
-    with ServerProcess(
-        _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
-        cpus=server_cpus,
-    ) as server, ProcessTreeSampler(server.pid, 0.1, pss_every=1 << 30) as sampler:
+    with _pinned_server(mode, workers, cfg, run_dir) as (server, sampler):
 
         def on_probe(p: Probe, res: LoadResult) -> None:
-            cpu = sampler.cpu_over(res.window) if res.window else float("nan")
+            cpu = _server_cpu_s(sampler, res)
             span = (res.window[1] - res.window[0]) if res.window else float("nan")
             row = {
                 **asdict(p),
@@ -474,26 +487,17 @@ def _paired_cpu(workers: int, rps: float, cfg: EndpointConfig,
     slow drifts of the machine's load fall on both sides of every pair. Returns each probe's
     figures, each pair's ratio (strategy / echo) and their median, the judged figure.
     """
-    server_cpus, loadgen_cpus, _ = pinning(workers)
-    base = replace(_open_loop_base(cfg, loadgen_cpus), rps=rps, load_schedule="const",
+    base = replace(_open_loop_base(cfg, pinning(workers)[1]), rps=rps, load_schedule="const",
                    duration_s=max(cfg.probe_s, 100 / rps))
     rounds: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        samplers = {}
-        targets = {}
-        for mode in ("strategy", "echo"):
-            server = stack.enter_context(ServerProcess(
-                _server_config(mode, cfg, run_dir), cfg.server_torch_threads, workers=workers,
-                cpus=server_cpus,
-            ))
-            samplers[mode] = stack.enter_context(
-                ProcessTreeSampler(server.pid, 0.1, pss_every=1 << 30))
-            targets[mode] = server.target
+        servers = {mode: stack.enter_context(_pinned_server(mode, workers, cfg, run_dir))
+                   for mode in ("strategy", "echo")}
         for _ in range(cfg.cpu_pairs):
             pair: dict[str, Any] = {}
-            for mode in ("strategy", "echo"):
-                res = run_load(replace(base, target=targets[mode]))
-                cpu = samplers[mode].cpu_over(res.window) if res.window else float("nan")
+            for mode, (server, sampler) in servers.items():
+                res = run_load(replace(base, target=server.target))
+                cpu = _server_cpu_s(sampler, res)
                 pair[mode] = {
                     "achieved_rps": res.ok_rps,
                     "p99_ms": res.p99_ms,
@@ -619,9 +623,6 @@ def _machine_load() -> dict[str, Any]:
 def run_capacity(cfg: EndpointConfig, run_dir: Path | None) -> dict[str, Any]:
     """Capacity at the p99 SLO for every (mode, workers), and the ratios the goals name."""
     out: dict[str, Any] = {}
-    # The strategy first, so each echo server is also probed at the strategy's capacity: server
-    # CPU per request falls with the rate for both (fixed costs spread over more calls), so the
-    # CPU goal compares the two at one rate.
     for mode in cfg.capacity_modes:
         start = 400.0 if mode == "echo" else 150.0
         for workers in cfg.capacity_workers:
