@@ -76,7 +76,11 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tier", default="", help="device tier (default: the spec's first)")
     parser.add_argument("--budget-bits", type=float, default=0.0, help="0 = the tier default")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random profiles")
-    parser.add_argument("--channels", type=int, default=1, help="gRPC channels per process")
+    parser.add_argument(
+        "--channels", type=int, default=1,
+        help="gRPC channels (TCP connections) per process; a `chord serve --workers N` server "
+        "balances connections, not calls, so send several per worker",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="write the result here")
     open_loop = parser.add_argument_group(
         "open loop (ghz's flags; latency runs from each call's scheduled send time)"

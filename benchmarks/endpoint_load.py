@@ -33,7 +33,7 @@ from benchmarks.harness import (
     markdown_table,
     write_result,
 )
-from benchmarks.loadgen import LoadConfig, LoadResult, format_summary, run_load
+from benchmarks.loadgen import MAX_CHANNELS, LoadConfig, LoadResult, format_summary, run_load
 from benchmarks.server_process import ServerProcess
 from benchmarks.slo import Probe, find_capacity
 from chord.plain_numbers import NumberError, parse_int
@@ -78,6 +78,9 @@ class EndpointConfig:
     probe_s: float = 3.0  # seconds of each constant-rate probe
     max_probes: int = 7
     open_loop_cap: int = 512  # calls in flight at most during a probe
+    # TCP connections of the open-loop load generator. SO_REUSEPORT spreads connections, not
+    # calls, over a server's workers: one connection puts every call on one worker.
+    open_loop_channels: int = 32
     cpu_pairs: int = 3  # alternating strategy / echo probes at one rate (0: skip)
     confirm_failures: int = 1  # more probes a failing rate gets in the capacity search
     results_dir: str | None = None  # None: $CHORD_BENCH_RESULTS_DIR, else benchmarks/
@@ -404,11 +407,16 @@ def pinning(workers: int) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     return server, loadgen, note
 
 
-def _open_loop_base(cfg: EndpointConfig, loadgen_cpus: tuple[int, ...]) -> LoadConfig:
-    """The load generator's settings of every open-loop probe (target and rate set per probe)."""
+def open_loop_base(cfg: EndpointConfig, loadgen_cpus: tuple[int, ...]) -> LoadConfig:
+    """The load generator's settings of every open-loop probe (target and rate set per probe).
+
+    It holds cfg.open_loop_channels connections and sends call i on connection i mod that, so
+    a server of N workers behind SO_REUSEPORT gets its calls spread as its connections are.
+    """
     return LoadConfig(
         target="127.0.0.1:1",
         concurrency=cfg.open_loop_cap,
+        channels_per_process=cfg.open_loop_channels,
         duration_s=cfg.probe_s,
         warmup_s=0.5,
         timeout_s=5.0,
@@ -436,7 +444,7 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
               start_rps: float) -> dict[str, Any]:
     """The open-loop capacity search against one (mode, workers) server, with server CPU."""
     server_cpus, loadgen_cpus, note = pinning(workers)
-    base = _open_loop_base(cfg, loadgen_cpus)
+    base = open_loop_base(cfg, loadgen_cpus)
     probes: list[dict[str, Any]] = []
     with _pinned_server(mode, workers, cfg, run_dir) as (server, sampler):
 
@@ -471,6 +479,7 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
         "server_cpu_ms_per_req_at_capacity": best["server_cpu_ms_per_req"] if best else None,
         "server_cores_at_capacity": best["server_cores"] if best else None,
         "loadgen_cores_at_capacity": best["loadgen_cores"] if best else None,
+        "replies_by_worker_at_capacity": best["workers_seen"] if best else None,
         "server_cpus": ",".join(map(str, server_cpus)),
         "loadgen_cpus": ",".join(map(str, loadgen_cpus)),
         "pinning": note,
@@ -487,7 +496,7 @@ def _paired_cpu(workers: int, rps: float, cfg: EndpointConfig,
     slow drifts of the machine's load fall on both sides of every pair. Returns each probe's
     figures, each pair's ratio (strategy / echo) and their median, the judged figure.
     """
-    base = replace(_open_loop_base(cfg, pinning(workers)[1]), rps=rps, load_schedule="const",
+    base = replace(open_loop_base(cfg, pinning(workers)[1]), rps=rps, load_schedule="const",
                    duration_s=max(cfg.probe_s, 100 / rps))
     rounds: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -503,6 +512,7 @@ def _paired_cpu(workers: int, rps: float, cfg: EndpointConfig,
                     "p99_ms": res.p99_ms,
                     "errors": res.errors,
                     "server_cpu_ms_per_req": 1e3 * cpu / max(res.total, 1),
+                    "workers_seen": res.workers_seen,
                 }
             pair["ratio"] = (pair["strategy"]["server_cpu_ms_per_req"]
                              / pair["echo"]["server_cpu_ms_per_req"])
@@ -593,6 +603,41 @@ def starvation_note(by_config: dict[str, Any]) -> str:
         "its p99 failed, other jobs held those cores and the figure measures the machine's "
         "load more than the server. "
     )
+
+
+def worker_spread_note(by_config: dict[str, Any], channels: int) -> str:
+    """One sentence: how the calls of each multi-worker server's probes split over its workers.
+
+    SO_REUSEPORT hands each new connection to one worker, so the split follows the
+    `channels` connections of the load generator; a probe that reached fewer workers than
+    the server runs measured fewer workers, and the sentence names it.
+    """
+    parts, short = [], []
+    for key, c in by_config.items():
+        workers = int(key.rsplit("_w", 1)[1])
+        if workers < 2:
+            continue
+        seen = c.get("replies_by_worker_at_capacity") or {}
+        if seen:
+            total = sum(seen.values())
+            split = ", ".join(f"worker {w} {n}" for w, n in sorted(seen.items()))
+            parts.append(f"{key} {split} (busiest {max(seen.values()) / total:.0%})")
+        missed = [p for p in c.get("probes", []) if len(p.get("workers_seen") or {}) < workers]
+        if missed:
+            short.append(f"{key} {len(missed)} of {len(c['probes'])}")
+    if not parts and not short:
+        return ""
+    text = (
+        f"The open-loop load generator holds {channels} connections, which the kernel spreads "
+        f"over a server's workers (SO_REUSEPORT balances connections, not calls); replies by "
+        f"worker at the capacity probe: {'; '.join(parts) or 'none'}. "
+    )
+    if short:
+        text += (
+            f"Probes that reached fewer workers than the server runs (they measured fewer "
+            f"workers): {'; '.join(short)}. "
+        )
+    return text
 
 
 def same_rate_text(same_rate: dict[str, Any]) -> str:
@@ -831,6 +876,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"{', '.join(machine_before['top_cpu'][:5])}. "
     ) if capacity["by_config"] else ""
     cap_note += starvation_note(capacity["by_config"])
+    cap_note += worker_spread_note(capacity["by_config"], cfg.open_loop_channels)
     if engine:
         cap_note += (
             f"Engine table: process CPU per batch of {engine['batch']:.0f} in the benchmark's "
@@ -903,6 +949,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--confirm-failures", type=int_between(0, 5), default=1,
         help="capacity search: more probes a failing rate gets before it counts as failed",
     )
+    parser.add_argument(
+        "--open-loop-channels", type=int_between(1, MAX_CHANNELS), default=32,
+        help="gRPC connections of every open-loop probe: SO_REUSEPORT spreads connections, "
+        "not calls, over a server's workers (default 32)",
+    )
     add_output_arguments(parser)
     parser.add_argument("--no-write", action="store_true", help="print only")
 
@@ -930,6 +981,7 @@ def config_from_args(args: argparse.Namespace) -> EndpointConfig:
         max_probes=args.max_probes,
         cpu_pairs=args.cpu_pairs,
         confirm_failures=args.confirm_failures,
+        open_loop_channels=args.open_loop_channels,
     )
 
 

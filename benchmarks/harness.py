@@ -78,17 +78,28 @@ def machine_info() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
-    try:
-        info["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH_DIR,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["commit"] = "unknown"
+    info["commit"] = _commit()
     return info
+
+
+def _commit() -> str:
+    """HEAD's short hash, "+changes" when tracked code differs from it, or "unknown".
+
+    The committed results (benchmarks/results/, RESULTS.md) do not count as changes: a run
+    rewrites them, and they are not what was measured.
+    """
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=BENCH_DIR, capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        changed = git("diff", "--quiet", "HEAD", "--", ":(top)",
+                      ":(top,exclude)benchmarks/results", ":(top,exclude)benchmarks/RESULTS.md")
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if changed.returncode == 1 else "")
 
 
 def _cpu_model() -> str:

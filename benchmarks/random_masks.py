@@ -839,6 +839,13 @@ IDEAS: list[tuple[str, str, str, str]] = [
      "valid 0.454 / 0.513 at epochs 5 / 10 (still rising); test shared mask 0.475 = 0.79 x "
      "pretrained fp32 (0.602)",
      "misses >= 0.542; more epochs are the first thing to try (about 2.5 min of one core each)"),
+    ("8b. ML-1M SASRec, 30 epochs (full run, stopped after its mask phase)",
+     "8's setting with the mask capped at 30 epochs (5,670 steps), about 4 min of one core "
+     "an epoch",
+     "valid 0.455 / 0.500 / 0.509 / 0.509 / 0.512 / 0.516 at epochs 5 / 10 / 15 / 20 / 25 / 30; "
+     "no test figure (stopped before the budget rows)",
+     "a plateau: at 8's test / valid ratio (0.925) test would be about 0.48, so more epochs of "
+     "this setting do not reach 0.542"),
 ]
 IDEAS_NOTE = (
     "With signed constants every kept weight of a channel has the same magnitude, so "

@@ -100,33 +100,49 @@ class CallStats:
     reply_bytes: int = 0  # serialized reply, likewise
 
 
-_channels: dict[tuple[str, str], grpc.Channel] = {}
+# SO_REUSEPORT (`chord serve --workers N`) hands each TCP connection to one worker, and every
+# call on it stays there: one connection per process would put a whole actor's devices on one
+# worker. So each process keeps a small pool of connections per target and deals them out to
+# its virtual devices in turn, as a fleet of phones, one connection each, would spread.
+CONNECTIONS_PER_PROCESS = 16
+
+_channels: dict[tuple[str, str], list[grpc.Channel]] = {}
+_dealt: dict[tuple[str, str], int] = {}
 _channels_lock = threading.Lock()
 
 
 def shared_channel(target: str, tls_root_ca: str = "") -> grpc.Channel:
-    """One channel per (target, CA) per process, reused by every virtual device in it."""
+    """A channel to `target` from this process's pool of CONNECTIONS_PER_PROCESS, in turn.
+
+    Each pooled channel is its own TCP connection (a local subchannel pool: gRPC would
+    otherwise share one connection among channels with equal arguments). Successive callers
+    get successive channels, so the devices of a process spread over a multi-worker server.
+    """
     key = (target, tls_root_ca)
     with _channels_lock:
-        channel = _channels.get(key)
-        if channel is None:
+        pool = _channels.setdefault(key, [])
+        turn = _dealt.get(key, 0)
+        _dealt[key] = turn + 1
+        if len(pool) < CONNECTIONS_PER_PROCESS:
+            options = [*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
             if tls_root_ca:
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=Path(tls_root_ca).read_bytes()
                 )
-                channel = grpc.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
+                pool.append(grpc.secure_channel(target, creds, options=options))
             else:
-                channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
-            _channels[key] = channel
-        return channel
+                pool.append(grpc.insecure_channel(target, options=options))
+        return pool[turn % CONNECTIONS_PER_PROCESS]
 
 
 def close_channels() -> None:
-    """Close every shared channel of this process (tests and actor shutdown)."""
+    """Close every pooled channel of this process (tests and actor shutdown)."""
     with _channels_lock:
-        for channel in _channels.values():
-            channel.close()
+        for pool in _channels.values():
+            for channel in pool:
+                channel.close()
         _channels.clear()
+        _dealt.clear()
 
 
 class InjectedLoss(Exception):

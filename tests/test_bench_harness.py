@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks import endpoint_load, random_masks
+from benchmarks import endpoint_load, harness, random_masks
 from benchmarks.harness import (
     RESULTS_DIR_ENV,
     BenchProcessError,
@@ -37,6 +38,33 @@ def test_machine_info_names_the_machine() -> None:
     for key in ("platform", "python", "cpu_count", "date", "mem_gib", "commit"):
         assert key in info
     assert info["mem_gib"] > 0
+
+
+def test_the_commit_says_when_the_measured_code_differs_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A figure measured from uncommitted code must not claim the bare commit: "+changes" is
+    added for tracked code that differs from HEAD, not for the results a run itself rewrites."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    bench = tmp_path / "benchmarks"
+    (bench / "results").mkdir(parents=True)
+    (bench / "code.py").write_text("x = 1\n")
+    (bench / "results" / "r.json").write_text("{}\n")
+    (bench / "RESULTS.md").write_text("# results\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    monkeypatch.setattr(harness, "BENCH_DIR", bench)
+    head = harness._commit()
+    assert len(head) >= 7 and "+" not in head
+    (bench / "results" / "r.json").write_text('{"a": 1}\n')
+    (bench / "RESULTS.md").write_text("# results, rewritten\n")
+    assert harness._commit() == head
+    (bench / "code.py").write_text("x = 2\n")
+    assert harness._commit() == head + "+changes"
 
 
 def test_markdown_table_formats_floats_and_blanks() -> None:

@@ -12,6 +12,7 @@ from benchmarks.endpoint_load import (
     format_profile,
     same_rate_text,
     summarize_profile,
+    worker_spread_note,
 )
 from benchmarks.endpoint_load import main as endpoint_main
 
@@ -73,3 +74,22 @@ def test_same_rate_text_lists_every_pair() -> None:
             "w2": {"rps": 700.0, "ratios": [1.7], "median_ratio": 1.7}}
     assert same_rate_text(same) == "w1 at 850 rps: 1.50, 1.62, 1.48; w2 at 700 rps: 1.70"
     assert same_rate_text({}) == "not measured"
+
+
+def test_worker_spread_note_names_the_split_and_probes_that_missed_a_worker() -> None:
+    """Multi-worker configs get their replies by worker; a probe that reached one worker of two
+    is counted, since it measured one worker; single-worker configs are not mentioned."""
+    by_config = {
+        "echo_w1": {"replies_by_worker_at_capacity": {"0": 900},
+                    "probes": [{"workers_seen": {"0": 900}}]},
+        "echo_w2": {
+            "replies_by_worker_at_capacity": {"0": 600, "1": 400},
+            "probes": [{"workers_seen": {"0": 600, "1": 400}}, {"workers_seen": {"1": 700}}],
+        },
+    }
+    note = worker_spread_note(by_config, 32)
+    assert "holds 32 connections" in note
+    assert "echo_w2 worker 0 600, worker 1 400 (busiest 60%)" in note
+    assert "(they measured fewer workers): echo_w2 1 of 2" in note
+    assert "echo_w1" not in note
+    assert worker_spread_note({"echo_w1": by_config["echo_w1"]}, 32) == ""

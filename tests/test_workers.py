@@ -12,13 +12,18 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.endpoint_load import EndpointConfig, open_loop_base
+from benchmarks.loadgen import run_load
+from chord.strategy import StrategyRequest
+from device_client.transport import CONNECTIONS_PER_PROCESS, Transport, close_channels
 from protos.chord.v1 import strategy_pb2 as pb
 from protos.chord.v1 import strategy_pb2_grpc as pb_grpc
 from tests.server_fixtures import tiny_run_dir
@@ -166,6 +171,45 @@ def test_one_scrape_sums_every_workers_counters(echo_group: Group) -> None:
     pids = set(re.findall(r'^chord_worker_up\{pid="(\d+)"\} 1\.0$', text, re.M))
     assert len(pids) == 2
     assert str(echo_group.proc.pid) not in pids  # the parent serves metrics, not calls
+
+
+def test_the_endpoint_benchmarks_open_loop_probes_reach_every_worker(echo_group: Group) -> None:
+    """SO_REUSEPORT spreads connections, not calls: the capacity probes of benchmarks.endpoint_load
+    hold many connections, so a 2-worker server gets calls on both workers; over one connection
+    every call lands on one worker (what the 2-worker figures measured before)."""
+    base = replace(open_loop_base(EndpointConfig(), ()), target=echo_group.target, rps=200,
+                   load_schedule="const", duration_s=1.0, warmup_s=0.0)
+    spread = run_load(base)
+    assert spread.status_codes == {"OK": spread.total}
+    assert set(spread.workers_seen) == {"0", "1"}
+    assert min(spread.workers_seen.values()) >= spread.total // 10
+    one = run_load(replace(base, channels_per_process=1))
+    assert len(one.workers_seen) == 1 and sum(one.workers_seen.values()) == one.total
+
+
+def test_a_fleet_process_spreads_its_devices_over_every_worker(echo_group: Group) -> None:
+    """The simulator's Transport, one per virtual device, deals out a process's pooled
+    connections in turn: sixteen devices of one actor reach both workers of the group (with one
+    shared connection per process, as before, every device of an actor hit one worker). The
+    kernel hashes each connection to a worker, so all sixteen land on one with chance 2^-15."""
+    transports = [Transport(echo_group.target, seed=i) for i in range(CONNECTIONS_PER_PROCESS)]
+    try:
+        spec, _ = transports[0].get_model_spec("spread")
+        tier = spec.tiers[0]
+        seen: dict[int, int] = {}
+        for i, t in enumerate(transports):
+            req = StrategyRequest(
+                device_id=f"dev-{i}", request_id=f"spread-{i}-{time.monotonic_ns()}",
+                backbone_version=spec.version, tier=tier.name,
+                budget_bits=tier.default_budget_bits,
+                profile=np.full(spec.profile_dim, 0.01 * i, dtype=np.float32),
+            )
+            result, _ = t.get_strategy(req)
+            worker = int(result.timings["worker"])
+            seen[worker] = seen.get(worker, 0) + 1
+    finally:
+        close_channels()
+    assert set(seen) == {0, 1}, seen
 
 
 async def _burst_then_sigterm(group: Group, n: int) -> tuple[list[str], set[int]]:
