@@ -32,10 +32,17 @@ def _interrupted(args: list[str], after_s: float) -> subprocess.CompletedProcess
     """Run `python -m chord.cli ARGS` in its own process group and send the group SIGINT after
     `after_s` seconds, as a terminal's Ctrl-C does (every process of the group gets it)."""
     env = {k: v for k, v in os.environ.items() if k != "CHORD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chord.cli", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    # A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and a child inherits
+    # that: run so, these tests saw no Ctrl-C at all. A handler, unlike an ignore, is reset to
+    # the default at exec, so the child starts with Ctrl-C live however pytest was started.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chord.cli", *args], cwd=ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     time.sleep(after_s)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
