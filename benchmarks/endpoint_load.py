@@ -473,6 +473,7 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
         )
     best = max((p for p in probes if p["passed"]), key=lambda p: p["rps"], default=None)
     return {
+        "workers": workers,
         "capacity_rps": cap.capacity_rps,
         "first_failing_rps": cap.bracket[1] if cap.bracket[1] != float("inf") else None,
         "p99_ms_at_capacity": best["p99_ms"] if best else None,
@@ -614,7 +615,7 @@ def worker_spread_note(by_config: dict[str, Any], channels: int) -> str:
     """
     parts, short = [], []
     for key, c in by_config.items():
-        workers = int(key.rsplit("_w", 1)[1])
+        workers = c["workers"]
         if workers < 2:
             continue
         seen = c.get("replies_by_worker_at_capacity") or {}

@@ -80,9 +80,10 @@ def test_worker_spread_note_names_the_split_and_probes_that_missed_a_worker() ->
     """Multi-worker configs get their replies by worker; a probe that reached one worker of two
     is counted, since it measured one worker; single-worker configs are not mentioned."""
     by_config = {
-        "echo_w1": {"replies_by_worker_at_capacity": {"0": 900},
+        "echo_w1": {"workers": 1, "replies_by_worker_at_capacity": {"0": 900},
                     "probes": [{"workers_seen": {"0": 900}}]},
         "echo_w2": {
+            "workers": 2,
             "replies_by_worker_at_capacity": {"0": 600, "1": 400},
             "probes": [{"workers_seen": {"0": 600, "1": 400}}, {"workers_seen": {"1": 700}}],
         },
