@@ -24,6 +24,7 @@ from benchmarks.harness import (
     python_module,
     repo_env,
 )
+from chord.heap import freeze_startup_heap
 from cloud_server.config import ServerConfig
 
 _READY = "SERVER_PORT"
@@ -116,6 +117,7 @@ async def _serve(cfg: ServerConfig) -> None:
     await server.start()
     assert service.load_task is not None
     await service.load_task  # raises (and the child exits non-zero) if the model cannot load
+    freeze_startup_heap()  # as `chord serve` does once loaded (chord.heap)
     announce_ready(_READY, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chord.codes import EncodedStrategy
 from chord.strategy import StrategyRequest, StrategyResult
 from cloud_server.errors import DuplicateRequestError, ModelNotReadyError
 
@@ -30,12 +31,40 @@ def fingerprint(req: StrategyRequest) -> bytes:
 
 
 @dataclass
-class _Entry:
-    """A remembered request: its digest and its (possibly pending) result."""
+class _Pending:
+    """A remembered request whose first call is still computing: waiters share its future."""
 
     digest: bytes
     created: float
     future: asyncio.Future[StrategyResult]
+
+
+# A remembered reply, flattened to atoms: (digest, created, request_id, payload, n_channels,
+# crc32, version, encoding, level_counts, avg_bits, timings as (name, value) pairs).
+_Done = tuple[bytes, float, str, bytes, int, int, str, str, tuple[int, int, int, int], float,
+              tuple[tuple[str, float], ...]]
+
+
+def _flatten(digest: bytes, created: float, result: StrategyResult) -> _Done:
+    """A computed reply as a plain tuple of atoms, which CPython's collector stops tracking.
+
+    The cache holds up to max_entries replies for window_s (100,000 for 300 s by default). Kept
+    as the entry, the StrategyResult and its code (three tracked objects each; a NamedTuple or
+    a dataclass stays tracked too, only exact tuples are untracked), a full cache put 300,000
+    objects into every full collection: a stall of the server that grew past 100 ms within a
+    minute at 1,000 calls/s (chord.heap says why that matters).
+    """
+    code = result.code
+    return (digest, created, result.request_id, code.payload, code.n_channels, code.crc32,
+            code.version, code.encoding, result.level_counts, result.avg_bits,
+            tuple(result.timings.items()))
+
+
+def _unflatten(done: _Done) -> StrategyResult:
+    """The StrategyResult _flatten took apart (equal to it)."""
+    _, _, request_id, payload, n_channels, crc32, version, encoding, counts, avg, timings = done
+    code = EncodedStrategy(payload, n_channels, crc32, version, encoding)
+    return StrategyResult(request_id, code, counts, avg, dict(timings))
 
 
 class RequestCache:
@@ -50,7 +79,7 @@ class RequestCache:
         """window_s: how long a reply is kept; max_entries: the oldest are evicted beyond it."""
         self.window_s = window_s
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], _Pending | _Done] = OrderedDict()
         self.hits = 0
 
     def __len__(self) -> int:
@@ -61,7 +90,8 @@ class RequestCache:
         """Drop entries older than the window and the oldest beyond max_entries."""
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            if now - entry.created > self.window_s or len(self._entries) > self.max_entries:
+            created = entry[1] if isinstance(entry, tuple) else entry.created
+            if now - created > self.window_s or len(self._entries) > self.max_entries:
                 del self._entries[key]
             else:
                 break
@@ -76,16 +106,18 @@ class RequestCache:
         digest = fingerprint(req)
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.digest != digest:
+            if (entry[0] if isinstance(entry, tuple) else entry.digest) != digest:
                 raise DuplicateRequestError(
                     f"request_id {req.request_id!r} was already used by device {req.device_id!r} "
                     "for a different request; send a new request_id for a new request "
                     "(reuse an id only to retry the identical request)"
                 )
             self.hits += 1
+            if isinstance(entry, tuple):
+                return _unflatten(entry)
             return await asyncio.shield(entry.future)
         fut: asyncio.Future[StrategyResult] = asyncio.get_running_loop().create_future()
-        self._entries[key] = _Entry(digest, now, fut)
+        self._entries[key] = _Pending(digest, now, fut)
         try:
             result = await compute()
         except BaseException as exc:
@@ -101,5 +133,8 @@ class RequestCache:
                     )
                 fut.exception()  # mark retrieved: waiters are optional
             raise
-        fut.set_result(result)
+        fut.set_result(result)  # calls that joined while it computed get it from the future
+        entry = self._entries.get(key)
+        if isinstance(entry, _Pending) and entry.future is fut:  # not evicted meanwhile
+            self._entries[key] = _flatten(digest, now, result)
         return result

@@ -8,6 +8,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from chord.heap import freeze_startup_heap
 from device_client.artifacts import ArtifactCache, default_cache_dir
 from device_client.device import DeviceJob, DeviceReport, VirtualDevice
 from device_client.transport import NetworkFaults, RetryPolicy, Transport
@@ -103,6 +104,9 @@ def _make_actor_class() -> type:
 
             torch.set_num_threads(1)
             self.host = DeviceHost(cfg)
+            # A dedicated process from here on: its imports stay out of full collections,
+            # which would otherwise stall every device of this host (chord.heap).
+            freeze_startup_heap()
 
         def pid(self) -> int:
             """The worker's process id (fault injection and tests)."""
