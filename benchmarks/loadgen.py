@@ -584,7 +584,7 @@ async def _drive(
     channels = [_channel(cfg) for _ in range(cfg.channels_per_process)]
     try:
         calls, pool = await _setup(cfg, index, channels)
-        # A full collection over this process's imports stalls it 100-130 ms: calls due then
+        # A full collection over this process's imports stalls it 100-135 ms: calls due then
         # go late, and their latency from the scheduled time would be charged to the server.
         freeze_startup_heap()
         # Every process starts its clock together, after connecting.

@@ -7,7 +7,6 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,29 +29,23 @@ def fingerprint(req: StrategyRequest) -> bytes:
     return h.digest()
 
 
-@dataclass
-class _Pending:
-    """A remembered request whose first call is still computing: waiters share its future."""
-
-    digest: bytes
-    created: float
-    future: asyncio.Future[StrategyResult]
-
-
-# A remembered reply, flattened to atoms: (digest, created, request_id, payload, n_channels,
-# crc32, version, encoding, level_counts, avg_bits, timings as (name, value) pairs).
+# What the cache holds per (device_id, request_id), both starting (digest, created):
+# while the first call computes, its future, which every retry awaits; once it is done, the reply
+# flattened to atoms (_remembered).
+_Pending = tuple[bytes, float, "asyncio.Future[StrategyResult]"]
 _Done = tuple[bytes, float, str, bytes, int, int, str, str, tuple[int, int, int, int], float,
               tuple[tuple[str, float], ...]]
 
 
-def _flatten(digest: bytes, created: float, result: StrategyResult) -> _Done:
-    """A computed reply as a plain tuple of atoms, which CPython's collector stops tracking.
+def _remembered(digest: bytes, created: float, result: StrategyResult) -> _Done:
+    """A computed reply as one plain tuple of atoms, which CPython's collector stops tracking.
 
     The cache holds up to max_entries replies for window_s (100,000 for 300 s by default). Kept
     as the entry, the StrategyResult and its code (three tracked objects each; a NamedTuple or
-    a dataclass stays tracked too, only exact tuples are untracked), a full cache put 300,000
-    objects into every full collection: a stall of the server that grew past 100 ms within a
-    minute at 1,000 calls/s (chord.heap says why that matters).
+    a dataclass stays tracked too, only exact tuples are untracked, and a tuple nested in a
+    tuple only one pass after it), a full cache put 300,000 objects into every full collection:
+    a stall of the server that grew past 100 ms within a minute at 1,000 calls/s (chord.heap
+    says why that matters).
     """
     code = result.code
     return (digest, created, result.request_id, code.payload, code.n_channels, code.crc32,
@@ -60,8 +53,8 @@ def _flatten(digest: bytes, created: float, result: StrategyResult) -> _Done:
             tuple(result.timings.items()))
 
 
-def _unflatten(done: _Done) -> StrategyResult:
-    """The StrategyResult _flatten took apart (equal to it)."""
+def _replay(done: _Done) -> StrategyResult:
+    """The StrategyResult _remembered took apart (equal to it)."""
     _, _, request_id, payload, n_channels, crc32, version, encoding, counts, avg, timings = done
     code = EncodedStrategy(payload, n_channels, crc32, version, encoding)
     return StrategyResult(request_id, code, counts, avg, dict(timings))
@@ -90,8 +83,7 @@ class RequestCache:
         """Drop entries older than the window and the oldest beyond max_entries."""
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            created = entry[1] if isinstance(entry, tuple) else entry.created
-            if now - created > self.window_s or len(self._entries) > self.max_entries:
+            if now - entry[1] > self.window_s or len(self._entries) > self.max_entries:
                 del self._entries[key]
             else:
                 break
@@ -106,18 +98,18 @@ class RequestCache:
         digest = fingerprint(req)
         entry = self._entries.get(key)
         if entry is not None:
-            if (entry[0] if isinstance(entry, tuple) else entry.digest) != digest:
+            if entry[0] != digest:
                 raise DuplicateRequestError(
                     f"request_id {req.request_id!r} was already used by device {req.device_id!r} "
                     "for a different request; send a new request_id for a new request "
                     "(reuse an id only to retry the identical request)"
                 )
             self.hits += 1
-            if isinstance(entry, tuple):
-                return _unflatten(entry)
-            return await asyncio.shield(entry.future)
+            if len(entry) == 3:  # the first call is still computing
+                return await asyncio.shield(entry[2])
+            return _replay(entry)
         fut: asyncio.Future[StrategyResult] = asyncio.get_running_loop().create_future()
-        self._entries[key] = _Pending(digest, now, fut)
+        self._entries[key] = (digest, now, fut)
         try:
             result = await compute()
         except BaseException as exc:
@@ -135,6 +127,6 @@ class RequestCache:
             raise
         fut.set_result(result)  # calls that joined while it computed get it from the future
         entry = self._entries.get(key)
-        if isinstance(entry, _Pending) and entry.future is fut:  # not evicted meanwhile
-            self._entries[key] = _flatten(digest, now, result)
+        if entry is not None and entry[2] is fut:  # not evicted meanwhile
+            self._entries[key] = _remembered(digest, now, result)
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 
 import numpy as np
@@ -31,13 +32,12 @@ def _computed(req: StrategyRequest) -> StrategyResult:
 
 
 async def _serve(cache: RequestCache, reqs: list[StrategyRequest]) -> list[StrategyResult]:
-    computed = []
+    """Each request through the cache in turn, computed when it is not remembered."""
 
     async def compute(req: StrategyRequest) -> StrategyResult:
-        computed.append(req.request_id)
         return _computed(req)
 
-    return [await cache.run(r, lambda r=r: compute(r)) for r in reqs]  # type: ignore[misc]
+    return [await cache.run(r, functools.partial(compute, r)) for r in reqs]
 
 
 def test_a_retry_gets_an_equal_reply_without_computing_again() -> None:
