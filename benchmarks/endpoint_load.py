@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ GOALS = {
     "cpu_strategy_over_echo_max": 1.7,
     "workers_2_over_1_min": 1.6,
 }
+
+
+CPU_CLOSED_KEY = "cpu_strategy_over_echo_closed"  # closed-loop CPU ratio, judged like the rest
 
 
 class EndpointBenchmarkError(RuntimeError):
@@ -530,10 +534,13 @@ def _paired_cpu(workers: int, rps: float, cfg: EndpointConfig,
     }
 
 
-def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[str, float]:
-    """Process CPU ms per batch of `batch` random profiles: the engine's whole compute and its
-    parts (hypernetwork forward on the engine's serving snapshot, level assignment, reply
-    encoding), one torch thread, this process. Per-request figures divide by `batch`."""
+def engine_breakdown(run_dir: Path, batches: Sequence[int] = (1, 4, 32),
+                     repeats: int = 20) -> list[dict[str, float]]:
+    """Process CPU ms per batch of random profiles, one row per batch size in `batches`: the
+    engine's whole compute and its parts (hypernetwork forward on the engine's serving snapshot,
+    level assignment, reply encoding), one torch thread, this process. compute_ms_per_request
+    divides by the batch: a batch has a fixed cost, so small batches cost more per request.
+    Each part runs at least `repeats` times and at least 640 requests' worth."""
     import torch
 
     from chord.codes import encode_levels_batch
@@ -548,45 +555,133 @@ def engine_breakdown(run_dir: Path, batch: int = 32, repeats: int = 20) -> dict[
         engine = StrategyEngine.from_run_dir(run_dir)
         run, spec = engine.run, engine.spec
         tier = spec.tiers[0]
-        rng = np.random.default_rng(0)
-        profiles = rng.standard_normal((batch, spec.profile_dim)).astype(np.float32)
-        requests = [
-            StrategyRequest(f"d{i}", f"r{i}", spec.version, tier.name, tier.default_budget_bits,
-                            profile=profiles[i])
-            for i in range(batch)
-        ]
-        tiers = [run.tiers[tier.name]] * batch
-        budgets = [tier.default_budget_bits] * batch
         sizes = np.asarray(run.layout.channel_sizes(), dtype=np.int64)
-
         importance = serving_importance(run.importance_model)  # what the engine calls
+        rng = np.random.default_rng(0)
+        rows = []
+        for batch in batches:
+            profiles = rng.standard_normal((batch, spec.profile_dim)).astype(np.float32)
+            requests = [
+                StrategyRequest(f"d{i}", f"r{i}", spec.version, tier.name,
+                                tier.default_budget_bits, profile=profiles[i])
+                for i in range(batch)
+            ]
+            tiers = [run.tiers[tier.name]] * batch
+            budgets = [tier.default_budget_bits] * batch
 
-        def forward() -> np.ndarray:
-            with torch.inference_mode():
-                return importance(torch.from_numpy(profiles)).numpy()
+            def forward(profiles: np.ndarray = profiles) -> np.ndarray:
+                with torch.inference_mode():
+                    return importance(torch.from_numpy(profiles)).numpy()
 
-        imp = forward()
-        levels = np.stack([np.asarray(x) for x in assign_levels_batch(
-            imp, sizes, tiers, budgets, run.level_cost)])
-        parts = {
-            "compute": lambda: engine.compute(requests),
-            "forward": forward,
-            "assign": lambda: assign_levels_batch(imp, sizes, tiers, budgets, run.level_cost,
-                                                  compiled=True),
-            "encode": lambda: encode_levels_batch(levels, spec.version),
-        }
-        out: dict[str, float] = {}
-        for name, fn in parts.items():
-            fn()
-            t0 = time.process_time()
-            for _ in range(repeats):
+            imp = forward()
+            levels = np.stack([np.asarray(x) for x in assign_levels_batch(
+                imp, sizes, tiers, budgets, run.level_cost)])
+            parts: dict[str, Callable[[], object]] = {
+                "compute": functools.partial(engine.compute, requests),
+                "forward": forward,
+                "assign": functools.partial(assign_levels_batch, imp, sizes, tiers, budgets,
+                                            run.level_cost, compiled=True),
+                "encode": functools.partial(encode_levels_batch, levels, spec.version),
+            }
+            n = max(repeats, 640 // batch)
+            row: dict[str, float] = {"batch": float(batch)}
+            for name, fn in parts.items():
                 fn()
-            out[f"{name}_ms_per_batch"] = 1e3 * (time.process_time() - t0) / repeats
-        out["compute_ms_per_request"] = out["compute_ms_per_batch"] / batch
-        out["batch"] = float(batch)
-        return out
+                t0 = time.process_time()
+                for _ in range(n):
+                    fn()
+                row[f"{name}_ms_per_batch"] = 1e3 * (time.process_time() - t0) / n
+            row["compute_ms_per_request"] = row["compute_ms_per_batch"] / batch
+            rows.append(row)
+        return rows
     finally:
         torch.set_num_threads(threads)
+
+
+def goal_bound(key: str) -> tuple[str, float] | None:
+    """How a payload figure is judged: (">=" or "<=", bound from GOALS), or None if it is not."""
+    if key == "batching_speedup":
+        return ">=", GOALS["batching_speedup_min"]
+    if key == "strategy_over_echo":
+        return ">=", GOALS["strategy_over_echo_min"]
+    if key == "p99_ms":
+        return "<=", GOALS["p99_ms_max"]
+    if key.startswith("capacity_strategy_over_echo_w"):
+        return ">=", GOALS["capacity_strategy_over_echo_min"]
+    if key.startswith("cpu_strategy_over_echo_same_rate_w") or key == CPU_CLOSED_KEY:
+        return "<=", GOALS["cpu_strategy_over_echo_max"]
+    if key == "workers_2_over_1_strategy":
+        return ">=", GOALS["workers_2_over_1_min"]
+    return None
+
+
+def shared_cores(config: dict[str, Any]) -> set[str]:
+    """The cores a capacity config's server and load generator were both pinned to."""
+    server = set(str(config.get("server_cpus", "")).split(",")) - {""}
+    return server & set(str(config.get("loadgen_cpus", "")).split(","))
+
+
+def judge_goals(payload: dict[str, Any]) -> dict[str, bool]:
+    """Whether each judged figure of the payload meets its goal (goal_bound). Left out rather
+    than counted as missed: a figure this run did not measure (None), and the 2-worker scaling
+    goal wherever the load generator shared a core with the 2-worker server (the goal applies
+    only where it does not)."""
+    met = {}
+    two = payload.get("capacity", {}).get("strategy_w2", {})
+    for key, value in payload.items():
+        bound = goal_bound(key)
+        if bound is None or value is None:
+            continue
+        if key == "workers_2_over_1_strategy" and shared_cores(two):
+            continue
+        op, limit = bound
+        met[key] = value >= limit if op == ">=" else value <= limit
+    return met
+
+
+def goals_note(payload: dict[str, Any], met: dict[str, bool]) -> str:
+    """One sentence: every judged figure, its bound and whether this run met it."""
+    parts = []
+    for key, ok in met.items():
+        op, limit = goal_bound(key) or ("", 0.0)
+        parts.append(f"{key} {payload[key]:.3g} {op} {limit:g} ({'met' if ok else 'NOT met'})")
+    two = payload.get("capacity", {}).get("strategy_w2", {})
+    if "workers_2_over_1_strategy" in payload and shared_cores(two):
+        parts.append(
+            f"workers_2_over_1_strategy {payload['workers_2_over_1_strategy']:.3g} not judged "
+            f"(the load generator shared core {','.join(sorted(shared_cores(two)))} with the "
+            f"2-worker server; the goal of >= {GOALS['workers_2_over_1_min']:g} applies where "
+            f"it does not)"
+        )
+    return f"Goals, judged on this run: {'; '.join(parts)}. " if parts else ""
+
+
+def model_room_note(engine: list[dict[str, float]], same_rate: dict[str, Any]) -> str:
+    """One sentence: the model work per request the CPU goal leaves room for, against the
+    engine's own cost per request.
+
+    Strategy and echo share the whole stack, so strategy CPU per request is echo's plus the
+    model's work; the ratio stays <= cpu_strategy_over_echo_max only while that work is at most
+    (max - 1) x echo's CPU per request at the same rate (the median over the paired probes).
+    The engine's cheapest cost per request (its largest batch) is a floor of that work.
+    """
+    if not engine or not same_rate:
+        return ""
+    room = GOALS["cpu_strategy_over_echo_max"] - 1.0
+    parts = []
+    for key, v in same_rate.items():
+        echo = statistics.median(p["echo"]["server_cpu_ms_per_req"] for p in v["pairs"])
+        parts.append(f"{key} at {v['rps']:.0f} rps {room * echo:.3f} ms ({room:g} x echo's "
+                     f"{echo:.3f})")
+    per_batch = ", ".join(f"{r['compute_ms_per_request']:.3f} ms at batch {r['batch']:.0f}"
+                          for r in engine)
+    return (
+        f"Room for model work in the CPU goal: strategy and echo share the whole stack, so the "
+        f"ratio stays <= {GOALS['cpu_strategy_over_echo_max']:g} only while the model's work "
+        f"per request is at most {'; '.join(parts)} of server CPU; the engine alone spends "
+        f"{per_batch} per request (a batch has a fixed cost), so the goal is out of reach "
+        f"wherever that room is below the engine's cost at the batches the server forms. "
+    )
 
 
 def starvation_note(by_config: dict[str, Any]) -> str:
@@ -742,7 +837,8 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     machine_before = _machine_load()
     capacity = run_capacity(cfg, run_dir) if cfg.capacity_modes else {
         "by_config": {}, "ratios": {}, "same_rate": {}}
-    engine = engine_breakdown(run_dir, cfg.max_batch) if run_dir is not None else {}
+    engine = (engine_breakdown(run_dir, sorted({1, 4, cfg.max_batch}))
+              if run_dir is not None else [])
     modes: dict[str, Any] = {}
     for mode in cfg.modes:
         results, extra = _measure_mode(mode, cfg, run_dir)
@@ -772,24 +868,8 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     }
     e_cpu = modes.get("echo", {}).get("server_cpu_ms_per_req")
     s_cpu = modes.get("strategy", {}).get("server_cpu_ms_per_req")
-    payload["cpu_strategy_over_echo_closed"] = s_cpu / e_cpu if e_cpu and s_cpu else None
-    met = {
-        "batching_speedup": (payload["batching_speedup"] or 0) >= GOALS["batching_speedup_min"],
-        "strategy_over_echo": (payload["strategy_over_echo"] or 0)
-        >= GOALS["strategy_over_echo_min"],
-        "p99_ms": (payload["p99_ms"] or 1e9) <= GOALS["p99_ms_max"],
-    }
-    for key, value in capacity["ratios"].items():
-        if key.startswith("capacity_strategy_over_echo"):
-            met[key] = value >= GOALS["capacity_strategy_over_echo_min"]
-        elif key.startswith("cpu_strategy_over_echo_same_rate"):
-            met[key] = value <= GOALS["cpu_strategy_over_echo_max"]
-        elif key == "workers_2_over_1_strategy":
-            met[key] = value >= GOALS["workers_2_over_1_min"]
-    if payload["cpu_strategy_over_echo_closed"] is not None:
-        met["cpu_strategy_over_echo_closed"] = (
-            payload["cpu_strategy_over_echo_closed"] <= GOALS["cpu_strategy_over_echo_max"]
-        )
+    payload[CPU_CLOSED_KEY] = s_cpu / e_cpu if e_cpu and s_cpu else None
+    met = judge_goals(payload)
     payload["goals_met"] = met
     cap_rows = [
         {"config": key, **{k: v for k, v in c.items() if not isinstance(v, list | dict)}}
@@ -848,7 +928,7 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
             "p99_ms",
         ],
     )
-    engine_table = markdown_table([engine], list(engine)) if engine else ""
+    engine_table = markdown_table(engine, list(engine[0])) if engine else ""
     print("\n" + "\n\n".join(
         t for t in (cap_table, ratio_table, engine_table, head, table) if t))
     print("goals met:", met)
@@ -880,10 +960,11 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
     cap_note += worker_spread_note(capacity["by_config"], cfg.open_loop_channels)
     if engine:
         cap_note += (
-            f"Engine table: process CPU per batch of {engine['batch']:.0f} in the benchmark's "
-            f"own process (one torch thread): the whole StrategyEngine.compute and its parts "
-            f"(hypernetwork forward, level assignment, reply encoding). "
+            "Engine table: process CPU per batch, one row per batch size, in the benchmark's "
+            "own process (one torch thread): the whole StrategyEngine.compute and its parts "
+            "(hypernetwork forward, level assignment, reply encoding). "
         )
+    cap_note += model_room_note(engine, capacity["same_rate"])
     notes = (
         f"Concurrency {cfg.concurrency}, {cfg.processes} load-generator process(es), "
         f"{cfg.duration_s:g} s measured after {cfg.warmup_s:g} s warmup, medians of "
@@ -896,10 +977,8 @@ def run_benchmark(cfg: EndpointConfig) -> dict[str, Any]:
         f"garbage collector once loaded (chord.heap): before, a full collection over it "
         f"stalled the process 100-250 ms, which failed a 3 s probe's p99 on its own. "
         f"Load average before/after: {load_before[0]:.2f} / {payload['loadavg_after'][0]:.2f} "
-        f"(other work on the machine lowers every figure). Goals: batching_speedup >= 3 "
-        f"({'met' if met['batching_speedup'] else 'NOT met'}), strategy >= echo/2 "
-        f"({'met' if met['strategy_over_echo'] else 'NOT met'}), p99 <= 50 ms "
-        f"({'met' if met['p99_ms'] else 'NOT met'}). Served run: `{payload['run_dir']}`."
+        f"(other work on the machine lowers every figure). {goals_note(payload, met)}"
+        f"Served run: `{payload['run_dir']}`."
         + limits_note(modes, cfg.concurrency)
         + profile_note(modes)
     )

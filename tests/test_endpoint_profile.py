@@ -10,6 +10,9 @@ from benchmarks.endpoint_load import (
     _cpu_seconds,
     _runqueue_wait_seconds,
     format_profile,
+    goals_note,
+    judge_goals,
+    model_room_note,
     same_rate_text,
     summarize_profile,
     worker_spread_note,
@@ -94,3 +97,56 @@ def test_worker_spread_note_names_the_split_and_probes_that_missed_a_worker() ->
     assert "(they measured fewer workers): echo_w2 1 of 2" in note
     assert "echo_w1" not in note
     assert worker_spread_note({"echo_w1": by_config["echo_w1"]}, 32) == ""
+
+
+def _payload(loadgen_cpus_w2: str) -> dict[str, object]:
+    """A run's judged figures: one met and one missed per kind, a figure not measured, and the
+    2-worker configs pinned with the load generator on the given cores."""
+    return {
+        "batching_speedup": 1.8,
+        "strategy_over_echo": None,
+        "p99_ms": 30.0,
+        "capacity_strategy_over_echo_w1": 0.446,
+        "capacity_strategy_over_echo_w2": 0.61,
+        "cpu_strategy_over_echo_same_rate_w1": 1.748,
+        "cpu_strategy_over_echo_own_capacity_w1": 2.3,
+        "workers_2_over_1_strategy": 1.7,
+        "capacity": {"strategy_w2": {"server_cpus": "0,1", "loadgen_cpus": loadgen_cpus_w2}},
+    }
+
+
+def test_goals_are_judged_with_their_bounds_and_named_in_the_note() -> None:
+    """Each judged figure is compared with its own bound; a figure not measured and a reported
+    one (own capacity) are not judged; the 2-worker goal counts only where the load generator
+    had cores of its own, and otherwise the note says why it was not judged."""
+    shared = _payload("1")
+    met = judge_goals(shared)
+    assert met == {
+        "batching_speedup": False,
+        "p99_ms": True,
+        "capacity_strategy_over_echo_w1": False,
+        "capacity_strategy_over_echo_w2": True,
+        "cpu_strategy_over_echo_same_rate_w1": False,
+    }
+    note = goals_note(shared, met)
+    assert "capacity_strategy_over_echo_w1 0.446 >= 0.6 (NOT met)" in note
+    assert "cpu_strategy_over_echo_same_rate_w1 1.75 <= 1.7 (NOT met)" in note
+    assert "p99_ms 30 <= 50 (met)" in note
+    assert "workers_2_over_1_strategy 1.7 not judged (the load generator shared core 1" in note
+    own = _payload("2")
+    assert judge_goals(own)["workers_2_over_1_strategy"] is True
+    assert "not judged" not in goals_note(own, judge_goals(own))
+    assert goals_note({}, {}) == ""
+
+
+def test_model_room_note_compares_the_goal_room_with_the_engine_cost() -> None:
+    """The room is (1.7 - 1) x echo's median CPU per request at the paired rate; the engine's
+    cost per request is listed per batch size."""
+    echo = [{"echo": {"server_cpu_ms_per_req": v}} for v in (0.4, 0.5, 0.3)]
+    same = {"w1": {"rps": 1427.0, "pairs": echo}}
+    engine = [{"batch": 4.0, "compute_ms_per_request": 0.305},
+              {"batch": 32.0, "compute_ms_per_request": 0.161}]
+    note = model_room_note(engine, same)
+    assert "at most w1 at 1427 rps 0.280 ms (0.7 x echo's 0.400)" in note
+    assert "0.305 ms at batch 4, 0.161 ms at batch 32 per request" in note
+    assert model_room_note([], same) == "" and model_room_note(engine, {}) == ""
