@@ -29,6 +29,7 @@ from benchmarks.harness import (
     write_result,
 )
 from benchmarks.server_process import ServerProcess
+from chord.startcheck import path_arg
 from cloud_server.config import ServerConfig
 from device_client.artifacts import ArtifactCache, DownloadStats, fetch_artifact
 from device_client.transport import NetworkFaults, RetryPolicy, Transport
@@ -87,7 +88,7 @@ def measure(target: str, repeats: int, cache_dir: Path) -> list[dict[str, Any]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the benchmark."""
     parser.add_argument("--repeats", type=int, default=5, help="timed downloads per row")
-    parser.add_argument("--run-dir", type=Path, default=None, help="pretrained run to serve")
+    parser.add_argument("--run-dir", type=path_arg, default=None, help="pretrained run to serve")
     add_output_arguments(parser)
 
 

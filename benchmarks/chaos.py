@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import ResultStore, add_output_arguments, markdown_table
+from chord.startcheck import path_arg
 from simulator.config import ChurnConfig, DriftConfig, FaultConfig, FleetConfig, TransportConfig
 from simulator.runner import run_simulation
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--run-preset", default="quick", choices=["smoke", "quick", "full"])
     parser.add_argument("--run-dir", default="", help="serve this run directory instead")
-    parser.add_argument("--out", type=Path, help="simulation folder (default: a temporary one)")
+    parser.add_argument("--out", type=path_arg, help="simulation folder (default: a temporary one)")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     cfg = chaos_config(args.devices, args.run_preset, args.run_dir)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import math
 import sys
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from benchmarks.harness import write_json
@@ -171,12 +172,28 @@ def load_config_from_args(args: argparse.Namespace) -> LoadConfig:
     )
 
 
+class ReportWriteError(RuntimeError):
+    """A report could not be written to its file; it went to standard output instead."""
+
+
 def _write(path: str | None, payload: Any) -> None:
-    """JSON to path (or stdout when path is None)."""
+    """JSON to path (or stdout when path is None).
+
+    Raises ReportWriteError when the file cannot be written (a full disk, a path that became
+    unwritable during the run), after writing the report to stdout, so the run is not lost.
+    """
+    text = dumps(payload, indent=2, default=str) + "\n"  # no NaN tokens
     if path is None:
-        sys.stdout.write(dumps(payload, indent=2, default=str) + "\n")  # no NaN tokens
-    else:
+        sys.stdout.write(text)
+        return
+    try:
         write_json(path, payload)
+    except OSError as exc:
+        sys.stdout.write(text)
+        raise ReportWriteError(
+            f"cannot write {path} ({exc.strerror or type(exc).__name__}); the report went to "
+            "standard output instead: send a path you can write"
+        ) from None
 
 
 def _report(args: argparse.Namespace, result: LoadResult) -> None:
@@ -187,7 +204,7 @@ def _report(args: argparse.Namespace, result: LoadResult) -> None:
         _write(args.output, ghz_report(result, details=args.details))
     else:
         print(format_summary(result))
-    if args.json_out:
+    if args.json_out is not None:
         _write(args.json_out, result.to_json())
 
 
@@ -223,7 +240,7 @@ def _search(args: argparse.Namespace, cfg: LoadConfig) -> int:
     print(line, file=sys.stderr if args.format == "ghz" else sys.stdout)
     if args.format == "ghz":
         _write(args.output, cap.to_json())
-    if args.json_out:
+    if args.json_out is not None:
         _write(args.json_out, cap.to_json())
     return 0 if cap.capacity_rps > 0 else 1
 
@@ -245,6 +262,19 @@ def check_report_flags(args: argparse.Namespace) -> None:
             "--output writes the --format ghz report; add --format ghz, or use --json FILE for "
             "the result as JSON"
         )
+    if (args.output is not None and args.json_out is not None
+            and Path(args.output).expanduser().resolve()
+            == Path(args.json_out).expanduser().resolve()):
+        raise LoadConfigError(
+            f"--output and --json both name {args.output!r}; the second report would overwrite "
+            "the first: send two paths"
+        )
+    if args.slo_p99_ms is not None and args.arrivals is None and (
+            args.rps > 0 or args.load_schedule != "const"):
+        raise LoadConfigError(
+            "--slo-p99-ms searches for the highest rate itself; leave out --rps and "
+            "--load-schedule (or send --rps R alone to measure one rate)"
+        )
     try:
         if args.slo_p99_ms is not None:
             check_in_range(args.slo_p99_ms, "--slo-p99-ms", 0, MAX_SLO_MS, unit="milliseconds",
@@ -259,14 +289,23 @@ def check_report_flags(args: argparse.Namespace) -> None:
 def run_load_command(args: argparse.Namespace) -> int:
     """`chord bench load`: run, print the summary (or ghz JSON), optionally write JSON.
 
-    Exit status 1 if any call failed (or, with --slo-p99-ms, if the SLO was not kept) or the
-    run could not start; 2 for flags that cannot run; each failure is one
-    `chord bench load: error:` line.
+    Exit status 1 if any call failed (or, with --slo-p99-ms, if the SLO was not kept), the
+    run could not start or a report could not be written; 2 for flags that cannot run; each
+    failure is one `chord bench load: error:` line.
     """
     try:
-        if args.json_out:
+        return _load_command(args)
+    except ReportWriteError as exc:
+        print(f"chord bench load: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _load_command(args: argparse.Namespace) -> int:
+    """run_load_command without the report-write failure."""
+    try:
+        if args.json_out is not None:
             check_out_file(args.json_out, "--json")
-        if args.output:
+        if args.output is not None:
             check_out_file(args.output, "--output")
         cfg = load_config_from_args(args)
         cfg.validate()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chord.plain_numbers import NumberError, parse_int
+from chord.startcheck import path_arg
 
 _PROC = re.compile(r'^process (\d+):"(.*)"$')
 _THREAD = re.compile(r'^thread \((0x[0-9A-Fa-f]+)\)$|^thread \((\d+)\): "(.*)"$|^thread \((.*)\)$')
@@ -175,14 +176,14 @@ def summarize(
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmarks.fleet_profile RAW [--rate HZ] [--top N] [--out FILE]`."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.fleet_profile", description=__doc__)
-    p.add_argument("raw", type=Path)
+    p.add_argument("raw", type=path_arg)
     p.add_argument("--rate", type=float, default=0.0, help="py-spy sampling rate (Hz)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--title", default="")
     p.add_argument(
         "--label", default="process 0", help="key of a single-process profile (py-spy --pid)"
     )
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=path_arg, default=None)
     args = p.parse_args(argv)
     text = summarize(args.raw, args.top, args.rate, args.title, args.label)
     if args.out:

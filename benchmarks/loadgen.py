@@ -184,6 +184,21 @@ class LoadConfig:
                 self.schedule().validate()
             except ScheduleError as exc:
                 raise LoadConfigError(str(exc)) from exc
+        if self.load_schedule == "const" and self.arrivals is None:
+            ramp = [f for f, v in (("--load-start", self.load_start), ("--load-step",
+                    self.load_step), ("--load-end", self.load_end), ("--load-step-duration",
+                    self.load_step_duration_s), ("--load-max-duration",
+                    self.load_max_duration_s)) if v != 0]
+            if ramp:
+                raise LoadConfigError(
+                    f"{', '.join(ramp)} shape a step or line schedule, but the schedule is "
+                    "const; add --load-schedule step or line, or send --rps R alone"
+                )
+            if 0 < self.rps * self.duration_s < 1:
+                raise LoadConfigError(
+                    f"--rps {exact(self.rps)} for --duration {exact(self.duration_s)} s "
+                    "schedules no call; send a rate and duration whose product is at least 1"
+                )
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,14 @@ class RateSchedule:
                 raise ScheduleError(
                     f"--load-step is 0; send a non-zero rate change for a {self.kind} schedule"
                 )
+            if self.end > 0 and (self.end - self.start) * self.step < 0:
+                way = "rises" if self.step > 0 else "falls"
+                raise ScheduleError(
+                    f"--load-end {exact(self.end)} lies {'below' if self.step > 0 else 'above'} "
+                    f"--load-start {exact(self.start)}, but --load-step {exact(self.step)} "
+                    f"{way}: the rate would sit at --load-end from the start; send an end the "
+                    "step moves towards, or 0 for none"
+                )
         if self.kind == "step" and self.step_duration_s <= 0:
             raise ScheduleError(
                 f"--load-step-duration is {exact(self.step_duration_s)}; send a duration > 0 "

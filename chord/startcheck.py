@@ -236,9 +236,17 @@ def check_seconds(value: float, source: str, *, allow_zero: bool = False) -> flo
     return check_number(value, source, allow_zero=allow_zero, unit="of seconds")
 
 
+def _given(path: str | Path, source: str, what: str) -> Path:
+    """Path(path) expanded, or StartupError for an empty or blank path (Path('') would be
+    the current directory, where no output or input was asked for)."""
+    if not str(path).strip():
+        raise StartupError(f"{source} is empty; send {what}")
+    return Path(path).expanduser()
+
+
 def check_file(path: str | Path, source: str) -> Path:
     """An existing, readable regular file."""
-    p = Path(path).expanduser()
+    p = _given(path, source, "a path to an existing file")
     if not p.is_file():
         raise StartupError(f"{source} {str(path)!r} is not an existing file; send a path to one")
     try:
@@ -251,7 +259,7 @@ def check_file(path: str | Path, source: str) -> Path:
 
 def check_dir(path: str | Path, source: str) -> Path:
     """An existing directory."""
-    p = Path(path).expanduser()
+    p = _given(path, source, "a path to an existing directory")
     if not p.is_dir():
         raise StartupError(f"{source} {str(path)!r} is not an existing directory")
     return p
@@ -287,7 +295,7 @@ def check_out_dir(path: str | Path, source: str) -> Path:
 
     Writability is tried by creating and removing a temporary file, so it holds for root too.
     """
-    p = Path(path).expanduser()
+    p = _given(path, source, "a directory path")
     if p.exists():
         if not p.is_dir():
             raise StartupError(f"{source} {str(path)!r} is a file; send a directory path")
@@ -306,7 +314,7 @@ def check_out_file(path: str | Path, source: str) -> Path:
 
     An existing file is opened for appending (never truncated) and closed again.
     """
-    p = Path(path).expanduser()
+    p = _given(path, source, "a file path")
     if p.is_dir():
         raise StartupError(f"{source} {str(path)!r} is a directory; send a file path")
     if p.exists():
@@ -324,6 +332,14 @@ def check_out_file(path: str | Path, source: str) -> Path:
         return p
     _writable_ancestor(p, source)
     return p
+
+
+def path_arg(text: str) -> Path:
+    """argparse type of a path flag: Path(text), refusing an empty or blank path (argparse
+    then prints one `error: argument ...` line); Path('') is silently the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; send a path")
+    return Path(text)
 
 
 def positive_int(text: str) -> int:
@@ -433,6 +449,7 @@ __all__ = [
     "check_token",
     "join_host_port",
     "max_parallel",
+    "path_arg",
     "positive_int",
     "thread_count",
     "tls_failure",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from chord.startcheck import (
     StartupError,
@@ -18,6 +17,7 @@ from chord.startcheck import (
     check_port,
     join_host_port,
     max_parallel,
+    path_arg,
     token_setting,
 )
 from chord.textfile import TextFileError
@@ -31,7 +31,7 @@ log = logging.getLogger("cloud_server")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags of `chord serve`."""
     parser.add_argument(
-        "--run", type=Path, help="run directory (run.json, backbone.pt, hypernet.pt)"
+        "--run", type=path_arg, help="run directory (run.json, backbone.pt, hypernet.pt)"
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=50051, help="port to bind; 0 = any free port")
@@ -55,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus exporter port, bound on --host like the gRPC port; 0 = off"
     )
     parser.add_argument(
-        "--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)"
+        "--tls-cert", type=path_arg, help="PEM certificate chain (enables TLS with --tls-key)"
     )
-    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument("--tls-key", type=path_arg, help="PEM private key")
     parser.add_argument(
         "--token",
         default=None,
@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace-s", type=float, default=10.0, help="drain period after SIGTERM, seconds"
     )
-    parser.add_argument("--reports", type=Path, help="JSONL file to append device reports to")
+    parser.add_argument("--reports", type=path_arg, help="JSONL file to append device reports to")
     parser.add_argument(
         "--workers",
         type=int,
@@ -100,6 +100,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         check_out_file(args.reports, "--reports")
     check_host(args.host, "--host")
     check_port(args.port, "--port")
+    if args.port and args.metrics_port == args.port:
+        raise StartupError(
+            f"--metrics-port {args.metrics_port} is also --port: the exporter and the service "
+            "cannot share a port; send another --metrics-port (0 = no exporter)"
+        )
     check_in_range(args.max_receive_mib, "--max-receive-mib", 1 / 1024, 1024.0, unit="MiB")
     check_int(args.workers, "--workers", 1, max_parallel(), "server processes; at most 4 per core")
     check_int(args.torch_threads, "--torch-threads", 0, max_parallel(),

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from chord.data.errors import DataError
-from chord.startcheck import StartupError, check_out_dir, token_setting
+from chord.startcheck import StartupError, check_out_dir, path_arg, token_setting
 from cloud_server.logbudget import install_log_budget
 from simulator.config import FleetConfig, FleetConfigError, load_config, with_overrides
 from simulator.runner import DB_FILE, SimulationError, prepare_embedded_run, run_simulation
@@ -18,7 +18,9 @@ from simulator.runner import DB_FILE, SimulationError, prepare_embedded_run, run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the simulate flags (each overrides the TOML file's value)."""
-    parser.add_argument("--config", type=Path, help="fleet TOML file (tiers, drift, churn, faults)")
+    parser.add_argument(
+        "--config", type=path_arg, help="fleet TOML file (tiers, drift, churn, faults)"
+    )
     parser.add_argument("--devices", type=int, help="number of virtual devices (default 200)")
     parser.add_argument("--dataset", help="dataset name or interaction file (default ml-100k)")
     parser.add_argument("--backbone", choices=["sasrec", "caser"], help="backbone (default sasrec)")
@@ -80,14 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="finish the simulation stored in DIR (its saved config is used)",
     )
-    parser.add_argument("--out", type=Path, help="output directory (required unless --resume)")
+    parser.add_argument("--out", type=path_arg, help="output directory (required unless --resume)")
     parser.add_argument(
         "--prepare-run",
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="only train (or reuse) the run the embedded server would serve, into "
         "DIR, and exit (for `chord serve --run DIR`)",
@@ -150,6 +152,23 @@ def build_config(args: argparse.Namespace) -> FleetConfig:
     )
 
 
+_KEEP_WITH_RESUME = ("resume", "quiet")  # flags that mean the same on a resumed run
+_FLAG_OF = {"runtime": "--device-runtime", "tls_root_ca": "--tls-ca"}  # dest -> flag, if renamed
+
+
+def flags_beside_resume(args: argparse.Namespace) -> list[str]:
+    """The simulate flags given with --resume that a resumed run would ignore (it runs the
+    config saved in its directory), as `--flag` names; empty when there are none."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return [
+        _FLAG_OF.get(dest, "--" + dest.replace("_", "-"))
+        for dest, default in defaults.items()
+        if dest not in _KEEP_WITH_RESUME and getattr(args, dest, default) != default
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run or resume a simulation; exit status 0 when every device completed, 1 otherwise."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -187,6 +206,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"run directory ready: {path}")
             return 0
         if args.resume is not None:
+            ignored = flags_beside_resume(args)
+            if ignored:
+                raise SimulationError(
+                    f"--resume DIR finishes the run with the config saved in DIR; leave out "
+                    f"{', '.join(ignored)} (they would be ignored), or start a new run with --out"
+                )
             summary = run_simulation(
                 FleetConfig(), args.resume, resume=True, progress=not args.quiet
             )

@@ -341,3 +341,17 @@ def test_numeric_fields_must_be_finite_numbers(
     with pytest.raises(DataFormatError) as info:
         load_dataset(str(path), fmt=fmt, min_interactions=1, cache=False)
     assert str(info.value).startswith(f"{path}:{line}: {field} is "), str(info.value)
+
+
+def test_ids_past_int64_sort_numerically(tmp_path: Path) -> None:
+    """Ids are opaque tokens: an integer id past int64 (a real export's 23-digit item id) is
+    re-indexed in numeric order, where it crashed with OverflowError before."""
+    huge = "99999999999999999999999"
+    rows = [("7", "5", 1), ("7", huge, 2), ("7", "10", 3), ("7", "9", 4)]
+    path = write(tmp_path, "u.data", "".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in rows))
+    data = load_dataset(str(path), min_interactions=1, cache=False)
+    assert list(data.item_labels) == ["5", "9", "10", huge]
+    assert data.sequences[0].tolist() == [1, 4, 3, 2]
+    mixed = write(tmp_path, "mixed.data", f"1\t{huge}\t4\t1\n1\tabc\t4\t2\n1\t2\t4\t3\n")
+    assert list(load_dataset(str(mixed), min_interactions=1, cache=False).item_labels) == [
+        "2", huge, "abc"]

@@ -90,6 +90,22 @@ def test_every_numeric_field_is_checked_with_its_range(
         (["--slo-p99-ms", "50", "--search-start-rps", "0"], "--search-start-rps is 0"),
         (["--load-schedule", "step", "--load-start", "nan", "--load-step", "1"],
          "--load-start is nan"),
+        # A ramp whose end lies behind its start would sit at the end from the first call.
+        (["--load-schedule", "step", "--load-start", "200", "--load-step", "10", "--load-end",
+          "100", "--load-step-duration", "1s"],
+         "--load-end 100 lies below --load-start 200, but --load-step 10 rises"),
+        (["--load-schedule", "line", "--load-start", "100", "--load-step", "-10", "--load-end",
+          "200"], "--load-end 200 lies above --load-start 100, but --load-step -10 falls"),
+        # Ramp flags without a ramp, a rate that schedules no call, flags that contradict.
+        (["--load-start", "20"], "--load-start shape a step or line schedule, but the schedule "
+         "is const"),
+        (["--rps", "0.001", "--duration", "1"], "--rps 0.001 for --duration 1 s schedules no "
+         "call"),
+        (["--slo-p99-ms", "50", "--rps", "100"], "--slo-p99-ms searches for the highest rate "
+         "itself; leave out --rps"),
+        (["--json", ""], "--json is empty; send a file path"),
+        (["--format", "ghz", "--output", "/tmp/same-report.json", "--json",
+          "/tmp/../tmp/same-report.json"], "--output and --json both name"),
     ],
 )
 def test_cli_refuses_bad_flags_in_one_line_before_any_call(
@@ -218,3 +234,20 @@ def test_out_of_range_values_are_shown_exactly(value: float, shown: str) -> None
     assert exact(value) == shown
     with pytest.raises(StartupError, match=rf"^x is {shown}; send"):
         check_in_range(value, "x", 0, 1)
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_goes_to_stdout(
+    echo_server: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk (/dev/full) fails the write after the run: one error line, exit 1, and the
+    report printed to stdout instead of lost (it was a traceback)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    argv = ["--target", echo_server.address, "--duration", "0.3", "--concurrency", "2",
+            "--json", "/dev/full"]
+    assert _bench(argv) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines == ["chord bench load: error: cannot write /dev/full (No space left on device);"
+                     " the report went to standard output instead: send a path you can write"]
+    assert '"total":' in out and "Traceback" not in out + err

@@ -47,6 +47,8 @@ def test_workers_are_capped_at_four_per_core(capsys: pytest.CaptureFixture[str])
         (["--max-receive-mib", "4096"], "--max-receive-mib is 4096; send a finite number of MiB "
          "in [0.0009765625, 1024]"),
         (["--port", "70000"], "--port is 70000; send a port in 0..65535 (0 = any free port)"),
+        # Refused before the model loads (it was found only when the exporter failed to bind).
+        (["--port", "45678", "--metrics-port", "45678"], "--metrics-port 45678 is also --port"),
     ],
 )
 def test_each_flag_names_its_unit_and_range(

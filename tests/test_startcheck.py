@@ -80,3 +80,59 @@ def test_ipv6_address_needs_brackets(address: str, expect: str | None) -> None:
     with pytest.raises(StartupError) as info:
         check_address(address, "server")
     assert str(info.value) == expect
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        # Path("") is the current directory: `--out ''` filled the repository root.
+        (["simulate", "--out", "", "--quiet"], "chord simulate: error: argument --out: is "
+         "empty; send a path"),
+        (["serve", "--run", " "], "chord serve: error: argument --run: is empty; send a path"),
+        (["train", "--dataset", "ml-100k", "--out", ""], "chord train: error: --out is empty; "
+         "send a directory path"),
+    ],
+)
+def test_empty_paths_are_refused_not_read_as_the_current_directory(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # refused by argparse (a path flag's type)
+        code = int(str(exc.code))
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert list(tmp_path.iterdir()) == []
+    for check in (check_out_dir, check_out_file):
+        with pytest.raises(StartupError, match="^--x is empty; send a"):
+            check("", "--x")
+
+
+def test_train_refusing_its_data_leaves_no_new_out_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data is read after --out is made: a refused file left an empty --out directory."""
+    data = tmp_path / "nan.data"
+    data.write_text("1\t1\tnan\t1\n")
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", str(data), "--no-progress", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("chord train: error: ")
+    assert not out.exists()
+
+
+def test_resume_refuses_flags_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume runs the config saved in its directory: --devices, --out and --config beside it
+    were silently ignored (600 devices ran where 10 were asked, and --out was never made)."""
+    out = tmp_path / "other"
+    code = main(["simulate", "--resume", str(tmp_path), "--devices", "10", "--out", str(out),
+                 "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "chord simulate: error: --resume DIR finishes the run with the config saved in DIR; "
+        "leave out --devices, --out (they would be ignored), or start a new run with --out"
+    ]
+    assert not out.exists()

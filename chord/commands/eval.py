@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             backbone_path=args.backbone_path, device=args.device,
             n_negatives=args.negatives, ranking="full" if args.full_ranking else "sampled",
         )
-        if args.json_out:
+        if args.json_out is not None:
             check_out_file(args.json_out, "--json")
         result = run_eval(cfg, log)
     except (EvalError, RunError, DataError, StartupError, CheckpointError) as exc:
@@ -103,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
     meta = result["meta"]
     print(f"tier {meta['tier']} {meta['tier_level_bits']}, budget {args.budget}, "
           f"{meta['seconds']}s")
-    if args.json_out:  # per-user vectors (result["per_user"]) stay with the benchmarks
+    if args.json_out is not None:  # per-user vectors (result["per_user"]) stay with the benchmarks
         write_json(args.json_out, {"rows": result["rows"], "meta": meta})
     return 0

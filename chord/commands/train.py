@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         created = not Path(args.out).exists()
         try:
             result = run_training(cfg, args.out)
-        except KeyboardInterrupt:  # nothing written yet: leave no empty --out behind
+        except BaseException:  # refused data, Ctrl-C: leave no empty --out behind
             if created and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
                 Path(args.out).rmdir()
             raise

@@ -48,9 +48,19 @@ class InteractionData:
 
 
 def _label_order(labels: np.ndarray) -> np.ndarray:
-    """Indices that sort labels numerically when all are integers, else lexicographically."""
+    """Indices that sort labels numerically when all are integers, else lexicographically.
+
+    Ids are opaque tokens: an integer id of any size sorts numerically (past int64, by
+    Python's integers), anything else by its text.
+    """
     try:
         return np.argsort(labels.astype(np.int64), kind="stable")
+    except OverflowError:  # integers past int64: "99999999999999999999999"
+        try:
+            keys = [int(x) for x in labels.tolist()]
+        except ValueError:
+            return np.argsort(labels, kind="stable")
+        return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.intp)
     except ValueError:
         return np.argsort(labels, kind="stable")
 
