@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cli
-from benchmarks.loadgen import LoadConfig, LoadConfigError, LoadResult, LoadRunError, run_load
+from benchmarks.loadgen import (
+    LoadConfig,
+    LoadConfigError,
+    LoadResult,
+    LoadRunError,
+    _aggregate,
+    run_load,
+)
 from benchmarks.server_process import ServerProcess
 from cloud_server import EmbeddedServer
 from cloud_server.config import ServerConfig
@@ -265,8 +272,10 @@ def test_cli_load_reports_unmeasured_latencies_as_null(
     secure_server: EmbeddedServer, tls_files: tuple[Path, Path], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--rps 1e-9 sends nothing in 1 s: the JSON had p50/p90/p99/min/mean 0.0 and the command
-    exited 1 without a line saying why."""
+    """--rps 1e-9 for 1 s schedules no call: it ran, wrote p50/p90/p99/min/mean 0.0 and exited
+    1 without a line saying why; it is now refused before the run, in one line, writing
+    nothing. A run in which no call completed (a server that never answers) still reports its
+    latency figures as null, not 0.0."""
     from chord.cli import main
 
     cert, _ = tls_files
@@ -274,12 +283,14 @@ def test_cli_load_reports_unmeasured_latencies_as_null(
     code = main(["bench", "load", "--target", secure_server.address, "--token", TOKEN,
                  "--tls-ca", str(cert), "--tls-server-name", "localhost", "--method", "health",
                  "--rps", "1e-9", "--duration", "1", "--json", str(out)])
-    captured = capsys.readouterr()
-    assert code == 1
-    assert captured.err.strip().splitlines()[-1].startswith(
-        "chord bench load: error: no call completed in the measured window"
-    )
-    data = json.loads(out.read_text())
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "chord bench load: error: --rps 1e-09 for --duration 1 s schedules no call; send a rate "
+        "and duration whose product is at least 1"
+    ]
+    assert not out.exists()
+    cfg = LoadConfig(target=secure_server.address)
+    data = _aggregate(cfg, [], [], None, None).to_json()
     assert data["total"] == 0
     assert [data[k] for k in ("min_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")] == [
         None] * 6
