@@ -106,7 +106,7 @@ def test_empty_paths_are_refused_not_read_as_the_current_directory(
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
     assert list(tmp_path.iterdir()) == []
     for check in (check_out_dir, check_out_file):
-        with pytest.raises(StartupError, match="^--x is empty; send a"):
+        with pytest.raises(StartupError, match=r"^--x is empty; send a"):
             check("", "--x")
 
 
