@@ -182,14 +182,13 @@ def _write(path: str | None, payload: Any) -> None:
     Raises ReportWriteError when the file cannot be written (a full disk, a path that became
     unwritable during the run), after writing the report to stdout, so the run is not lost.
     """
-    text = dumps(payload, indent=2, default=str) + "\n"  # no NaN tokens
     if path is None:
-        sys.stdout.write(text)
+        sys.stdout.write(dumps(payload, indent=2, default=str) + "\n")  # no NaN tokens
         return
     try:
         write_json(path, payload)
     except OSError as exc:
-        sys.stdout.write(text)
+        _write(None, payload)
         raise ReportWriteError(
             f"cannot write {path} ({exc.strerror or type(exc).__name__}); the report went to "
             "standard output instead: send a path you can write"

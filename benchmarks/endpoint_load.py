@@ -53,6 +53,7 @@ GOALS = {
 
 
 CPU_CLOSED_KEY = "cpu_strategy_over_echo_closed"  # closed-loop CPU ratio, judged like the rest
+SCALING_KEY = "workers_2_over_1_strategy"  # the 2-worker goal's figure
 
 
 class EndpointBenchmarkError(RuntimeError):
@@ -487,6 +488,7 @@ def _capacity(mode: str, workers: int, cfg: EndpointConfig, run_dir: Path | None
         "replies_by_worker_at_capacity": best["workers_seen"] if best else None,
         "server_cpus": ",".join(map(str, server_cpus)),
         "loadgen_cpus": ",".join(map(str, loadgen_cpus)),
+        "shared_cpus": sorted(set(server_cpus) & set(loadgen_cpus)),
         "pinning": note,
         "probes": probes,
     }
@@ -610,15 +612,15 @@ def goal_bound(key: str) -> tuple[str, float] | None:
         return ">=", GOALS["capacity_strategy_over_echo_min"]
     if key.startswith("cpu_strategy_over_echo_same_rate_w") or key == CPU_CLOSED_KEY:
         return "<=", GOALS["cpu_strategy_over_echo_max"]
-    if key == "workers_2_over_1_strategy":
+    if key == SCALING_KEY:
         return ">=", GOALS["workers_2_over_1_min"]
     return None
 
 
-def shared_cores(config: dict[str, Any]) -> set[str]:
-    """The cores a capacity config's server and load generator were both pinned to."""
-    server = set(str(config.get("server_cpus", "")).split(",")) - {""}
-    return server & set(str(config.get("loadgen_cpus", "")).split(","))
+def scaling_shared_cores(payload: dict[str, Any]) -> list[int]:
+    """The cores the 2-worker strategy server shared with its load generator (recorded by
+    _capacity); the scaling goal is judged only where this is empty."""
+    return list(payload.get("capacity", {}).get("strategy_w2", {}).get("shared_cpus", []))
 
 
 def judge_goals(payload: dict[str, Any]) -> dict[str, bool]:
@@ -626,13 +628,11 @@ def judge_goals(payload: dict[str, Any]) -> dict[str, bool]:
     than counted as missed: a figure this run did not measure (None), and the 2-worker scaling
     goal wherever the load generator shared a core with the 2-worker server (the goal applies
     only where it does not)."""
+    shared = scaling_shared_cores(payload)
     met = {}
-    two = payload.get("capacity", {}).get("strategy_w2", {})
     for key, value in payload.items():
         bound = goal_bound(key)
-        if bound is None or value is None:
-            continue
-        if key == "workers_2_over_1_strategy" and shared_cores(two):
+        if bound is None or value is None or (key == SCALING_KEY and shared):
             continue
         op, limit = bound
         met[key] = value >= limit if op == ">=" else value <= limit
@@ -645,13 +645,12 @@ def goals_note(payload: dict[str, Any], met: dict[str, bool]) -> str:
     for key, ok in met.items():
         op, limit = goal_bound(key) or ("", 0.0)
         parts.append(f"{key} {payload[key]:.3g} {op} {limit:g} ({'met' if ok else 'NOT met'})")
-    two = payload.get("capacity", {}).get("strategy_w2", {})
-    if "workers_2_over_1_strategy" in payload and shared_cores(two):
+    shared = scaling_shared_cores(payload)
+    if payload.get(SCALING_KEY) is not None and shared:
         parts.append(
-            f"workers_2_over_1_strategy {payload['workers_2_over_1_strategy']:.3g} not judged "
-            f"(the load generator shared core {','.join(sorted(shared_cores(two)))} with the "
-            f"2-worker server; the goal of >= {GOALS['workers_2_over_1_min']:g} applies where "
-            f"it does not)"
+            f"{SCALING_KEY} {payload[SCALING_KEY]:.3g} not judged (the load generator shared "
+            f"core {','.join(map(str, shared))} with the 2-worker server; the goal of >= "
+            f"{GOALS['workers_2_over_1_min']:g} applies where it does not)"
         )
     return f"Goals, judged on this run: {'; '.join(parts)}. " if parts else ""
 

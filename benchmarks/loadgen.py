@@ -185,10 +185,14 @@ class LoadConfig:
             except ScheduleError as exc:
                 raise LoadConfigError(str(exc)) from exc
         if self.load_schedule == "const" and self.arrivals is None:
-            ramp = [f for f, v in (("--load-start", self.load_start), ("--load-step",
-                    self.load_step), ("--load-end", self.load_end), ("--load-step-duration",
-                    self.load_step_duration_s), ("--load-max-duration",
-                    self.load_max_duration_s)) if v != 0]
+            ramp_flags = {
+                "--load-start": self.load_start,
+                "--load-step": self.load_step,
+                "--load-end": self.load_end,
+                "--load-step-duration": self.load_step_duration_s,
+                "--load-max-duration": self.load_max_duration_s,
+            }
+            ramp = [flag for flag, value in ramp_flags.items() if value != 0]
             if ramp:
                 raise LoadConfigError(
                     f"{', '.join(ramp)} shape a step or line schedule, but the schedule is "

@@ -99,9 +99,9 @@ def test_worker_spread_note_names_the_split_and_probes_that_missed_a_worker() ->
     assert worker_spread_note({"echo_w1": by_config["echo_w1"]}, 32) == ""
 
 
-def _payload(loadgen_cpus_w2: str) -> dict[str, object]:
+def _payload(shared_cpus_w2: list[int]) -> dict[str, object]:
     """A run's judged figures: one met and one missed per kind, a figure not measured, and the
-    2-worker configs pinned with the load generator on the given cores."""
+    2-worker strategy server sharing the given cores with its load generator."""
     return {
         "batching_speedup": 1.8,
         "strategy_over_echo": None,
@@ -111,7 +111,7 @@ def _payload(loadgen_cpus_w2: str) -> dict[str, object]:
         "cpu_strategy_over_echo_same_rate_w1": 1.748,
         "cpu_strategy_over_echo_own_capacity_w1": 2.3,
         "workers_2_over_1_strategy": 1.7,
-        "capacity": {"strategy_w2": {"server_cpus": "0,1", "loadgen_cpus": loadgen_cpus_w2}},
+        "capacity": {"strategy_w2": {"shared_cpus": shared_cpus_w2}},
     }
 
 
@@ -119,7 +119,7 @@ def test_goals_are_judged_with_their_bounds_and_named_in_the_note() -> None:
     """Each judged figure is compared with its own bound; a figure not measured and a reported
     one (own capacity) are not judged; the 2-worker goal counts only where the load generator
     had cores of its own, and otherwise the note says why it was not judged."""
-    shared = _payload("1")
+    shared = _payload([1])
     met = judge_goals(shared)
     assert met == {
         "batching_speedup": False,
@@ -133,7 +133,7 @@ def test_goals_are_judged_with_their_bounds_and_named_in_the_note() -> None:
     assert "cpu_strategy_over_echo_same_rate_w1 1.75 <= 1.7 (NOT met)" in note
     assert "p99_ms 30 <= 50 (met)" in note
     assert "workers_2_over_1_strategy 1.7 not judged (the load generator shared core 1" in note
-    own = _payload("2")
+    own = _payload([])
     assert judge_goals(own)["workers_2_over_1_strategy"] is True
     assert "not judged" not in goals_note(own, judge_goals(own))
     assert goals_note({}, {}) == ""
